@@ -1,0 +1,442 @@
+//! Per-second counters: plain integers on each core, merged once a second.
+//!
+//! Owns: the counter sets (`CoreCounters`, `GeneratorCounters`), the report a
+//! source sends when its second closes (`Report`), and the `Aggregator` that
+//! sums the reports of one second from every source into a `SecondStats`.
+//! Must not: be touched across cores on the request path. Each core increments
+//! its own counters with ordinary adds; once a second it moves them, with its
+//! latency histogram, through a channel (no allocation: histograms travel back
+//! to be reused).
+//!
+//! Alignment: a source closes second `t` at its first loop turn in a later
+//! second, so a second's counts are those of `[t, t+1)` give or take one loop
+//! turn (at most one tick, 100 ms, on an idle core). A source that skipped
+//! seconds reports only the one it was counting; the seconds it skipped are
+//! closed with nothing from it, and are marked incomplete for no source,
+//! because it was alive and counted nothing there.
+
+use std::collections::VecDeque;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Counters a worker core keeps, per second. Field names end in their unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CoreCounters {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections closed, for any reason.
+    pub closed: u64,
+    /// Logins answered.
+    pub logins: u64,
+    /// Shakes answered (got + none + gone + overload).
+    pub shakes: u64,
+    /// Shakes answered with an envelope.
+    pub got: u64,
+    /// Shakes answered "no envelope now".
+    pub none: u64,
+    /// Shakes answered "all envelopes gone".
+    pub gone: u64,
+    /// Shakes answered "overloaded" without touching the ring.
+    pub overload: u64,
+    /// Claims answered.
+    pub claims: u64,
+    /// Cents handed out in shake envelopes.
+    pub cents_granted: u64,
+    /// Frames refused because their length was out of bounds.
+    pub bad_length: u64,
+    /// Frames refused because their cmd is unknown.
+    pub bad_cmd: u64,
+    /// Frames refused because their size does not fit their cmd.
+    pub bad_size: u64,
+    /// Well-formed frames refused by the session (not a login first, or a
+    /// server-to-client cmd sent by a client).
+    pub bad_session: u64,
+    /// Connections closed for not logging in within the login timeout.
+    pub login_timeouts: u64,
+    /// Connections closed because their pending output passed the limit.
+    pub evictions: u64,
+    /// Accepts refused by the kernel for lack of descriptors (EMFILE, ENFILE)
+    /// or memory; accepting pauses briefly after each.
+    pub accept_fd_exhausted: u64,
+    /// Other accept or registration failures.
+    pub accept_errors: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+}
+
+impl CoreCounters {
+    /// Frames refused for any reason; each closed its connection.
+    pub fn bad_frames(&self) -> u64 {
+        self.bad_length + self.bad_cmd + self.bad_size + self.bad_session
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &CoreCounters) {
+        let CoreCounters {
+            accepted,
+            closed,
+            logins,
+            shakes,
+            got,
+            none,
+            gone,
+            overload,
+            claims,
+            cents_granted,
+            bad_length,
+            bad_cmd,
+            bad_size,
+            bad_session,
+            login_timeouts,
+            evictions,
+            accept_fd_exhausted,
+            accept_errors,
+            bytes_in,
+            bytes_out,
+        } = *other;
+        self.accepted += accepted;
+        self.closed += closed;
+        self.logins += logins;
+        self.shakes += shakes;
+        self.got += got;
+        self.none += none;
+        self.gone += gone;
+        self.overload += overload;
+        self.claims += claims;
+        self.cents_granted += cents_granted;
+        self.bad_length += bad_length;
+        self.bad_cmd += bad_cmd;
+        self.bad_size += bad_size;
+        self.bad_session += bad_session;
+        self.login_timeouts += login_timeouts;
+        self.evictions += evictions;
+        self.accept_fd_exhausted += accept_fd_exhausted;
+        self.accept_errors += accept_errors;
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+    }
+}
+
+/// Counters the envelope generator keeps, per second.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GeneratorCounters {
+    /// Envelopes generated, each pushed into some ring.
+    pub generated: u64,
+    /// Cents in those envelopes.
+    pub cents_generated: u64,
+    /// Times every ring was full and the generator had to hold an envelope.
+    pub ring_full_stalls: u64,
+}
+
+impl GeneratorCounters {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &GeneratorCounters) {
+        self.generated += other.generated;
+        self.cents_generated += other.cents_generated;
+        self.ring_full_stalls += other.ring_full_stalls;
+    }
+}
+
+/// Service-time histogram: nanoseconds from a frame's read to its answer
+/// being handed to `write`, 1 ns to 60 s at 3 significant digits.
+pub type LatencyHistogram = Histogram<u64>;
+
+/// A fresh service-time histogram.
+pub fn latency_histogram() -> LatencyHistogram {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+/// What a source sends when it closes a second.
+#[derive(Debug)]
+pub enum Report {
+    /// A worker core closed `second`.
+    Core {
+        /// Which worker.
+        core: usize,
+        /// Unix second the counts belong to.
+        second: u64,
+        /// Counts for that second.
+        counters: CoreCounters,
+        /// Connections open at the close (a gauge).
+        conns_open: u64,
+        /// Service times recorded in that second; sent back for reuse.
+        latency: Box<LatencyHistogram>,
+    },
+    /// The generator closed `second`.
+    Generator {
+        /// Unix second the counts belong to.
+        second: u64,
+        /// Counts for that second.
+        counters: GeneratorCounters,
+        /// Envelopes waiting in all rings at the close (a gauge).
+        in_rings: u64,
+    },
+}
+
+/// One second of the whole server, every source summed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SecondStats {
+    /// Unix second.
+    pub second: u64,
+    /// Summed core counters.
+    pub server: CoreCounters,
+    /// Generator counters.
+    pub generator: GeneratorCounters,
+    /// Connections open at the second's close.
+    pub conns_open: u64,
+    /// Envelopes waiting in rings at the second's close.
+    pub envelopes_in_rings: u64,
+    /// Service time percentiles over the second, nanoseconds (0 when idle).
+    pub service_ns_p50: u64,
+    /// See `service_ns_p50`.
+    pub service_ns_p99: u64,
+    /// See `service_ns_p50`.
+    pub service_ns_p999: u64,
+    /// See `service_ns_p50`.
+    pub service_ns_max: u64,
+}
+
+struct Pending {
+    second: u64,
+    stats: SecondStats,
+    latency: LatencyHistogram,
+}
+
+/// Merges per-source reports into per-second totals.
+///
+/// Sources are the worker cores `0..cores` and the generator. A second is
+/// closed once every source has reported it or a later one.
+pub struct Aggregator {
+    cores: usize,
+    /// Last second each source reported; index `cores` is the generator.
+    reported: Vec<Option<u64>>,
+    pending: VecDeque<Pending>,
+    /// Every closed second summed, for the final summary.
+    pub total: SecondStats,
+    total_latency: LatencyHistogram,
+}
+
+impl Aggregator {
+    /// An aggregator for `cores` worker cores and one generator.
+    pub fn new(cores: usize) -> Self {
+        Aggregator {
+            cores,
+            reported: vec![None; cores + 1],
+            pending: VecDeque::new(),
+            total: SecondStats::default(),
+            total_latency: latency_histogram(),
+        }
+    }
+
+    fn bucket(&mut self, second: u64) -> &mut Pending {
+        // Seconds only move forward per source, and sources lag each other by
+        // a turn, so a report lands in one of the last few buckets.
+        let front = self.pending.front().map(|p| p.second);
+        if let Some(front) = front
+            && second < front
+        {
+            // Older than anything pending: it was closed already (a source
+            // that lagged behind the close rule). Count it into the oldest
+            // open bucket rather than lose it.
+            return self.pending.front_mut().expect("front exists");
+        }
+        let back = self.pending.back().map(|p| p.second);
+        let from = back.map_or(second, |b| b + 1);
+        for s in from..=second {
+            self.pending.push_back(Pending {
+                second: s,
+                stats: SecondStats {
+                    second: s,
+                    ..SecondStats::default()
+                },
+                latency: latency_histogram(),
+            });
+        }
+        let idx = self
+            .pending
+            .iter()
+            .position(|p| p.second == second)
+            .expect("bucket created above");
+        &mut self.pending[idx]
+    }
+
+    /// Takes one report. Returns the latency histogram for reuse when the
+    /// report carried one.
+    pub fn add(&mut self, report: Report) -> Option<Box<LatencyHistogram>> {
+        match report {
+            Report::Core {
+                core,
+                second,
+                counters,
+                conns_open,
+                mut latency,
+            } => {
+                let b = self.bucket(second);
+                b.stats.server.add(&counters);
+                b.stats.conns_open += conns_open;
+                // Both histograms share bounds, so adding cannot fail.
+                let _ = b.latency.add(&*latency);
+                latency.reset();
+                self.mark(core, second);
+                Some(latency)
+            }
+            Report::Generator {
+                second,
+                counters,
+                in_rings,
+            } => {
+                let b = self.bucket(second);
+                b.stats.generator.add(&counters);
+                b.stats.envelopes_in_rings = in_rings;
+                self.mark(self.cores, second);
+                None
+            }
+        }
+    }
+
+    fn mark(&mut self, source: usize, second: u64) {
+        let slot = &mut self.reported[source];
+        *slot = Some(slot.map_or(second, |s| s.max(second)));
+    }
+
+    /// Closes and returns every second that all sources have reported.
+    pub fn drain_closed(&mut self) -> Vec<SecondStats> {
+        let Some(min) = self
+            .reported
+            .iter()
+            .try_fold(u64::MAX, |m, r| r.map(|s| m.min(s)))
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while self.pending.front().is_some_and(|p| p.second <= min) {
+            let p = self.pending.pop_front().expect("front exists");
+            out.push(self.close(p));
+        }
+        out
+    }
+
+    /// Closes every pending second, reported or not (at shutdown).
+    pub fn drain_all(&mut self) -> Vec<SecondStats> {
+        let mut out = Vec::new();
+        while let Some(p) = self.pending.pop_front() {
+            out.push(self.close(p));
+        }
+        out
+    }
+
+    fn close(&mut self, p: Pending) -> SecondStats {
+        let mut s = p.stats;
+        if !p.latency.is_empty() {
+            s.service_ns_p50 = p.latency.value_at_quantile(0.50);
+            s.service_ns_p99 = p.latency.value_at_quantile(0.99);
+            s.service_ns_p999 = p.latency.value_at_quantile(0.999);
+            s.service_ns_max = p.latency.max();
+        }
+        let _ = self.total_latency.add(&p.latency);
+        self.total.server.add(&s.server);
+        self.total.generator.add(&s.generator);
+        self.total.second = s.second;
+        self.total.conns_open = s.conns_open;
+        self.total.envelopes_in_rings = s.envelopes_in_rings;
+        s
+    }
+
+    /// Service time percentiles over the whole run so far, nanoseconds:
+    /// (p50, p99, p99.9, max).
+    pub fn total_latency_ns(&self) -> (u64, u64, u64, u64) {
+        let h = &self.total_latency;
+        if h.is_empty() {
+            return (0, 0, 0, 0);
+        }
+        (
+            h.value_at_quantile(0.50),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(core: usize, second: u64, shakes: u64) -> Report {
+        Report::Core {
+            core,
+            second,
+            counters: CoreCounters {
+                shakes,
+                ..CoreCounters::default()
+            },
+            conns_open: 1,
+            latency: Box::new(latency_histogram()),
+        }
+    }
+
+    fn generator(second: u64, generated: u64) -> Report {
+        Report::Generator {
+            second,
+            counters: GeneratorCounters {
+                generated,
+                ..GeneratorCounters::default()
+            },
+            in_rings: 0,
+        }
+    }
+
+    #[test]
+    fn a_second_closes_only_when_every_source_reported_it() {
+        let mut a = Aggregator::new(2);
+        a.add(core(0, 100, 5));
+        a.add(generator(100, 2));
+        assert!(a.drain_closed().is_empty());
+        a.add(core(1, 100, 7));
+        let closed = a.drain_closed();
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].second, 100);
+        assert_eq!(closed[0].server.shakes, 12);
+        assert_eq!(closed[0].generator.generated, 2);
+        assert_eq!(closed[0].conns_open, 2);
+    }
+
+    #[test]
+    fn a_source_that_skipped_a_second_closes_it_with_nothing() {
+        let mut a = Aggregator::new(1);
+        a.add(core(0, 100, 5));
+        a.add(generator(100, 1));
+        assert_eq!(a.drain_closed().len(), 1);
+        a.add(generator(101, 1));
+        a.add(core(0, 102, 3)); // the core was busy through 101
+        a.add(generator(102, 1));
+        let closed = a.drain_closed();
+        let shakes: Vec<u64> = closed.iter().map(|s| s.server.shakes).collect();
+        assert_eq!(shakes, [0, 3]);
+        assert_eq!(a.total.server.shakes, 8);
+        assert_eq!(a.total.generator.generated, 3);
+    }
+
+    #[test]
+    fn latency_percentiles_come_from_the_merged_histograms() {
+        let mut a = Aggregator::new(2);
+        for (c, ns) in [(0, 1_000), (1, 9_000)] {
+            let mut h = Box::new(latency_histogram());
+            h.record_n(ns, 100).unwrap();
+            a.add(Report::Core {
+                core: c,
+                second: 5,
+                counters: CoreCounters::default(),
+                conns_open: 0,
+                latency: h,
+            });
+        }
+        a.add(generator(5, 0));
+        let s = &a.drain_closed()[0];
+        assert!((995..=1_005).contains(&s.service_ns_p50), "{}", s.service_ns_p50);
+        assert!((8_990..=9_010).contains(&s.service_ns_p99), "{}", s.service_ns_p99);
+    }
+}
