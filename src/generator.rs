@@ -146,7 +146,16 @@ pub fn run(
                 let _ = reply.send(batch.status());
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Disconnected) => {
+                // The server is stopping: report the second in progress so
+                // the final totals hold every envelope generated.
+                let _ = reports.send(Report::Generator {
+                    second,
+                    counters: g.counters,
+                    in_rings: g.rings.len() as u64,
+                });
+                return;
+            }
         }
         let now = Instant::now();
         let due = batch.schedule.due_by(now.saturating_duration_since(batch.start));

@@ -5,6 +5,7 @@ pub mod flood;
 pub mod generator;
 pub mod ids;
 pub mod ring;
+pub mod server;
 pub mod session;
 pub mod stats;
 pub mod wire;

@@ -1,9 +1,18 @@
 //! The `hongbao` binary: one command with subcommands.
+//!
+//! Owns: argument parsing and the process edge (signals, exit codes, the
+//! start line and final summary). Must not: hold logic a test would want;
+//! that lives in the library.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hongbao", version, about = "Red-packet server for a million connections, and its load tools")]
+#[command(
+    name = "hongbao",
+    version,
+    about = "Red-packet server for a million connections, and its load tools"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -11,12 +20,75 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve wire v1: logins, shakes and claims, one pinned event loop per core.
+    Server(hongbao::server::ServerConfig),
     /// Drive load at a server: connect users, log in, shake at a fixed rate.
     Flood(hongbao::flood::FloodArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Server(config) => serve(&config),
         Command::Flood(args) => hongbao::flood::run(&args),
     }
+}
+
+fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    // Signals are taken before the threads start, so every thread inherits
+    // the handler and none is killed by the default action.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing the SIGINT/SIGTERM handlers")?;
+    let server = hongbao::server::start(config)?;
+    for w in server.warnings() {
+        eprintln!("{w}");
+    }
+    let http = server
+        .http_addr()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    println!(
+        "hongbao server listening on {} ({} {} thread(s), http {}, open-file limit {})",
+        server.addr(),
+        if config.reference { "reference" } else { "hongbao" },
+        server.threads(),
+        http,
+        server.fd_limit().soft,
+    );
+    let signal = signals.forever().next().unwrap_or(SIGTERM);
+    eprintln!(
+        "hongbao: {} received: stopping accepts, flushing answers",
+        if signal == SIGINT { "SIGINT" } else { "SIGTERM" }
+    );
+    let summary = server.shutdown();
+    let t = &summary.total;
+    let (p50, p99, p999, max) = summary.service_ns;
+    println!(
+        "summary: {} s, accepted {}, logins {}, shakes {} (got {}, none {}, gone {}, overload {}), \
+         claims {}, bad frames {}, evictions {}, login timeouts {}, fd-exhausted accepts {}, \
+         envelopes generated {} ({} cents) granted {} ({} cents) in rings {}, \
+         service time p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
+        summary.seconds,
+        t.server.accepted,
+        t.server.logins,
+        t.server.shakes,
+        t.server.got,
+        t.server.none,
+        t.server.gone,
+        t.server.overload,
+        t.server.claims,
+        t.server.bad_frames(),
+        t.server.evictions,
+        t.server.login_timeouts,
+        t.server.accept_fd_exhausted,
+        t.generator.generated,
+        t.generator.cents_generated,
+        t.server.got,
+        t.server.cents_granted,
+        summary.envelopes_in_rings,
+        p50 as f64 / 1e3,
+        p99 as f64 / 1e3,
+        p999 as f64 / 1e3,
+        max as f64 / 1e3,
+    );
+    Ok(())
 }

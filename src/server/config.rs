@@ -1,0 +1,173 @@
+//! Server settings: every limit with its default and the reason for it.
+//!
+//! Owns: `ServerConfig`, parsed by clap for `hongbao server` and built with
+//! `ServerConfig::default()` (the same defaults) by tests and embedders.
+//! Must not: hold state; checks that need the machine live in `limits`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// `hongbao server` options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerConfig {
+    /// Address every worker listens on, each with its own SO_REUSEPORT socket.
+    /// Port 1025 is the original's.
+    #[arg(long, default_value = "0.0.0.0:1025")]
+    pub listen: SocketAddr,
+
+    /// Worker threads, one per core, each pinned. Default: the cores this
+    /// process may run on (so `taskset -c 0` gives one).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Do not pin workers to cores (for hosts where another process owns them).
+    #[arg(long)]
+    pub no_pin: bool,
+
+    /// listen(2) backlog per worker. The kernel caps it at net.core.somaxconn;
+    /// 65535 absorbs a reconnect storm of a million clients without SYN drops
+    /// on a tuned host.
+    #[arg(long, default_value_t = 65_535)]
+    pub backlog: i32,
+
+    /// Connections the server plans for: split evenly over workers, each of
+    /// which stops accepting at its share. A connection costs ~4.3 KB of kernel
+    /// memory and under 100 B here, so 1M needs ~4.5 GB.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub conns_max: usize,
+
+    /// Shakes per second the whole server answers before it says "overloaded"
+    /// (result 17), split evenly over workers. Set it below the measured
+    /// saturation of the host (see docs/BENCHMARKS.md) so overload is cheap
+    /// refusals, not queues; the default is above what 8 cores can reach.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub max_qps: u64,
+
+    /// Shake envelopes generated per second at start (the seed's 200).
+    /// 0 starts with no batch; `GET /yaohongbao` starts one later.
+    #[arg(long, default_value_t = 200)]
+    pub envelopes_per_sec: u64,
+
+    /// Stop after this many envelopes (default: run until replaced).
+    #[arg(long)]
+    pub envelope_total: Option<u64>,
+
+    /// Smallest envelope amount in cents (the original's 10).
+    #[arg(long, default_value_t = 10)]
+    pub envelope_cents_min: u64,
+
+    /// Largest envelope amount in cents (the original's 309).
+    #[arg(long, default_value_t = 309)]
+    pub envelope_cents_max: u64,
+
+    /// Seed for envelope amounts, so a run can be replayed.
+    #[arg(long, default_value_t = 0x6a6f_6e67)]
+    pub seed: u64,
+
+    /// Envelopes each core's ring holds. 65,536 is over five minutes of the
+    /// default rate per core; when all rings are full the generator waits.
+    #[arg(long, default_value_t = 65_536)]
+    pub ring_capacity: usize,
+
+    /// Bytes of answers a connection may leave unread before it is
+    /// disconnected. 64 KiB is ~2,300 shake answers: far beyond any honest
+    /// pipeline, small enough that 1M stalled readers cannot exhaust memory.
+    #[arg(long, default_value_t = 65_536)]
+    pub outbound_max: usize,
+
+    /// Seconds a new connection has to log in before it is closed, so that
+    /// half-open or silent sockets do not hold descriptors.
+    #[arg(long, default_value_t = 10.0)]
+    pub login_timeout: f64,
+
+    /// Seconds to keep flushing pending answers after a stop is asked.
+    #[arg(long, default_value_t = 2.0)]
+    pub shutdown_grace: f64,
+
+    /// HTTP control address (`GET /yaohongbao`, `/stats`, `/status`).
+    /// Loopback by default: control is not for the open network.
+    #[arg(long, default_value = "127.0.0.1:8989")]
+    pub http: SocketAddr,
+
+    /// Do not serve HTTP control.
+    #[arg(long)]
+    pub no_http: bool,
+
+    /// Serve the zero-logic reference instead: same loop and frames, every
+    /// shake answered "no envelope". The benchmark's floor.
+    #[arg(long)]
+    pub reference: bool,
+
+    /// Append each closed second, as one JSON object per line, to this file.
+    #[arg(long)]
+    pub stats_jsonl: Option<PathBuf>,
+
+    /// Do not print a line per second (the start line and summary remain).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Parser)]
+struct DefaultsOnly {
+    #[command(flatten)]
+    config: ServerConfig,
+}
+
+impl Default for ServerConfig {
+    /// The command line's defaults, from the one place they are written.
+    fn default() -> Self {
+        DefaultsOnly::parse_from(["hongbao"]).config
+    }
+}
+
+/// A setting that cannot work, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("--{option}: {why}")]
+pub struct ConfigError {
+    /// The option at fault.
+    pub option: &'static str,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+impl ServerConfig {
+    /// Checks the settings that would otherwise fail later, or silently.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |option, why: &str| {
+            Err(ConfigError {
+                option,
+                why: why.to_string(),
+            })
+        };
+        if self.threads == Some(0) {
+            return err("threads", "needs at least one worker");
+        }
+        if self.envelope_cents_min == 0 || self.envelope_cents_min > self.envelope_cents_max {
+            return err(
+                "envelope-cents-min",
+                "must be at least 1 and at most --envelope-cents-max",
+            );
+        }
+        if self.envelope_cents_max > u64::from(u32::MAX) {
+            return err("envelope-cents-max", "must fit the wire's u32 amount field");
+        }
+        if self.ring_capacity == 0 {
+            return err("ring-capacity", "must be at least 1");
+        }
+        if self.backlog <= 0 {
+            return err("backlog", "must be positive");
+        }
+        if !(self.login_timeout.is_finite() && self.login_timeout > 0.0) {
+            return err("login-timeout", "must be a positive number of seconds");
+        }
+        if !(self.shutdown_grace.is_finite() && self.shutdown_grace >= 0.0) {
+            return err("shutdown-grace", "must be zero or more seconds");
+        }
+        if self.outbound_max < crate::wire::FRAME_LEN_MAX {
+            return err("outbound-max", "must hold at least one frame (44 bytes)");
+        }
+        Ok(())
+    }
+}

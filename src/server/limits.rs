@@ -1,0 +1,198 @@
+//! Start-up checks against the host: the open-file limit and the listeners.
+//!
+//! Owns: raising RLIMIT_NOFILE to its hard limit and telling the operator
+//! exactly what to change when that is below the planned connections; binding
+//! the per-worker SO_REUSEPORT listeners. Must not: change anything outside
+//! this process. Every error names the step that failed and the fix.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Descriptors the process keeps for itself beyond connections: listeners,
+/// epoll and eventfd per worker, the HTTP control, stats files, stdio.
+pub const FDS_RESERVED: u64 = 64;
+
+/// What the open-file limit allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdLimit {
+    /// The soft limit after raising it.
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+impl FdLimit {
+    /// Connections this limit leaves room for.
+    pub fn conns(&self) -> u64 {
+        self.soft.saturating_sub(FDS_RESERVED)
+    }
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard limit and returns both.
+pub fn raise_fd_limit() -> io::Result<FdLimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; it has no other effects.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own; raising the soft limit
+        // up to the hard one is always permitted.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    Ok(FdLimit {
+        soft: lim.rlim_cur,
+        hard: lim.rlim_max,
+    })
+}
+
+/// The warning printed when the limit is below `conns_max`, with the fix.
+pub fn fd_limit_advice(limit: FdLimit, conns_max: usize) -> Option<String> {
+    let conns_max = conns_max as u64;
+    if limit.conns() >= conns_max {
+        return None;
+    }
+    let want = conns_max + FDS_RESERVED;
+    // fs.nr_open caps the hard nofile limit; fs.file-max caps the whole host.
+    let nr_open = want.max(1_048_576);
+    Some(format!(
+        "warning: the open-file limit (soft {soft}, hard {hard}) allows about {fit} connections, \
+         below --conns-max {conns_max}. To hold {conns_max}: \
+         `sysctl -w fs.nr_open={nr_open} fs.file-max={file_max}` (or run sysctl/tune.sh --apply), \
+         raise the hard limit (`* hard nofile {want}` in /etc/security/limits.d/, or LimitNOFILE={want} \
+         for a systemd unit), then `ulimit -n {want}` in the shell that starts the server. \
+         Or size the plan to this host with --conns-max {fit}.",
+        soft = limit.soft,
+        hard = limit.hard,
+        fit = limit.conns(),
+        file_max = 2 * nr_open,
+    ))
+}
+
+/// Why a listener could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("{step} {addr}: {source}{hint}")]
+pub struct BindError {
+    /// The step that failed, e.g. "binding".
+    pub step: &'static str,
+    /// The address it was for.
+    pub addr: SocketAddr,
+    /// The OS error.
+    pub source: io::Error,
+    /// What to do about it.
+    pub hint: &'static str,
+}
+
+fn bind_error(step: &'static str, addr: SocketAddr, source: io::Error) -> BindError {
+    let hint = match source.kind() {
+        io::ErrorKind::AddrInUse => {
+            " (another process holds this port: stop it, or choose another with --listen)"
+        }
+        io::ErrorKind::PermissionDenied => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE: choose a higher port)"
+        }
+        io::ErrorKind::AddrNotAvailable => " (this host has no such address: check --listen)",
+        _ => "",
+    };
+    BindError {
+        step,
+        addr,
+        source,
+        hint,
+    }
+}
+
+/// Binds `count` listeners sharing `addr` with SO_REUSEPORT, so the kernel
+/// spreads incoming connections over the workers without a shared accept
+/// queue. A port of 0 picks one free port for all of them.
+///
+/// SO_REUSEPORT would let us share a port with another process of the same
+/// user (an old server still running); a first bind without it detects that
+/// and fails with "address in use" instead of silently splitting traffic.
+pub fn bind_listeners(
+    addr: SocketAddr,
+    count: usize,
+    backlog: i32,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
+    let domain = Domain::for_address(addr);
+    let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| bind_error("creating a socket for", addr, e))?;
+    probe
+        .set_reuse_address(true)
+        .map_err(|e| bind_error("setting SO_REUSEADDR for", addr, e))?;
+    probe
+        .bind(&addr.into())
+        .map_err(|e| bind_error("binding", addr, e))?;
+    let addr = probe
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+    drop(probe);
+
+    (0..count)
+        .map(|_| {
+            let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
+                .map_err(|e| bind_error("creating a socket for", addr, e))?;
+            s.set_reuse_address(true)
+                .map_err(|e| bind_error("setting SO_REUSEADDR for", addr, e))?;
+            s.set_reuse_port(true)
+                .map_err(|e| bind_error("setting SO_REUSEPORT for", addr, e))?;
+            s.bind(&addr.into())
+                .map_err(|e| bind_error("binding with SO_REUSEPORT", addr, e))?;
+            s.listen(backlog)
+                .map_err(|e| bind_error("listening on", addr, e))?;
+            s.set_nonblocking(true)
+                .map_err(|e| bind_error("setting non-blocking", addr, e))?;
+            Ok(s.into())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_names_every_fix_when_the_limit_is_short() {
+        let a = fd_limit_advice(
+            FdLimit {
+                soft: 20_000,
+                hard: 20_000,
+            },
+            1_000_000,
+        )
+        .expect("20k is below 1M");
+        for needle in ["fs.nr_open", "fs.file-max", "hard nofile", "ulimit -n", "--conns-max 19936"] {
+            assert!(a.contains(needle), "advice lacks {needle}: {a}");
+        }
+        let enough = FdLimit {
+            soft: 2_000_000,
+            hard: 2_000_000,
+        };
+        assert_eq!(fd_limit_advice(enough, 1_000_000), None);
+    }
+
+    #[test]
+    fn a_taken_port_is_refused_even_with_reuseport() {
+        let first = bind_listeners("127.0.0.1:0".parse().unwrap(), 2, 16).unwrap();
+        let addr = first[0].local_addr().unwrap();
+        assert_eq!(first[1].local_addr().unwrap(), addr, "one port for all");
+        let err = bind_listeners(addr, 1, 16).unwrap_err();
+        assert_eq!(err.source.kind(), io::ErrorKind::AddrInUse);
+        let msg = err.to_string();
+        assert!(msg.contains(&addr.to_string()) && msg.contains("in use"), "{msg}");
+    }
+}

@@ -1,0 +1,412 @@
+//! `hongbao server`: assembles the cores, the generator, stats and control.
+//!
+//! Owns: start-up in order (validate, raise the fd limit, bind listeners, make
+//! the rings, start the aggregator, the generator, one pinned worker per core,
+//! the HTTP control), the `ServerHandle` that stops them in the reverse order,
+//! and the aggregator thread that prints and publishes each closed second.
+//! Must not: sit on the request path. Cores share only the rings (through the
+//! generator) and the stats channel.
+
+pub mod config;
+pub mod control;
+pub mod limits;
+pub mod worker;
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use serde::Serialize;
+
+pub use config::ServerConfig;
+
+use crate::generator::{self, EnvelopeSpec, Schedule};
+use crate::ids::CoreId;
+use crate::ring::EnvelopeRings;
+use crate::session::{Hongbao, Reference};
+use crate::stats::{Aggregator, LatencyHistogram, Report, SecondStats};
+use control::ControlServer;
+use limits::FdLimit;
+use worker::{Control, WorkerLimits, WorkerSetup};
+
+/// Closed seconds kept for `/stats` and the monitor: five minutes.
+const RECENT_SECONDS: usize = 300;
+
+/// What the aggregator publishes once a second for the HTTP control and the
+/// handle. Read under a mutex by readers that are not on the request path.
+#[derive(Debug, Default, Serialize)]
+pub struct Published {
+    /// The last closed seconds, oldest first.
+    pub recent: VecDeque<SecondStats>,
+    /// Every closed second summed; `second` is the last closed one.
+    pub total: SecondStats,
+}
+
+/// Why the server did not start: the step that failed, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting cannot work.
+    #[error("checking settings: {0}")]
+    Config(#[from] config::ConfigError),
+    /// The open-file limit could not be read or raised.
+    #[error("raising the open-file limit (RLIMIT_NOFILE): {0}")]
+    FdLimit(io::Error),
+    /// A listener could not be set up.
+    #[error(transparent)]
+    Bind(#[from] limits::BindError),
+    /// The HTTP control could not listen.
+    #[error("binding the HTTP control on {addr}: {source} (choose another with --http, or --no-http)")]
+    Http {
+        /// Its address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A thread, poll or file could not be created.
+    #[error("{step}: {source}")]
+    Resource {
+        /// What was being made.
+        step: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn resource(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
+    move |source| StartError::Resource { step, source }
+}
+
+/// A running server.
+pub struct ServerHandle {
+    addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    threads: usize,
+    fd_limit: FdLimit,
+    warnings: Vec<String>,
+    workers: Vec<(JoinHandle<io::Result<()>>, Arc<mio::Waker>, Sender<Control>)>,
+    generator: JoinHandle<()>,
+    generator_commands: Sender<generator::Command>,
+    aggregator: JoinHandle<Summary>,
+    control: Option<ControlServer>,
+    published: Arc<Mutex<Published>>,
+    rings: Arc<EnvelopeRings>,
+}
+
+/// The run's totals, given when the server stops.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Every second summed.
+    pub total: SecondStats,
+    /// Seconds counted.
+    pub seconds: u64,
+    /// Service time over the run, nanoseconds: p50, p99, p99.9, max.
+    pub service_ns: (u64, u64, u64, u64),
+    /// Envelopes left in the rings at the end.
+    pub envelopes_in_rings: u64,
+}
+
+/// Starts a server with `config`; returns once every listener is bound.
+pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
+    config.validate()?;
+    let mut warnings = Vec::new();
+    let fd_limit = limits::raise_fd_limit().map_err(StartError::FdLimit)?;
+    if let Some(advice) = limits::fd_limit_advice(fd_limit, config.conns_max) {
+        warnings.push(advice);
+    }
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let threads = config.threads.unwrap_or(cores.len().max(1));
+    if !config.no_pin && cores.len() < threads {
+        warnings.push(format!(
+            "warning: {threads} workers on {} allowed cores: some share a core",
+            cores.len()
+        ));
+    }
+    let listeners = limits::bind_listeners(config.listen, threads, config.backlog)?;
+    let addr = listeners[0]
+        .local_addr()
+        .map_err(resource("reading the bound address"))?;
+
+    let rings = Arc::new(EnvelopeRings::new(threads, config.ring_capacity));
+    let published = Arc::new(Mutex::new(Published::default()));
+    let (reports_tx, reports_rx) = crossbeam_channel::bounded::<Report>(4 * 1024);
+    let mut recycle_txs = Vec::with_capacity(threads);
+    let mut recycle_rxs = Vec::with_capacity(threads);
+    for _ in 0..threads {
+        let (tx, rx) = crossbeam_channel::bounded::<Box<LatencyHistogram>>(4);
+        recycle_txs.push(tx);
+        recycle_rxs.push(rx);
+    }
+    let stats_file = match &config.stats_jsonl {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(resource("opening --stats-jsonl"))?,
+        ),
+        None => None,
+    };
+    let aggregator = {
+        let published = published.clone();
+        let quiet = config.quiet;
+        std::thread::Builder::new()
+            .name("hongbao-stats".into())
+            .spawn(move || aggregate(threads, reports_rx, recycle_txs, published, stats_file, quiet))
+            .map_err(resource("starting the stats thread"))?
+    };
+
+    let (gen_tx, gen_rx) = crossbeam_channel::unbounded();
+    let generator = {
+        let rings = rings.clone();
+        let reports = reports_tx.clone();
+        let schedule = Schedule {
+            rate: config.envelopes_per_sec,
+            total: config.envelope_total,
+        };
+        let spec = EnvelopeSpec {
+            cents_min: config.envelope_cents_min,
+            cents_max: config.envelope_cents_max,
+            seed: config.seed,
+        };
+        std::thread::Builder::new()
+            .name("hongbao-generator".into())
+            .spawn(move || generator::run(rings, schedule, spec, gen_rx, reports))
+            .map_err(resource("starting the generator thread"))?
+    };
+
+    let worker_limits = WorkerLimits {
+        conns_max: config.conns_max.div_ceil(threads).max(1),
+        outbound_max: config.outbound_max,
+        login_timeout: Duration::from_secs_f64(config.login_timeout),
+        shutdown_grace: Duration::from_secs_f64(config.shutdown_grace),
+    };
+    let per_core_qps = config.max_qps.div_ceil(threads as u64);
+    let mut workers = Vec::with_capacity(threads);
+    for (i, (listener, recycled)) in listeners.into_iter().zip(recycle_rxs).enumerate() {
+        let (poll, waker) = worker::poll_and_waker().map_err(resource("creating a worker's poll"))?;
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let setup = WorkerSetup {
+            core: CoreId(i),
+            pin: (!config.no_pin && !cores.is_empty()).then(|| cores[i % cores.len()]),
+            poll,
+            listener,
+            control: control_rx,
+            reports: reports_tx.clone(),
+            recycled,
+            limits: worker_limits,
+        };
+        let reference = config.reference;
+        let rings = rings.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("hongbao-core-{i}"))
+            .spawn(move || {
+                if reference {
+                    worker::run(setup, Reference)
+                } else {
+                    worker::run(setup, Hongbao::new(CoreId(i), rings, per_core_qps))
+                }
+            })
+            .map_err(resource("starting a worker thread"))?;
+        workers.push((handle, waker, control_tx));
+    }
+    drop(reports_tx);
+
+    let control = if config.no_http {
+        None
+    } else {
+        Some(
+            ControlServer::start(config.http, gen_tx.clone(), published.clone()).map_err(|source| {
+                StartError::Http {
+                    addr: config.http,
+                    source,
+                }
+            })?,
+        )
+    };
+
+    Ok(ServerHandle {
+        addr,
+        http_addr: control.as_ref().map(|c| c.addr),
+        threads,
+        fd_limit,
+        warnings,
+        workers,
+        generator,
+        generator_commands: gen_tx,
+        aggregator,
+        control,
+        published,
+        rings,
+    })
+}
+
+impl ServerHandle {
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The HTTP control address, unless disabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// The open-file limit in force.
+    pub fn fd_limit(&self) -> FdLimit {
+        self.fd_limit
+    }
+
+    /// Warnings from start-up, each with its fix.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Totals over every closed second so far.
+    pub fn total(&self) -> SecondStats {
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .total
+            .clone()
+    }
+
+    /// The last closed seconds, oldest first.
+    pub fn recent(&self) -> Vec<SecondStats> {
+        let p = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        p.recent.iter().cloned().collect()
+    }
+
+    /// Envelopes waiting in the rings now.
+    pub fn envelopes_in_rings(&self) -> u64 {
+        self.rings.len() as u64
+    }
+
+    /// Stops accepting, flushes pending answers, stops every thread, and
+    /// returns the run's totals.
+    ///
+    /// # Panics
+    ///
+    /// When a worker's poll failed or a thread panicked: both are broken
+    /// invariants, not operating errors.
+    pub fn shutdown(self) -> Summary {
+        for (_, waker, control) in &self.workers {
+            let _ = control.send(Control::Shutdown);
+            let _ = waker.wake();
+        }
+        for (handle, _, _) in self.workers {
+            match handle.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("a worker's poll failed: {e}"),
+                Err(_) => panic!("a worker thread panicked"),
+            }
+        }
+        if let Some(c) = self.control {
+            c.stop();
+        }
+        drop(self.generator_commands);
+        self.generator.join().expect("generator thread panicked");
+        let mut summary = self.aggregator.join().expect("stats thread panicked");
+        summary.envelopes_in_rings = self.rings.len() as u64;
+        summary
+    }
+}
+
+/// The stats thread: closes seconds, prints and publishes them, and hands
+/// histograms back to the cores. Returns the totals once every source is gone.
+fn aggregate(
+    cores: usize,
+    reports: Receiver<Report>,
+    recycle: Vec<Sender<Box<LatencyHistogram>>>,
+    published: Arc<Mutex<Published>>,
+    mut stats_file: Option<std::fs::File>,
+    quiet: bool,
+) -> Summary {
+    let mut agg = Aggregator::new(cores);
+    let mut seconds = 0;
+    let mut emit = |agg: &Aggregator, closed: Vec<SecondStats>| {
+        if closed.is_empty() {
+            return;
+        }
+        let stdout = io::stdout();
+        let mut out = stdout.lock();
+        for s in &closed {
+            seconds += 1;
+            if !quiet {
+                let _ = writeln!(out, "{}", second_line(s));
+            }
+            if let Some(f) = stats_file.as_mut()
+                && let Ok(line) = serde_json::to_string(s)
+            {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+        let mut p = published.lock().unwrap_or_else(|e| e.into_inner());
+        for s in closed {
+            if p.recent.len() == RECENT_SECONDS {
+                p.recent.pop_front();
+            }
+            p.recent.push_back(s);
+        }
+        p.total = agg.total.clone();
+    };
+    while let Ok(report) = reports.recv() {
+        let core = match &report {
+            Report::Core { core, .. } => Some(*core),
+            Report::Generator { .. } => None,
+        };
+        if let (Some(core), Some(h)) = (core, agg.add(report)) {
+            let _ = recycle[core].try_send(h);
+        }
+        let closed = agg.drain_closed();
+        emit(&agg, closed);
+    }
+    let closed = agg.drain_all();
+    emit(&agg, closed);
+    Summary {
+        total: agg.total.clone(),
+        seconds,
+        service_ns: agg.total_latency_ns(),
+        envelopes_in_rings: 0,
+    }
+}
+
+/// One line per second, for people watching a terminal.
+pub fn second_line(s: &SecondStats) -> String {
+    let c = &s.server;
+    format!(
+        "{sec} conns {open} +{acc}/-{closed} login {login} shakes {shakes} got {got} none {none} gone {gone} \
+         over {over} bad {bad} evict {evict} in {bin}B out {bout}B gen {gen} rings {rings} svc p50/p99/p99.9 {p50}/{p99}/{p999}us",
+        sec = s.second,
+        open = s.conns_open,
+        acc = c.accepted,
+        closed = c.closed,
+        login = c.logins,
+        shakes = c.shakes,
+        got = c.got,
+        none = c.none,
+        gone = c.gone,
+        over = c.overload,
+        bad = c.bad_frames(),
+        evict = c.evictions,
+        bin = c.bytes_in,
+        bout = c.bytes_out,
+        gen = s.generator.generated,
+        rings = s.envelopes_in_rings,
+        p50 = us(s.service_ns_p50),
+        p99 = us(s.service_ns_p99),
+        p999 = us(s.service_ns_p999),
+    )
+}
+
+fn us(ns: u64) -> String {
+    format!("{:.1}", ns as f64 / 1000.0)
+}

@@ -1,0 +1,676 @@
+//! The per-core event loop: poll → accept → read → answer → write.
+//!
+//! Owns: one mio `Poll`, one SO_REUSEPORT listener, the connections the kernel
+//! hands that listener (in a slab, grouped in SETs), the core's scratch
+//! buffers, counters and latency histogram. Must not: block, lock, log, or
+//! allocate per request; share anything mutable with another core.
+//!
+//! # The event-loop contract
+//!
+//! - Edge-triggered (mio's only mode): a readiness event is a hint that state
+//!   changed, so each event is drained to `WouldBlock` — the listener is
+//!   accepted from until `WouldBlock`, a socket read until `WouldBlock` or a
+//!   short read (below). Spurious events are harmless: a read that finds
+//!   nothing returns `WouldBlock`, a stale token finds no connection.
+//! - Short read means drained: on Linux a TCP socket raises a new edge for
+//!   every arrival of data, so a read that returns fewer bytes than the room
+//!   offered has emptied the receive queue for now, and the extra read that
+//!   would return `WouldBlock` is skipped. A read that fills the buffer is
+//!   followed by another.
+//! - `Interrupted` means retry; other errors close that connection only.
+//! - One write per connection per wake-up: every answer to the frames read is
+//!   encoded into one per-core output buffer and handed to a single `write`.
+//!   Only a short write gives the connection its own buffer for the rest and
+//!   asks for `WRITABLE`; both go away once it drains.
+//! - Interest is registered once, `READABLE`, at accept; re-registration
+//!   happens only around a short write.
+//! - No buffer per idle connection: reads go into one per-core 64 KiB scratch
+//!   buffer. A connection owns a (boxed) buffer only while it holds a partial
+//!   frame or unsent output.
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::generator::unix_second;
+use crate::ids::CoreId;
+use crate::session::{Service, SessionState};
+use crate::stats::{CoreCounters, LatencyHistogram, Report, latency_histogram};
+use crate::wire::{self, DecodeError, FRAME_LEN_MAX};
+
+/// The listener's token.
+pub const LISTENER: Token = Token(0);
+/// The waker's token: control messages are waiting.
+pub const WAKER: Token = Token(1);
+/// Connection `key` in the slab has token `FIRST_CONN + key`.
+const FIRST_CONN: usize = 2;
+
+/// Connections per SET: the unit in which a core sweeps login deadlines.
+/// 1,024 slots scan in a few microseconds, so one sweep step never stalls
+/// the loop.
+pub const SET_SIZE: usize = 1024;
+/// SETs swept per tick at most, bounding the sweep's work per turn (64 SETs
+/// cover 65,536 connections; a core with 500k sweeps all in under a second).
+const SETS_SWEPT_PER_TICK: usize = 64;
+/// Per-core read buffer, shared by all of the core's connections.
+const SCRATCH_IN_LEN: usize = 64 * 1024;
+/// Readiness events taken per poll: bounds one turn's work, so timers and
+/// the second's close are never starved for long.
+const EVENTS_MAX: usize = 1024;
+/// The loop wakes at least this often to close seconds and sweep.
+const TICK: Duration = Duration::from_millis(100);
+/// How long accepting pauses after the kernel runs out of descriptors, so a
+/// full table is not a busy loop.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// A message from the server's owner to a core.
+#[derive(Debug)]
+pub enum Control {
+    /// Stop accepting, flush pending answers for up to the grace period, exit.
+    Shutdown,
+}
+
+/// Limits a core enforces.
+#[derive(Clone, Copy, Debug)]
+pub struct WorkerLimits {
+    /// Connections this core holds at most.
+    pub conns_max: usize,
+    /// Unsent answer bytes a connection may hold before it is evicted.
+    pub outbound_max: usize,
+    /// Time a new connection has to log in.
+    pub login_timeout: Duration,
+    /// Time to flush pending answers after a shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Everything a core is given at start.
+pub struct WorkerSetup {
+    /// This core's index (and ring).
+    pub core: CoreId,
+    /// The CPU to pin to, if any.
+    pub pin: Option<core_affinity::CoreId>,
+    /// The poll, created by the owner so it can make the waker.
+    pub poll: Poll,
+    /// This core's listener.
+    pub listener: std::net::TcpListener,
+    /// Control messages; the owner wakes the poll after sending one.
+    pub control: Receiver<Control>,
+    /// Where closed seconds go.
+    pub reports: Sender<Report>,
+    /// Histograms coming back from the aggregator for reuse.
+    pub recycled: Receiver<Box<LatencyHistogram>>,
+    /// Limits.
+    pub limits: WorkerLimits,
+}
+
+/// Makes the poll and its waker for a core.
+pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    Ok((poll, waker))
+}
+
+/// A connection: tens of bytes while idle.
+struct Conn {
+    stream: TcpStream,
+    state: SessionState,
+    /// Milliseconds since the core's epoch, wrapping; meaningful only while
+    /// awaiting login.
+    login_deadline_ms: u32,
+    /// Present only while a partial frame or unsent output is held.
+    buffers: Option<Box<ConnBuffers>>,
+}
+
+/// What a busy connection holds between wake-ups.
+struct ConnBuffers {
+    partial: [u8; FRAME_LEN_MAX],
+    partial_len: usize,
+    out: Vec<u8>,
+    writable: bool,
+}
+
+impl ConnBuffers {
+    fn new() -> Box<Self> {
+        Box::new(ConnBuffers {
+            partial: [0; FRAME_LEN_MAX],
+            partial_len: 0,
+            out: Vec::new(),
+            writable: false,
+        })
+    }
+}
+
+/// Per-SET bookkeeping.
+#[derive(Clone, Copy, Default)]
+struct Set {
+    /// Connections in this SET that have not logged in yet.
+    awaiting_login: u32,
+}
+
+/// Why a connection is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Close {
+    /// The peer closed or reset.
+    Peer,
+    /// A frame was refused (counted by kind where it was refused).
+    BadFrame,
+    /// Pending output passed the limit.
+    Evicted,
+    /// No login in time.
+    LoginTimeout,
+}
+
+/// A running core.
+struct Worker<S: Service> {
+    core: CoreId,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Slab<Conn>,
+    sets: Vec<Set>,
+    sweep_cursor: usize,
+    scratch_in: Box<[u8]>,
+    scratch_out: Vec<u8>,
+    service: S,
+    counters: CoreCounters,
+    latency: Box<LatencyHistogram>,
+    limits: WorkerLimits,
+    control: Receiver<Control>,
+    reports: Sender<Report>,
+    recycled: Receiver<Box<LatencyHistogram>>,
+    epoch: Instant,
+    now: Instant,
+    now_secs: u64,
+    /// The wall-clock second being counted.
+    second: u64,
+    next_tick: Instant,
+    /// Accepting is paused until then (descriptors ran out).
+    accept_paused_until: Option<Instant>,
+    /// Accepting stopped because this core holds `conns_max`.
+    accept_full: bool,
+    /// Connections holding unsent output.
+    conns_pending_out: usize,
+    /// Set once a shutdown is asked: flush until then, then exit.
+    shutdown_deadline: Option<Instant>,
+}
+
+/// Runs a core until it is told to shut down. Errors are fatal to the
+/// process: the poll itself failed.
+pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
+    if let Some(pin) = setup.pin {
+        // A failed pin leaves the thread floating: slower, still correct.
+        // The owner reports pinning at start-up, so nothing is logged here.
+        let _ = core_affinity::set_for_current(pin);
+    }
+    let mut listener = TcpListener::from_std(setup.listener);
+    setup
+        .poll
+        .registry()
+        .register(&mut listener, LISTENER, Interest::READABLE)?;
+    let now = Instant::now();
+    let now_secs = unix_second(SystemTime::now());
+    let mut w = Worker {
+        core: setup.core,
+        poll: setup.poll,
+        listener: Some(listener),
+        conns: Slab::with_capacity(setup.limits.conns_max),
+        sets: Vec::new(),
+        sweep_cursor: 0,
+        scratch_in: vec![0; SCRATCH_IN_LEN].into_boxed_slice(),
+        scratch_out: Vec::with_capacity(SCRATCH_IN_LEN * 2),
+        service,
+        counters: CoreCounters::default(),
+        latency: Box::new(latency_histogram()),
+        limits: setup.limits,
+        control: setup.control,
+        reports: setup.reports,
+        recycled: setup.recycled,
+        epoch: now,
+        now,
+        now_secs,
+        second: now_secs,
+        next_tick: now + TICK,
+        accept_paused_until: None,
+        accept_full: false,
+        conns_pending_out: 0,
+        shutdown_deadline: None,
+    };
+    w.run()
+}
+
+impl<S: Service> Worker<S> {
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(EVENTS_MAX);
+        loop {
+            let timeout = self.next_tick.saturating_duration_since(self.now);
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            self.now = Instant::now();
+            self.now_secs = unix_second(SystemTime::now());
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    WAKER => self.on_control(),
+                    Token(t) => {
+                        let key = t - FIRST_CONN;
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(key);
+                        } else if event.is_writable() {
+                            self.on_writable(key);
+                        }
+                    }
+                }
+            }
+            if self.now_secs != self.second {
+                self.close_second();
+            }
+            if self.now >= self.next_tick {
+                self.next_tick = self.now + TICK;
+                self.on_tick();
+            }
+            if let Some(deadline) = self.shutdown_deadline
+                && (self.conns_pending_out == 0 || self.now >= deadline)
+            {
+                self.close_second();
+                return Ok(());
+            }
+        }
+    }
+
+    fn on_control(&mut self) {
+        while let Ok(msg) = self.control.try_recv() {
+            match msg {
+                Control::Shutdown => {
+                    if let Some(mut l) = self.listener.take() {
+                        let _ = self.poll.registry().deregister(&mut l);
+                    }
+                    self.shutdown_deadline = Some(self.now + self.limits.shutdown_grace);
+                }
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if self.accept_full && self.conns.len() < self.limits.conns_max {
+            self.accept_full = false;
+            self.accept_all();
+        }
+        if self
+            .accept_paused_until
+            .is_some_and(|until| self.now >= until)
+        {
+            self.accept_paused_until = None;
+            self.accept_all();
+        }
+        self.sweep_login_deadlines();
+    }
+
+    /// Sends the closed second's counters and histogram to the aggregator.
+    fn close_second(&mut self) {
+        let fresh = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| Box::new(latency_histogram()));
+        let latency = std::mem::replace(&mut self.latency, fresh);
+        // The aggregator outlives the cores; if it is gone the process is
+        // stopping, and the counts have nowhere to go.
+        let _ = self.reports.send(Report::Core {
+            core: self.core.0,
+            second: self.second,
+            counters: std::mem::take(&mut self.counters),
+            conns_open: self.conns.len() as u64,
+            latency,
+        });
+        self.second = self.now_secs;
+        self.service.on_second();
+    }
+
+    fn now_ms(&self) -> u32 {
+        // Wrapping milliseconds: deadlines are compared by wrapping
+        // difference, valid while they lie within 24 days of now.
+        self.now.duration_since(self.epoch).as_millis() as u32
+    }
+
+    fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            if self.conns.len() >= self.limits.conns_max {
+                self.accept_full = true;
+                return;
+            }
+            match listener.accept() {
+                Ok((stream, _)) => self.admit(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_resource_exhaustion(&e) => {
+                    self.counters.accept_fd_exhausted += 1;
+                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
+                    return;
+                }
+                // ECONNABORTED and kin: that one connection is gone.
+                Err(_) => self.counters.accept_errors += 1,
+            }
+        }
+    }
+
+    fn admit(&mut self, mut stream: TcpStream) {
+        // Answers are small and latency matters more than packet count.
+        let _ = stream.set_nodelay(true);
+        let deadline = self
+            .now_ms()
+            .wrapping_add(self.limits.login_timeout.as_millis() as u32);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(&mut stream, Token(FIRST_CONN + key), Interest::READABLE)
+            .is_err()
+        {
+            self.counters.accept_errors += 1;
+            return;
+        }
+        entry.insert(Conn {
+            stream,
+            state: SessionState::AwaitingLogin,
+            login_deadline_ms: deadline,
+            buffers: None,
+        });
+        let set = key / SET_SIZE;
+        if self.sets.len() <= set {
+            self.sets.resize(set + 1, Set::default());
+        }
+        self.sets[set].awaiting_login += 1;
+        self.counters.accepted += 1;
+    }
+
+    fn close(&mut self, key: usize, why: Close) {
+        // Dropping the stream closes the descriptor, which removes it from
+        // the epoll set: no deregister syscall needed.
+        let conn = self.conns.remove(key);
+        if conn.state == SessionState::AwaitingLogin {
+            self.sets[key / SET_SIZE].awaiting_login -= 1;
+        }
+        if conn.buffers.as_ref().is_some_and(|b| !b.out.is_empty()) {
+            self.conns_pending_out -= 1;
+        }
+        match why {
+            Close::Evicted => self.counters.evictions += 1,
+            Close::LoginTimeout => self.counters.login_timeouts += 1,
+            Close::Peer | Close::BadFrame => {}
+        }
+        self.counters.closed += 1;
+    }
+
+    fn on_readable(&mut self, key: usize) {
+        if self.shutdown_deadline.is_some() {
+            // Stopping: answer nothing new, only flush what is owed.
+            self.on_writable(key);
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // stale event for a connection closed this turn
+        };
+        let was_awaiting = conn.state == SessionState::AwaitingLogin;
+        let scratch = &mut self.scratch_in[..];
+        let out = &mut self.scratch_out;
+        out.clear();
+        let mut filled = 0;
+        if let Some(b) = conn.buffers.as_deref_mut() {
+            filled = b.partial_len;
+            scratch[..filled].copy_from_slice(&b.partial[..filled]);
+            b.partial_len = 0;
+        }
+        let mut close = None;
+        let mut frames = 0u64;
+        let mut read_at = None;
+        loop {
+            let room = scratch.len() - filled;
+            match conn.stream.read(&mut scratch[filled..]) {
+                Ok(0) => {
+                    close = Some(Close::Peer);
+                    break;
+                }
+                Ok(n) => {
+                    read_at.get_or_insert_with(Instant::now);
+                    self.counters.bytes_in += n as u64;
+                    filled += n;
+                    let (used, answered, refused) = answer_frames(
+                        &scratch[..filled],
+                        &mut conn.state,
+                        &mut self.service,
+                        self.now_secs,
+                        out,
+                        &mut self.counters,
+                    );
+                    frames += answered;
+                    scratch.copy_within(used..filled, 0);
+                    filled -= used;
+                    if refused {
+                        close = Some(Close::BadFrame);
+                        break;
+                    }
+                    if n < room {
+                        break; // drained: see the contract above
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    close = Some(Close::Peer);
+                    break;
+                }
+            }
+        }
+        if close.is_none() && filled > 0 {
+            // decode() refuses or completes any prefix of FRAME_LEN_MAX bytes,
+            // so a leftover is always shorter than one frame.
+            debug_assert!(filled < FRAME_LEN_MAX);
+            let b = conn.buffers.get_or_insert_with(ConnBuffers::new);
+            b.partial[..filled].copy_from_slice(&scratch[..filled]);
+            b.partial_len = filled;
+        }
+        if was_awaiting && conn.state != SessionState::AwaitingLogin {
+            self.sets[key / SET_SIZE].awaiting_login -= 1;
+        }
+        if !out.is_empty() {
+            if let Some(read_at) = read_at {
+                let ns = Instant::now().saturating_duration_since(read_at).as_nanos() as u64;
+                // Out-of-range values saturate instead of failing.
+                let _ = self.latency.record_n(ns.max(1), frames);
+            }
+            // Answers to the frames before a refused one are still owed.
+            if let Err(why) = self.send(key) {
+                close = Some(why);
+            }
+        }
+        if let Some(why) = close {
+            self.close(key, why);
+        } else {
+            self.release_idle_buffers(key);
+        }
+    }
+
+    fn on_writable(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        self.scratch_out.clear();
+        match self.send(key) {
+            Ok(()) => self.release_idle_buffers(key),
+            Err(why) => self.close(key, why),
+        }
+    }
+
+    /// Writes the connection's pending output followed by `scratch_out`,
+    /// with one `write`; keeps what did not fit.
+    fn send(&mut self, key: usize) -> Result<(), Close> {
+        let conn = &mut self.conns[key];
+        let out = &mut self.scratch_out;
+        let had_pending = conn.buffers.as_ref().is_some_and(|b| !b.out.is_empty());
+        // With output already waiting, new answers queue behind it: order
+        // on the wire is the order of the requests.
+        let bytes: &[u8] = match conn.buffers.as_deref_mut() {
+            Some(b) if had_pending => {
+                b.out.extend_from_slice(out);
+                &b.out
+            }
+            _ => out,
+        };
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let written = loop {
+            match conn.stream.write(bytes) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Err(Close::Peer),
+            }
+        };
+        self.counters.bytes_out += written as u64;
+        let rest = bytes.len() - written;
+        if had_pending {
+            let b = conn.buffers.as_deref_mut().expect("had pending output");
+            b.out.drain(..written);
+        } else if rest > 0 {
+            let b = conn.buffers.get_or_insert_with(ConnBuffers::new);
+            b.out.extend_from_slice(&out[written..]);
+        }
+        let has_pending = rest > 0;
+        match (had_pending, has_pending) {
+            (false, true) => self.conns_pending_out += 1,
+            (true, false) => self.conns_pending_out -= 1,
+            _ => {}
+        }
+        if rest > self.limits.outbound_max {
+            return Err(Close::Evicted);
+        }
+        let b = match conn.buffers.as_deref_mut() {
+            Some(b) => b,
+            None => return Ok(()),
+        };
+        // WRITABLE is asked for only while output waits: left on, every ACK
+        // that frees send space would wake the loop for nothing.
+        if has_pending != b.writable {
+            let interest = if has_pending {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            if self
+                .poll
+                .registry()
+                .reregister(&mut conn.stream, Token(FIRST_CONN + key), interest)
+                .is_err()
+            {
+                return Err(Close::Peer);
+            }
+            b.writable = has_pending;
+        }
+        Ok(())
+    }
+
+    /// Frees a connection's buffers once it holds nothing, so an idle
+    /// connection costs no buffer.
+    fn release_idle_buffers(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
+        if conn
+            .buffers
+            .as_ref()
+            .is_some_and(|b| b.partial_len == 0 && b.out.is_empty() && !b.writable)
+        {
+            conn.buffers = None;
+        }
+    }
+
+    /// Closes connections that did not log in in time, a bounded number of
+    /// SETs per tick, skipping SETs where everyone has logged in.
+    fn sweep_login_deadlines(&mut self) {
+        let sets = self.sets.len();
+        if sets == 0 {
+            return;
+        }
+        let now_ms = self.now_ms();
+        let mut swept = 0;
+        for _ in 0..sets {
+            let set = self.sweep_cursor;
+            self.sweep_cursor = (self.sweep_cursor + 1) % sets;
+            if self.sets[set].awaiting_login == 0 {
+                continue;
+            }
+            for key in set * SET_SIZE..(set + 1) * SET_SIZE {
+                let expired = self.conns.get(key).is_some_and(|c| {
+                    c.state == SessionState::AwaitingLogin
+                        && (now_ms.wrapping_sub(c.login_deadline_ms) as i32) >= 0
+                });
+                if expired {
+                    self.close(key, Close::LoginTimeout);
+                }
+            }
+            swept += 1;
+            if swept == SETS_SWEPT_PER_TICK {
+                break;
+            }
+        }
+    }
+}
+
+/// Decodes and answers every whole frame in `bytes`. Returns the bytes used,
+/// the frames answered, and whether a frame was refused (counted here by
+/// kind); answers to the frames before a refused one stay in `out`.
+fn answer_frames<S: Service>(
+    bytes: &[u8],
+    state: &mut SessionState,
+    service: &mut S,
+    now_secs: u64,
+    out: &mut Vec<u8>,
+    counters: &mut CoreCounters,
+) -> (usize, u64, bool) {
+    let mut at = 0;
+    let mut answered = 0;
+    loop {
+        match wire::decode(&bytes[at..]) {
+            Ok(d) => {
+                if service
+                    .on_frame(state, d.frame, now_secs, out, counters)
+                    .is_err()
+                {
+                    counters.bad_session += 1;
+                    return (at, answered, true);
+                }
+                at += d.len;
+                answered += 1;
+            }
+            Err(DecodeError::Incomplete) => return (at, answered, false),
+            Err(e) => {
+                match e {
+                    DecodeError::BadLength(_) => counters.bad_length += 1,
+                    DecodeError::UnknownCmd(_) => counters.bad_cmd += 1,
+                    DecodeError::BadSize { .. } => counters.bad_size += 1,
+                    DecodeError::Incomplete => unreachable!("matched above"),
+                }
+                return (at, answered, true);
+            }
+        }
+    }
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
