@@ -123,7 +123,8 @@ pub fn run(
         counters: GeneratorCounters::default(),
     };
     let mut batch = Batch::new(initial, Instant::now());
-    g.rings.set_exhausted(batch.schedule.is_done(0) && initial.total.is_some());
+    g.rings
+        .set_exhausted(batch.schedule.is_done(0) && initial.total.is_some());
     let mut second = unix_second(SystemTime::now());
     // Wake at least this often to close seconds and retry a held envelope.
     let tick = Duration::from_millis(100);
@@ -158,7 +159,9 @@ pub fn run(
             }
         }
         let now = Instant::now();
-        let due = batch.schedule.due_by(now.saturating_duration_since(batch.start));
+        let due = batch
+            .schedule
+            .due_by(now.saturating_duration_since(batch.start));
         while batch.emitted < due {
             if !g.emit_one() {
                 break;
@@ -301,7 +304,11 @@ mod tests {
             for k in 0..50 {
                 let t = s.due_at(k).unwrap();
                 assert_eq!(s.due_by(t), k + 1, "rate {rate} k {k}");
-                assert_eq!(s.due_by(t - Duration::from_nanos(1)), k, "rate {rate} k {k}");
+                assert_eq!(
+                    s.due_by(t - Duration::from_nanos(1)),
+                    k,
+                    "rate {rate} k {k}"
+                );
             }
         }
     }
@@ -315,7 +322,14 @@ mod tests {
         assert_eq!(s.due_by(Duration::from_secs(10)), 150);
         assert_eq!(s.due_at(150), None);
         assert!(s.is_done(150) && !s.is_done(149));
-        assert_eq!(Schedule { rate: 0, total: None }.due_at(0), None);
+        assert_eq!(
+            Schedule {
+                rate: 0,
+                total: None
+            }
+            .due_at(0),
+            None
+        );
     }
 
     #[test]

@@ -54,8 +54,19 @@ impl PacketId {
 ///
 /// A single envelope or packet must fit the wire's u32 field; sums are u64 so a
 /// day of traffic cannot overflow them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Cents(pub u64);
 
 impl Cents {
@@ -68,7 +79,10 @@ impl Cents {
     /// invariant, and one that would corrupt money, hence checked in release.
     #[inline]
     pub fn wire(self) -> u32 {
-        assert!(self.0 <= u64::from(u32::MAX), "amount {self} exceeds the wire's u32");
+        assert!(
+            self.0 <= u64::from(u32::MAX),
+            "amount {self} exceeds the wire's u32"
+        );
         self.0 as u32
     }
 }

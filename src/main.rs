@@ -21,9 +21,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve wire v1: logins, shakes and claims, one pinned event loop per core.
-    Server(hongbao::server::ServerConfig),
+    Server(Box<hongbao::server::ServerConfig>),
     /// Drive load at a server: connect users, log in, shake at a fixed rate.
-    Flood(hongbao::flood::FloodArgs),
+    Flood(Box<hongbao::flood::FloodArgs>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,7 +49,11 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
     println!(
         "hongbao server listening on {} ({} {} thread(s), http {}, open-file limit {})",
         server.addr(),
-        if config.reference { "reference" } else { "hongbao" },
+        if config.reference {
+            "reference"
+        } else {
+            "hongbao"
+        },
         server.threads(),
         http,
         server.fd_limit().soft,
@@ -57,7 +61,11 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     eprintln!(
         "hongbao: {} received: stopping accepts, flushing answers",
-        if signal == SIGINT { "SIGINT" } else { "SIGTERM" }
+        if signal == SIGINT {
+            "SIGINT"
+        } else {
+            "SIGTERM"
+        }
     );
     let summary = server.shutdown();
     let t = &summary.total;

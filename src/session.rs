@@ -151,7 +151,13 @@ impl Service for Hongbao {
                     Some(e) => {
                         counters.got += 1;
                         counters.cents_granted += e.amount.0;
-                        shake_answer(user, ShakeOutcome::GOT, Some((e.id, e.amount)), now_secs, out);
+                        shake_answer(
+                            user,
+                            ShakeOutcome::GOT,
+                            Some((e.id, e.amount)),
+                            now_secs,
+                            out,
+                        );
                     }
                     None if self.rings.exhausted() => {
                         counters.gone += 1;
@@ -255,7 +261,10 @@ mod tests {
         let mut st = SessionState::default();
         let mut c = CoreCounters::default();
         let shake = Frame::ShakeRequest { user: UserId(1) };
-        assert_eq!(step(&mut s, &mut st, shake, &mut c), Err(SessionError::NotLoggedIn(2)));
+        assert_eq!(
+            step(&mut s, &mut st, shake, &mut c),
+            Err(SessionError::NotLoggedIn(2))
+        );
     }
 
     #[test]
@@ -268,7 +277,12 @@ mod tests {
         rings.push(CoreId(0), env).unwrap();
         let mut st = SessionState::default();
         let mut c = CoreCounters::default();
-        let login = step(&mut s, &mut st, Frame::LoginRequest { user: UserId(7) }, &mut c);
+        let login = step(
+            &mut s,
+            &mut st,
+            Frame::LoginRequest { user: UserId(7) },
+            &mut c,
+        );
         assert_eq!(
             login,
             Ok(Frame::LoginResponse {
@@ -278,7 +292,9 @@ mod tests {
         );
         // The user id in the frame is ignored in favour of the session's.
         let shake = Frame::ShakeRequest { user: UserId(999) };
-        let answers: Vec<Frame> = (0..3).map(|_| step(&mut s, &mut st, shake, &mut c).unwrap()).collect();
+        let answers: Vec<Frame> = (0..3)
+            .map(|_| step(&mut s, &mut st, shake, &mut c).unwrap())
+            .collect();
         let want = |result, envelope, amount| Frame::ShakeResponse {
             user: UserId(7),
             result,
@@ -293,10 +309,16 @@ mod tests {
                 want(ShakeOutcome::OVERLOAD, 0, 0),
             ]
         );
-        assert_eq!((c.shakes, c.got, c.none, c.overload, c.cents_granted), (3, 1, 1, 1, 42));
+        assert_eq!(
+            (c.shakes, c.got, c.none, c.overload, c.cents_granted),
+            (3, 1, 1, 1, 42)
+        );
         s.on_second();
         rings.set_exhausted(true);
-        assert_eq!(step(&mut s, &mut st, shake, &mut c), Ok(want(ShakeOutcome::GONE, 0, 0)));
+        assert_eq!(
+            step(&mut s, &mut st, shake, &mut c),
+            Ok(want(ShakeOutcome::GONE, 0, 0))
+        );
     }
 
     #[test]
@@ -308,6 +330,9 @@ mod tests {
             packet: PacketId(1),
             amount: Cents(1),
         };
-        assert_eq!(step(&mut s, &mut st, f, &mut c), Err(SessionError::WrongDirection(6)));
+        assert_eq!(
+            step(&mut s, &mut st, f, &mut c),
+            Err(SessionError::WrongDirection(6))
+        );
     }
 }

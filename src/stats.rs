@@ -436,7 +436,15 @@ mod tests {
         }
         a.add(generator(5, 0));
         let s = &a.drain_closed()[0];
-        assert!((995..=1_005).contains(&s.service_ns_p50), "{}", s.service_ns_p50);
-        assert!((8_990..=9_010).contains(&s.service_ns_p99), "{}", s.service_ns_p99);
+        assert!(
+            (995..=1_005).contains(&s.service_ns_p50),
+            "{}",
+            s.service_ns_p50
+        );
+        assert!(
+            (8_990..=9_010).contains(&s.service_ns_p99),
+            "{}",
+            s.service_ns_p99
+        );
     }
 }

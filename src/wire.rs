@@ -342,10 +342,17 @@ mod tests {
 
     #[test]
     fn login_request_bytes_match_the_reference_layout() {
-        let b = bytes_of(Frame::LoginRequest { user: UserId(0x0102_0304) }, 0x1122_3344_5566_7788);
+        let b = bytes_of(
+            Frame::LoginRequest {
+                user: UserId(0x0102_0304),
+            },
+            0x1122_3344_5566_7788,
+        );
         assert_eq!(
             b,
-            [0, 16, 0, 0, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 1, 2, 3, 4]
+            [
+                0, 16, 0, 0, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 1, 2, 3, 4
+            ]
         );
     }
 

@@ -127,7 +127,12 @@ fn handle(
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..filled]) {
             Ok(httparse::Status::Complete(_)) => {
-                break route(req.method.unwrap_or(""), req.path.unwrap_or(""), generator, published);
+                break route(
+                    req.method.unwrap_or(""),
+                    req.path.unwrap_or(""),
+                    generator,
+                    published,
+                );
             }
             Ok(httparse::Status::Partial) if filled < buf.len() => {}
             Ok(httparse::Status::Partial) => {

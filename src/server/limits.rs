@@ -175,7 +175,13 @@ mod tests {
             1_000_000,
         )
         .expect("20k is below 1M");
-        for needle in ["fs.nr_open", "fs.file-max", "hard nofile", "ulimit -n", "--conns-max 19936"] {
+        for needle in [
+            "fs.nr_open",
+            "fs.file-max",
+            "hard nofile",
+            "ulimit -n",
+            "--conns-max 19936",
+        ] {
             assert!(a.contains(needle), "advice lacks {needle}: {a}");
         }
         let enough = FdLimit {
@@ -193,6 +199,9 @@ mod tests {
         let err = bind_listeners(addr, 1, 16).unwrap_err();
         assert_eq!(err.source.kind(), io::ErrorKind::AddrInUse);
         let msg = err.to_string();
-        assert!(msg.contains(&addr.to_string()) && msg.contains("in use"), "{msg}");
+        assert!(
+            msg.contains(&addr.to_string()) && msg.contains("in use"),
+            "{msg}"
+        );
     }
 }

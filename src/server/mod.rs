@@ -59,7 +59,9 @@ pub enum StartError {
     #[error(transparent)]
     Bind(#[from] limits::BindError),
     /// The HTTP control could not listen.
-    #[error("binding the HTTP control on {addr}: {source} (choose another with --http, or --no-http)")]
+    #[error(
+        "binding the HTTP control on {addr}: {source} (choose another with --http, or --no-http)"
+    )]
     Http {
         /// Its address.
         addr: SocketAddr,
@@ -80,6 +82,13 @@ fn resource(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
     move |source| StartError::Resource { step, source }
 }
 
+/// A running core, as its owner holds it.
+struct WorkerHandle {
+    thread: JoinHandle<io::Result<()>>,
+    waker: Arc<mio::Waker>,
+    control: Sender<Control>,
+}
+
 /// A running server.
 pub struct ServerHandle {
     addr: SocketAddr,
@@ -87,7 +96,7 @@ pub struct ServerHandle {
     threads: usize,
     fd_limit: FdLimit,
     warnings: Vec<String>,
-    workers: Vec<(JoinHandle<io::Result<()>>, Arc<mio::Waker>, Sender<Control>)>,
+    workers: Vec<WorkerHandle>,
     generator: JoinHandle<()>,
     generator_commands: Sender<generator::Command>,
     aggregator: JoinHandle<Summary>,
@@ -155,7 +164,16 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         let quiet = config.quiet;
         std::thread::Builder::new()
             .name("hongbao-stats".into())
-            .spawn(move || aggregate(threads, reports_rx, recycle_txs, published, stats_file, quiet))
+            .spawn(move || {
+                aggregate(
+                    threads,
+                    reports_rx,
+                    recycle_txs,
+                    published,
+                    stats_file,
+                    quiet,
+                )
+            })
             .map_err(resource("starting the stats thread"))?
     };
 
@@ -187,7 +205,8 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
     let per_core_qps = config.max_qps.div_ceil(threads as u64);
     let mut workers = Vec::with_capacity(threads);
     for (i, (listener, recycled)) in listeners.into_iter().zip(recycle_rxs).enumerate() {
-        let (poll, waker) = worker::poll_and_waker().map_err(resource("creating a worker's poll"))?;
+        let (poll, waker) =
+            worker::poll_and_waker().map_err(resource("creating a worker's poll"))?;
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let setup = WorkerSetup {
             core: CoreId(i),
@@ -211,7 +230,11 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
                 }
             })
             .map_err(resource("starting a worker thread"))?;
-        workers.push((handle, waker, control_tx));
+        workers.push(WorkerHandle {
+            thread: handle,
+            waker,
+            control: control_tx,
+        });
     }
     drop(reports_tx);
 
@@ -219,12 +242,12 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         None
     } else {
         Some(
-            ControlServer::start(config.http, gen_tx.clone(), published.clone()).map_err(|source| {
-                StartError::Http {
+            ControlServer::start(config.http, gen_tx.clone(), published.clone()).map_err(
+                |source| StartError::Http {
                     addr: config.http,
                     source,
-                }
-            })?,
+                },
+            )?,
         )
     };
 
@@ -298,12 +321,12 @@ impl ServerHandle {
     /// When a worker's poll failed or a thread panicked: both are broken
     /// invariants, not operating errors.
     pub fn shutdown(self) -> Summary {
-        for (_, waker, control) in &self.workers {
-            let _ = control.send(Control::Shutdown);
-            let _ = waker.wake();
+        for w in &self.workers {
+            let _ = w.control.send(Control::Shutdown);
+            let _ = w.waker.wake();
         }
-        for (handle, _, _) in self.workers {
-            match handle.join() {
+        for w in self.workers {
+            match w.thread.join() {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => panic!("a worker's poll failed: {e}"),
                 Err(_) => panic!("a worker thread panicked"),
