@@ -10,7 +10,8 @@
 //! - Edge-triggered (mio's only mode): a readiness event is a hint that state
 //!   changed, so each event is drained to `WouldBlock` — the listener is
 //!   accepted from until `WouldBlock`, a socket read until `WouldBlock` or a
-//!   short read (below). Spurious events are harmless: a read that finds
+//!   short read (below), or to end of file when the event reports the peer's
+//!   FIN. Spurious events are harmless: a read that finds
 //!   nothing returns `WouldBlock`, a stale token finds no connection.
 //! - Short read means drained: on Linux a TCP socket raises a new edge for
 //!   every arrival of data, so a read that returns fewer bytes than the room
@@ -260,8 +261,9 @@ impl<S: Service> Worker<S> {
                     WAKER => self.on_control(),
                     Token(t) => {
                         let key = t - FIRST_CONN;
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(key);
+                        let closing = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || closing {
+                            self.on_readable(key, closing);
                         } else if event.is_writable() {
                             self.on_writable(key);
                         }
@@ -414,7 +416,9 @@ impl<S: Service> Worker<S> {
         self.counters.closed += 1;
     }
 
-    fn on_readable(&mut self, key: usize) {
+    /// `closing`: the event already reports the peer's FIN or an error, so
+    /// the short-read shortcut must not skip the read that returns it.
+    fn on_readable(&mut self, key: usize, closing: bool) {
         if self.shutdown_deadline.is_some() {
             // Stopping: answer nothing new, only flush what is owed.
             self.on_writable(key);
@@ -462,7 +466,7 @@ impl<S: Service> Worker<S> {
                         close = Some(Close::BadFrame);
                         break;
                     }
-                    if n < room {
+                    if n < room && !closing {
                         break; // drained: see the contract above
                     }
                 }
