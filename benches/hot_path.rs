@@ -8,6 +8,9 @@
 //! shakes, which is what a core does per wake-up under load. Throughput is
 //! reported per frame.
 
+// criterion_group! generates public functions that cannot carry docs.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 

@@ -130,11 +130,15 @@ pub fn run(
     let tick = Duration::from_millis(100);
     loop {
         let now = Instant::now();
-        let next_due = batch
-            .schedule
-            .due_at(batch.emitted)
-            .map(|d| batch.start + d)
-            .unwrap_or(now + tick);
+        let next_due = if g.held.is_some() {
+            now + Duration::from_millis(1)
+        } else {
+            batch
+                .schedule
+                .due_at(batch.emitted)
+                .map(|d| batch.start + d)
+                .unwrap_or(now + tick)
+        };
         let wake = next_due.min(now + tick).max(now);
         match commands.recv_deadline(wake) {
             Ok(Command::StartBatch { schedule, reply }) => {

@@ -26,10 +26,18 @@ enum Command {
     Flood(Box<hongbao::flood::FloodArgs>),
 }
 
-fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+fn main() -> std::process::ExitCode {
+    let result = match Cli::parse().command {
         Command::Server(config) => serve(&config),
         Command::Flood(args) => hongbao::flood::run(&args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the step that failed, its cause, and the fix.
+            eprintln!("hongbao: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 

@@ -147,7 +147,16 @@ impl Service for Hongbao {
                     return Ok(());
                 }
                 self.shakes_this_sec += 1;
-                match self.rings.pop(self.core) {
+                // "Exhausted" is stored (Release) after the last push, so a
+                // pop after loading it (Acquire) sees every envelope; the
+                // first pop may have run just before the last push.
+                let popped = self.rings.pop(self.core).or_else(|| {
+                    self.rings
+                        .exhausted()
+                        .then(|| self.rings.pop(self.core))
+                        .flatten()
+                });
+                match popped {
                     Some(e) => {
                         counters.got += 1;
                         counters.cents_granted += e.amount.0;

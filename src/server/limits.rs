@@ -83,20 +83,21 @@ pub fn fd_limit_advice(limit: FdLimit, conns_max: usize) -> Option<String> {
 
 /// Why a listener could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error("{step} {addr}: {source}{hint}")]
+#[error("{step} {addr}: {error}{hint}")]
 pub struct BindError {
     /// The step that failed, e.g. "binding".
     pub step: &'static str,
     /// The address it was for.
     pub addr: SocketAddr,
-    /// The OS error.
-    pub source: io::Error,
+    /// The OS error (part of the message, not a separate cause, so the
+    /// one-line report does not repeat it).
+    pub error: io::Error,
     /// What to do about it.
     pub hint: &'static str,
 }
 
-fn bind_error(step: &'static str, addr: SocketAddr, source: io::Error) -> BindError {
-    let hint = match source.kind() {
+fn bind_error(step: &'static str, addr: SocketAddr, error: io::Error) -> BindError {
+    let hint = match error.kind() {
         io::ErrorKind::AddrInUse => {
             " (another process holds this port: stop it, or choose another with --listen)"
         }
@@ -109,7 +110,7 @@ fn bind_error(step: &'static str, addr: SocketAddr, source: io::Error) -> BindEr
     BindError {
         step,
         addr,
-        source,
+        error,
         hint,
     }
 }
@@ -197,7 +198,7 @@ mod tests {
         let addr = first[0].local_addr().unwrap();
         assert_eq!(first[1].local_addr().unwrap(), addr, "one port for all");
         let err = bind_listeners(addr, 1, 16).unwrap_err();
-        assert_eq!(err.source.kind(), io::ErrorKind::AddrInUse);
+        assert_eq!(err.error.kind(), io::ErrorKind::AddrInUse);
         let msg = err.to_string();
         assert!(
             msg.contains(&addr.to_string()) && msg.contains("in use"),

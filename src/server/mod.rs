@@ -60,26 +60,26 @@ pub enum StartError {
     Bind(#[from] limits::BindError),
     /// The HTTP control could not listen.
     #[error(
-        "binding the HTTP control on {addr}: {source} (choose another with --http, or --no-http)"
+        "binding the HTTP control on {addr}: {error} (choose another with --http, or --no-http)"
     )]
     Http {
         /// Its address.
         addr: SocketAddr,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
     },
     /// A thread, poll or file could not be created.
-    #[error("{step}: {source}")]
+    #[error("{step}: {error}")]
     Resource {
         /// What was being made.
         step: &'static str,
         /// The OS error.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 fn resource(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
-    move |source| StartError::Resource { step, source }
+    move |error| StartError::Resource { step, error }
 }
 
 /// A running core, as its owner holds it.
@@ -243,9 +243,9 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
     } else {
         Some(
             ControlServer::start(config.http, gen_tx.clone(), published.clone()).map_err(
-                |source| StartError::Http {
+                |error| StartError::Http {
                     addr: config.http,
-                    source,
+                    error,
                 },
             )?,
         )

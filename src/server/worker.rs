@@ -133,6 +133,7 @@ struct ConnBuffers {
     partial_len: usize,
     out: Vec<u8>,
     writable: bool,
+    read_closed: bool,
 }
 
 impl ConnBuffers {
@@ -142,6 +143,7 @@ impl ConnBuffers {
             partial_len: 0,
             out: Vec::new(),
             writable: false,
+            read_closed: false,
         })
     }
 }
@@ -255,6 +257,9 @@ impl<S: Service> Worker<S> {
             }
             self.now = Instant::now();
             self.now_secs = unix_second(SystemTime::now());
+            if self.now_secs != self.second {
+                self.close_second();
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
@@ -263,15 +268,14 @@ impl<S: Service> Worker<S> {
                         let key = t - FIRST_CONN;
                         let closing = event.is_read_closed() || event.is_error();
                         if event.is_readable() || closing {
+                            // Also flushes output owed, so a readable and
+                            // writable event still costs one write.
                             self.on_readable(key, closing);
                         } else if event.is_writable() {
                             self.on_writable(key);
                         }
                     }
                 }
-            }
-            if self.now_secs != self.second {
-                self.close_second();
             }
             if self.now >= self.next_tick {
                 self.next_tick = self.now + TICK;
@@ -489,8 +493,11 @@ impl<S: Service> Worker<S> {
         if was_awaiting && conn.state != SessionState::AwaitingLogin {
             self.sets[key / SET_SIZE].awaiting_login -= 1;
         }
-        if !out.is_empty() {
-            if let Some(read_at) = read_at {
+        let owed = conn.buffers.as_ref().is_some_and(|b| !b.out.is_empty());
+        if !out.is_empty() || owed {
+            if let Some(read_at) = read_at
+                && frames > 0
+            {
                 let ns = Instant::now().saturating_duration_since(read_at).as_nanos() as u64;
                 // Out-of-range values saturate instead of failing.
                 let _ = self.latency.record_n(ns.max(1), frames);
@@ -500,7 +507,15 @@ impl<S: Service> Worker<S> {
                 close = Some(why);
             }
         }
-        if let Some(why) = close {
+        if close == Some(Close::Peer)
+            && let Some(b) = self.conns[key].buffers.as_deref_mut()
+            && !b.out.is_empty()
+        {
+            // The peer closed its sending side but answers are still owed:
+            // keep the connection until they drain (eviction and the
+            // shutdown grace still bound it), then close.
+            b.read_closed = true;
+        } else if let Some(why) = close {
             self.close(key, why);
         } else {
             self.release_idle_buffers(key);
@@ -513,7 +528,17 @@ impl<S: Service> Worker<S> {
         }
         self.scratch_out.clear();
         match self.send(key) {
-            Ok(()) => self.release_idle_buffers(key),
+            Ok(()) => {
+                if self.conns[key]
+                    .buffers
+                    .as_ref()
+                    .is_some_and(|b| b.read_closed && b.out.is_empty())
+                {
+                    self.close(key, Close::Peer);
+                } else {
+                    self.release_idle_buffers(key);
+                }
+            }
             Err(why) => self.close(key, why),
         }
     }
