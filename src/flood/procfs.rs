@@ -1,0 +1,210 @@
+//! CPU time and resident memory of a process, as the benchmark figures need them.
+//!
+//! Owns: reading `/proc/PID/stat` (utime + stime), `/proc/PID/status`
+//! (VmRSS), the per-CPU lines of `/proc/stat` and `getrusage(RUSAGE_SELF)`,
+//! with the parsers kept pure so the tests can feed them awkward inputs. Must
+//! not: be called on the send/receive path (each call is a few syscalls and a
+//! file parse); it runs only at phase edges.
+
+use std::fs;
+
+use anyhow::Context;
+
+/// CPU time (user + system) consumed so far by process `pid`, in microseconds.
+///
+/// The kernel reports it in clock ticks (usually 10 ms each), so a window
+/// must be long against a tick: 10 s at tens of thousands of requests a
+/// second puts the rounding well under 1 %.
+pub fn process_cpu_us(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let ticks = parse_stat_cpu_ticks(&text).with_context(|| format!("parsing {path}"))?;
+    Ok(ticks_to_us(ticks, clock_ticks_per_sec()))
+}
+
+/// Resident set size of process `pid` in bytes, from `VmRSS` in
+/// `/proc/PID/status`.
+pub fn process_rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    parse_status_rss_bytes(&text).with_context(|| format!("parsing {path}"))
+}
+
+/// CPU time (user + system) of this process, all threads, in microseconds.
+/// `getrusage` has microsecond resolution, finer than `/proc/self/stat`.
+pub fn self_cpu_us() -> anyhow::Result<u64> {
+    // SAFETY: `usage` is a plain C struct that `getrusage` fills in; an
+    // all-zero bit pattern is a valid value for it, and the pointer is valid
+    // for the duration of the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_SELF is a valid `who`, `usage` is a valid out pointer.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getrusage(RUSAGE_SELF)");
+    }
+    let us = |tv: libc::timeval| (tv.tv_sec as u64) * 1_000_000 + tv.tv_usec as u64;
+    Ok(us(usage.ru_utime) + us(usage.ru_stime))
+}
+
+/// Time one CPU spent in each state since boot, in microseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// The CPU's number (`cpuN`).
+    pub cpu: usize,
+    /// Running tasks or interrupts: user + nice + system + irq + softirq.
+    pub busy_us: u64,
+    /// Taken by the hypervisor while this CPU wanted to run: on a VM, time
+    /// the benchmark lost without any process being charged for it.
+    pub steal_us: u64,
+}
+
+/// Per-CPU times from `/proc/stat`, to see at the window's edges whether
+/// anything besides the server and the flooder ran, or the hypervisor stole.
+pub fn cpu_times() -> anyhow::Result<Vec<CpuTimes>> {
+    let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    parse_cpu_times(&text, clock_ticks_per_sec()).context("parsing /proc/stat")
+}
+
+/// The `cpuN` lines of `/proc/stat` (not the `cpu` total), fields in ticks:
+/// user nice system idle iowait irq softirq steal guest guest_nice. Guest
+/// time is already included in user, so it is not added again.
+fn parse_cpu_times(text: &str, ticks_per_sec: u64) -> anyhow::Result<Vec<CpuTimes>> {
+    let mut cpus = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.split_ascii_whitespace();
+        let Some(name) = fields.next() else { continue };
+        let Some(number) = name.strip_prefix("cpu").filter(|n| !n.is_empty()) else {
+            continue;
+        };
+        let cpu: usize = number.parse().with_context(|| format!("cpu name {name}"))?;
+        let values: Vec<u64> = fields
+            .map(str::parse::<u64>)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("{name} has a non-numeric field"))?;
+        let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = values[..] else {
+            anyhow::bail!("{name} has {} fields, expected at least 8", values.len());
+        };
+        cpus.push(CpuTimes {
+            cpu,
+            busy_us: ticks_to_us(user + nice + system + irq + softirq, ticks_per_sec),
+            steal_us: ticks_to_us(steal, ticks_per_sec),
+        });
+    }
+    if cpus.is_empty() {
+        anyhow::bail!("no cpuN lines");
+    }
+    Ok(cpus)
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    // 100 is what Linux reports on every architecture we run on; it is only
+    // a fallback for a sysconf that fails, which it does not on Linux.
+    if ticks > 0 { ticks as u64 } else { 100 }
+}
+
+fn ticks_to_us(ticks: u64, per_sec: u64) -> u64 {
+    ticks.saturating_mul(1_000_000) / per_sec.max(1)
+}
+
+/// utime + stime in clock ticks from the text of `/proc/PID/stat`.
+///
+/// The second field, the command name, is in parentheses and may itself hold
+/// spaces and parentheses, so the fields are counted from the *last* `)`.
+/// After it come field 3 (state) onwards; utime and stime are fields 14 and 15.
+fn parse_stat_cpu_ticks(text: &str) -> anyhow::Result<u64> {
+    let after = text
+        .rfind(')')
+        .map(|at| &text[at + 1..])
+        .context("no ')' closing the command name")?;
+    let mut fields = after.split_ascii_whitespace().skip(14 - 3);
+    let mut next = |name: &str| -> anyhow::Result<u64> {
+        fields
+            .next()
+            .with_context(|| format!("no {name} field"))?
+            .parse::<u64>()
+            .with_context(|| format!("{name} is not a number"))
+    };
+    let utime = next("utime")?;
+    let stime = next("stime")?;
+    Ok(utime + stime)
+}
+
+/// `VmRSS` in bytes from the text of `/proc/PID/status` (the kernel writes
+/// it in kB, meaning KiB).
+fn parse_status_rss_bytes(text: &str) -> anyhow::Result<u64> {
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("no VmRSS line (is it a kernel thread?)")?;
+    let mut parts = line.split_ascii_whitespace();
+    let value: u64 = parts
+        .next()
+        .context("VmRSS has no value")?
+        .parse()
+        .context("VmRSS is not a number")?;
+    match parts.next() {
+        Some("kB") => Ok(value * 1024),
+        other => anyhow::bail!("VmRSS unit is {other:?}, expected kB"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_are_counted_from_the_last_parenthesis() {
+        // A command name with spaces and a ')' inside, as a hostile or
+        // merely odd process name can have.
+        let text = "4242 (my (odd) srv) S 1 4242 4242 0 -1 4194560 1029 0 0 0 \
+                    1234 567 0 0 20 0 1 0 88 12345678 900 18446744073709551615\n";
+        assert_eq!(parse_stat_cpu_ticks(text).unwrap(), 1234 + 567);
+    }
+
+    #[test]
+    fn stat_that_is_cut_short_is_an_error() {
+        assert!(parse_stat_cpu_ticks("1 (x) S 1 2 3").is_err());
+        assert!(parse_stat_cpu_ticks("no parens at all").is_err());
+    }
+
+    #[test]
+    fn rss_is_read_in_kib() {
+        let text = "Name:\thongbao\nVmPeak:\t  999 kB\nVmRSS:\t    2048 kB\nThreads:\t3\n";
+        assert_eq!(parse_status_rss_bytes(text).unwrap(), 2048 * 1024);
+        assert!(parse_status_rss_bytes("Name:\tkthreadd\n").is_err());
+        assert!(parse_status_rss_bytes("VmRSS:\t12 MB\n").is_err());
+    }
+
+    #[test]
+    fn per_cpu_lines_are_read_and_the_total_skipped() {
+        let text = "cpu  47106 0 12127 166236 527 0 4546 41 0 0\n\
+                    cpu0 23307 1 5135 85157 72 2 2093 19 0 0\n\
+                    cpu1 23799 0 6991 81079 454 0 2453 22 5 0\n\
+                    intr 2065038 0 0\n";
+        let cpus = parse_cpu_times(text, 100).unwrap();
+        assert_eq!(cpus.len(), 2);
+        assert_eq!(cpus[0].cpu, 0);
+        assert_eq!(cpus[0].busy_us, (23307 + 1 + 5135 + 2 + 2093) * 10_000);
+        assert_eq!(cpus[0].steal_us, 19 * 10_000);
+        assert_eq!(cpus[1].cpu, 1);
+        assert!(parse_cpu_times("cpu0 1 2 3\n", 100).is_err());
+        assert!(parse_cpu_times("intr 5\n", 100).is_err());
+    }
+
+    #[test]
+    fn ticks_become_microseconds() {
+        assert_eq!(ticks_to_us(250, 100), 2_500_000);
+        assert_eq!(ticks_to_us(3, 1000), 3_000);
+    }
+
+    #[test]
+    fn this_process_can_be_read() {
+        let pid = std::process::id();
+        assert!(process_rss_bytes(pid).unwrap() > 0);
+        process_cpu_us(pid).unwrap();
+        self_cpu_us().unwrap();
+        assert!(!cpu_times().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,252 @@
+//! What one flooder thread counts, and how threads' counts are merged.
+//!
+//! Owns: the per-second [`Counters`], the two latency histograms
+//! ([`Latency`]) and their merge. Must not: be shared between threads while
+//! a run is going. Each thread owns its own and hands them over by value
+//! (once a second for progress, once at the end in full), so nothing on the
+//! send/receive path is locked or contended.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Plain event counts over some span (one second, the window, a whole run).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Shake requests handed to the socket.
+    pub sent: u64,
+    /// Answers matched to a request: shake results of any code, and pushes
+    /// sent in place of a shake result.
+    pub answered: u64,
+    /// Shake result 14: got an envelope.
+    pub got: u64,
+    /// Shake result 15: no envelope now.
+    pub none: u64,
+    /// Shake result 16: all envelopes gone.
+    pub gone: u64,
+    /// Shake result 17: server overloaded.
+    pub overload: u64,
+    /// PacketPush (cmd 4) frames answering a shake in place of a result.
+    pub pushes: u64,
+    /// Shake results with a code v1 does not define.
+    pub other_results: u64,
+    /// Well-formed frames that answer nothing: an answer with no request
+    /// outstanding, or a cmd a server should not send here.
+    pub unexpected_frames: u64,
+    /// Bytes that do not decode as a v1 frame; the connection is closed.
+    pub bad_frames: u64,
+    /// Connections lost: closed by the peer, reset, or failed on I/O.
+    pub conn_errors: u64,
+    /// Requests that fell due for a connection already lost, so never sent.
+    pub unsent: u64,
+}
+
+impl Counters {
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Counters) {
+        let Counters {
+            sent,
+            answered,
+            got,
+            none,
+            gone,
+            overload,
+            pushes,
+            other_results,
+            unexpected_frames,
+            bad_frames,
+            conn_errors,
+            unsent,
+        } = *other;
+        self.sent += sent;
+        self.answered += answered;
+        self.got += got;
+        self.none += none;
+        self.gone += gone;
+        self.overload += overload;
+        self.pushes += pushes;
+        self.other_results += other_results;
+        self.unexpected_frames += unexpected_frames;
+        self.bad_frames += bad_frames;
+        self.conn_errors += conn_errors;
+        self.unsent += unsent;
+    }
+
+    /// Everything that went wrong, in one number for the progress line.
+    pub fn errors(&self) -> u64 {
+        self.other_results
+            + self.unexpected_frames
+            + self.bad_frames
+            + self.conn_errors
+            + self.unsent
+    }
+}
+
+/// The slowest latency a histogram can hold: anything slower is recorded as
+/// this. A minute is far beyond any run's deadline, so nothing real saturates.
+const LATENCY_NS_MAX: u64 = 60 * 1_000_000_000;
+
+/// Latency histograms of one thread (or, merged, of the run), in nanoseconds
+/// with 3 significant digits.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    /// Answer time − intended send time: what a user waiting on a schedule
+    /// sees, corrected for coordinated omission.
+    pub corrected: Histogram<u64>,
+    /// Answer time − actual send time: the uncorrected service time.
+    pub service: Histogram<u64>,
+    /// Actual send time − intended send time: the flooder's own lateness
+    /// (timer granularity, a busy core), which `corrected` includes and
+    /// `service` leaves out. Shown so that a reader can tell the two apart.
+    pub send_lag: Histogram<u64>,
+}
+
+impl Latency {
+    /// Empty histograms, allocated once here (about 200 KiB each) so that
+    /// recording never allocates.
+    pub fn new() -> Latency {
+        let histogram = || {
+            // 1 ns .. 60 s at 3 significant digits is a valid configuration,
+            // so creation cannot fail; if it ever did, that is a bug here.
+            Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid histogram bounds")
+        };
+        Latency {
+            corrected: histogram(),
+            service: histogram(),
+            send_lag: histogram(),
+        }
+    }
+
+    /// Records one answered request.
+    #[inline]
+    pub fn record(&mut self, corrected_ns: u64, service_ns: u64) {
+        // The histograms start at 1 ns; a 0 (same clock reading) is 1.
+        self.corrected.saturating_record(corrected_ns.max(1));
+        self.service.saturating_record(service_ns.max(1));
+    }
+
+    /// Records how late one request went out.
+    #[inline]
+    pub fn record_send_lag(&mut self, lag_ns: u64) {
+        self.send_lag.saturating_record(lag_ns.max(1));
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &Latency) {
+        // Same bounds on both sides, so adding cannot fail.
+        self.corrected
+            .add(&other.corrected)
+            .expect("same histogram bounds");
+        self.service
+            .add(&other.service)
+            .expect("same histogram bounds");
+        self.send_lag
+            .add(&other.send_lag)
+            .expect("same histogram bounds");
+    }
+}
+
+impl Default for Latency {
+    fn default() -> Latency {
+        Latency::new()
+    }
+}
+
+/// A histogram's summary in microseconds, as the report shows it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// Samples recorded.
+    pub count: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// Largest sample.
+    pub max_us: f64,
+}
+
+impl Percentiles {
+    /// Summarises `h` (nanoseconds) in microseconds; all zero when empty.
+    pub fn of(h: &Histogram<u64>) -> Percentiles {
+        if h.is_empty() {
+            return Percentiles::default();
+        }
+        let us = |ns: u64| ns as f64 / 1_000.0;
+        Percentiles {
+            count: h.len(),
+            mean_us: h.mean() / 1_000.0,
+            p50_us: us(h.value_at_quantile(0.50)),
+            p90_us: us(h.value_at_quantile(0.90)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_every_field() {
+        let one = Counters {
+            sent: 1,
+            answered: 2,
+            got: 3,
+            none: 4,
+            gone: 5,
+            overload: 6,
+            pushes: 7,
+            other_results: 8,
+            unexpected_frames: 9,
+            bad_frames: 10,
+            conn_errors: 11,
+            unsent: 12,
+        };
+        let mut sum = one;
+        sum.add(&one);
+        let doubled = serde_json::to_value(sum).unwrap();
+        let single = serde_json::to_value(one).unwrap();
+        for (name, v) in single.as_object().unwrap() {
+            assert_eq!(doubled[name], v.as_u64().unwrap() * 2, "field {name}");
+        }
+        assert_eq!(one.errors(), 8 + 9 + 10 + 11 + 12);
+    }
+
+    #[test]
+    fn latency_merges_and_summarises_in_microseconds() {
+        let mut a = Latency::new();
+        let mut b = Latency::new();
+        for i in 1..=1000u64 {
+            a.record(i * 1_000, i * 500);
+        }
+        b.record(5_000_000, 0);
+        b.record_send_lag(700);
+        a.add(&b);
+        assert_eq!(a.send_lag.len(), 1);
+        let p = Percentiles::of(&a.corrected);
+        assert_eq!(p.count, 1001);
+        assert!((p.p50_us - 501.0).abs() <= 1.0, "{p:?}");
+        assert!((p.max_us - 5_000.0).abs() <= 5.0, "{p:?}");
+        let s = Percentiles::of(&a.service);
+        assert_eq!(s.count, 1001);
+        assert!(s.p50_us < p.p50_us);
+        assert_eq!(
+            Percentiles::of(&Latency::new().service),
+            Percentiles::default()
+        );
+    }
+
+    #[test]
+    fn latency_beyond_the_bound_saturates_instead_of_failing() {
+        let mut a = Latency::new();
+        a.record(u64::MAX, u64::MAX);
+        assert_eq!(a.corrected.len(), 1);
+    }
+}
