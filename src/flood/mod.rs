@@ -22,6 +22,7 @@ mod procfs;
 pub mod report;
 pub mod schedule;
 pub mod stats;
+mod timer;
 mod worker;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -134,6 +135,12 @@ pub struct FloodArgs {
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub login_timeout: u64,
 
+    /// Shortest wait between two sends of a thread, in microseconds: requests
+    /// falling due within it leave together. Smaller is smoother pacing and
+    /// less send lag, at more wake-ups (CPU) for both flooder and server.
+    #[arg(long, default_value_t = 50, value_name = "US")]
+    pub send_interval_us: u64,
+
     /// No per-second progress lines; only the summary.
     #[arg(long)]
     pub quiet: bool,
@@ -154,8 +161,21 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
         None => None,
     };
 
+    // The server's CPU over the connect phase: its cost per accepted and
+    // logged-in connection, which bounds its accept rate whatever the
+    // flooder's own connect speed.
+    let server_cpu = |when: &str| -> anyhow::Result<Option<u64>> {
+        args.server_pid
+            .map(|pid| {
+                procfs::process_cpu_us(pid)
+                    .with_context(|| format!("sampling the server's CPU {when} connecting"))
+            })
+            .transpose()
+    };
+    let connect_cpu_before = server_cpu("before")?;
     let mut coordinator = Coordinator::spawn(args, server)?;
     let login = coordinator.connect_phase()?;
+    let connect_cpu = connect_cpu_before.zip(server_cpu("after")?);
 
     coordinator.wait(Instant::now() + Duration::from_secs(args.settle_secs))?;
     let rss_after = match args.server_pid {
@@ -168,7 +188,14 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
     let shaking = coordinator.shake_phase()?;
     coordinator.join();
 
-    let report = build_report(args, server, &login, rss_before.zip(rss_after), &shaking);
+    let report = build_report(
+        args,
+        server,
+        &login,
+        rss_before.zip(rss_after),
+        connect_cpu,
+        &shaking,
+    );
     print!("{}", report::summary(&report));
     if let Some(path) = &args.json {
         let file =
@@ -361,6 +388,7 @@ impl Coordinator {
                 connect_start,
                 login_deadline,
                 hard_deadline,
+                send_interval: Duration::from_micros(args.send_interval_us),
             };
             let to_main = to_main.clone();
             let join = std::thread::Builder::new()
@@ -626,6 +654,7 @@ fn build_report(
     server: SocketAddr,
     login: &LoginOutcome,
     rss: Option<(u64, u64)>,
+    connect_cpu: Option<(u64, u64)>,
     shaking: &Shaking,
 ) -> Report {
     let window_range = args.warmup..args.warmup + args.duration;
@@ -673,10 +702,13 @@ fn build_report(
     let server_report = args.server_pid.map(|pid| {
         let cpu_us = server_cpu_us;
         let (rss_before, rss_after) = rss.unwrap_or_default();
+        let connect_cpu_us = connect_cpu.map_or(0, |(a, b)| b.saturating_sub(a));
         ServerReport {
             pid,
             cpu_us,
             cpu_us_per_answered: report::per(cpu_us as f64, window.answered),
+            connect_cpu_us,
+            connect_cpu_us_per_login: report::per(connect_cpu_us as f64, login.logged_in),
             rss_before_bytes: rss_before,
             rss_after_bytes: rss_after,
             rss_bytes_per_conn: (rss_after as f64 - rss_before as f64)

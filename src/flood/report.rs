@@ -137,6 +137,11 @@ pub struct ServerReport {
     pub cpu_us: u64,
     /// `cpu_us / window answered`; None when nothing was answered.
     pub cpu_us_per_answered: Option<f64>,
+    /// User + system CPU from before the first connect to the last login.
+    pub connect_cpu_us: u64,
+    /// `connect_cpu_us / logged-in users`: the server's cost to accept and log
+    /// in one connection; 1e6 over it is its accept capacity per core.
+    pub connect_cpu_us_per_login: Option<f64>,
     /// VmRSS before the first connect.
     pub rss_before_bytes: u64,
     /// VmRSS `--settle-secs` after the last login.
@@ -297,6 +302,15 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
             s.pid,
             s.cpu_us as f64 / 1e6,
             fmt_opt(s.cpu_us_per_answered)
+        )?;
+        writeln!(
+            out,
+            "  server accept  {:.3} s CPU over the connect phase = {} µs/login ({} logins/s per server core)",
+            s.connect_cpu_us as f64 / 1e6,
+            fmt_opt(s.connect_cpu_us_per_login),
+            s.connect_cpu_us_per_login
+                .filter(|us| *us > 0.0)
+                .map_or_else(|| "-".to_string(), |us| format!("{:.0}", 1e6 / us))
         )?;
         writeln!(
             out,

@@ -32,11 +32,16 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::schedule::{self, NANOS_PER_SEC, Share};
 use super::stats::{Counters, Latency};
+use super::timer::{Timer, tighten_timer_slack};
 use crate::ids::UserId;
 use crate::wire::{self, DecodeError, Frame, ShakeOutcome};
 
 /// The token of each thread's `mio::Waker`; connections use tokens `0..users`.
 pub(crate) const WAKER: Token = Token(usize::MAX);
+/// The token of each thread's send timer.
+const TIMER: Token = Token(usize::MAX - 1);
+/// How long past the timer the poll waits anyway, in case the timer is lost.
+const TIMER_BACKSTOP: Duration = Duration::from_millis(5);
 
 /// Bytes read per `read` call into the thread's one scratch buffer: a whole
 /// burst of answers for many coalesced requests fits, and it is shared by all
@@ -169,6 +174,8 @@ pub(crate) struct WorkerConfig {
     pub login_deadline: Instant,
     /// No phase of this thread goes past this.
     pub hard_deadline: Instant,
+    /// Shortest wait between two sends (`--send-interval-us`).
+    pub send_interval: Duration,
 }
 
 /// The thread body: connect, hold, shake, report. Returns when done or told
@@ -180,7 +187,16 @@ pub(crate) fn run(
     to_main: Sender<ToMain>,
 ) {
     let thread = cfg.index;
-    let mut worker = Worker::new(cfg, poll, control, to_main.clone());
+    tighten_timer_slack();
+    let timer = match Timer::new(poll.registry(), TIMER) {
+        Ok(t) => t,
+        Err(e) => {
+            let error = format!("thread {thread}: creating the send timer: {e}");
+            let _ = to_main.send(ToMain::Failed { thread, error });
+            return;
+        }
+    };
+    let mut worker = Worker::new(cfg, poll, control, to_main.clone(), timer);
     let outcome = (|| -> Result<(), Stop> {
         let summary = worker.connect_all()?;
         // A send fails only when the coordinator has already given up. An
@@ -355,6 +371,7 @@ struct Worker {
     tally: Tally,
     before_start: Counters,
     per_second: Vec<Counters>,
+    timer: Timer,
 }
 
 impl Worker {
@@ -363,6 +380,7 @@ impl Worker {
         poll: Poll,
         control: Receiver<Control>,
         to_main: Sender<ToMain>,
+        timer: Timer,
     ) -> Worker {
         let seconds = (cfg.warmup_ns + cfg.window_ns + cfg.drain_ns) / NANOS_PER_SEC + 2;
         Worker {
@@ -386,6 +404,7 @@ impl Worker {
                 lost_outside_window: 0,
             },
             before_start: Counters::default(),
+            timer,
         }
     }
 
@@ -735,10 +754,10 @@ impl Worker {
                 drain_end_ns
             };
             let next_ns = next_ns.min((second + 1) * NANOS_PER_SEC);
-            // epoll takes whole milliseconds and mio rounds the timeout up,
-            // so at high rates we wake up to 1 ms late and send what fell due
-            // meanwhile in one go. That lateness is measured, not hidden:
-            // latency counts from each request's intended time.
+            // The timer wakes us on time to the microsecond (epoll's own
+            // timeout is whole milliseconds); what falls due within
+            // --send-interval-us leaves together. Any lateness left is measured,
+            // not hidden: latency counts from each request's intended time.
             let timeout = if now < start {
                 // Before the start, elapsed_ns reads 0 and request 0 looks
                 // due now: wait for the start itself instead of spinning.
@@ -746,7 +765,19 @@ impl Worker {
             } else {
                 Duration::from_nanos(next_ns.saturating_sub(elapsed_ns))
             };
-            self.poll_for(timeout)?;
+            if timeout.is_zero() {
+                self.poll_for(Duration::ZERO)?;
+            } else {
+                self.timer
+                    .arm(timeout.max(self.cfg.send_interval))
+                    .map_err(|e| {
+                        Stop::Failed(format!(
+                            "thread {}: arming the send timer: {e}",
+                            self.cfg.index
+                        ))
+                    })?;
+                self.poll_for(timeout + TIMER_BACKSTOP)?;
+            }
         }
     }
 
@@ -817,7 +848,7 @@ impl Worker {
 /// (its message is read by `check_control`).
 fn readiness(event: &Event) -> Option<(usize, bool, bool)> {
     let token = event.token();
-    if token == WAKER {
+    if token == WAKER || token == TIMER {
         return None;
     }
     // Errors and hang-ups are found by the read or write that follows, which
