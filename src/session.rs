@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use crate::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
+use crate::ids::{Cents, CoreId, EnvelopeId, UserId};
 use crate::ring::EnvelopeRings;
 use crate::stats::CoreCounters;
 use crate::wire::{Frame, ShakeOutcome};
@@ -52,30 +52,53 @@ pub trait Service {
     fn on_second(&mut self) {}
 }
 
-/// Answers a login and binds the session, or refuses a first frame that is
-/// not a login. Shared by both services so the reference does the same work.
+/// The session path both services share: binds the connection at login,
+/// refuses a first frame that is not a login and frames only servers send,
+/// answers claims, and hands shakes to `shake` with the session's user. The
+/// reference differs from the product only in that closure, so the benchmark
+/// compares exactly the business logic.
 #[inline]
-fn session_user(
+fn dispatch(
     state: &mut SessionState,
-    frame: &Frame,
+    frame: Frame,
     now_secs: u64,
     out: &mut Vec<u8>,
     counters: &mut CoreCounters,
-) -> Result<Option<UserId>, SessionError> {
-    match (*state, frame) {
+    shake: impl FnOnce(UserId, &mut Vec<u8>, &mut CoreCounters),
+) -> Result<(), SessionError> {
+    let user = match (*state, frame) {
         (SessionState::AwaitingLogin, Frame::LoginRequest { user }) => {
-            *state = SessionState::LoggedIn(*user);
-            login_ok(*user, now_secs, out, counters);
-            Ok(None)
+            *state = SessionState::LoggedIn(user);
+            login_ok(user, now_secs, out, counters);
+            return Ok(());
         }
-        (SessionState::AwaitingLogin, f) => Err(SessionError::NotLoggedIn(f.cmd())),
+        (SessionState::AwaitingLogin, f) => return Err(SessionError::NotLoggedIn(f.cmd())),
         // A repeated login is answered for the session's user and changes
         // nothing: the binding is made once per connection.
         (SessionState::LoggedIn(user), Frame::LoginRequest { .. }) => {
             login_ok(user, now_secs, out, counters);
-            Ok(None)
+            return Ok(());
         }
-        (SessionState::LoggedIn(user), _) => Ok(Some(user)),
+        (SessionState::LoggedIn(user), _) => user,
+    };
+    match frame {
+        Frame::ShakeRequest { .. } => {
+            counters.shakes += 1;
+            shake(user, out, counters);
+            Ok(())
+        }
+        Frame::ClaimRequest { packet, .. } => {
+            // No sent packets exist yet (issue 4 adds them): every packet is
+            // unknown, and an unknown packet's claim result is 0 cents.
+            counters.claims += 1;
+            Frame::ClaimResponse {
+                packet,
+                amount: Cents(0),
+            }
+            .encode(now_secs, out);
+            Ok(())
+        }
+        f => Err(SessionError::WrongDirection(f.cmd())),
     }
 }
 
@@ -123,6 +146,57 @@ impl Hongbao {
     }
 }
 
+impl Hongbao {
+    /// Answers one shake for `user`: overloaded, an envelope, gone, or none.
+    #[inline]
+    fn shake(
+        &mut self,
+        user: UserId,
+        now_secs: u64,
+        out: &mut Vec<u8>,
+        counters: &mut CoreCounters,
+    ) {
+        // The ceiling is checked before the ring, so an overloaded core does
+        // no more work than answering.
+        if self.shakes_this_sec >= self.shakes_per_sec_max {
+            counters.overload += 1;
+            shake_answer(user, ShakeOutcome::OVERLOAD, None, now_secs, out);
+            return;
+        }
+        self.shakes_this_sec += 1;
+        // "Exhausted" is stored (Release) after the last push, so a pop after
+        // loading it (Acquire) sees every envelope; the first pop may have run
+        // just before the last push.
+        let popped = self.rings.pop(self.core).or_else(|| {
+            self.rings
+                .exhausted()
+                .then(|| self.rings.pop(self.core))
+                .flatten()
+        });
+        match popped {
+            Some(e) => {
+                counters.got += 1;
+                counters.cents_granted += e.amount.0;
+                shake_answer(
+                    user,
+                    ShakeOutcome::GOT,
+                    Some((e.id, e.amount)),
+                    now_secs,
+                    out,
+                );
+            }
+            None if self.rings.exhausted() => {
+                counters.gone += 1;
+                shake_answer(user, ShakeOutcome::GONE, None, now_secs, out);
+            }
+            None => {
+                counters.none += 1;
+                shake_answer(user, ShakeOutcome::NONE, None, now_secs, out);
+            }
+        }
+    }
+}
+
 impl Service for Hongbao {
     #[inline]
     fn on_frame(
@@ -133,75 +207,19 @@ impl Service for Hongbao {
         out: &mut Vec<u8>,
         counters: &mut CoreCounters,
     ) -> Result<(), SessionError> {
-        let Some(user) = session_user(state, &frame, now_secs, out, counters)? else {
-            return Ok(());
-        };
-        match frame {
-            Frame::ShakeRequest { .. } => {
-                counters.shakes += 1;
-                // The ceiling is checked before the ring, so an overloaded
-                // core does no more work than answering.
-                if self.shakes_this_sec >= self.shakes_per_sec_max {
-                    counters.overload += 1;
-                    shake_answer(user, ShakeOutcome::OVERLOAD, None, now_secs, out);
-                    return Ok(());
-                }
-                self.shakes_this_sec += 1;
-                // "Exhausted" is stored (Release) after the last push, so a
-                // pop after loading it (Acquire) sees every envelope; the
-                // first pop may have run just before the last push.
-                let popped = self.rings.pop(self.core).or_else(|| {
-                    self.rings
-                        .exhausted()
-                        .then(|| self.rings.pop(self.core))
-                        .flatten()
-                });
-                match popped {
-                    Some(e) => {
-                        counters.got += 1;
-                        counters.cents_granted += e.amount.0;
-                        shake_answer(
-                            user,
-                            ShakeOutcome::GOT,
-                            Some((e.id, e.amount)),
-                            now_secs,
-                            out,
-                        );
-                    }
-                    None if self.rings.exhausted() => {
-                        counters.gone += 1;
-                        shake_answer(user, ShakeOutcome::GONE, None, now_secs, out);
-                    }
-                    None => {
-                        counters.none += 1;
-                        shake_answer(user, ShakeOutcome::NONE, None, now_secs, out);
-                    }
-                }
-                Ok(())
-            }
-            Frame::ClaimRequest { packet, .. } => {
-                // No sent packets exist yet (issue 4 adds them): every packet
-                // is unknown, and an unknown packet's claim result is 0 cents.
-                counters.claims += 1;
-                claim_unknown(packet, now_secs, out);
-                Ok(())
-            }
-            Frame::LoginRequest { .. } => unreachable!("handled by session_user"),
-            f => Err(SessionError::WrongDirection(f.cmd())),
-        }
+        dispatch(
+            state,
+            frame,
+            now_secs,
+            out,
+            counters,
+            |user, out, counters| self.shake(user, now_secs, out, counters),
+        )
     }
 
     fn on_second(&mut self) {
         self.shakes_this_sec = 0;
     }
-}
-
-fn claim_unknown(packet: PacketId, now_secs: u64, out: &mut Vec<u8>) {
-    Frame::ClaimResponse {
-        packet,
-        amount: Cents(0),
-    }
-    .encode(now_secs, out);
 }
 
 /// The zero-logic reference: the same frames, session and loop, no business.
@@ -219,30 +237,24 @@ impl Service for Reference {
         out: &mut Vec<u8>,
         counters: &mut CoreCounters,
     ) -> Result<(), SessionError> {
-        let Some(user) = session_user(state, &frame, now_secs, out, counters)? else {
-            return Ok(());
-        };
-        match frame {
-            Frame::ShakeRequest { .. } => {
-                counters.shakes += 1;
+        dispatch(
+            state,
+            frame,
+            now_secs,
+            out,
+            counters,
+            |user, out, counters| {
                 counters.none += 1;
                 shake_answer(user, ShakeOutcome::NONE, None, now_secs, out);
-                Ok(())
-            }
-            Frame::ClaimRequest { packet, .. } => {
-                counters.claims += 1;
-                claim_unknown(packet, now_secs, out);
-                Ok(())
-            }
-            Frame::LoginRequest { .. } => unreachable!("handled by session_user"),
-            f => Err(SessionError::WrongDirection(f.cmd())),
-        }
+            },
+        )
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::PacketId;
     use crate::ring::Envelope;
     use crate::wire::decode;
 

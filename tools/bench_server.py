@@ -102,6 +102,10 @@ def parse_args():
     p.add_argument("--duration", type=int, default=10, help="measurement window, seconds (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="warmup before the window, seconds (default 2)")
     p.add_argument("--settle", type=int, default=2, help="seconds after the last login before RSS (default 2)")
+    p.add_argument("--flood-spin", action="store_true",
+                   help="run the flooder with --spin (never sleeps while shaking): on a VM a sleeping "
+                   "vCPU can take milliseconds to wake, which the latency would charge to the server; "
+                   "the flooder's CPU figures then only say it used its whole core")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 5 s windows")
     p.add_argument("--no-build", action="store_true", help="use the existing target/release/hongbao")
     p.add_argument("--out", type=Path, help="results JSON (default target/bench/bench-<time>.json)")
@@ -200,6 +204,8 @@ def one_run(args, workdir, run_id, server, port, rate, users, duration, warmup, 
     ]
     if binds:
         flood_cmd += ["--bind", binds]
+    if args.flood_spin and rate > 0:
+        flood_cmd += ["--spin"]
     record["server_cmd"] = " ".join(server_cmd)
     record["flood_cmd"] = " ".join(flood_cmd)
     flood_timeout = LOGIN_TIMEOUT_S + args.settle + warmup + duration + 2 + FLOODER_SLACK_S
@@ -275,6 +281,7 @@ def summarise(runs, rates):
                 "server_cpu_us_per_shake": spread([(x.get("server") or {}).get("cpu_us_per_answered") for x in reps]),
                 "latency_corrected_p50_us": spread([x["latency_corrected"]["p50_us"] for x in reps]),
                 "latency_corrected_p99_us": spread([x["latency_corrected"]["p99_us"] for x in reps]),
+                "latency_corrected_p999_us": spread([x["latency_corrected"]["p999_us"] for x in reps]),
                 "latency_service_p50_us": spread([x["latency_service"]["p50_us"] for x in reps]),
                 "latency_service_p99_us": spread([x["latency_service"]["p99_us"] for x in reps]),
                 "flooder_cpu_us_per_request": spread([x["flooder"]["cpu_us_per_request"] for x in reps]),
@@ -298,6 +305,8 @@ def summarise(runs, rates):
                 "connections": reps[0]["connect"]["logged_in"],
                 "rss_bytes_per_conn": spread([(x.get("server") or {}).get("rss_bytes_per_conn") for x in reps]),
                 "logins_per_sec": spread([x["connect"]["logins_per_sec"] for x in reps]),
+                "server_cpu_us_per_login": spread(
+                    [(x.get("server") or {}).get("connect_cpu_us_per_login") for x in reps]),
             }
     return {"fixed_rate": fixed, "memory": memory, "failed_runs": len(runs) - len(ok)}
 
@@ -329,11 +338,12 @@ def markdown(meta, summary):
                f"commit {meta['commit'][:12]}{' (dirty)' if meta['dirty'] else ''}; {meta['date']}.")
     out.append(f"Each figure: median over {meta['repeats']} round(s), (min..max) beside it; "
                f"{meta['users']:,} connections, {meta['warmup']} s warmup, {meta['duration']} s window; "
-               "latency in µs, corrected = from intended send time.")
+               "latency in µs, corrected = from intended send time"
+               + ("; flooder spinning (--spin), so its CPU column is its whole core." if meta.get("flood_spin") else "."))
     out.append("")
     out.append("| shakes/s | server | answered/s | server CPU µs/shake | hongbao ÷ reference "
-               "| p50 µs | p99 µs | service p99 µs | flooder CPU µs/req | others' CPU % |")
-    out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+               "| p50 µs | p99 µs | p99.9 µs | service p99 µs | flooder CPU µs/req | others' CPU % |")
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in summary["fixed_rate"]:
         for name, s in row["servers"].items():
             ratio = row["cpu_ratio_hongbao_over_reference"]
@@ -342,15 +352,22 @@ def markdown(meta, summary):
                 f"| {row['rate']:,} | {name} | {fmt(s['answered_per_sec'], 0)} | "
                 f"{fmt(s['server_cpu_us_per_shake'], 2)} | {ratio_cell} | "
                 f"{fmt(s['latency_corrected_p50_us'], 0)} | {fmt(s['latency_corrected_p99_us'], 0)} | "
+                f"{fmt(s['latency_corrected_p999_us'], 0)} | "
                 f"{fmt(s['latency_service_p99_us'], 0)} | {fmt(s['flooder_cpu_us_per_request'], 2)} | "
                 f"{fmt(s['foreign_cpu_pct'], 0)}{' ⚠' if noisy(s) else ''} |"
             )
     out.append("")
-    out.append("| server | idle connections | server RSS bytes/conn | connect+login /s |")
-    out.append("|---|---:|---:|---:|")
+    out.append("| server | idle connections | server RSS bytes/conn | connect+login /s (end to end) "
+               "| server CPU µs/login | accept+login capacity /s per server core |")
+    out.append("|---|---:|---:|---:|---:|---:|")
     for name, m in summary["memory"].items():
+        cpu = m.get("server_cpu_us_per_login")
+        capacity = None
+        if cpu and cpu["min"] > 0:
+            capacity = {"median": 1e6 / cpu["median"], "min": 1e6 / cpu["max"],
+                        "max": 1e6 / cpu["min"], "n": cpu["n"]}
         out.append(f"| {name} | {m['connections']:,} | {fmt(m['rss_bytes_per_conn'], 0)} | "
-                   f"{fmt(m['logins_per_sec'], 0)} |")
+                   f"{fmt(m['logins_per_sec'], 0)} | {fmt(cpu, 2)} | {fmt(capacity, 0)} |")
     out.append("")
     out.append("\"others' CPU %\" is CPU time in the window used by anything but the server and the "
                "flooder (other processes, kernel threads), in percent of one core, from /proc/stat's "
@@ -390,6 +407,7 @@ def machine(args):
         "rates": args.rates,
         "users": args.users,
         "memory_users": args.memory_users,
+        "flood_spin": args.flood_spin,
         "memory_bind": args.memory_bind,
         "duration": args.duration,
         "warmup": args.warmup,

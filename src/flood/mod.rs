@@ -141,6 +141,14 @@ pub struct FloodArgs {
     #[arg(long, default_value_t = 50, value_name = "US")]
     pub send_interval_us: u64,
 
+    /// Never sleep while shaking: poll without blocking between sends. For a
+    /// load core of its own on a virtual machine, where a sleeping vCPU can
+    /// take milliseconds to wake and that delay would be charged to the
+    /// server. The flooder then uses its whole core, so its CPU per request
+    /// says nothing.
+    #[arg(long)]
+    pub spin: bool,
+
     /// No per-second progress lines; only the summary.
     #[arg(long)]
     pub quiet: bool,
@@ -389,6 +397,7 @@ impl Coordinator {
                 login_deadline,
                 hard_deadline,
                 send_interval: Duration::from_micros(args.send_interval_us),
+                spin: args.spin,
             };
             let to_main = to_main.clone();
             let join = std::thread::Builder::new()

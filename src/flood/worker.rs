@@ -40,6 +40,9 @@ use crate::wire::{self, DecodeError, Frame, ShakeOutcome};
 pub(crate) const WAKER: Token = Token(usize::MAX);
 /// The token of each thread's send timer.
 const TIMER: Token = Token(usize::MAX - 1);
+/// With `--spin`, waits shorter than this are spun; longer ones (the end of
+/// the run, a stalled server) still sleep.
+const SPIN_WAIT_MAX: Duration = Duration::from_millis(2);
 /// How long past the timer the poll waits anyway, in case the timer is lost.
 const TIMER_BACKSTOP: Duration = Duration::from_millis(5);
 
@@ -176,6 +179,8 @@ pub(crate) struct WorkerConfig {
     pub hard_deadline: Instant,
     /// Shortest wait between two sends (`--send-interval-us`).
     pub send_interval: Duration,
+    /// Poll without sleeping while shaking (`--spin`).
+    pub spin: bool,
 }
 
 /// The thread body: connect, hold, shake, report. Returns when done or told
@@ -765,7 +770,10 @@ impl Worker {
             } else {
                 Duration::from_nanos(next_ns.saturating_sub(elapsed_ns))
             };
-            if timeout.is_zero() {
+            // --spin: never sleep while shaking. On a VM a sleeping vCPU can
+            // take milliseconds to wake for an answer or the next send; a
+            // dedicated load core that spins measures the server instead.
+            if timeout.is_zero() || (self.cfg.spin && timeout < SPIN_WAIT_MAX) {
                 self.poll_for(Duration::ZERO)?;
             } else {
                 self.timer

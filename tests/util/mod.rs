@@ -387,7 +387,35 @@ impl Spawned {
     /// line, "hongbao server listening on ADDR (... http HTTP, ...)".
     #[track_caller]
     pub fn server(args: &[&str]) -> Spawned {
-        let mut child = hongbao_command(args).spawn().expect("spawning hongbao");
+        Spawned::start(hongbao_command(args), args)
+    }
+
+    /// Like [`Spawned::server`], with the open-file limit (soft and hard)
+    /// set to `nofile` in the child before it runs.
+    #[track_caller]
+    pub fn server_with_fd_limit(args: &[&str], nofile: u64) -> Spawned {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = hongbao_command(args);
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls setrlimit, which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Spawned::start(cmd, args)
+    }
+
+    #[track_caller]
+    fn start(mut cmd: Command, args: &[&str]) -> Spawned {
+        let mut child = cmd.spawn().expect("spawning hongbao");
         let stderr = collect_stderr(&mut child);
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, stdout_lines) = mpsc::channel();
