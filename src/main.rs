@@ -68,13 +68,20 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
     );
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     eprintln!(
-        "hongbao: {} received: stopping accepts, flushing answers",
+        "hongbao: {} received: stopping accepts, flushing answers (a second signal exits at once)",
         if signal == SIGINT {
             "SIGINT"
         } else {
             "SIGTERM"
         }
     );
+    // An operator who asks twice does not want to wait for the grace period.
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            eprintln!("hongbao: second signal: exiting without flushing");
+            std::process::exit(130);
+        }
+    });
     let summary = server.shutdown();
     let t = &summary.total;
     let (p50, p99, p999, max) = summary.service_ns;

@@ -64,7 +64,14 @@ impl EnvelopeRings {
     /// Takes the oldest envelope from `core`'s ring. Only that core calls it.
     #[inline]
     pub fn pop(&self, core: CoreId) -> Option<Envelope> {
-        self.rings[core.0].pop()
+        let ring = &self.rings[core.0];
+        // Most shakes find the ring empty (200 envelopes a second against
+        // tens of thousands of shakes), and an empty `pop` costs a SeqCst
+        // fence; this check is two loads. A racy "empty" means "none now".
+        if ring.is_empty() {
+            return None;
+        }
+        ring.pop()
     }
 
     /// Envelopes waiting in all rings. A racy sum, exact once the generator

@@ -165,6 +165,12 @@ pub enum Report {
         /// Service times recorded in that second; sent back for reuse.
         latency: Box<LatencyHistogram>,
     },
+    /// A worker core stopped for good (its poll failed): seconds no longer
+    /// wait for it.
+    CoreGone {
+        /// Which worker.
+        core: usize,
+    },
     /// The generator closed `second`.
     Generator {
         /// Unix second the counts belong to.
@@ -292,6 +298,10 @@ impl Aggregator {
                 b.stats.generator.add(&counters);
                 b.stats.envelopes_in_rings = in_rings;
                 self.mark(self.cores, second);
+                None
+            }
+            Report::CoreGone { core } => {
+                self.mark(core, u64::MAX);
                 None
             }
         }

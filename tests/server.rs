@@ -1040,3 +1040,61 @@ fn running_out_of_descriptors_pauses_accepting_and_resumes() {
         "fd-exhausted accepts {exhausted}: {summary}"
     );
 }
+
+#[test]
+fn a_reset_with_answers_owed_closes_the_connection() {
+    // A slow reader that resets its connection while the server still holds
+    // its answers must be closed at once, not kept waiting for a drain that
+    // can never happen (a leaked descriptor and slot).
+    let n = pipeline_past_kernel_buffers();
+    let server = serve(ServerConfig {
+        outbound_max: 2 * 28 * n,
+        ..config()
+    });
+    let mut c = connect_with_small_receive_buffer(server.addr());
+    c.login(1);
+    let pipeline: Vec<u8> = (0..n).flat_map(|_| shake_request(1)).collect();
+    c.send(&pipeline);
+    wait_for(
+        "every shake answered into the server's buffers",
+        WAIT,
+        || (server.total().server.shakes == n as u64).then_some(()),
+    );
+    // SO_LINGER 0: close sends a reset, with the server's answers unread.
+    socket2::SockRef::from(&c.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(c);
+    wait_for("the server to close the reset connection", WAIT, || {
+        let t = server.total();
+        (t.server.closed == 1 && t.conns_open == 0).then_some(())
+    });
+    let t = server.shutdown().total.server;
+    assert_eq!((t.accepted, t.closed, t.evictions), (1, 1, 0));
+}
+
+#[test]
+fn a_half_closed_peer_that_never_reads_is_closed_at_its_deadline() {
+    // Half-closed with answers owed, the connection is kept for them, but
+    // only until the deadline (the login timeout again): a peer that never
+    // reads them is evicted, not held forever.
+    let n = pipeline_past_kernel_buffers();
+    let server = serve(ServerConfig {
+        outbound_max: 2 * 28 * n,
+        login_timeout: 0.5,
+        ..config()
+    });
+    let mut c = connect_with_small_receive_buffer(server.addr());
+    c.login(1);
+    let pipeline: Vec<u8> = (0..n).flat_map(|_| shake_request(1)).collect();
+    c.send(&pipeline);
+    c.stream
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutting down the write side");
+    wait_for("the server to close the draining connection", WAIT, || {
+        let t = server.total();
+        (t.server.closed == 1 && t.conns_open == 0).then_some(())
+    });
+    let t = server.shutdown().total.server;
+    assert_eq!((t.shakes, t.evictions, t.login_timeouts), (n as u64, 1, 0));
+}

@@ -122,6 +122,9 @@ impl Default for ServerConfig {
     }
 }
 
+/// The longest login timeout or shutdown grace accepted, in seconds.
+const TIMEOUT_SECS_MAX: f64 = 3600.0;
+
 /// A setting that cannot work, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("--{option}: {why}")]
@@ -159,11 +162,16 @@ impl ServerConfig {
         if self.backlog <= 0 {
             return err("backlog", "must be positive");
         }
-        if !(self.login_timeout.is_finite() && self.login_timeout > 0.0) {
-            return err("login-timeout", "must be a positive number of seconds");
+        // Deadlines are wrapping u32 milliseconds, valid within 24 days; an
+        // hour is far beyond any sensible timeout and keeps every sum finite.
+        if !(self.login_timeout > 0.0 && self.login_timeout <= TIMEOUT_SECS_MAX) {
+            return err(
+                "login-timeout",
+                "must be more than 0 and at most 3600 seconds",
+            );
         }
-        if !(self.shutdown_grace.is_finite() && self.shutdown_grace >= 0.0) {
-            return err("shutdown-grace", "must be zero or more seconds");
+        if !(self.shutdown_grace >= 0.0 && self.shutdown_grace <= TIMEOUT_SECS_MAX) {
+            return err("shutdown-grace", "must be 0 to 3600 seconds");
         }
         if self.outbound_max < crate::wire::FRAME_LEN_MAX {
             return err("outbound-max", "must hold at least one frame (44 bytes)");

@@ -42,14 +42,19 @@ pub struct ControlServer {
     thread: std::thread::JoinHandle<()>,
 }
 
+/// Binds the control address (done before any thread starts, so a taken
+/// port fails the start cleanly).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
 impl ControlServer {
-    /// Binds `addr` and starts serving.
+    /// Starts serving on a listener from [`bind`].
     pub fn start(
-        addr: SocketAddr,
+        mut listener: TcpListener,
         generator: Sender<Command>,
         published: Arc<Mutex<Published>>,
     ) -> io::Result<ControlServer> {
-        let mut listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
         let poll = Poll::new()?;
         poll.registry()

@@ -46,11 +46,11 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
             rlim_max: lim.rlim_max,
         };
         // SAFETY: setrlimit reads the struct we own; raising the soft limit
-        // up to the hard one is always permitted.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            return Err(io::Error::last_os_error());
+        // up to the hard one is permitted. Should a sandbox refuse it anyway,
+        // the soft limit stands and `fd_limit_advice` says what to change.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim = raised;
         }
-        lim = raised;
     }
     Ok(FdLimit {
         soft: lim.rlim_cur,

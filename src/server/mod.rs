@@ -135,6 +135,18 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         ));
     }
     let listeners = limits::bind_listeners(config.listen, threads, config.backlog)?;
+    // Bound before any thread starts, so a taken control port fails the
+    // start cleanly instead of leaving workers running.
+    let control_listener = if config.no_http {
+        None
+    } else {
+        Some(
+            control::bind(config.http).map_err(|error| StartError::Http {
+                addr: config.http,
+                error,
+            })?,
+        )
+    };
     let addr = listeners[0]
         .local_addr()
         .map_err(resource("reading the bound address"))?;
@@ -220,14 +232,25 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         };
         let reference = config.reference;
         let rings = rings.clone();
+        let reports = reports_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("hongbao-core-{i}"))
             .spawn(move || {
-                if reference {
+                let result = if reference {
                     worker::run(setup, Reference)
                 } else {
                     worker::run(setup, Hongbao::new(CoreId(i), rings, per_core_qps))
+                };
+                if let Err(e) = &result {
+                    // The core's connections are gone with it. Say so, let
+                    // the stats go on without it, and stop the server in
+                    // order (the binary turns SIGTERM into a shutdown).
+                    eprintln!("hongbao: core {i}: polling failed: {e}; stopping the server");
+                    let _ = reports.send(Report::CoreGone { core: i });
+                    // SAFETY: raise(3) only sends a signal to this process.
+                    unsafe { libc::raise(libc::SIGTERM) };
                 }
+                result
             })
             .map_err(resource("starting a worker thread"))?;
         workers.push(WorkerHandle {
@@ -238,22 +261,9 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
     }
     drop(reports_tx);
 
-    let control = if config.no_http {
-        None
-    } else {
-        Some(
-            ControlServer::start(config.http, gen_tx.clone(), published.clone()).map_err(
-                |error| StartError::Http {
-                    addr: config.http,
-                    error,
-                },
-            )?,
-        )
-    };
-
-    Ok(ServerHandle {
+    let mut handle = ServerHandle {
         addr,
-        http_addr: control.as_ref().map(|c| c.addr),
+        http_addr: None,
         threads,
         fd_limit,
         warnings,
@@ -261,10 +271,32 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         generator,
         generator_commands: gen_tx,
         aggregator,
-        control,
+        control: None,
         published,
         rings,
-    })
+    };
+    if let Some(listener) = control_listener {
+        let started = ControlServer::start(
+            listener,
+            handle.generator_commands.clone(),
+            handle.published.clone(),
+        );
+        match started {
+            Ok(c) => {
+                handle.http_addr = Some(c.addr);
+                handle.control = Some(c);
+            }
+            Err(error) => {
+                // Leave nothing running behind a failed start.
+                let _ = handle.shutdown();
+                return Err(StartError::Http {
+                    addr: config.http,
+                    error,
+                });
+            }
+        }
+    }
+    Ok(handle)
 }
 
 impl ServerHandle {
@@ -325,11 +357,11 @@ impl ServerHandle {
             let _ = w.control.send(Control::Shutdown);
             let _ = w.waker.wake();
         }
-        for w in self.workers {
-            match w.thread.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("a worker's poll failed: {e}"),
-                Err(_) => panic!("a worker thread panicked"),
+        for (i, w) in self.workers.into_iter().enumerate() {
+            // A failed core already said so when it stopped; the others'
+            // totals still stand.
+            if let Ok(Err(e)) = w.thread.join() {
+                eprintln!("hongbao: core {i} had stopped early: {e}");
             }
         }
         if let Some(c) = self.control {
@@ -384,7 +416,7 @@ fn aggregate(
     while let Ok(report) = reports.recv() {
         let core = match &report {
             Report::Core { core, .. } => Some(*core),
-            Report::Generator { .. } => None,
+            Report::Generator { .. } | Report::CoreGone { .. } => None,
         };
         if let (Some(core), Some(h)) = (core, agg.add(report)) {
             let _ = recycle[core].try_send(h);

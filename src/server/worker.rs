@@ -12,7 +12,12 @@
 //!   accepted from until `WouldBlock`, a socket read until `WouldBlock` or a
 //!   short read (below), or to end of file when the event reports the peer's
 //!   FIN. Spurious events are harmless: a read that finds
-//!   nothing returns `WouldBlock`, a stale token finds no connection.
+//!   nothing returns `WouldBlock`; a token whose slot was reused in a later
+//!   turn reaches the new connection, which reads nothing.
+//! - Bounded work per connection: at most `READS_PER_WAKE_MAX` full reads per
+//!   wake-up; a connection with more to read is resumed on the next turn
+//!   (the poll then does not block), so one fast sender cannot starve the
+//!   core's other connections.
 //! - Short read means drained: on Linux a TCP socket raises a new edge for
 //!   every arrival of data, so a read that returns fewer bytes than the room
 //!   offered has emptied the receive queue for now, and the extra read that
@@ -33,7 +38,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
@@ -60,6 +65,12 @@ pub const SET_SIZE: usize = 1024;
 const SETS_SWEPT_PER_TICK: usize = 64;
 /// Per-core read buffer, shared by all of the core's connections.
 const SCRATCH_IN_LEN: usize = 64 * 1024;
+/// Full reads a connection gets per wake-up before it waits for the next
+/// turn: 128 KiB, thousands of frames, bounds one connection's share of a turn.
+const READS_PER_WAKE_MAX: usize = 2;
+/// Answers take at most 28/16 of the request bytes (a shake answer over a
+/// shake), so the output buffer for one wake-up's reads never grows.
+const SCRATCH_OUT_LEN: usize = SCRATCH_IN_LEN * READS_PER_WAKE_MAX * 7 / 4;
 /// Readiness events taken per poll: bounds one turn's work, so timers and
 /// the second's close are never starved for long.
 const EVENTS_MAX: usize = 1024;
@@ -121,8 +132,8 @@ struct Conn {
     stream: TcpStream,
     state: SessionState,
     /// Milliseconds since the core's epoch, wrapping; meaningful only while
-    /// awaiting login.
-    login_deadline_ms: u32,
+    /// awaiting login, or draining answers after the peer's FIN.
+    deadline_ms: u32,
     /// Present only while a partial frame or unsent output is held.
     buffers: Option<Box<ConnBuffers>>,
 }
@@ -133,6 +144,8 @@ struct ConnBuffers {
     partial_len: usize,
     out: Vec<u8>,
     writable: bool,
+    /// The peer sent its FIN while answers were still owed: no more reads,
+    /// close once `out` drains or the deadline passes.
     read_closed: bool,
 }
 
@@ -151,14 +164,17 @@ impl ConnBuffers {
 /// Per-SET bookkeeping.
 #[derive(Clone, Copy, Default)]
 struct Set {
-    /// Connections in this SET that have not logged in yet.
-    awaiting_login: u32,
+    /// Connections in this SET with a deadline: not logged in yet, or
+    /// draining answers after the peer's FIN. SETs with none are not swept.
+    timed: u32,
 }
 
 /// Why a connection is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Close {
-    /// The peer closed or reset.
+    /// The peer closed its sending side (a read returned end of file).
+    Eof,
+    /// The connection failed: reset, broken pipe, or another I/O error.
     Peer,
     /// A frame was refused (counted by kind where it was refused).
     BadFrame,
@@ -166,6 +182,8 @@ enum Close {
     Evicted,
     /// No login in time.
     LoginTimeout,
+    /// Half-closed by the peer, whose owed answers did not drain in time.
+    DrainTimeout,
 }
 
 /// A running core.
@@ -178,6 +196,11 @@ struct Worker<S: Service> {
     sweep_cursor: usize,
     scratch_in: Box<[u8]>,
     scratch_out: Vec<u8>,
+    /// Connections with more to read than one wake-up's share, and whether
+    /// their peer's FIN was reported: read again next turn.
+    resume: Vec<(usize, bool)>,
+    /// The resume list being worked through (kept to reuse its allocation).
+    resuming: Vec<(usize, bool)>,
     service: S,
     counters: CoreCounters,
     latency: Box<LatencyHistogram>,
@@ -204,10 +227,15 @@ struct Worker<S: Service> {
 /// Runs a core until it is told to shut down. Errors are fatal to the
 /// process: the poll itself failed.
 pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
-    if let Some(pin) = setup.pin {
-        // A failed pin leaves the thread floating: slower, still correct.
-        // The owner reports pinning at start-up, so nothing is logged here.
-        let _ = core_affinity::set_for_current(pin);
+    if let Some(pin) = setup.pin
+        && !core_affinity::set_for_current(pin)
+    {
+        // Start-up, not the request path: say it once. A floating thread is
+        // slower, still correct.
+        eprintln!(
+            "warning: core {}: pinning to CPU {} failed; the thread floats",
+            setup.core, pin.id
+        );
     }
     let mut listener = TcpListener::from_std(setup.listener);
     setup
@@ -224,7 +252,9 @@ pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
         sets: Vec::new(),
         sweep_cursor: 0,
         scratch_in: vec![0; SCRATCH_IN_LEN].into_boxed_slice(),
-        scratch_out: Vec::with_capacity(SCRATCH_IN_LEN * 2),
+        scratch_out: Vec::with_capacity(SCRATCH_OUT_LEN),
+        resume: Vec::with_capacity(EVENTS_MAX),
+        resuming: Vec::with_capacity(EVENTS_MAX),
         service,
         counters: CoreCounters::default(),
         latency: Box::new(latency_histogram()),
@@ -249,7 +279,13 @@ impl<S: Service> Worker<S> {
     fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(EVENTS_MAX);
         loop {
-            let timeout = self.next_tick.saturating_duration_since(self.now);
+            // Connections left with unread bytes must not wait for an event
+            // that edge-triggered readiness will not send again.
+            let timeout = if self.resume.is_empty() {
+                self.next_tick.saturating_duration_since(self.now)
+            } else {
+                Duration::ZERO
+            };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -277,6 +313,7 @@ impl<S: Service> Worker<S> {
                     }
                 }
             }
+            self.resume_reads();
             if self.now >= self.next_tick {
                 self.next_tick = self.now + TICK;
                 self.on_tick();
@@ -288,6 +325,23 @@ impl<S: Service> Worker<S> {
                 return Ok(());
             }
         }
+    }
+
+    /// Reads again from the connections that used their share last turn. A
+    /// slot reused since then gets a spurious read, which finds nothing.
+    fn resume_reads(&mut self) {
+        if self.resume.is_empty() {
+            return;
+        }
+        std::mem::swap(&mut self.resume, &mut self.resuming);
+        let mut resuming = std::mem::take(&mut self.resuming);
+        for &(key, closing) in &resuming {
+            if self.conns.contains(key) {
+                self.on_readable(key, closing);
+            }
+        }
+        resuming.clear();
+        self.resuming = resuming;
     }
 
     fn on_control(&mut self) {
@@ -315,7 +369,7 @@ impl<S: Service> Worker<S> {
             self.accept_paused_until = None;
             self.accept_all();
         }
-        self.sweep_login_deadlines();
+        self.sweep_deadlines();
     }
 
     /// Sends the closed second's counters and histogram to the aggregator.
@@ -325,15 +379,24 @@ impl<S: Service> Worker<S> {
             .try_recv()
             .unwrap_or_else(|_| Box::new(latency_histogram()));
         let latency = std::mem::replace(&mut self.latency, fresh);
-        // The aggregator outlives the cores; if it is gone the process is
-        // stopping, and the counts have nowhere to go.
-        let _ = self.reports.send(Report::Core {
+        let report = Report::Core {
             core: self.core.0,
             second: self.second,
             counters: std::mem::take(&mut self.counters),
             conns_open: self.conns.len() as u64,
             latency,
-        });
+        };
+        // Never block the loop on the stats thread (it may be stuck writing
+        // to a stdout nobody reads). If its queue is full, the counts stay
+        // here and go with the next second: late, never lost. If it is gone,
+        // the process is stopping and the counts have nowhere to go.
+        if let Err(TrySendError::Full(Report::Core {
+            counters, latency, ..
+        })) = self.reports.try_send(report)
+        {
+            self.counters.add(&counters);
+            let _ = self.latency.add(&*latency);
+        }
         self.second = self.now_secs;
         self.service.on_second();
     }
@@ -365,8 +428,16 @@ impl<S: Service> Worker<S> {
                     self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
                     return;
                 }
-                // ECONNABORTED and kin: that one connection is gone.
-                Err(_) => self.counters.accept_errors += 1,
+                // ECONNABORTED and kin: that one connection is gone, the
+                // next may be fine.
+                Err(e) if is_per_connection(&e) => self.counters.accept_errors += 1,
+                // Anything else may repeat for the same queued connection
+                // (a security hook's EPERM, say): pause rather than spin.
+                Err(_) => {
+                    self.counters.accept_errors += 1;
+                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
+                    return;
+                }
             }
         }
     }
@@ -391,14 +462,14 @@ impl<S: Service> Worker<S> {
         entry.insert(Conn {
             stream,
             state: SessionState::AwaitingLogin,
-            login_deadline_ms: deadline,
+            deadline_ms: deadline,
             buffers: None,
         });
         let set = key / SET_SIZE;
         if self.sets.len() <= set {
             self.sets.resize(set + 1, Set::default());
         }
-        self.sets[set].awaiting_login += 1;
+        self.sets[set].timed += 1;
         self.counters.accepted += 1;
     }
 
@@ -406,16 +477,19 @@ impl<S: Service> Worker<S> {
         // Dropping the stream closes the descriptor, which removes it from
         // the epoll set: no deregister syscall needed.
         let conn = self.conns.remove(key);
-        if conn.state == SessionState::AwaitingLogin {
-            self.sets[key / SET_SIZE].awaiting_login -= 1;
+        let draining = conn.buffers.as_ref().is_some_and(|b| b.read_closed);
+        if conn.state == SessionState::AwaitingLogin || draining {
+            self.sets[key / SET_SIZE].timed -= 1;
         }
         if conn.buffers.as_ref().is_some_and(|b| !b.out.is_empty()) {
             self.conns_pending_out -= 1;
         }
         match why {
-            Close::Evicted => self.counters.evictions += 1,
+            // A half-closed peer that does not take its answers is a client
+            // that stopped reading, like an eviction.
+            Close::Evicted | Close::DrainTimeout => self.counters.evictions += 1,
             Close::LoginTimeout => self.counters.login_timeouts += 1,
-            Close::Peer | Close::BadFrame => {}
+            Close::Eof | Close::Peer | Close::BadFrame => {}
         }
         self.counters.closed += 1;
     }
@@ -444,14 +518,16 @@ impl<S: Service> Worker<S> {
         let mut close = None;
         let mut frames = 0u64;
         let mut read_at = None;
+        let mut reads = 0;
         loop {
             let room = scratch.len() - filled;
             match conn.stream.read(&mut scratch[filled..]) {
                 Ok(0) => {
-                    close = Some(Close::Peer);
+                    close = Some(Close::Eof);
                     break;
                 }
                 Ok(n) => {
+                    reads += 1;
                     read_at.get_or_insert_with(Instant::now);
                     self.counters.bytes_in += n as u64;
                     filled += n;
@@ -473,6 +549,12 @@ impl<S: Service> Worker<S> {
                     if n < room && !closing {
                         break; // drained: see the contract above
                     }
+                    if reads == READS_PER_WAKE_MAX {
+                        // More may wait: this connection's share of the turn
+                        // is used; it is read again next turn.
+                        self.resume.push((key, closing));
+                        break;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -491,7 +573,7 @@ impl<S: Service> Worker<S> {
             b.partial_len = filled;
         }
         if was_awaiting && conn.state != SessionState::AwaitingLogin {
-            self.sets[key / SET_SIZE].awaiting_login -= 1;
+            self.sets[key / SET_SIZE].timed -= 1;
         }
         let owed = conn.buffers.as_ref().is_some_and(|b| !b.out.is_empty());
         if !out.is_empty() || owed {
@@ -499,22 +581,29 @@ impl<S: Service> Worker<S> {
                 && frames > 0
             {
                 let ns = Instant::now().saturating_duration_since(read_at).as_nanos() as u64;
-                // Out-of-range values saturate instead of failing.
-                let _ = self.latency.record_n(ns.max(1), frames);
+                // Out-of-range values are clamped to the histogram's bounds.
+                self.latency.saturating_record_n(ns.max(1), frames);
             }
             // Answers to the frames before a refused one are still owed.
             if let Err(why) = self.send(key) {
                 close = Some(why);
             }
         }
-        if close == Some(Close::Peer)
+        if close == Some(Close::Eof)
             && let Some(b) = self.conns[key].buffers.as_deref_mut()
             && !b.out.is_empty()
         {
-            // The peer closed its sending side but answers are still owed:
-            // keep the connection until they drain (eviction and the
-            // shutdown grace still bound it), then close.
-            b.read_closed = true;
+            // The peer closed its sending side but answers are still owed
+            // (and the write did not fail): keep the connection until they
+            // drain, within a deadline swept like a login's, then close.
+            if !b.read_closed {
+                b.read_closed = true;
+                let deadline = self
+                    .now_ms()
+                    .wrapping_add(self.limits.login_timeout.as_millis() as u32);
+                self.conns[key].deadline_ms = deadline;
+                self.sets[key / SET_SIZE].timed += 1;
+            }
         } else if let Some(why) = close {
             self.close(key, why);
         } else {
@@ -534,7 +623,7 @@ impl<S: Service> Worker<S> {
                     .as_ref()
                     .is_some_and(|b| b.read_closed && b.out.is_empty())
                 {
-                    self.close(key, Close::Peer);
+                    self.close(key, Close::Eof);
                 } else {
                     self.release_idle_buffers(key);
                 }
@@ -625,9 +714,10 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// Closes connections that did not log in in time, a bounded number of
-    /// SETs per tick, skipping SETs where everyone has logged in.
-    fn sweep_login_deadlines(&mut self) {
+    /// Closes connections past their deadline (no login in time, or a
+    /// half-closed peer whose answers did not drain), a bounded number of
+    /// SETs per tick, skipping SETs with no deadline in them.
+    fn sweep_deadlines(&mut self) {
         let sets = self.sets.len();
         if sets == 0 {
             return;
@@ -637,16 +727,20 @@ impl<S: Service> Worker<S> {
         for _ in 0..sets {
             let set = self.sweep_cursor;
             self.sweep_cursor = (self.sweep_cursor + 1) % sets;
-            if self.sets[set].awaiting_login == 0 {
+            if self.sets[set].timed == 0 {
                 continue;
             }
             for key in set * SET_SIZE..(set + 1) * SET_SIZE {
-                let expired = self.conns.get(key).is_some_and(|c| {
-                    c.state == SessionState::AwaitingLogin
-                        && (now_ms.wrapping_sub(c.login_deadline_ms) as i32) >= 0
-                });
-                if expired {
+                let Some(c) = self.conns.get(key) else {
+                    continue;
+                };
+                if (now_ms.wrapping_sub(c.deadline_ms) as i32) < 0 {
+                    continue;
+                }
+                if c.state == SessionState::AwaitingLogin {
                     self.close(key, Close::LoginTimeout);
+                } else if c.buffers.as_ref().is_some_and(|b| b.read_closed) {
+                    self.close(key, Close::DrainTimeout);
                 }
             }
             swept += 1;
@@ -695,6 +789,25 @@ fn answer_frames<S: Service>(
             }
         }
     }
+}
+
+/// accept(2)'s errors that concern only the connection being accepted
+/// (Linux passes pending network errors of the new socket to accept).
+fn is_per_connection(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::EOPNOTSUPP
+                | libc::ENETUNREACH
+        )
+    )
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {
