@@ -70,7 +70,7 @@ pub fn fd_limit_advice(limit: FdLimit, conns_max: usize) -> Option<String> {
     Some(format!(
         "warning: the open-file limit (soft {soft}, hard {hard}) allows about {fit} connections, \
          below --conns-max {conns_max}. To hold {conns_max}: \
-         `sysctl -w fs.nr_open={nr_open} fs.file-max={file_max}` (or run sysctl/tune.sh --apply), \
+         `sysctl -w fs.nr_open={nr_open} fs.file-max={file_max}`, \
          raise the hard limit (`* hard nofile {want}` in /etc/security/limits.d/, or LimitNOFILE={want} \
          for a systemd unit), then `ulimit -n {want}` in the shell that starts the server. \
          Or size the plan to this host with --conns-max {fit}.",
