@@ -285,6 +285,12 @@ def summarise(runs, rates):
                 "latency_service_p50_us": spread([x["latency_service"]["p50_us"] for x in reps]),
                 "latency_service_p99_us": spread([x["latency_service"]["p99_us"] for x in reps]),
                 "flooder_cpu_us_per_request": spread([x["flooder"]["cpu_us_per_request"] for x in reps]),
+                "send_lag_p99_us": spread([x["send_lag"]["p99_us"] for x in reps]),
+                # The flooder's share of its core over the window: near 100 %
+                # its own queueing is in the latency, charged to the server.
+                "flooder_core_pct": spread([
+                    x["flooder"]["cpu_us_per_request"] * x["window"]["answered_per_sec"] / 1e4
+                    for x in reps if x["flooder"]["cpu_us_per_request"] is not None]),
                 "foreign_cpu_pct": spread([foreign_pct(x) for x in reps]),
                 "lost": sum(x["window"]["lost"] for x in reps),
                 "errors": sum(x["window"]["conn_errors"] + x["window"]["bad_frames"] + x["window"]["unsent"]
@@ -317,6 +323,16 @@ def summarise(runs, rates):
 NOISY_PCT = 10
 
 
+# The flooder's core above this share means its own queueing is part of the
+# latency: the row then measures the flooder as much as the server.
+FLOODER_BUSY_PCT = 70
+
+
+def saturated(row):
+    f = row.get("flooder_core_pct")
+    return bool(f and f["median"] > FLOODER_BUSY_PCT)
+
+
 def noisy(row):
     f = row.get("foreign_cpu_pct")
     return bool(f and f["median"] > NOISY_PCT)
@@ -342,8 +358,9 @@ def markdown(meta, summary):
                + ("; flooder spinning (--spin), so its CPU column is its whole core." if meta.get("flood_spin") else "."))
     out.append("")
     out.append("| shakes/s | server | answered/s | server CPU µs/shake | hongbao ÷ reference "
-               "| p50 µs | p99 µs | p99.9 µs | service p99 µs | flooder CPU µs/req | others' CPU % |")
-    out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+               "| p50 µs | p99 µs | p99.9 µs | service p99 µs | send lag p99 µs | flooder core % "
+               "| lost + unsent + errors | others' CPU % |")
+    out.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for row in summary["fixed_rate"]:
         for name, s in row["servers"].items():
             ratio = row["cpu_ratio_hongbao_over_reference"]
@@ -353,7 +370,9 @@ def markdown(meta, summary):
                 f"{fmt(s['server_cpu_us_per_shake'], 2)} | {ratio_cell} | "
                 f"{fmt(s['latency_corrected_p50_us'], 0)} | {fmt(s['latency_corrected_p99_us'], 0)} | "
                 f"{fmt(s['latency_corrected_p999_us'], 0)} | "
-                f"{fmt(s['latency_service_p99_us'], 0)} | {fmt(s['flooder_cpu_us_per_request'], 2)} | "
+                f"{fmt(s['latency_service_p99_us'], 0)} | {fmt(s['send_lag_p99_us'], 0)} | "
+                f"{fmt(s['flooder_core_pct'], 0)}{' ⚠' if saturated(s) else ''} | "
+                f"{s['lost'] + s['errors']} | "
                 f"{fmt(s['foreign_cpu_pct'], 0)}{' ⚠' if noisy(s) else ''} |"
             )
     out.append("")
@@ -373,7 +392,11 @@ def markdown(meta, summary):
                "flooder (other processes, kernel threads), in percent of one core, from /proc/stat's "
                "tick samples against the two processes' exact run time, so a few percent either way "
                "(even negative) is noise; "
-               f"⚠ marks rows above {NOISY_PCT} %: the machine was not quiet and the row is suspect.")
+               f"⚠ marks rows above {NOISY_PCT} %: the machine was not quiet and the row is suspect. "
+               "\"flooder core %\" is the flooder's CPU per request × answered per second: "
+               f"⚠ above {FLOODER_BUSY_PCT} % means its own queueing is in the latency (with --flood-spin "
+               "it is always ~100 % and says nothing). \"lost + unsent + errors\" sums over the rounds; "
+               "percentiles count answered requests only, so a row with losses flatters its tail.")
     if summary["failed_runs"]:
         out.append("")
         out.append(f"{summary['failed_runs']} run(s) failed; see `runs[].error` in the JSON.")

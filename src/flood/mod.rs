@@ -239,6 +239,22 @@ fn validate(args: &FloodArgs) -> anyhow::Result<()> {
     if args.duration == 0 {
         bail!("--duration must be at least 1 second");
     }
+    // A day bounds every run (runs must stop by themselves) and keeps the
+    // nanosecond and Instant arithmetic far from overflow.
+    const DAY_SECS: u64 = 86_400;
+    for (name, secs) in [
+        ("--duration", args.duration),
+        ("--warmup", args.warmup),
+        ("--settle-secs", args.settle_secs),
+        ("--login-timeout", args.login_timeout),
+    ] {
+        if secs > DAY_SECS {
+            bail!("{name} {secs} is more than a day ({DAY_SECS} s)");
+        }
+    }
+    if args.send_interval_us > 1_000_000 {
+        bail!("--send-interval-us must be at most 1,000,000 (one second)");
+    }
     Ok(())
 }
 

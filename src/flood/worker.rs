@@ -377,6 +377,9 @@ struct Worker {
     before_start: Counters,
     per_second: Vec<Counters>,
     timer: Timer,
+    /// The shaking schedule's time zero, once told; answers are stamped in
+    /// nanoseconds since it.
+    shake_start: Option<Instant>,
 }
 
 impl Worker {
@@ -410,6 +413,7 @@ impl Worker {
             },
             before_start: Counters::default(),
             timer,
+            shake_start: None,
         }
     }
 
@@ -509,7 +513,15 @@ impl Worker {
                 match self.on_event(idx, readable, writable, 0) {
                     Ok(()) => {}
                     Err(close) => {
-                        if was != State::Ready {
+                        if was != State::Ready && self.conns[idx].state == State::Ready {
+                            // Logged in and lost in the same event: count the
+                            // login here; the lost-after-login accounting
+                            // below moves it to failed, once.
+                            p.logged_in += 1;
+                            if was == State::Connecting {
+                                p.connected += 1;
+                            }
+                        } else if was != State::Ready {
                             // Failed before login: this user is lost to the run.
                             p.failed += 1;
                             let user = self.conns[idx].user;
@@ -625,6 +637,7 @@ impl Worker {
             tally,
             read_buf,
             write_buf,
+            shake_start,
             ..
         } = self;
         let Some(conn) = conns.get_mut(idx) else {
@@ -653,8 +666,12 @@ impl Worker {
             flush(conn)?;
         }
         if readable {
-            read_frames(conn, read_buf, |conn, frame| {
-                on_frame(conn, frame, now_ns, tally)
+            // Answers are stamped when their read returns, not when the poll
+            // did: handling a thousand events takes long enough to matter.
+            let shake_start = *shake_start;
+            read_frames(conn, read_buf, |conn, frame, read_at| {
+                let answer_ns = shake_start.map_or(now_ns, |s| nanos_since(s, read_at));
+                on_frame(conn, frame, answer_ns, tally)
             })?;
         }
         Ok(())
@@ -719,6 +736,7 @@ impl Worker {
         let drain_end_ns = end_ns + self.cfg.drain_ns;
         let total = share.due_before(end_ns);
         self.tally.window_ns = self.cfg.warmup_ns..end_ns;
+        self.shake_start = Some(start);
         self.events.clear();
         let mut issued = 0;
         let mut second = 0;
@@ -763,12 +781,15 @@ impl Worker {
             // timeout is whole milliseconds); what falls due within
             // --send-interval-us leaves together. Any lateness left is measured,
             // not hidden: latency counts from each request's intended time.
-            let timeout = if now < start {
+            // A fresh reading: handling events and sending took time since
+            // `now`, and a timer armed from the old reading would fire late.
+            let armed_at = Instant::now();
+            let timeout = if armed_at < start {
                 // Before the start, elapsed_ns reads 0 and request 0 looks
                 // due now: wait for the start itself instead of spinning.
-                start - now
+                start - armed_at
             } else {
-                Duration::from_nanos(next_ns.saturating_sub(elapsed_ns))
+                Duration::from_nanos(next_ns.saturating_sub(nanos_since(start, armed_at)))
             };
             // --spin: never sleep while shaking. On a VM a sleeping vCPU can
             // take milliseconds to wake for an answer or the next send; a
@@ -784,7 +805,7 @@ impl Worker {
                             self.cfg.index
                         ))
                     })?;
-                self.poll_for(timeout + TIMER_BACKSTOP)?;
+                self.poll_for(timeout.max(self.cfg.send_interval) + TIMER_BACKSTOP)?;
             }
         }
     }
@@ -931,7 +952,7 @@ fn on_frame(conn: &mut Conn, frame: Frame, now_ns: u64, tally: &mut Tally) -> Re
 fn read_frames(
     conn: &mut Conn,
     buf: &mut [u8],
-    mut on_frame: impl FnMut(&mut Conn, Frame) -> Result<(), Close>,
+    mut on_frame: impl FnMut(&mut Conn, Frame, Instant) -> Result<(), Close>,
 ) -> Result<(), Close> {
     loop {
         let carried = conn.copy_partial_to(buf);
@@ -946,12 +967,13 @@ fn read_frames(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Close::Io(e)),
         };
+        let read_at = Instant::now();
         let filled = carried + n;
         let mut at = 0;
         loop {
             match wire::decode(&buf[at..filled]) {
                 Ok(decoded) => {
-                    on_frame(conn, decoded.frame)?;
+                    on_frame(conn, decoded.frame, read_at)?;
                     at += decoded.len;
                 }
                 Err(DecodeError::Incomplete) => break,
