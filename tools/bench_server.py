@@ -106,6 +106,8 @@ def parse_args():
                    help="run the flooder with --spin (never sleeps while shaking): on a VM a sleeping "
                    "vCPU can take milliseconds to wake, which the latency would charge to the server; "
                    "the flooder's CPU figures then only say it used its whole core")
+    p.add_argument("--send-interval-us", type=int, default=None,
+                   help="the flooder's --send-interval-us (default: the flooder's own default)")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 5 s windows")
     p.add_argument("--no-build", action="store_true", help="use the existing target/release/hongbao")
     p.add_argument("--out", type=Path, help="results JSON (default target/bench/bench-<time>.json)")
@@ -206,6 +208,8 @@ def one_run(args, workdir, run_id, server, port, rate, users, duration, warmup, 
         flood_cmd += ["--bind", binds]
     if args.flood_spin and rate > 0:
         flood_cmd += ["--spin"]
+    if args.send_interval_us is not None:
+        flood_cmd += ["--send-interval-us", str(args.send_interval_us)]
     record["server_cmd"] = " ".join(server_cmd)
     record["flood_cmd"] = " ".join(flood_cmd)
     flood_timeout = LOGIN_TIMEOUT_S + args.settle + warmup + duration + 2 + FLOODER_SLACK_S
@@ -355,6 +359,8 @@ def markdown(meta, summary):
     out.append(f"Each figure: median over {meta['repeats']} round(s), (min..max) beside it; "
                f"{meta['users']:,} connections, {meta['warmup']} s warmup, {meta['duration']} s window; "
                "latency in µs, corrected = from intended send time"
+               + (f"; flooder --send-interval-us {meta['send_interval_us']}"
+                  if meta.get("send_interval_us") is not None else "")
                + ("; flooder spinning (--spin), so its CPU column is its whole core." if meta.get("flood_spin") else "."))
     out.append("")
     out.append("| shakes/s | server | answered/s | server CPU µs/shake | hongbao ÷ reference "
@@ -431,6 +437,7 @@ def machine(args):
         "users": args.users,
         "memory_users": args.memory_users,
         "flood_spin": args.flood_spin,
+        "send_interval_us": args.send_interval_us,
         "memory_bind": args.memory_bind,
         "duration": args.duration,
         "warmup": args.warmup,
