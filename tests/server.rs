@@ -607,6 +607,26 @@ fn connect_with_small_receive_buffer(addr: std::net::SocketAddr) -> Client {
     Client::from_stream(socket.into())
 }
 
+/// A server (`config`, with room for a whole pipeline's answers: these tests
+/// are not about eviction) and a logged-in client with a small receive
+/// buffer that has sent a pipeline of shakes longer than the kernel's buffers
+/// hold, reading nothing yet. Returns the pipeline's length and the Unix
+/// second before the login.
+#[track_caller]
+fn slow_reader_with_pipeline(config: ServerConfig) -> (ServerHandle, Client, usize, u64) {
+    let n = pipeline_past_kernel_buffers();
+    let server = serve(ServerConfig {
+        outbound_max: 2 * 28 * n,
+        ..config
+    });
+    let mut c = connect_with_small_receive_buffer(server.addr());
+    let start = unix_now();
+    c.login(1);
+    let pipeline: Vec<u8> = (0..n).flat_map(|_| shake_request(1)).collect();
+    c.send(&pipeline);
+    (server, c, n, start)
+}
+
 #[test]
 fn answers_owed_are_flushed_when_new_bytes_and_room_to_write_arrive_together() {
     // A connection holds pending output and waits for room to write. Room
@@ -695,17 +715,7 @@ fn a_client_that_half_closes_still_gets_every_answer() {
     // A client may send its last request and then shut down its write side
     // (as `nc -N` does). Every shake is owed its answer all the same, also
     // answers the server still holds because the client reads slowly.
-    let n = pipeline_past_kernel_buffers();
-    let server = serve(ServerConfig {
-        // Room for the whole pipeline's answers: this is not about eviction.
-        outbound_max: 2 * 28 * n,
-        ..config()
-    });
-    let mut c = connect_with_small_receive_buffer(server.addr());
-    let start = unix_now();
-    c.login(1);
-    let pipeline: Vec<u8> = (0..n).flat_map(|_| shake_request(1)).collect();
-    c.send(&pipeline);
+    let (server, mut c, n, start) = slow_reader_with_pipeline(config());
     c.stream
         .shutdown(std::net::Shutdown::Write)
         .expect("shutting down the write side");
@@ -1046,15 +1056,7 @@ fn a_reset_with_answers_owed_closes_the_connection() {
     // A slow reader that resets its connection while the server still holds
     // its answers must be closed at once, not kept waiting for a drain that
     // can never happen (a leaked descriptor and slot).
-    let n = pipeline_past_kernel_buffers();
-    let server = serve(ServerConfig {
-        outbound_max: 2 * 28 * n,
-        ..config()
-    });
-    let mut c = connect_with_small_receive_buffer(server.addr());
-    c.login(1);
-    let pipeline: Vec<u8> = (0..n).flat_map(|_| shake_request(1)).collect();
-    c.send(&pipeline);
+    let (server, c, n, _) = slow_reader_with_pipeline(config());
     wait_for(
         "every shake answered into the server's buffers",
         WAIT,
@@ -1078,16 +1080,10 @@ fn a_half_closed_peer_that_never_reads_is_closed_at_its_deadline() {
     // Half-closed with answers owed, the connection is kept for them, but
     // only until the deadline (the login timeout again): a peer that never
     // reads them is evicted, not held forever.
-    let n = pipeline_past_kernel_buffers();
-    let server = serve(ServerConfig {
-        outbound_max: 2 * 28 * n,
+    let (server, c, n, _) = slow_reader_with_pipeline(ServerConfig {
         login_timeout: 0.5,
         ..config()
     });
-    let mut c = connect_with_small_receive_buffer(server.addr());
-    c.login(1);
-    let pipeline: Vec<u8> = (0..n).flat_map(|_| shake_request(1)).collect();
-    c.send(&pipeline);
     c.stream
         .shutdown(std::net::Shutdown::Write)
         .expect("shutting down the write side");
