@@ -294,7 +294,7 @@ impl<S: Service> Worker<S> {
             self.now = Instant::now();
             self.now_secs = unix_second(SystemTime::now());
             if self.now_secs != self.second {
-                self.close_second();
+                self.close_second(false);
             }
             for event in events.iter() {
                 match event.token() {
@@ -321,7 +321,7 @@ impl<S: Service> Worker<S> {
             if let Some(deadline) = self.shutdown_deadline
                 && (self.conns_pending_out == 0 || self.now >= deadline)
             {
-                self.close_second();
+                self.close_second(true);
                 return Ok(());
             }
         }
@@ -373,7 +373,9 @@ impl<S: Service> Worker<S> {
     }
 
     /// Sends the closed second's counters and histogram to the aggregator.
-    fn close_second(&mut self) {
+    /// `last`: the core is stopping, so it waits for room rather than keep
+    /// counts it would never send.
+    fn close_second(&mut self, last: bool) {
         let fresh = self
             .recycled
             .try_recv()
@@ -390,7 +392,9 @@ impl<S: Service> Worker<S> {
         // to a stdout nobody reads). If its queue is full, the counts stay
         // here and go with the next second: late, never lost. If it is gone,
         // the process is stopping and the counts have nowhere to go.
-        if let Err(TrySendError::Full(Report::Core {
+        if last {
+            let _ = self.reports.send(report);
+        } else if let Err(TrySendError::Full(Report::Core {
             counters, latency, ..
         })) = self.reports.try_send(report)
         {
