@@ -36,7 +36,8 @@ pub struct Counters {
     pub bad_frames: u64,
     /// Connections lost: closed by the peer, reset, or failed on I/O.
     pub conn_errors: u64,
-    /// Requests that fell due for a connection already lost, so never sent.
+    /// Requests that fell due but were not sent: their connection was lost,
+    /// or the thread already awaited its cap of answers (a stalled server).
     pub unsent: u64,
 }
 
