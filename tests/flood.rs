@@ -123,5 +123,15 @@ fn a_stalled_server_makes_requests_unsent_not_unbounded_memory() {
         "every scheduled request is sent or counted unsent"
     );
     assert!(total("sent") <= 1 << 20, "sent past the in-flight cap");
+    // Never answered, the window's requests still count in the latency, at
+    // the time waited for them: the percentiles cover every lost request.
+    let lost = window["lost"].as_u64().expect("window.lost");
+    assert!(lost > 0, "in-window requests were never answered: {window}");
+    assert_eq!(
+        report["latency_corrected"]["count"].as_u64(),
+        Some(lost),
+        "lost requests are in the corrected percentiles: {}",
+        report["latency_corrected"]
+    );
     drop(server.join().expect("fake server thread"));
 }

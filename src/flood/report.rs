@@ -28,7 +28,9 @@ pub struct Report {
     /// Counts and rates inside the measurement window.
     pub window: WindowReport,
     /// Latency from intended send time (coordinated omission corrected), of
-    /// requests intended inside the window.
+    /// requests intended inside the window; a request never answered counts
+    /// at the time it was waited for (a lower bound), so losses cannot
+    /// flatter the tail.
     pub latency_corrected: Percentiles,
     /// Latency from actual send time (uncorrected service time), same requests.
     pub latency_service: Percentiles,

@@ -356,10 +356,18 @@ struct Tally {
 }
 
 impl Tally {
-    fn lose(&mut self, lost: &VecDeque<InFlight>) {
+    /// Counts requests that will never be answered. Those of the window also
+    /// go into the latency histograms, at the time waited so far (`now_ns`,
+    /// a lower bound): left out, they would flatter the tail exactly when the
+    /// server is worst.
+    fn lose(&mut self, lost: &VecDeque<InFlight>, now_ns: u64) {
         for r in lost {
             if self.window_ns.contains(&r.intended_ns) {
                 self.lost_in_window += 1;
+                self.latency.record(
+                    now_ns.saturating_sub(r.intended_ns),
+                    now_ns.saturating_sub(r.sent_ns),
+                );
             } else {
                 self.lost_outside_window += 1;
             }
@@ -689,7 +697,10 @@ impl Worker {
         // the epoll set; a stale event for it in this batch is ignored.
         conn.stream = None;
         conn.state = State::Closed;
-        self.tally.lose(&conn.in_flight);
+        let now_ns = self
+            .shake_start
+            .map_or(0, |s| nanos_since(s, Instant::now()));
+        self.tally.lose(&conn.in_flight, now_ns);
         conn.in_flight = VecDeque::new();
         if was == State::Ready {
             match why {
@@ -866,8 +877,11 @@ impl Worker {
 
     /// Counts what never got an answer and hands over the results.
     fn finish(&mut self) -> ThreadResult {
+        let now_ns = self
+            .shake_start
+            .map_or(0, |s| nanos_since(s, Instant::now()));
         for conn in &mut self.conns {
-            self.tally.lose(&conn.in_flight);
+            self.tally.lose(&conn.in_flight, now_ns);
             conn.in_flight.clear();
         }
         ThreadResult {
