@@ -20,6 +20,22 @@ use std::collections::VecDeque;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+/// Implements `add` (field by field) for a struct of plain counters. The
+/// struct is destructured exhaustively, so a field added to it and not to
+/// this list fails to compile instead of being silently dropped from sums.
+macro_rules! impl_add {
+    ($ty:ident { $($field:ident),* $(,)? }) => {
+        impl $ty {
+            /// Adds `other` into `self`, field by field.
+            pub fn add(&mut self, other: &$ty) {
+                let $ty { $($field),* } = *other;
+                $(self.$field += $field;)*
+            }
+        }
+    };
+}
+pub(crate) use impl_add;
+
 /// Counters a worker core keeps, per second. Field names end in their unit.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CoreCounters {
@@ -72,53 +88,30 @@ impl CoreCounters {
     pub fn bad_frames(&self) -> u64 {
         self.bad_length + self.bad_cmd + self.bad_size + self.bad_session
     }
-
-    /// Adds `other` into `self`.
-    pub fn add(&mut self, other: &CoreCounters) {
-        let CoreCounters {
-            accepted,
-            closed,
-            logins,
-            shakes,
-            got,
-            none,
-            gone,
-            overload,
-            claims,
-            cents_granted,
-            bad_length,
-            bad_cmd,
-            bad_size,
-            bad_session,
-            login_timeouts,
-            evictions,
-            accept_fd_exhausted,
-            accept_errors,
-            bytes_in,
-            bytes_out,
-        } = *other;
-        self.accepted += accepted;
-        self.closed += closed;
-        self.logins += logins;
-        self.shakes += shakes;
-        self.got += got;
-        self.none += none;
-        self.gone += gone;
-        self.overload += overload;
-        self.claims += claims;
-        self.cents_granted += cents_granted;
-        self.bad_length += bad_length;
-        self.bad_cmd += bad_cmd;
-        self.bad_size += bad_size;
-        self.bad_session += bad_session;
-        self.login_timeouts += login_timeouts;
-        self.evictions += evictions;
-        self.accept_fd_exhausted += accept_fd_exhausted;
-        self.accept_errors += accept_errors;
-        self.bytes_in += bytes_in;
-        self.bytes_out += bytes_out;
-    }
 }
+
+impl_add!(CoreCounters {
+    accepted,
+    closed,
+    logins,
+    shakes,
+    got,
+    none,
+    gone,
+    overload,
+    claims,
+    cents_granted,
+    bad_length,
+    bad_cmd,
+    bad_size,
+    bad_session,
+    login_timeouts,
+    evictions,
+    accept_fd_exhausted,
+    accept_errors,
+    bytes_in,
+    bytes_out,
+});
 
 /// Counters the envelope generator keeps, per second.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -131,14 +124,11 @@ pub struct GeneratorCounters {
     pub ring_full_stalls: u64,
 }
 
-impl GeneratorCounters {
-    /// Adds `other` into `self`.
-    pub fn add(&mut self, other: &GeneratorCounters) {
-        self.generated += other.generated;
-        self.cents_generated += other.cents_generated;
-        self.ring_full_stalls += other.ring_full_stalls;
-    }
-}
+impl_add!(GeneratorCounters {
+    generated,
+    cents_generated,
+    ring_full_stalls,
+});
 
 /// Service-time histogram: nanoseconds from a frame's read to its answer
 /// being handed to `write`, 1 ns to 60 s at 3 significant digits.

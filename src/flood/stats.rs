@@ -41,37 +41,22 @@ pub struct Counters {
     pub unsent: u64,
 }
 
-impl Counters {
-    /// Adds `other` into `self`.
-    pub fn add(&mut self, other: &Counters) {
-        let Counters {
-            sent,
-            answered,
-            got,
-            none,
-            gone,
-            overload,
-            pushes,
-            other_results,
-            unexpected_frames,
-            bad_frames,
-            conn_errors,
-            unsent,
-        } = *other;
-        self.sent += sent;
-        self.answered += answered;
-        self.got += got;
-        self.none += none;
-        self.gone += gone;
-        self.overload += overload;
-        self.pushes += pushes;
-        self.other_results += other_results;
-        self.unexpected_frames += unexpected_frames;
-        self.bad_frames += bad_frames;
-        self.conn_errors += conn_errors;
-        self.unsent += unsent;
-    }
+crate::stats::impl_add!(Counters {
+    sent,
+    answered,
+    got,
+    none,
+    gone,
+    overload,
+    pushes,
+    other_results,
+    unexpected_frames,
+    bad_frames,
+    conn_errors,
+    unsent,
+});
 
+impl Counters {
     /// Everything that went wrong, in one number for the progress line.
     pub fn errors(&self) -> u64 {
         self.other_results

@@ -109,15 +109,12 @@ pub(crate) struct ConnectProgress {
     pub failed: u64,
 }
 
-impl ConnectProgress {
-    /// Adds `other` into `self`.
-    pub fn add(&mut self, other: &ConnectProgress) {
-        self.opened += other.opened;
-        self.connected += other.connected;
-        self.logged_in += other.logged_in;
-        self.failed += other.failed;
-    }
-}
+crate::stats::impl_add!(ConnectProgress {
+    opened,
+    connected,
+    logged_in,
+    failed,
+});
 
 /// How one thread's connect phase ended.
 #[derive(Debug)]

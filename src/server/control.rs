@@ -176,7 +176,7 @@ fn route(
     match path {
         "/yaohongbao" => start_batch(query, generator),
         "/stats" => {
-            let p = published.lock().unwrap_or_else(|e| e.into_inner());
+            let p = Published::lock(published);
             (200, json!({ "seconds": p.recent }))
         }
         "/status" => {
@@ -185,7 +185,7 @@ fn route(
                 .send(Command::Status(reply))
                 .ok()
                 .and_then(|()| answer.recv_timeout(IO_TIMEOUT).ok());
-            let p = published.lock().unwrap_or_else(|e| e.into_inner());
+            let p = Published::lock(published);
             (200, json!({ "total": p.total, "batch": batch }))
         }
         _ => (

@@ -15,7 +15,7 @@ pub mod worker;
 use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -44,6 +44,16 @@ pub struct Published {
     pub recent: VecDeque<SecondStats>,
     /// Every closed second summed; `second` is the last closed one.
     pub total: SecondStats,
+}
+
+impl Published {
+    /// Locks the published stats. A panic while the lock was held cannot
+    /// leave them half-written in a way that matters (each field is replaced
+    /// whole), so a poisoned lock is used as it is rather than spreading the
+    /// panic to the HTTP control or the owner.
+    pub fn lock(published: &Mutex<Published>) -> MutexGuard<'_, Published> {
+        published.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Why the server did not start: the step that failed, and what to do.
@@ -327,16 +337,12 @@ impl ServerHandle {
 
     /// Totals over every closed second so far.
     pub fn total(&self) -> SecondStats {
-        self.published
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .total
-            .clone()
+        Published::lock(&self.published).total.clone()
     }
 
     /// The last closed seconds, oldest first.
     pub fn recent(&self) -> Vec<SecondStats> {
-        let p = self.published.lock().unwrap_or_else(|e| e.into_inner());
+        let p = Published::lock(&self.published);
         p.recent.iter().cloned().collect()
     }
 
@@ -404,7 +410,7 @@ fn aggregate(
                 let _ = writeln!(f, "{line}");
             }
         }
-        let mut p = published.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = Published::lock(&published);
         for s in closed {
             if p.recent.len() == RECENT_SECONDS {
                 p.recent.pop_front();

@@ -15,7 +15,8 @@
 //!   nothing returns `WouldBlock`; a token whose slot was reused in a later
 //!   turn reaches the new connection, which reads nothing.
 //! - Bounded work per connection: at most `READS_PER_WAKE_MAX` full reads per
-//!   wake-up; a connection with more to read is resumed on the next turn
+//!   wake-up; a connection with more to read is read again once the turn's
+//!   other events are handled, and again on later turns
 //!   (the poll then does not block), so one fast sender cannot starve the
 //!   core's other connections.
 //! - Short read means drained: on Linux a TCP socket raises a new edge for
@@ -197,7 +198,7 @@ struct Worker<S: Service> {
     scratch_in: Box<[u8]>,
     scratch_out: Vec<u8>,
     /// Connections with more to read than one wake-up's share, and whether
-    /// their peer's FIN was reported: read again next turn.
+    /// their peer's FIN was reported: read again after the turn's events.
     resume: Vec<(usize, bool)>,
     /// The resume list being worked through (kept to reuse its allocation).
     resuming: Vec<(usize, bool)>,
@@ -327,8 +328,9 @@ impl<S: Service> Worker<S> {
         }
     }
 
-    /// Reads again from the connections that used their share last turn. A
-    /// slot reused since then gets a spurious read, which finds nothing.
+    /// Reads again from the connections that used their share of reads,
+    /// after every other ready connection had its turn. A slot reused since
+    /// then gets a spurious read, which finds nothing.
     fn resume_reads(&mut self) {
         if self.resume.is_empty() {
             return;
@@ -398,8 +400,9 @@ impl<S: Service> Worker<S> {
             counters, latency, ..
         })) = self.reports.try_send(report)
         {
+            // Nothing was recorded since the swap: put the histogram back.
             self.counters.add(&counters);
-            let _ = self.latency.add(&*latency);
+            self.latency = latency;
         }
         self.second = self.now_secs;
         self.service.on_second();
@@ -409,6 +412,13 @@ impl<S: Service> Worker<S> {
         // Wrapping milliseconds: deadlines are compared by wrapping
         // difference, valid while they lie within 24 days of now.
         self.now.duration_since(self.epoch).as_millis() as u32
+    }
+
+    /// A deadline one login timeout from now: for a login, and for draining
+    /// answers after the peer's FIN.
+    fn deadline_ms(&self) -> u32 {
+        self.now_ms()
+            .wrapping_add(self.limits.login_timeout.as_millis() as u32)
     }
 
     fn accept_all(&mut self) {
@@ -449,9 +459,7 @@ impl<S: Service> Worker<S> {
     fn admit(&mut self, mut stream: TcpStream) {
         // Answers are small and latency matters more than packet count.
         let _ = stream.set_nodelay(true);
-        let deadline = self
-            .now_ms()
-            .wrapping_add(self.limits.login_timeout.as_millis() as u32);
+        let deadline = self.deadline_ms();
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if self
@@ -554,8 +562,8 @@ impl<S: Service> Worker<S> {
                         break; // drained: see the contract above
                     }
                     if reads == READS_PER_WAKE_MAX {
-                        // More may wait: this connection's share of the turn
-                        // is used; it is read again next turn.
+                        // More may wait: this connection's share is used; it
+                        // is read again after the turn's other events.
                         self.resume.push((key, closing));
                         break;
                     }
@@ -602,9 +610,7 @@ impl<S: Service> Worker<S> {
             // drain, within a deadline swept like a login's, then close.
             if !b.read_closed {
                 b.read_closed = true;
-                let deadline = self
-                    .now_ms()
-                    .wrapping_add(self.limits.login_timeout.as_millis() as u32);
+                let deadline = self.deadline_ms();
                 self.conns[key].deadline_ms = deadline;
                 self.sets[key / SET_SIZE].timed += 1;
             }
