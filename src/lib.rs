@@ -3,6 +3,8 @@
 
 pub mod flood;
 pub mod generator;
+pub mod hlog;
+pub mod http;
 pub mod ids;
 pub mod ring;
 pub mod server;

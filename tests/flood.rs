@@ -1,14 +1,23 @@
 //! `hongbao flood` against fake servers on 127.0.0.1 that misbehave on
 //! purpose, through the real binary and its JSON report.
 //!
-//! Owns: the flooder's behaviour when the server does not keep up. Must not:
-//! assert a timing. Every run is bounded by the flooder's own deadlines and,
-//! in case those fail, by a kill after `RUN_MAX`.
+//! Owns: the flooder's behaviour end to end: against our server (every
+//! request answered, several processes sharing one plan exactly, retrying
+//! until a late server starts) and against fake servers that stall.
+//! Must not: assert a speed. Every run is bounded by the flooder's own
+//! deadlines and, in case those fail, by a kill after `RUN_MAX`.
+
+mod util;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use hongbao::wire::{self, Frame, ShakeOutcome};
+use serde_json::Value;
+use util::Spawned;
 
 /// Far beyond the runs below (a few seconds each); reaching it is a failure.
 const RUN_MAX: Duration = Duration::from_secs(60);
@@ -70,6 +79,10 @@ fn a_stalled_server_makes_requests_unsent_not_unbounded_memory() {
             "--warmup",
             "0",
             "--quiet",
+            "--no-http",
+            // The cap is per thread.
+            "--threads",
+            "1",
         ])
         .arg("--json")
         .arg(&json)
@@ -134,4 +147,352 @@ fn a_stalled_server_makes_requests_unsent_not_unbounded_memory() {
         report["latency_corrected"]
     );
     drop(server.join().expect("fake server thread"));
+}
+
+/// A JSON report path unique to this test process and `name`.
+fn json_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("hongbao-flood-{name}-{}.json", std::process::id()))
+}
+
+/// Starts `hongbao flood ARGS --quiet --http off --json PATH`.
+fn spawn_flood(args: &[&str], json: &PathBuf) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_hongbao"))
+        .arg("flood")
+        .args(args)
+        .args(["--quiet", "--no-http", "--json"])
+        .arg(json)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning hongbao flood")
+}
+
+/// Waits (bounded by `RUN_MAX`) for a flooder to succeed; returns its report.
+fn finish_flood(mut child: Child, json: &PathBuf) -> Value {
+    let deadline = Instant::now() + RUN_MAX;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the flooder") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill(); // our own child, by its pid
+            let _ = child.wait();
+            panic!("the flooder did not stop by itself within {RUN_MAX:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(status.success(), "flooder failed: {status:?}\n{stderr}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(json).expect("reading the JSON report"))
+            .expect("parsing the JSON report");
+    let _ = std::fs::remove_file(json);
+    report
+}
+
+fn server() -> Spawned {
+    Spawned::server(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-http",
+        "--threads",
+        "2",
+        "--quiet",
+    ])
+}
+
+fn u(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+#[test]
+fn every_request_to_our_server_is_answered_and_each_second_carries_its_rate() {
+    let server = server();
+    let json = json_path("e2e");
+    let report = finish_flood(
+        spawn_flood(
+            &[
+                "--server",
+                &server.addr.to_string(),
+                "--users",
+                "1500",
+                "--qps",
+                "2000",
+                "--warmup",
+                "1",
+                "--duration",
+                "2",
+                "--threads",
+                "2",
+            ],
+            &json,
+        ),
+        &json,
+    );
+    let w = &report["window"];
+    assert_eq!(u(w, "sent"), 4_000, "{w}");
+    assert_eq!(u(w, "answered"), u(w, "sent"), "{w}");
+    for key in [
+        "unsent",
+        "conn_errors",
+        "bad_frames",
+        "unexpected_frames",
+        "other_results",
+        "lost",
+    ] {
+        assert_eq!(u(w, key), 0, "{key}: {w}");
+    }
+    assert_eq!(
+        u(w, "got") + u(w, "none") + u(w, "gone") + u(w, "overload"),
+        4_000
+    );
+    // By the slot rule, every run second of one process holding every user
+    // carries exactly the global rate, at most... here 2000/s over 1500
+    // users: each fires once or twice.
+    let seconds = report["per_second"].as_array().expect("per_second");
+    let shaking: Vec<&Value> = seconds.iter().filter(|s| s["phase"] != "drain").collect();
+    assert_eq!(shaking.len(), 3, "{seconds:?}");
+    for s in shaking {
+        assert_eq!(u(s, "scheduled"), 2_000, "{s}");
+    }
+    assert_eq!(report["latency_corrected"]["count"], 4_000);
+    assert_eq!(u(&report["connect"], "logged_in"), 1_500);
+    drop(server);
+}
+
+#[test]
+fn two_processes_sharing_one_plan_send_exactly_the_global_rate_each_second() {
+    let server = server();
+    let addr = server.addr.to_string();
+    // 1,000 users over two processes at 700/s: 1000 % 700 != 0, the
+    // original's rotating-window case. Both windows are 4 s and start on a
+    // whole second; they overlap in at least 3.
+    let runs: Vec<(PathBuf, Child)> = [("0", "399"), ("400", "999")]
+        .iter()
+        .map(|(min, max)| {
+            let json = json_path(&format!("split-{min}"));
+            let child = spawn_flood(
+                &[
+                    "--server",
+                    &addr,
+                    "--min",
+                    min,
+                    "--max",
+                    max,
+                    "--total",
+                    "1000",
+                    "--qps",
+                    "700",
+                    "--warmup",
+                    "0",
+                    "--duration",
+                    "4",
+                    "--threads",
+                    "1",
+                ],
+                &json,
+            );
+            (json, child)
+        })
+        .collect();
+    let reports: Vec<Value> = runs
+        .into_iter()
+        .map(|(json, child)| finish_flood(child, &json))
+        .collect();
+    let mut by_unix: std::collections::BTreeMap<u64, (u64, usize)> = Default::default();
+    for r in &reports {
+        assert_eq!(u(&r["window"], "unsent"), 0, "{}", r["window"]);
+        for s in r["per_second"].as_array().expect("per_second") {
+            if s["phase"] == "window" {
+                let e = by_unix.entry(u(s, "unix")).or_default();
+                e.0 += u(s, "scheduled");
+                e.1 += 1;
+            }
+        }
+    }
+    let both: Vec<(u64, u64)> = by_unix
+        .iter()
+        .filter(|(_, (_, n))| *n == 2)
+        .map(|(t, (sum, _))| (*t, *sum))
+        .collect();
+    assert!(both.len() >= 3, "windows overlap too little: {by_unix:?}");
+    for (t, sum) in both {
+        assert_eq!(sum, 700, "Unix second {t}: {by_unix:?}");
+    }
+    drop(server);
+}
+
+#[test]
+fn connects_retry_until_a_late_server_starts() {
+    // A port nobody listens on yet: connects are refused until the server
+    // starts there, 1.5 s into the flooder's connect phase.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+        l.local_addr().expect("local address").port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let json = json_path("late");
+    let flood = spawn_flood(
+        &[
+            "--server",
+            &addr,
+            "--users",
+            "50",
+            "--qps",
+            "100",
+            "--warmup",
+            "0",
+            "--duration",
+            "1",
+            "--login-timeout",
+            "20",
+            "--settle-secs",
+            "0",
+        ],
+        &json,
+    );
+    std::thread::sleep(Duration::from_millis(1_500));
+    let server = Spawned::server(&[
+        "server",
+        "--listen",
+        &addr,
+        "--no-http",
+        "--threads",
+        "1",
+        "--quiet",
+    ]);
+    let report = finish_flood(flood, &json);
+    let c = &report["connect"];
+    assert_eq!(u(c, "logged_in"), 50, "{c}");
+    assert!(u(c, "failures") > 0, "refused connects are counted: {c}");
+    assert!(
+        c["first_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("refused")),
+        "{c}"
+    );
+    assert_eq!(u(&report["window"], "answered"), 100);
+    drop(server);
+}
+
+/// Answers logins and shakes ("no envelope") on every connection, but stops
+/// reading for `stall` once `stall_after` shakes have been answered in all.
+fn stalling_server(
+    users: usize,
+    stall_after: u64,
+    stall: Duration,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let addr = listener.local_addr().expect("local address");
+    let handle = std::thread::spawn(move || {
+        let answered = Arc::new(AtomicU64::new(0));
+        let stall_until = Arc::new(std::sync::OnceLock::<Instant>::new());
+        let mut threads = Vec::new();
+        for _ in 0..users {
+            let (mut s, _) = listener.accept().expect("accepting a flooder connection");
+            let (answered, stall_until) = (answered.clone(), stall_until.clone());
+            threads.push(std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(15)))
+                    .expect("read timeout");
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = match s.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    let mut out = Vec::new();
+                    let mut at = 0;
+                    while let Ok(d) = wire::decode(&buf[at..]) {
+                        at += d.len;
+                        match d.frame {
+                            Frame::LoginRequest { user } => {
+                                Frame::LoginResponse { user, result: 0 }.encode(0, &mut out)
+                            }
+                            Frame::ShakeRequest { user } => {
+                                if answered.fetch_add(1, Ordering::Relaxed) + 1 == stall_after {
+                                    let _ = stall_until.set(Instant::now() + stall);
+                                }
+                                Frame::ShakeResponse {
+                                    user,
+                                    result: ShakeOutcome::NONE,
+                                    envelope: hongbao::ids::EnvelopeId(0),
+                                    amount: hongbao::ids::Cents(0),
+                                }
+                                .encode(0, &mut out)
+                            }
+                            _ => {}
+                        }
+                    }
+                    buf.drain(..at);
+                    if let Some(until) = stall_until.get() {
+                        let now = Instant::now();
+                        if now < *until {
+                            std::thread::sleep(*until - now);
+                        }
+                    }
+                    if s.write_all(&out).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    (addr, handle)
+}
+
+#[test]
+fn latency_counts_from_the_intended_time_through_a_server_stall() {
+    // 1,000 shakes/s for 3 s; after 1,000 answers the server stops for
+    // 600 ms. The flooder keeps sending on schedule (open loop), and each
+    // request intended during the stall waits for its end: those intended
+    // in its first half wait 300..600 ms. That is 10 % of the window's
+    // requests, so p90 >= ~300 ms. A closed-loop tool would have sent
+    // nothing during the stall and seen one slow request.
+    let (addr, server) = stalling_server(4, 1_000, Duration::from_millis(600));
+    let json = json_path("stall");
+    let report = finish_flood(
+        spawn_flood(
+            &[
+                "--server",
+                &addr.to_string(),
+                "--users",
+                "4",
+                "--qps",
+                "1000",
+                "--warmup",
+                "0",
+                "--duration",
+                "3",
+                "--threads",
+                "1",
+            ],
+            &json,
+        ),
+        &json,
+    );
+    let w = &report["window"];
+    assert_eq!(u(w, "sent"), 3_000, "open loop: sent on schedule: {w}");
+    assert_eq!(u(w, "lost"), 0, "every request answered in the end: {w}");
+    let c = &report["latency_corrected"];
+    assert_eq!(c["count"], 3_000, "{c}");
+    let p90 = c["p90_us"].as_f64().expect("p90");
+    let max = c["max_us"].as_f64().expect("max");
+    assert!(p90 >= 200_000.0, "p90 {p90} µs hides the stall: {c}");
+    assert!(max >= 500_000.0, "max {max} µs: {c}");
+    server.join().expect("fake server");
 }

@@ -1,165 +1,126 @@
-//! `hongbao flood`: an open-loop load generator for the v1 wire protocol.
+//! `hongbao flood`: the bundled load generator. It plays the seed
+//! experiment's client machines: one connection per simulated user, the
+//! original client's slot rule for who shakes when, open loop, latency
+//! corrected for coordinated omission.
 //!
-//! Owns: the command-line options, and the coordinator that runs on the
-//! calling thread: it starts one worker thread per `--threads`, gathers their
-//! connect-phase reports, samples the server's RSS and both processes' CPU at
-//! the measurement window's exact edges, prints progress, and merges the
-//! threads' results into one [`report::Report`]. Must not: touch a socket or
-//! sit on the request path; the workers (`worker.rs`) own every connection and
-//! talk to the coordinator only through channels, once a second and at phase
-//! ends.
+//! Owns: the coordinator that runs on the calling thread: it starts one
+//! worker thread per `--threads`, gathers their connect-phase reports,
+//! starts the shaking on a wall-clock second, samples the server's RSS and
+//! both processes' CPU at the window's exact edges, merges the threads'
+//! seconds into progress lines, the status document and the `--hlog`
+//! interval log, and their results into one [`report::Report`]. Must not:
+//! touch a socket or sit on the request path; the workers (`worker.rs`) own
+//! every connection and talk to the coordinator only through channels, once
+//! a second and at phase ends.
 //!
 //! A run, every phase bounded in time:
 //! 1. connect + login: each user opens a nonblocking connection, sends
-//!    LoginRequest and waits for LoginResponse result 0; the phase fails
-//!    unless every user logs in within `--login-timeout`;
+//!    LoginRequest and waits for LoginResponse result 0; failures retry with
+//!    backoff; the phase ends when every user is in or at `--login-timeout`
+//!    (stragglers keep retrying; the run fails only if nobody logged in);
 //! 2. settle: wait `--settle-secs`, then sample the server's RSS;
-//! 3. shake: request `k` is due at `start + k / rate`, sent whatever the
-//!    answers do (open loop); `--warmup` seconds unrecorded, then the
-//!    `--duration` window; then up to [`DRAIN`] for the last answers.
+//! 3. shake: from the next whole Unix second, each second's users (the slot
+//!    rule over `--total`) fire at their intended times whatever the answers
+//!    do; `--warmup` seconds unrecorded, then the window (`--duration`, or
+//!    every `--phases` step); then up to [`DRAIN`] for the last answers.
 
+mod control;
+mod options;
 mod procfs;
 pub mod report;
 pub mod schedule;
 pub mod stats;
-mod timer;
 mod worker;
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::fs::File;
+use std::io::BufWriter;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::{Poll, Waker};
+use serde_json::json;
 
+pub use options::FloodArgs;
+use options::Resolved;
 pub use report::Report;
 use report::{
     ConnectReport, CpuReport, FlooderReport, RunConfig, SecondReport, ServerReport, WindowReport,
 };
-use stats::{Counters, Latency, Percentiles};
-use worker::{Control, ToMain, WorkerConfig};
+use schedule::{NANOS_PER_SEC, SlotRule};
+use stats::{Counters, Latency, Percentiles, SecondHists};
+use worker::{Control, SecondOut, ToMain, WorkerConfig};
 
 /// How long the threads wait for answers after the last request is due.
 /// Long enough for any answer a healthy server still owes, short enough not
 /// to stretch every run; anything later is counted as lost.
 pub const DRAIN: Duration = Duration::from_secs(2);
 
-/// Time from the go signal to the schedule's start, so that every thread has
-/// been woken and is polling before its first request falls due.
+/// The least time from the go signal to the schedule's start (the next
+/// whole second after it), so that every thread is polling before its first
+/// request falls due.
 const GO_LEAD: Duration = Duration::from_millis(20);
 
 /// Extra time the coordinator grants on top of the phases' own bounds before
-/// it declares the run hung: thread start-up, joins, late wake-ups.
+/// it declares the run hung: thread start-up, the wait for a whole second,
+/// joins, late wake-ups.
 const DEADLINE_SLACK: Duration = Duration::from_secs(10);
 
 /// File descriptors the flooder needs beyond one per user: stdio, each
-/// thread's epoll and waker, the JSON file, /proc reads.
+/// thread's epoll and waker, the HTTP control, output files, /proc reads.
 const FDS_SPARE: u64 = 64;
 
-/// Flooder options.
-#[derive(Clone, Debug, clap::Args)]
-pub struct FloodArgs {
-    /// Server to flood, HOST:PORT. Default: port 1025 on loopback, where the
-    /// original server and ours listen by default.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1025")]
-    pub server: String,
+/// A flooder thread busier than this over a window second was itself a
+/// limit: its sends queued behind its own work.
+const THREAD_BUSY_PCT: f64 = 90.0;
 
-    /// Users, one connection each. Default 10,000: the population of the
-    /// per-core benchmarks, under one process's 20,000 open files and one
-    /// source address's ~28,000 ephemeral ports.
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    pub users: u32,
-
-    /// The first user id; users are `first-user ..` consecutively. Default 1,
-    /// because user 0 is what the original client puts in claims; several
-    /// flooders can split a population by giving disjoint ranges.
-    #[arg(long, value_name = "ID", default_value_t = 1)]
-    pub first_user: u32,
-
-    /// Worker threads, each with its own poll and share of the users and
-    /// rate. Default 1: the per-core benchmarks pin the flooder to one core.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub threads: usize,
-
-    /// Total shakes per second, open loop. 0 = connect and log in only, then
-    /// hold the connections idle (memory runs). Default 30,000: the lowest
-    /// benchmark rate, far below one server core's capacity, so a bare run
-    /// measures latency rather than saturation.
-    #[arg(long, value_name = "R", default_value_t = 30_000)]
-    pub rate: u64,
-
-    /// Measurement window in seconds, after the warmup. Default 10: long
-    /// against the 10 ms clock tick of the server CPU sample (<1 % error).
-    #[arg(long, value_name = "SECS", default_value_t = 10)]
-    pub duration: u64,
-
-    /// Seconds of shaking before the window, not recorded. Default 2: enough
-    /// for caches, buffers and in-flight queues to reach their working size.
-    #[arg(long, value_name = "SECS", default_value_t = 2)]
-    pub warmup: u64,
-
-    /// Total connects per second. Default 0 = as fast as the server takes
-    /// them (still at most 512 handshakes in flight per thread, so the
-    /// server's accept backlog never overflows).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub connect_rate: u64,
-
-    /// Source addresses to connect from, round-robin over users, e.g.
-    /// 127.0.0.2,127.0.0.3: each gives its own ~28,000 ephemeral ports, so
-    /// one host can exceed 64k connections. Default: the kernel's choice.
-    #[arg(long, value_name = "IP[,IP...]", value_delimiter = ',')]
-    pub bind: Vec<IpAddr>,
-
-    /// Write the results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
-    pub json: Option<PathBuf>,
-
-    /// Server process to measure: its CPU (utime + stime from
-    /// /proc/PID/stat) at the window's edges, its VmRSS before the first
-    /// connect and `--settle-secs` after the last login.
-    #[arg(long, value_name = "PID")]
-    pub server_pid: Option<u32>,
-
-    /// Seconds to wait after the last login before sampling the server's
-    /// RSS and starting to shake. Default 2: lets the server finish
-    /// accept-time work and the allocator settle.
-    #[arg(long, value_name = "SECS", default_value_t = 2)]
-    pub settle_secs: u64,
-
-    /// Seconds the connect + login phase may take before the run fails.
-    /// Default 30: 10,000 users log in within a second on loopback, so 30 s
-    /// means something is wrong, not slow.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
-    pub login_timeout: u64,
-
-    /// Shortest wait between two sends of a thread, in microseconds: requests
-    /// falling due within it leave together. Smaller is smoother pacing and
-    /// less send lag, at more wake-ups (CPU) for both flooder and server.
-    #[arg(long, default_value_t = 50, value_name = "US")]
-    pub send_interval_us: u64,
-
-    /// Never sleep while shaking: poll without blocking between sends. For a
-    /// load core of its own on a virtual machine, where a sleeping vCPU can
-    /// take milliseconds to wake and that delay would be charged to the
-    /// server. The flooder then uses its whole core, so its CPU per request
-    /// says nothing.
-    #[arg(long)]
-    pub spin: bool,
-
-    /// No per-second progress lines; only the summary.
-    #[arg(long)]
-    pub quiet: bool,
-}
+/// Send lag p99 above this means the flooder, not the server, set the pace.
+const SEND_LAG_P99_MAX_US: f64 = 1_000.0;
 
 /// Runs the flooder: connect, log in, shake, report.
 pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
-    let server = resolve(&args.server)?;
-    validate(args)?;
-    ensure_open_files(u64::from(args.users) + FDS_SPARE)?;
-    warn_if_ports_scarce(args, server);
+    let resolved = options::resolve(args)?;
+    ensure_open_files(resolved.users() + FDS_SPARE)?;
+    warn_if_ports_scarce(&resolved);
+    let live = Arc::new(control::Live::new(resolved.plan.clone()));
+    let http = match resolved.http {
+        Some(addr) => {
+            let listener = crate::http::bind(addr).with_context(|| {
+                format!(
+                    "binding the flooder's HTTP control on {addr} (--http): is another flooder \
+                     running here? Give each its own --http port, or --no-http"
+                )
+            })?;
+            let live = live.clone();
+            let server = crate::http::Server::start(listener, "flood-http", move |req| {
+                control::route(&live, req)
+            })
+            .context("starting the flooder's HTTP control thread")?;
+            if !args.quiet {
+                eprintln!(
+                    "hongbao flood: control on http://{} (GET /qps?qps=N, GET /status)",
+                    server.addr()
+                );
+            }
+            Some(server)
+        }
+        None => None,
+    };
+    let ack_log = match &args.ack_log {
+        Some(path) => Some(Arc::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening --ack-log {}", path.display()))?,
+        )),
+        None => None,
+    };
 
     let rss_before = match args.server_pid {
         Some(pid) => Some(
@@ -168,7 +129,6 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-
     // The server's CPU over the connect phase: its cost per accepted and
     // logged-in connection, which bounds its accept rate whatever the
     // flooder's own connect speed.
@@ -181,7 +141,7 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
             .transpose()
     };
     let connect_cpu_before = server_cpu("before")?;
-    let mut coordinator = Coordinator::spawn(args, server)?;
+    let mut coordinator = Coordinator::spawn(args, &resolved, live.clone(), ack_log)?;
     let login = coordinator.connect_phase()?;
     let connect_cpu = connect_cpu_before.zip(server_cpu("after")?);
 
@@ -193,69 +153,63 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
         None => None,
     };
 
-    let shaking = coordinator.shake_phase()?;
+    let (shaking, hlog) = coordinator.shake_phase(args.hlog.as_deref())?;
     coordinator.join();
+    if let Some(http) = http {
+        http.stop();
+    }
 
     let report = build_report(
         args,
-        server,
+        &resolved,
         &login,
         rss_before.zip(rss_after),
         connect_cpu,
         &shaking,
     );
     print!("{}", report::summary(&report));
+    if let Some(hlog) = hlog {
+        hlog.finish(&shaking.latency.corrected)?;
+    }
     if let Some(path) = &args.json {
-        let file =
-            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        serde_json::to_writer_pretty(std::io::BufWriter::new(file), &report)
+        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        serde_json::to_writer_pretty(BufWriter::new(file), &report)
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }
 
-fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
-    server
-        .to_socket_addrs()
-        .with_context(|| format!("resolving --server {server}"))?
-        .next()
-        .with_context(|| format!("--server {server} resolves to no address"))
+/// `--hlog`: the interval log being written, and where its `.hgrm` goes.
+struct HlogOut {
+    log: crate::hlog::IntervalLog,
+    path: PathBuf,
 }
 
-fn validate(args: &FloodArgs) -> anyhow::Result<()> {
-    if args.users == 0 {
-        bail!("--users must be at least 1");
+impl HlogOut {
+    /// Creates the log; interval times count from `start` (run second 0).
+    fn create(path: &Path, start: SystemTime) -> anyhow::Result<HlogOut> {
+        let log = crate::hlog::IntervalLog::create(path, start)
+            .with_context(|| format!("creating --hlog {}", path.display()))?;
+        Ok(HlogOut {
+            log,
+            path: path.to_owned(),
+        })
     }
-    if args.threads == 0 || args.threads as u64 > u64::from(args.users) {
-        bail!("--threads must be between 1 and --users ({})", args.users);
+
+    /// Closes the log and writes the window's distribution beside it.
+    fn finish(self, window: &hdrhistogram::Histogram<u64>) -> anyhow::Result<()> {
+        let path = &self.path;
+        self.log
+            .finish()
+            .with_context(|| format!("writing --hlog {}", path.display()))?;
+        let hgrm = path.with_extension("hgrm");
+        let file = File::create(&hgrm).with_context(|| format!("creating {}", hgrm.display()))?;
+        let mut out = BufWriter::new(file);
+        crate::hlog::write_hgrm(&mut out, window, 1e6)
+            .with_context(|| format!("writing {}", hgrm.display()))?;
+        std::io::Write::flush(&mut out).with_context(|| format!("writing {}", hgrm.display()))?;
+        Ok(())
     }
-    if args.first_user.checked_add(args.users - 1).is_none() {
-        bail!(
-            "--first-user {} + --users {} overflows the wire's u32 user id",
-            args.first_user,
-            args.users
-        );
-    }
-    if args.duration == 0 {
-        bail!("--duration must be at least 1 second");
-    }
-    // A day bounds every run (runs must stop by themselves) and keeps the
-    // nanosecond and Instant arithmetic far from overflow.
-    const DAY_SECS: u64 = 86_400;
-    for (name, secs) in [
-        ("--duration", args.duration),
-        ("--warmup", args.warmup),
-        ("--settle-secs", args.settle_secs),
-        ("--login-timeout", args.login_timeout),
-    ] {
-        if secs > DAY_SECS {
-            bail!("{name} {secs} is more than a day ({DAY_SECS} s)");
-        }
-    }
-    if args.send_interval_us > 1_000_000 {
-        bail!("--send-interval-us must be at most 1,000,000 (one second)");
-    }
-    Ok(())
 }
 
 /// Raises the soft open-files limit to what the run needs, up to the hard
@@ -276,7 +230,7 @@ fn ensure_open_files(needed: u64) -> anyhow::Result<()> {
     if hard < needed {
         bail!(
             "this run needs about {needed} open files (one per user plus {FDS_SPARE}), but the hard limit \
-             (ulimit -Hn) is {hard}: use fewer --users per process or raise the limit"
+             (ulimit -Hn) is {hard}: use fewer users per process (--min/--max) or raise the limit"
         );
     }
     limit.rlim_cur = needed as libc::rlim_t;
@@ -294,13 +248,17 @@ fn ensure_open_files(needed: u64) -> anyhow::Result<()> {
 /// point connects slow to about a thousand a second (measured here: 18,000
 /// users from one address took 4.4 s, from two 0.5 s) and the connect rate
 /// measures the port search, not the server.
-fn warn_if_ports_scarce(args: &FloodArgs, server: SocketAddr) {
+fn warn_if_ports_scarce(r: &Resolved) {
     let Some(ports) = ephemeral_port_count() else {
         return;
     };
-    let per_address = u64::from(args.users).div_ceil(args.bind.len().max(1) as u64);
+    // Users are spread over the servers; each source address gives its own
+    // ports per server address.
+    let per_server = r.users().div_ceil(r.servers.len() as u64);
+    let per_address = per_server.div_ceil(r.binds.len().max(1) as u64);
+    let server = r.servers[0];
     if per_address > ports / 2 {
-        let addresses = u64::from(args.users).div_ceil(ports / 2).max(2);
+        let addresses = per_server.div_ceil(ports / 2).max(2);
         let example = if server.ip().is_loopback() {
             let loopback: Vec<String> = (0..addresses)
                 .map(|i| format!("127.0.0.{}", i + 2))
@@ -331,6 +289,7 @@ fn ephemeral_port_count() -> Option<u64> {
 struct WorkerHandle {
     control: Sender<Control>,
     waker: Arc<Waker>,
+    recycle: Sender<Box<SecondHists>>,
     join: Option<JoinHandle<()>>,
 }
 
@@ -344,7 +303,10 @@ impl WorkerHandle {
 
 /// The connect phase as a whole.
 struct LoginOutcome {
+    users: u64,
     logged_in: u64,
+    failures: u64,
+    first_error: Option<String>,
     secs: f64,
 }
 
@@ -352,11 +314,36 @@ struct LoginOutcome {
 struct Shaking {
     /// Edge samples at window start and end.
     edges: [EdgeSample; 2],
+    seconds: Vec<SecondSummary>,
     per_second: Vec<Counters>,
     before_start: Counters,
     latency: Latency,
     lost_in_window: u64,
     lost_outside_window: u64,
+    claims_lost: u64,
+    /// This process's requests by intended run second.
+    scheduled: Vec<u64>,
+    /// Unix second of run second 0.
+    start_unix: u64,
+}
+
+/// One run second, all threads merged.
+#[derive(Clone, Debug, Default)]
+struct SecondSummary {
+    counters: Counters,
+    qps: u64,
+    ready: u64,
+    corrected: Percentiles,
+    send_lag: Percentiles,
+    /// The busiest thread's CPU over the second, percent.
+    thread_cpu_max_pct: f64,
+}
+
+/// A second being merged, until every thread has reported it.
+struct Pending {
+    summary: SecondSummary,
+    hists: SecondHists,
+    reported: usize,
 }
 
 /// CPU counters read at one edge of the window.
@@ -370,6 +357,8 @@ struct EdgeSample {
 
 struct Coordinator {
     args: FloodArgs,
+    users: u64,
+    live: Arc<control::Live>,
     workers: Vec<WorkerHandle>,
     from_workers: Receiver<ToMain>,
     login_deadline: Instant,
@@ -377,43 +366,56 @@ struct Coordinator {
 }
 
 impl Coordinator {
-    fn spawn(args: &FloodArgs, server: SocketAddr) -> anyhow::Result<Coordinator> {
+    fn spawn(
+        args: &FloodArgs,
+        r: &Resolved,
+        live: Arc<control::Live>,
+        ack_log: Option<Arc<File>>,
+    ) -> anyhow::Result<Coordinator> {
         let (to_main, from_workers) = crossbeam_channel::unbounded();
-        let binds: Arc<[IpAddr]> = args.bind.clone().into();
+        let binds: Arc<[IpAddr]> = r.binds.clone().into();
+        let servers: Arc<[std::net::SocketAddr]> = r.servers.clone().into();
         let login_timeout = Duration::from_secs(args.login_timeout);
         let connect_start = Instant::now();
         let login_deadline = connect_start + login_timeout;
         let hard_deadline = login_deadline
-            + Duration::from_secs(args.settle_secs + args.warmup + args.duration)
+            + Duration::from_secs(args.settle_secs + r.plan.end_secs())
+            + Duration::from_secs(1) // the wait for a whole second
             + GO_LEAD
             + DRAIN
             + DEADLINE_SLACK;
-        let mut workers = Vec::with_capacity(args.threads);
-        for index in 0..args.threads {
-            let users = schedule::split(u64::from(args.users), args.threads, index);
+        let rule = SlotRule::new(r.total);
+        let mut workers = Vec::with_capacity(r.threads);
+        for index in 0..r.threads {
+            let users = schedule::split(r.users(), r.threads, index);
             let poll = Poll::new().context("creating a poll (epoll) instance")?;
             let waker = Arc::new(
                 Waker::new(poll.registry(), worker::WAKER).context("creating a poll waker")?,
             );
             let (control, control_rx) = crossbeam_channel::bounded(4);
+            let (recycle, recycle_rx) = crossbeam_channel::bounded(4);
+            // Each thread connects its share of the connect rate.
+            let connect_rate = schedule::split(args.connect_rate, r.threads, index);
             let cfg = WorkerConfig {
                 index,
-                threads: args.threads,
-                server,
+                servers: servers.clone(),
                 binds: binds.clone(),
-                first_user: args.first_user + users.start as u32,
+                first_user: r.min + users.start as u32,
                 users: (users.end - users.start) as u32,
-                global_offset: users.start,
-                rate_per_sec: args.rate,
-                connect_rate_per_sec: args.connect_rate,
-                warmup_ns: args.warmup * schedule::NANOS_PER_SEC,
-                window_ns: args.duration * schedule::NANOS_PER_SEC,
+                rule,
+                plan: r.plan.clone(),
+                burst: args.burst,
+                push_answers_shake: args.push_answers_shake,
+                rate_override: live.rate_override.clone(),
+                connect_rate_per_sec: connect_rate.end - connect_rate.start,
                 drain_ns: DRAIN.as_nanos() as u64,
                 connect_start,
                 login_deadline,
                 hard_deadline,
                 send_interval: Duration::from_micros(args.send_interval_us),
                 spin: args.spin,
+                ack_log: ack_log.clone(),
+                recycle: recycle_rx,
             };
             let to_main = to_main.clone();
             let join = std::thread::Builder::new()
@@ -423,11 +425,14 @@ impl Coordinator {
             workers.push(WorkerHandle {
                 control,
                 waker,
+                recycle,
                 join: Some(join),
             });
         }
         Ok(Coordinator {
             args: args.clone(),
+            users: r.users(),
+            live,
             workers,
             from_workers,
             login_deadline,
@@ -465,7 +470,7 @@ impl Coordinator {
     }
 
     /// Gathers every thread's connect-phase report, printing progress once a
-    /// second; fails unless every user logged in.
+    /// second. Fails only if no user at all logged in.
     fn connect_phase(&mut self) -> anyhow::Result<LoginOutcome> {
         let threads = self.workers.len();
         let mut latest = vec![worker::ConnectProgress::default(); threads];
@@ -501,37 +506,45 @@ impl Coordinator {
             let all_reached = reached.iter().copied().min().unwrap_or(0);
             if all_reached != u64::MAX && all_reached > printed {
                 printed = all_reached;
+                let mut sum = worker::ConnectProgress::default();
+                latest.iter().for_each(|p| sum.add(p));
+                let line = format!(
+                    "[connect {printed:>3}s] opened {:>7}  connected {:>7}  logged in {:>7}  failed {} (retrying)",
+                    sum.opened, sum.connected, sum.logged_in, sum.failed
+                );
+                self.live.set_status(json!({
+                    "state": "connecting",
+                    "second": printed,
+                    "opened": sum.opened,
+                    "connected": sum.connected,
+                    "logged_in": sum.logged_in,
+                    "failed": sum.failed,
+                }));
                 if !self.args.quiet {
-                    let mut sum = worker::ConnectProgress::default();
-                    latest.iter().for_each(|p| sum.add(p));
-                    eprintln!(
-                        "[connect {printed:>3}s] opened {:>7}  connected {:>7}  logged in {:>7}  failed {}",
-                        sum.opened, sum.connected, sum.logged_in, sum.failed
-                    );
+                    eprintln!("{line}");
                 }
             }
         }
         let summaries: Vec<worker::LoginSummary> = summaries.into_iter().flatten().collect();
         let mut total = worker::ConnectProgress::default();
         summaries.iter().for_each(|s| total.add(&s.progress));
-        let users = u64::from(self.args.users);
-        if total.logged_in < users {
-            let first_error = summaries
-                .iter()
-                .find_map(|s| s.first_error.clone())
-                .unwrap_or_else(|| "none reported".to_string());
-            let how = if summaries.iter().any(|s| s.timed_out) {
-                format!("did not complete within {} s", self.args.login_timeout)
-            } else {
-                "failed".to_string()
-            };
+        let ready: u64 = summaries.iter().map(|s| s.ready).sum();
+        let first_error = summaries.iter().find_map(|s| s.first_error.clone());
+        if ready == 0 {
             bail!(
-                "the connect/login phase {how}: {} of {users} users logged in ({} connected, {} failed, {} never \
-                 started); first error: {first_error}",
-                total.logged_in,
-                total.connected,
+                "no user logged in within --login-timeout {} s ({} attempts failed); first error: {}",
+                self.args.login_timeout,
                 total.failed,
-                users - total.opened
+                first_error.as_deref().unwrap_or("none reported")
+            );
+        }
+        if ready < self.users {
+            eprintln!(
+                "warning: {ready} of {} users logged in within --login-timeout {} s; the rest keep retrying, and \
+                 their requests are counted unsent. First error: {}",
+                self.users,
+                self.args.login_timeout,
+                first_error.as_deref().unwrap_or("none reported")
             );
         }
         let first = summaries.iter().filter_map(|s| s.first_connect).min();
@@ -541,27 +554,54 @@ impl Coordinator {
             _ => 0.0,
         };
         Ok(LoginOutcome {
-            logged_in: total.logged_in,
+            users: self.users,
+            logged_in: ready,
+            failures: total.failed,
+            first_error,
             secs,
         })
     }
 
-    /// Starts the schedule, samples CPU at the window's edges, prints a line
-    /// per second, and collects every thread's results.
-    fn shake_phase(&mut self) -> anyhow::Result<Shaking> {
+    /// Starts the shaking on the next whole Unix second, samples CPU at the
+    /// window's edges, prints a line per second, and collects every thread's
+    /// results.
+    fn shake_phase(
+        &mut self,
+        hlog_path: Option<&Path>,
+    ) -> anyhow::Result<(Shaking, Option<HlogOut>)> {
         let threads = self.workers.len();
-        let start = Instant::now() + GO_LEAD;
+        let plan = self.live.plan.clone();
+        // Run second 0 is a whole Unix second, so that flooders on
+        // NTP-synced machines agree on which users fire when.
+        let now_wall = worker::unix_nanos();
+        let now = Instant::now();
+        let start_unix = (now_wall + GO_LEAD.as_nanos() as u64).div_ceil(NANOS_PER_SEC);
+        let instant_of = |run_second: u64| {
+            let at = (start_unix + run_second) * NANOS_PER_SEC;
+            now + Duration::from_nanos(at.saturating_sub(now_wall))
+        };
+        self.live.start_unix.store(start_unix, Ordering::Relaxed);
+        let mut hlog = match hlog_path {
+            Some(path) => Some(HlogOut::create(
+                path,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(start_unix),
+            )?),
+            None => None,
+        };
         for w in &self.workers {
-            w.tell(Control::Go(start));
+            w.tell(Control::Go {
+                start_unix_secs: start_unix,
+            });
         }
-        let window_start = start + Duration::from_secs(self.args.warmup);
-        let window_end = window_start + Duration::from_secs(self.args.duration);
+        let window = plan.window();
+        let edges_at = [instant_of(window.start), instant_of(window.end)];
         let mut edges: Vec<EdgeSample> = Vec::with_capacity(2);
-        let mut seconds: Vec<(Counters, usize)> = Vec::new();
-        let mut printed = 0;
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut seconds: Vec<SecondSummary> = Vec::new();
+        let mut totals = Counters::default();
         let mut results: Vec<worker::ThreadResult> = Vec::with_capacity(threads);
         while results.len() < threads {
-            let next_edge = [window_start, window_end].get(edges.len()).copied();
+            let next_edge = edges_at.get(edges.len()).copied();
             let message = self.recv_until(next_edge.unwrap_or(self.hard_deadline))?;
             if next_edge.is_some_and(|edge| Instant::now() >= edge) {
                 edges.push(self.sample_edge().with_context(|| {
@@ -570,18 +610,25 @@ impl Coordinator {
                 })?);
             }
             match message {
-                Some(ToMain::Second {
-                    second, counters, ..
-                }) => {
-                    let at = second as usize;
-                    if seconds.len() <= at {
-                        seconds.resize(at + 1, (Counters::default(), 0));
-                    }
-                    seconds[at].0.add(&counters);
-                    seconds[at].1 += 1;
-                    while printed < seconds.len() && seconds[printed].1 == threads {
-                        self.print_second(printed as u64, &seconds[printed].0);
-                        printed += 1;
+                Some(ToMain::Second(out)) => {
+                    self.merge_second(*out, &mut pending);
+                    // Seconds close in order once every thread has reported.
+                    while pending
+                        .get(seconds.len())
+                        .is_some_and(|p| p.reported == threads)
+                    {
+                        let at = seconds.len();
+                        let p = &mut pending[at];
+                        let summary = close_second(p);
+                        if let Some(h) = hlog.as_mut() {
+                            let offset = Duration::from_secs(at as u64);
+                            h.log
+                                .append(offset, Duration::from_secs(1), &p.hists.corrected)
+                                .with_context(|| format!("writing --hlog {}", h.path.display()))?;
+                        }
+                        totals.add(&summary.counters);
+                        self.publish(at as u64, &summary, &totals, start_unix);
+                        seconds.push(summary);
                     }
                 }
                 Some(ToMain::Done(result)) => results.push(*result),
@@ -590,19 +637,32 @@ impl Coordinator {
         }
         // Threads that ended early (drain done) leave trailing seconds that
         // not every thread reported; show them as they are.
-        for (second, (counters, _)) in seconds.iter().enumerate().skip(printed) {
-            self.print_second(second as u64, counters);
+        let closed = seconds.len();
+        for (at, p) in pending.iter_mut().enumerate().skip(closed) {
+            let summary = close_second(p);
+            totals.add(&summary.counters);
+            self.publish(at as u64, &summary, &totals, start_unix);
+            seconds.push(summary);
         }
+        self.live.set_status(json!({
+            "state": "done",
+            "start_unix": start_unix,
+            "totals": totals,
+        }));
         let Ok(edges) = <[EdgeSample; 2]>::try_from(edges) else {
             bail!("the threads finished before the window ended");
         };
         let mut shaking = Shaking {
             edges,
+            seconds,
             per_second: Vec::new(),
             before_start: Counters::default(),
             latency: Latency::new(),
             lost_in_window: 0,
             lost_outside_window: 0,
+            claims_lost: 0,
+            scheduled: Vec::new(),
+            start_unix,
         };
         results.sort_by_key(|r| r.thread);
         for r in &results {
@@ -618,20 +678,73 @@ impl Coordinator {
             shaking.latency.add(&r.latency);
             shaking.lost_in_window += r.lost_in_window;
             shaking.lost_outside_window += r.lost_outside_window;
+            shaking.claims_lost += r.claims_lost;
+            if shaking.scheduled.len() < r.scheduled.len() {
+                shaking.scheduled.resize(r.scheduled.len(), 0);
+            }
+            for (sum, n) in shaking.scheduled.iter_mut().zip(&r.scheduled) {
+                *sum += n;
+            }
         }
-        Ok(shaking)
+        Ok((shaking, hlog))
     }
 
-    fn print_second(&self, second: u64, counters: &Counters) {
-        if self.args.quiet {
-            return;
+    /// Adds one thread's second into its pending merge, and hands the
+    /// thread's histograms back for reuse.
+    fn merge_second(&self, out: SecondOut, pending: &mut Vec<Pending>) {
+        let at = out.second as usize;
+        while pending.len() <= at {
+            pending.push(Pending {
+                summary: SecondSummary::default(),
+                hists: SecondHists::new(),
+                reported: 0,
+            });
         }
-        let line = report::progress_line(&SecondReport {
+        let p = &mut pending[at];
+        p.summary.counters.add(&out.counters);
+        p.summary.qps = p.summary.qps.max(out.qps);
+        p.summary.ready += out.ready;
+        p.summary.thread_cpu_max_pct = p
+            .summary
+            .thread_cpu_max_pct
+            .max(out.cpu_ns as f64 / NANOS_PER_SEC as f64 * 100.0);
+        p.hists.add(&out.hists);
+        p.reported += 1;
+        // A full channel only means the thread allocates a new pair.
+        let _ = self.workers[out.thread].recycle.try_send(out.hists);
+    }
+
+    /// Prints a second's line and rewrites the status document.
+    fn publish(&self, second: u64, s: &SecondSummary, totals: &Counters, start_unix: u64) {
+        let phase = report::phase_of(second, &self.live.plan);
+        let line = report::progress_line(&report::Line {
             second,
-            phase: report::phase_of(second, self.args.warmup, self.args.duration),
-            counters: *counters,
+            phase,
+            qps: s.qps,
+            counters: &s.counters,
+            ready: s.ready,
+            corrected: &s.corrected,
+            send_lag: &s.send_lag,
+            thread_cpu_max_pct: s.thread_cpu_max_pct,
         });
-        eprintln!("{line}");
+        self.live.set_status(json!({
+            "state": "shaking",
+            "start_unix": start_unix,
+            "second": second,
+            "phase": phase,
+            "qps": s.qps,
+            "connections": s.ready,
+            "last_second": {
+                "counters": s.counters,
+                "latency_us": s.corrected,
+                "send_lag_us": s.send_lag,
+                "thread_cpu_max_pct": s.thread_cpu_max_pct,
+            },
+            "totals": totals,
+        }));
+        if !self.args.quiet {
+            eprintln!("{line}");
+        }
     }
 
     fn sample_edge(&self) -> anyhow::Result<EdgeSample> {
@@ -662,6 +775,13 @@ impl Coordinator {
     }
 }
 
+/// Summarises a merged second.
+fn close_second(p: &mut Pending) -> SecondSummary {
+    p.summary.corrected = Percentiles::of(&p.hists.corrected);
+    p.summary.send_lag = Percentiles::of(&p.hists.send_lag);
+    p.summary.clone()
+}
+
 impl Drop for Coordinator {
     /// On any early return, tell the threads to stop rather than leave them
     /// holding connections until the process exits.
@@ -676,32 +796,49 @@ impl Drop for Coordinator {
 
 fn build_report(
     args: &FloodArgs,
-    server: SocketAddr,
+    r: &Resolved,
     login: &LoginOutcome,
     rss: Option<(u64, u64)>,
     connect_cpu: Option<(u64, u64)>,
     shaking: &Shaking,
 ) -> Report {
-    let window_range = args.warmup..args.warmup + args.duration;
+    let window_range = r.plan.window();
     let mut window = Counters::default();
+    let mut scheduled = 0;
+    let mut thread_cpu_max_pct: f64 = 0.0;
     let per_second: Vec<SecondReport> = shaking
         .per_second
         .iter()
         .enumerate()
         .map(|(second, counters)| {
             let second = second as u64;
+            let s = shaking
+                .seconds
+                .get(second as usize)
+                .cloned()
+                .unwrap_or_default();
             if window_range.contains(&second) {
                 window.add(counters);
+                scheduled += s.qps;
+                thread_cpu_max_pct = thread_cpu_max_pct.max(s.thread_cpu_max_pct);
             }
             SecondReport {
                 second,
-                phase: report::phase_of(second, args.warmup, args.duration),
+                unix: shaking.start_unix + second,
+                phase: report::phase_of(second, &r.plan),
+                qps: s.qps,
+                scheduled: shaking.scheduled.get(second as usize).copied().unwrap_or(0),
+                connections: s.ready,
+                p50_us: s.corrected.p50_us,
+                p99_us: s.corrected.p99_us,
+                send_lag_p99_us: s.send_lag.p99_us,
+                thread_cpu_max_pct: s.thread_cpu_max_pct,
                 counters: *counters,
             }
         })
         .collect();
     let [start, end] = &shaking.edges;
-    let secs = args.duration as f64;
+    let secs = r.plan.window_secs() as f64;
     let sampled_secs = end.at.saturating_duration_since(start.at).as_secs_f64();
     let self_cpu_us = end.self_cpu_us.saturating_sub(start.self_cpu_us);
     let server_cpu_us = match (start.server_cpu_us, end.server_cpu_us) {
@@ -740,23 +877,54 @@ fn build_report(
                 / login.logged_in.max(1) as f64,
         }
     });
+    let send_lag = Percentiles::of(&shaking.latency.send_lag);
+    let mut warnings = Vec::new();
+    if send_lag.p99_us > SEND_LAG_P99_MAX_US {
+        warnings.push(format!(
+            "the flooder was a limit: its send lag p99 was {:.0} µs (> {SEND_LAG_P99_MAX_US:.0} µs), so part of the \
+             latency is its own lateness; use more --threads, another core or machine, or a lower rate",
+            send_lag.p99_us
+        ));
+    }
+    if thread_cpu_max_pct > THREAD_BUSY_PCT && !args.spin {
+        warnings.push(format!(
+            "the flooder was a limit: a thread used {thread_cpu_max_pct:.0}% of a core in some window second \
+             (> {THREAD_BUSY_PCT:.0}%); use more --threads or spread the load over more processes"
+        ));
+    }
     Report {
         schema: report::SCHEMA_VERSION,
+        start_unix: shaking.start_unix,
         config: RunConfig {
-            server: server.to_string(),
-            users: args.users,
-            first_user: args.first_user,
-            threads: args.threads,
-            rate_per_sec: args.rate,
-            duration_secs: args.duration,
-            warmup_secs: args.warmup,
+            servers: r.servers.iter().map(ToString::to_string).collect(),
+            min: r.min,
+            max: r.max,
+            total: r.total,
+            users: r.users(),
+            threads: r.threads,
+            phases: r
+                .plan
+                .phases()
+                .iter()
+                .map(|p| report::PhaseReport {
+                    qps: p.qps,
+                    secs: p.secs,
+                })
+                .collect(),
+            warmup_secs: r.plan.warmup_secs(),
+            burst: args.burst,
             connect_rate_per_sec: args.connect_rate,
-            binds: args.bind.iter().map(ToString::to_string).collect(),
+            binds: r.binds.len(),
             settle_secs: args.settle_secs,
             server_pid: args.server_pid,
+            send_interval_us: args.send_interval_us,
+            spin: args.spin,
         },
         connect: ConnectReport {
+            users: login.users,
             logged_in: login.logged_in,
+            failures: login.failures,
+            first_error: login.first_error.clone(),
             secs: login.secs,
             logins_per_sec: if login.secs > 0.0 {
                 login.logged_in as f64 / login.secs
@@ -767,19 +935,22 @@ fn build_report(
         window: WindowReport {
             secs,
             sampled_secs,
-            scheduled: args.rate * args.duration,
+            scheduled,
             counters: window,
             sent_per_sec: window.sent as f64 / secs,
             answered_per_sec: window.answered as f64 / secs,
             lost: shaking.lost_in_window,
             lost_in_warmup: shaking.lost_outside_window,
+            claims_lost: shaking.claims_lost,
         },
         latency_corrected: Percentiles::of(&shaking.latency.corrected),
         latency_service: Percentiles::of(&shaking.latency.service),
-        send_lag: Percentiles::of(&shaking.latency.send_lag),
+        send_lag,
         flooder: FlooderReport {
             cpu_us: self_cpu_us,
             cpu_us_per_request: report::per(self_cpu_us as f64, window.sent),
+            thread_cpu_max_pct,
+            warnings,
         },
         server: server_report,
         cpus,

@@ -10,17 +10,20 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use super::schedule::Plan;
 use super::stats::{Counters, Percentiles};
 
 /// Version of the JSON layout below; bump it when a field changes meaning or
 /// goes away (adding a field does not need it).
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything one flooder run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema: u32,
+    /// The Unix second shaking started at (run second 0).
+    pub start_unix: u64,
     /// The options the run used, resolved.
     pub config: RunConfig,
     /// The connect + login phase.
@@ -61,35 +64,58 @@ pub struct Report {
 /// The options the run used.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunConfig {
-    /// The server address, resolved.
-    pub server: String,
-    /// Users (connections).
-    pub users: u32,
-    /// The first user id.
-    pub first_user: u32,
+    /// The server addresses, resolved; user `u` went to `servers[u % len]`.
+    pub servers: Vec<String>,
+    /// This process's first user id.
+    pub min: u32,
+    /// This process's last user id.
+    pub max: u32,
+    /// Users in the whole experiment (the slot rule's `totalUsers`).
+    pub total: u64,
+    /// This process's users (connections).
+    pub users: u64,
     /// Flooder threads.
     pub threads: usize,
-    /// Target shakes per second, all threads together.
-    pub rate_per_sec: u64,
-    /// Measurement window length.
-    pub duration_secs: u64,
+    /// The window's steps: global shakes per second and seconds each.
+    pub phases: Vec<PhaseReport>,
     /// Shaking before the window, not recorded.
     pub warmup_secs: u64,
+    /// Each second's users fired at its start (`--burst`).
+    pub burst: bool,
     /// Target connects per second; 0 = as fast as possible.
     pub connect_rate_per_sec: u64,
-    /// Source addresses, round-robin.
-    pub binds: Vec<String>,
+    /// How many source addresses (`--bind`) the users were spread over.
+    pub binds: usize,
     /// Wait after the last login before sampling the server's RSS.
     pub settle_secs: u64,
     /// The server process sampled, if any.
     pub server_pid: Option<u32>,
+    /// `--send-interval-us`.
+    pub send_interval_us: u64,
+    /// `--spin`.
+    pub spin: bool,
+}
+
+/// One `--phases` step.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PhaseReport {
+    /// Global shakes per second.
+    pub qps: u64,
+    /// Seconds.
+    pub secs: u64,
 }
 
 /// The connect + login phase.
 #[derive(Clone, Debug, Serialize)]
 pub struct ConnectReport {
-    /// Users that logged in (all of them, or the run would have failed).
+    /// This process's users.
+    pub users: u64,
+    /// Users logged in when the phase ended.
     pub logged_in: u64,
+    /// Connect or login attempts that failed and were retried.
+    pub failures: u64,
+    /// The first failure, if any.
+    pub first_error: Option<String>,
     /// From the first connect started to the last LoginResponse received.
     pub secs: f64,
     /// `logged_in / secs`.
@@ -105,7 +131,8 @@ pub struct WindowReport {
     /// which is what the CPU figures divide by; within a millisecond or so
     /// of `secs`.
     pub sampled_secs: f64,
-    /// Requests the schedule put inside the window: `rate × duration`.
+    /// Requests the slot rule gave the window, globally: the sum of the
+    /// window seconds' rates (this process sends its users' part of it).
     pub scheduled: u64,
     /// Counts of events that happened inside the window (sent by send time,
     /// answers by arrival time).
@@ -119,6 +146,8 @@ pub struct WindowReport {
     pub lost: u64,
     /// Requests intended in the warmup that never got an answer.
     pub lost_in_warmup: u64,
+    /// Claims never answered.
+    pub claims_lost: u64,
 }
 
 /// The flooder's own CPU over the window.
@@ -128,6 +157,11 @@ pub struct FlooderReport {
     pub cpu_us: u64,
     /// `cpu_us / window sent`; None when nothing was sent.
     pub cpu_us_per_request: Option<f64>,
+    /// The busiest thread's CPU in the busiest window second, percent.
+    pub thread_cpu_max_pct: f64,
+    /// Why the flooder itself may have limited the run (send lag p99 over
+    /// 1 ms, a thread over 90 % busy); empty when it did not.
+    pub warnings: Vec<String>,
 }
 
 /// The server's cost, sampled from `/proc/PID`.
@@ -168,20 +202,37 @@ pub struct CpuReport {
 /// One second of the shaking phase.
 #[derive(Clone, Debug, Serialize)]
 pub struct SecondReport {
-    /// Seconds since the shaking start.
+    /// Run seconds since the shaking start (a whole Unix second).
     pub second: u64,
+    /// The second's Unix time: `start_unix + second`.
+    pub unix: u64,
     /// `warmup`, `window` or `drain`.
     pub phase: &'static str,
+    /// The global rate of the second.
+    pub qps: u64,
+    /// This process's share of it: requests intended in the second (sent,
+    /// or counted unsent), by the slot rule.
+    pub scheduled: u64,
+    /// This process's logged-in connections at the second's end.
+    pub connections: u64,
+    /// Corrected latency of the answers that arrived in the second.
+    pub p50_us: f64,
+    /// The same, 99th percentile.
+    pub p99_us: f64,
+    /// Send lag of the requests sent in the second, 99th percentile.
+    pub send_lag_p99_us: f64,
+    /// The busiest flooder thread's CPU in the second, percent.
+    pub thread_cpu_max_pct: f64,
     /// That second's counts, all threads summed.
     #[serde(flatten)]
     pub counters: Counters,
 }
 
-/// Which phase second `second` of the shaking belongs to.
-pub fn phase_of(second: u64, warmup_secs: u64, duration_secs: u64) -> &'static str {
-    if second < warmup_secs {
+/// Which part of the run second `second` belongs to.
+pub fn phase_of(second: u64, plan: &Plan) -> &'static str {
+    if second < plan.warmup_secs() {
         "warmup"
-    } else if second < warmup_secs + duration_secs {
+    } else if second < plan.end_secs() {
         "window"
     } else {
         "drain"
@@ -193,19 +244,46 @@ pub fn per(numerator: f64, denominator: u64) -> Option<f64> {
     (denominator > 0).then(|| numerator / denominator as f64)
 }
 
+/// What one progress line shows.
+pub struct Line<'a> {
+    /// Run second.
+    pub second: u64,
+    /// See [`phase_of`].
+    pub phase: &'static str,
+    /// The second's global rate.
+    pub qps: u64,
+    /// The second's counts.
+    pub counters: &'a Counters,
+    /// Logged-in connections.
+    pub ready: u64,
+    /// Corrected latency of the second's answers.
+    pub corrected: &'a Percentiles,
+    /// Send lag of the second's requests.
+    pub send_lag: &'a Percentiles,
+    /// The busiest thread's CPU, percent.
+    pub thread_cpu_max_pct: f64,
+}
+
 /// One progress line for a second of shaking.
-pub fn progress_line(s: &SecondReport) -> String {
-    let c = &s.counters;
+pub fn progress_line(l: &Line) -> String {
+    let c = l.counters;
     format!(
-        "[{:>4}s {:<6}] sent {:>8}  answered {:>8}  got {:>7}  none {:>8}  overload {:>7}  errors {}",
-        s.second,
-        s.phase,
+        "[{:>4}s {:<6}] qps {:>7}  sent {:>7}  answered {:>7}  got {:>6}  none {:>7}  overload {:>6}  errors {:>4}  \
+         conns {:>6}  p50 {:>7.0}µs  p99 {:>7.0}µs  lag p99 {:>6.0}µs  cpu {:>3.0}%",
+        l.second,
+        l.phase,
+        l.qps,
         c.sent,
         c.answered,
         c.got,
         c.none,
         c.overload,
-        c.errors()
+        c.errors(),
+        l.ready,
+        l.corrected.p50_us,
+        l.corrected.p99_us,
+        l.send_lag.p99_us,
+        l.thread_cpu_max_pct,
     )
 }
 
@@ -220,15 +298,31 @@ pub fn summary(r: &Report) -> String {
 fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
     let c = &r.config;
     let w = &r.window;
+    let steps: Vec<String> = c
+        .phases
+        .iter()
+        .map(|p| format!("{}/s×{}s", p.qps, p.secs))
+        .collect();
     writeln!(
         out,
-        "hongbao flood: {} users on {}, {} thread(s), {} shakes/s for {} s after {} s warmup",
-        c.users, c.server, c.threads, c.rate_per_sec, c.duration_secs, c.warmup_secs
+        "hongbao flood: users {}..={} of {} on {}, {} thread(s), {} after {} s warmup{}",
+        c.min,
+        c.max,
+        c.total,
+        c.servers.join(","),
+        c.threads,
+        steps.join(", "),
+        c.warmup_secs,
+        if c.burst { ", burst" } else { "" }
     )?;
     writeln!(
         out,
-        "  connect+login  {} users in {:.3} s = {:.0} logins/s",
-        r.connect.logged_in, r.connect.secs, r.connect.logins_per_sec
+        "  connect+login  {} of {} users in {:.3} s = {:.0} logins/s; {} failed attempts retried",
+        r.connect.logged_in,
+        r.connect.users,
+        r.connect.secs,
+        r.connect.logins_per_sec,
+        r.connect.failures
     )?;
     writeln!(
         out,
@@ -243,13 +337,25 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
     )?;
     writeln!(
         out,
-        "  answers        got {}  none {}  gone {}  overload {}  pushes {}  other results {}",
-        k.got, k.none, k.gone, k.overload, k.pushes, k.other_results
+        "  answers        got {} ({} cents)  none {}  gone {}  overload {}  other results {}",
+        k.got, k.got_cents, k.none, k.gone, k.overload, k.other_results
     )?;
     writeln!(
         out,
-        "  errors         unexpected frames {}  bad frames {}  conn errors {}  unsent {}  lost {} (+{} in warmup)",
-        k.unexpected_frames, k.bad_frames, k.conn_errors, k.unsent, w.lost, w.lost_in_warmup
+        "  packets        pushes {}  claims {}  answered {} ({} cents)  unanswered {}",
+        k.pushes, k.claims, k.claim_answers, k.claim_cents, w.claims_lost
+    )?;
+    writeln!(
+        out,
+        "  errors         unexpected frames {}  bad frames {}  conn errors {}  connect failures {}  unsent {}  \
+         lost {} (+{} in warmup)",
+        k.unexpected_frames,
+        k.bad_frames,
+        k.conn_errors,
+        k.connect_failures,
+        k.unsent,
+        w.lost,
+        w.lost_in_warmup
     )?;
     let b = &r.before_start;
     if b.errors() > 0 {
@@ -277,9 +383,10 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
     }
     writeln!(
         out,
-        "  flooder CPU    {:.3} s = {} µs/request",
+        "  flooder CPU    {:.3} s = {} µs/request; busiest thread {:.0}% of a core",
         r.flooder.cpu_us as f64 / 1e6,
-        fmt_opt(r.flooder.cpu_us_per_request)
+        fmt_opt(r.flooder.cpu_us_per_request),
+        r.flooder.thread_cpu_max_pct
     )?;
     let cpus: Vec<String> = r
         .cpus
@@ -322,6 +429,9 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
             s.rss_bytes_per_conn
         )?;
     }
+    for w in &r.flooder.warnings {
+        writeln!(out, "  WARNING        {w}")?;
+    }
     Ok(())
 }
 
@@ -337,12 +447,15 @@ mod tests {
 
     #[test]
     fn phases_split_at_warmup_and_window_ends() {
-        let phases: Vec<&str> = (0..6).map(|s| phase_of(s, 2, 3)).collect();
+        use crate::flood::schedule::Phase;
+        let plan = Plan::new(2, vec![Phase { qps: 1, secs: 3 }]);
+        let phases: Vec<&str> = (0..6).map(|s| phase_of(s, &plan)).collect();
         assert_eq!(
             phases,
             ["warmup", "warmup", "window", "window", "window", "drain"]
         );
-        assert_eq!(phase_of(0, 0, 1), "window");
+        let no_warmup = Plan::new(0, vec![Phase { qps: 1, secs: 1 }]);
+        assert_eq!(phase_of(0, &no_warmup), "window");
     }
 
     #[test]
@@ -366,6 +479,7 @@ mod tests {
             answered_per_sec: 4.0,
             lost: 1,
             lost_in_warmup: 0,
+            claims_lost: 0,
         };
         let v = serde_json::to_value(&w).unwrap();
         assert_eq!(v["sent"], 5);

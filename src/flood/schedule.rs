@@ -1,11 +1,13 @@
-//! The flooder's pacing arithmetic: when each request is due and who sends it.
+//! The flooder's pacing arithmetic: which user shakes when.
 //!
-//! Owns: the open-loop schedule (global request `k` is due `k / rate` seconds
-//! after the start), each thread's share of it, the round-robin that maps a
-//! thread's requests onto its connections, and the even split of users over
+//! Owns: the original client's slot rule ([`SlotRule`]: which users fire in
+//! wall-clock second `t` at a global rate `q`, generalised to `q` above the
+//! user count), the spreading of a second's requests over it, the run's
+//! per-second rate plan ([`Plan`]: warmup, then `--phases` steps), an evenly
+//! paced stream for connects ([`Share`]), and the split of users over
 //! threads. Must not: read a clock, sleep, or touch a socket. Every function
-//! takes elapsed nanoseconds and returns counts or nanoseconds, so the tests
-//! below can pin exact boundaries.
+//! takes seconds or nanoseconds and returns users, counts or nanoseconds, so
+//! the tests below can pin exact boundaries.
 //!
 //! Integer nanoseconds with `u128` intermediates are used instead of floats so
 //! that "due by t" and "due at" agree exactly at every boundary: a float
@@ -13,6 +15,197 @@
 //! carrying `rate ± 1` requests.
 
 use std::ops::Range;
+
+/// The original client's hash: users are dealt into 13 buckets by `u % 13`
+/// and the buckets laid end to end, so consecutive hashed ids (which fire
+/// together) are users 13 apart. A permutation of `0..total`; the identity
+/// when `total <= 13`. Kept exactly, so that our flooders and the original
+/// clients sharing one `--total` pick the same users each second.
+pub fn hash(user: u64, total: u64) -> u64 {
+    const BUCKETS: u64 = 13;
+    if total <= BUCKETS {
+        return user;
+    }
+    let (len, rem) = (total / BUCKETS, total % BUCKETS);
+    let (row, bucket) = (user / BUCKETS, user % BUCKETS);
+    len * bucket + bucket.min(rem) + row
+}
+
+/// The inverse of [`hash`]: the user whose hashed id is `h`.
+pub fn unhash(h: u64, total: u64) -> u64 {
+    const BUCKETS: u64 = 13;
+    if total <= BUCKETS {
+        return h;
+    }
+    let (len, rem) = (total / BUCKETS, total % BUCKETS);
+    // Buckets 0..rem hold len + 1 users, the others len.
+    let big = rem * (len + 1);
+    let (bucket, row) = if h < big {
+        (h / (len + 1), h % (len + 1))
+    } else {
+        (rem + (h - big) / len, (h - big) % len)
+    };
+    row * BUCKETS + bucket
+}
+
+/// Which users fire in a wall-clock second, as the original client decided
+/// it, so that processes sharing `total` need no coordinator.
+///
+/// For a global rate `q <= total` the rule is the original's exactly: with
+/// `g = total / q`, when `total % q == 0` the users whose hashed id `h` has
+/// `h % g == t % g` fire; otherwise the window of `q` consecutive hashed ids
+/// starting at `(t × q) mod total` (wrapping; `t × q` in the original's 32-bit
+/// arithmetic) fires. Each second then carries exactly `q` requests, at most
+/// one per user. For `q > total` every user fires `q / total` times and the
+/// rule picks the `q % total` users that fire once more.
+///
+/// A second's `q` requests are numbered by position `0..q`: first the full
+/// rounds, in hashed-id order, then the extra ones in the rule's order.
+/// Position `p` is due at `p / q` of the second (or at its start with
+/// `--burst`), so the global stream is evenly spread whoever sends it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotRule {
+    total: u64,
+}
+
+impl SlotRule {
+    /// The rule for `total` users in all.
+    ///
+    /// # Panics
+    ///
+    /// When `total` is 0: options checking refuses it first.
+    pub fn new(total: u64) -> SlotRule {
+        assert!(total > 0, "a slot rule needs users");
+        SlotRule { total }
+    }
+
+    /// The original's decision for one hashed id with `q <= total`
+    /// (`TriggerRequest` on a hashed id): does `h` fire in second `t`?
+    pub fn triggers(&self, h: u64, t: u64, q: u64) -> bool {
+        let total = self.total;
+        let q = q.min(total);
+        if q == 0 {
+            return false;
+        }
+        if total % q == 0 {
+            let g = total / q;
+            return (t as u32 as u64) % g == h % g;
+        }
+        let start = window_start(t, q, total);
+        // The window start..start+q, wrapping past total to 0.
+        (h + total - start) % total < q
+    }
+
+    /// How many times `user` fires in second `t` at global rate `q`.
+    pub fn fires(&self, user: u64, t: u64, q: u64) -> u64 {
+        let (rounds, extra) = (q / self.total, q % self.total);
+        rounds + u64::from(self.triggers(hash(user, self.total), t, extra))
+    }
+
+    /// The user at position `p` (`p < q`) of second `t` at global rate `q`.
+    pub fn user_at(&self, t: u64, q: u64, p: u64) -> u64 {
+        let total = self.total;
+        let full = q / total * total;
+        let h = if p < full {
+            p % total
+        } else {
+            let (k, extra) = (p - full, q - full);
+            if total % extra == 0 {
+                let g = total / extra;
+                (t as u32 as u64) % g + k * g
+            } else {
+                (window_start(t, extra, total) + k) % total
+            }
+        };
+        unhash(h, total)
+    }
+}
+
+/// `(t × q) mod total` as the original computes it: second and rate as
+/// 32-bit unsigned, their product wrapping.
+fn window_start(t: u64, q: u64, total: u64) -> u64 {
+    u64::from((t as u32).wrapping_mul(q as u32)) % total
+}
+
+/// Nanoseconds into its second at which position `p` of `q` is due: evenly
+/// spread (`ceil(p × 1e9 / q)`), or all at once with `burst`.
+pub fn offset_ns(p: u64, q: u64, burst: bool) -> u64 {
+    if burst || q == 0 {
+        return 0;
+    }
+    (u128::from(p) * u128::from(NANOS_PER_SEC)).div_ceil(u128::from(q)) as u64
+}
+
+/// One step of a `--phases` script.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phase {
+    /// Global shakes per second.
+    pub qps: u64,
+    /// How long, in seconds.
+    pub secs: u64,
+}
+
+/// The run's rate, second by second: `warmup` seconds at the first step's
+/// rate, then the steps, then nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    warmup: u64,
+    phases: Vec<Phase>,
+}
+
+impl Plan {
+    /// A plan; `phases` must not be empty (options checking ensures it).
+    pub fn new(warmup: u64, phases: Vec<Phase>) -> Plan {
+        assert!(!phases.is_empty(), "a plan needs a step");
+        Plan { warmup, phases }
+    }
+
+    /// Seconds of warmup.
+    pub fn warmup_secs(&self) -> u64 {
+        self.warmup
+    }
+
+    /// Seconds of the window: every step.
+    pub fn window_secs(&self) -> u64 {
+        self.phases.iter().map(|p| p.secs).sum()
+    }
+
+    /// Seconds that send anything: warmup and window.
+    pub fn end_secs(&self) -> u64 {
+        self.warmup + self.window_secs()
+    }
+
+    /// The run seconds of the window.
+    pub fn window(&self) -> Range<u64> {
+        self.warmup..self.end_secs()
+    }
+
+    /// The steps.
+    pub fn phases(&self) -> &[Phase] {
+        &self.phases
+    }
+
+    /// The step that run second `s` belongs to, as an id (0 = the warmup,
+    /// `i + 1` = step `i`), and its rate; None from the end on.
+    pub fn at(&self, s: u64) -> Option<(u32, u64)> {
+        if s < self.warmup {
+            return Some((0, self.phases[0].qps));
+        }
+        let mut from = self.warmup;
+        for (i, p) in self.phases.iter().enumerate() {
+            if s < from + p.secs {
+                return Some((i as u32 + 1, p.qps));
+            }
+            from += p.secs;
+        }
+        None
+    }
+
+    /// The rate of the first second: the warmup's, or the first step's.
+    pub fn first_qps(&self) -> u64 {
+        self.phases[0].qps
+    }
+}
 
 /// Nanoseconds in a second.
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
@@ -92,36 +285,6 @@ impl Share {
     }
 }
 
-/// The slice of a thread's requests `from..to` that goes to one connection:
-/// request `j` goes to connection `j % conns`, so this connection gets
-/// `first`, `first + conns`, … (`count` of them) and can send them in one write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Batch {
-    /// The connection's index among the thread's connections.
-    pub conn: usize,
-    /// The thread's first request number in this batch.
-    pub first: u64,
-    /// How many requests; each next one is `conns` request numbers later.
-    pub count: u64,
-}
-
-/// Splits a thread's due requests `from..to` round-robin over `conns`
-/// connections, one [`Batch`] per connection that gets any, in the order the
-/// requests fall due. Yields nothing when `conns` is 0 or the range is empty.
-pub fn batches(from: u64, to: u64, conns: usize) -> impl Iterator<Item = Batch> {
-    let n = conns as u64;
-    let due = to.saturating_sub(from);
-    let visits = if n == 0 { 0 } else { due.min(n) };
-    (0..visits).map(move |step| {
-        let first = from + step;
-        Batch {
-            conn: (first % n) as usize,
-            first,
-            count: (to - first).div_ceil(n),
-        }
-    })
-}
-
 /// Part `index` of `total` items split into `parts` contiguous ranges whose
 /// sizes differ by at most one (the first `total % parts` get the extra one).
 ///
@@ -142,6 +305,160 @@ pub fn split(total: u64, parts: usize, index: usize) -> Range<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_is_a_permutation_and_unhash_inverts_it() {
+        for total in (1..200).chain([1_000, 9_999, 10_000, 30_001, 180_000]) {
+            let mut seen = vec![false; total as usize];
+            for u in 0..total {
+                let h = hash(u, total);
+                assert!(h < total, "total {total} user {u} -> {h}");
+                assert!(!seen[h as usize], "total {total}: {h} twice");
+                seen[h as usize] = true;
+                assert_eq!(unhash(h, total), u, "total {total} user {u}");
+            }
+        }
+        // Bucket layout: 100 users, 13 buckets of 7 or 8 (9 buckets of 8).
+        assert_eq!(hash(13, 100), 1, "row 1 of bucket 0");
+        assert_eq!(hash(1, 100), 8, "bucket 1 starts after bucket 0's 8");
+    }
+
+    /// The original client's own test vectors for `TriggerRequest`, which
+    /// takes already-hashed ids.
+    #[test]
+    fn triggers_matches_the_originals_vectors() {
+        let r = SlotRule::new(100);
+        assert!(r.triggers(0, 0, 10));
+        assert!(r.triggers(10, 0, 10));
+        assert!(!r.triggers(11, 0, 10));
+        assert!(r.triggers(11, 1, 10));
+        assert!(r.triggers(99, 9, 10));
+        assert!(r.triggers(0, 10, 10));
+        // 33/s over 100: windows 0-32, 33-65, 66-98, 99-31 (wrapping), 32-64.
+        let window = |t: u64| -> Vec<u64> { (0..100).filter(|&h| r.triggers(h, t, 33)).collect() };
+        assert_eq!(window(0), (0..=32).collect::<Vec<_>>());
+        assert_eq!(window(1), (33..=65).collect::<Vec<_>>());
+        assert_eq!(window(2), (66..=98).collect::<Vec<_>>());
+        assert_eq!(window(3), [(0..=31).collect(), vec![99]].concat());
+        assert_eq!(window(4), (32..=64).collect::<Vec<_>>());
+    }
+
+    /// The original's `Test_qps2`: hashing does not change how many fire.
+    #[test]
+    fn hashing_keeps_the_count() {
+        let r = SlotRule::new(180_000);
+        let t = 1_484_553_130;
+        let plain = (0..180_000).filter(|&u| r.triggers(u, t, 3_000)).count();
+        let hashed = (0..180_000).filter(|&u| r.fires(u, t, 3_000) == 1).count();
+        assert_eq!(plain, 3_000);
+        assert_eq!(hashed, plain);
+    }
+
+    /// Every second carries exactly q requests, and the positions enumerate
+    /// exactly the users the rule fires, as often as it fires them: below,
+    /// at and above one request per user, divisible or not, and at a Unix
+    /// time whose 32-bit product with q wraps.
+    #[test]
+    fn positions_enumerate_exactly_the_users_that_fire() {
+        for &(total, q) in &[
+            (100, 10),
+            (100, 33),
+            (100, 100),
+            (100, 250),
+            (13, 5),
+            (7, 3),
+            (10_000, 3_000),
+            (10_000, 30_000),
+            (10_007, 9_999),
+            (1, 7),
+        ] {
+            let r = SlotRule::new(total);
+            for t in [0, 1, 2, 5, 1_795_338_176, u64::from(u32::MAX)] {
+                let mut counts = vec![0u64; total as usize];
+                for p in 0..q {
+                    counts[r.user_at(t, q, p) as usize] += 1;
+                }
+                let (lo, hi) = (q / total, q.div_ceil(total));
+                for u in 0..total {
+                    let c = counts[u as usize];
+                    assert_eq!(c, r.fires(u, t, q), "total {total} q {q} t {t} user {u}");
+                    assert!(
+                        c == lo || c == hi,
+                        "total {total} q {q}: user {u} fires {c}"
+                    );
+                }
+                assert_eq!(counts.iter().sum::<u64>(), q);
+            }
+        }
+    }
+
+    /// Processes that split the users any way among themselves send, summed,
+    /// exactly q per second: each sends the positions of its own users.
+    #[test]
+    fn any_split_of_the_users_sums_to_q() {
+        let (total, q) = (1_000u64, 333u64);
+        let r = SlotRule::new(total);
+        for cuts in [
+            vec![0, 1_000],
+            vec![0, 1, 999, 1_000],
+            vec![0, 250, 500, 501, 1_000],
+        ] {
+            for t in 0..40 {
+                let mut sum = 0;
+                for w in cuts.windows(2) {
+                    sum += (0..q)
+                        .filter(|&p| (w[0]..w[1]).contains(&r.user_at(t, q, p)))
+                        .count() as u64;
+                }
+                assert_eq!(sum, q, "cuts {cuts:?} t {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn at_most_one_per_user_per_second_when_q_is_at_most_total() {
+        let r = SlotRule::new(997);
+        for q in [1, 2, 500, 996, 997] {
+            for t in 0..10 {
+                let mut seen = std::collections::HashSet::new();
+                for p in 0..q {
+                    assert!(seen.insert(r.user_at(t, q, p)), "q {q} t {t} p {p}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn offsets_spread_the_second_or_burst_at_its_start() {
+        assert_eq!(offset_ns(0, 4, false), 0);
+        assert_eq!(offset_ns(1, 4, false), 250_000_000);
+        assert_eq!(offset_ns(1, 3, false), 333_333_334);
+        assert!(offset_ns(59_999, 60_000, false) < NANOS_PER_SEC);
+        assert_eq!(offset_ns(7, 10, true), 0);
+    }
+
+    #[test]
+    fn plan_walks_warmup_then_steps_then_ends() {
+        let plan = Plan::new(
+            2,
+            vec![Phase { qps: 10, secs: 3 }, Phase { qps: 20, secs: 1 }],
+        );
+        let rates: Vec<Option<(u32, u64)>> = (0..7).map(|s| plan.at(s)).collect();
+        assert_eq!(
+            rates,
+            [
+                Some((0, 10)),
+                Some((0, 10)),
+                Some((1, 10)),
+                Some((1, 10)),
+                Some((1, 10)),
+                Some((2, 20)),
+                None
+            ]
+        );
+        assert_eq!(plan.window(), 2..6);
+        assert_eq!(plan.end_secs(), 6);
+    }
 
     #[test]
     fn one_thread_at_three_per_second_has_exact_boundaries() {
@@ -221,42 +538,6 @@ mod tests {
         let year_ns = 365 * 24 * 3600 * NANOS_PER_SEC;
         assert_eq!(s.due_by(year_ns), year_ns / 100 / 2);
         assert!(s.due_at_ns(u64::MAX / 2) == u64::MAX);
-    }
-
-    #[test]
-    fn batches_cover_every_request_once_in_round_robin() {
-        for &(from, to, conns) in &[
-            (0, 5, 3),
-            (7, 30, 4),
-            (10, 11, 5),
-            (3, 3, 4),
-            (0, 9, 1),
-            (5, 100, 7),
-        ] {
-            let mut seen = Vec::new();
-            for b in batches(from, to, conns) {
-                for i in 0..b.count {
-                    let j = b.first + i * conns as u64;
-                    assert_eq!(j as usize % conns, b.conn);
-                    seen.push(j);
-                }
-            }
-            seen.sort_unstable();
-            assert_eq!(
-                seen,
-                (from..to).collect::<Vec<_>>(),
-                "{from}..{to} over {conns}"
-            );
-        }
-    }
-
-    #[test]
-    fn batches_visit_each_connection_at_most_once_starting_at_the_cursor() {
-        let b: Vec<Batch> = batches(7, 30, 4).collect();
-        let conns: Vec<usize> = b.iter().map(|b| b.conn).collect();
-        assert_eq!(conns, [3, 0, 1, 2]);
-        assert_eq!(b.iter().map(|b| b.count).collect::<Vec<_>>(), [6, 6, 6, 5]);
-        assert_eq!(batches(0, 10, 0).count(), 0);
     }
 
     #[test]

@@ -19,14 +19,22 @@ pub struct Counters {
     pub answered: u64,
     /// Shake result 14: got an envelope.
     pub got: u64,
+    /// Cents in the envelopes got.
+    pub got_cents: u64,
     /// Shake result 15: no envelope now.
     pub none: u64,
     /// Shake result 16: all envelopes gone.
     pub gone: u64,
     /// Shake result 17: server overloaded.
     pub overload: u64,
-    /// PacketPush (cmd 4) frames answering a shake in place of a result.
+    /// PacketPush (cmd 4) frames: a packet names this user.
     pub pushes: u64,
+    /// Claims (cmd 5) sent for pushed packets.
+    pub claims: u64,
+    /// Claim answers (cmd 6) matched to a claim.
+    pub claim_answers: u64,
+    /// Cents in the claim answers.
+    pub claim_cents: u64,
     /// Shake results with a code v1 does not define.
     pub other_results: u64,
     /// Well-formed frames that answer nothing: an answer with no request
@@ -36,8 +44,11 @@ pub struct Counters {
     pub bad_frames: u64,
     /// Connections lost: closed by the peer, reset, or failed on I/O.
     pub conn_errors: u64,
-    /// Requests that fell due but were not sent: their connection was lost,
-    /// or the thread already awaited its cap of answers (a stalled server).
+    /// Connect or login attempts that failed; each is retried after a backoff.
+    pub connect_failures: u64,
+    /// Requests that fell due but were not sent: their user was not logged
+    /// in (connecting, or waiting to retry), or the thread already awaited
+    /// its cap of answers (a stalled server). Claims past their cap too.
     pub unsent: u64,
 }
 
@@ -45,14 +56,19 @@ crate::stats::impl_add!(Counters {
     sent,
     answered,
     got,
+    got_cents,
     none,
     gone,
     overload,
     pushes,
+    claims,
+    claim_answers,
+    claim_cents,
     other_results,
     unexpected_frames,
     bad_frames,
     conn_errors,
+    connect_failures,
     unsent,
 });
 
@@ -63,6 +79,7 @@ impl Counters {
             + self.unexpected_frames
             + self.bad_frames
             + self.conn_errors
+            + self.connect_failures
             + self.unsent
     }
 }
@@ -86,15 +103,64 @@ pub struct Latency {
     pub send_lag: Histogram<u64>,
 }
 
+/// An empty latency histogram: 1 ns .. 60 s at 3 significant digits,
+/// allocated once (about 200 KiB) so that recording never allocates.
+pub fn histogram() -> Histogram<u64> {
+    // A valid configuration, so creation cannot fail; if it ever did, that
+    // is a bug here.
+    Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid histogram bounds")
+}
+
+/// One thread's histograms of one second, by the time things happened in
+/// it: the corrected latency of the answers that arrived, and the send lag
+/// of the requests that left. Handed to the coordinator each second (for the
+/// progress line's percentiles and the `--hlog` interval log) and handed
+/// back empty for reuse.
+#[derive(Clone, Debug)]
+pub struct SecondHists {
+    /// Answer time − intended send time, ns.
+    pub corrected: Histogram<u64>,
+    /// Actual − intended send time, ns.
+    pub send_lag: Histogram<u64>,
+}
+
+impl SecondHists {
+    /// Empty histograms.
+    pub fn new() -> SecondHists {
+        SecondHists {
+            corrected: histogram(),
+            send_lag: histogram(),
+        }
+    }
+
+    /// Adds `other` into `self`.
+    pub fn add(&mut self, other: &SecondHists) {
+        // Same bounds on both sides, so adding cannot fail.
+        self.corrected
+            .add(&other.corrected)
+            .expect("same histogram bounds");
+        self.send_lag
+            .add(&other.send_lag)
+            .expect("same histogram bounds");
+    }
+
+    /// Empties both, keeping their memory.
+    pub fn reset(&mut self) {
+        self.corrected.reset();
+        self.send_lag.reset();
+    }
+}
+
+impl Default for SecondHists {
+    fn default() -> SecondHists {
+        SecondHists::new()
+    }
+}
+
 impl Latency {
-    /// Empty histograms, allocated once here (about 200 KiB each) so that
-    /// recording never allocates.
+    /// Empty histograms, allocated once here so that recording never
+    /// allocates.
     pub fn new() -> Latency {
-        let histogram = || {
-            // 1 ns .. 60 s at 3 significant digits is a valid configuration,
-            // so creation cannot fail; if it ever did, that is a bug here.
-            Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid histogram bounds")
-        };
         Latency {
             corrected: histogram(),
             service: histogram(),
@@ -185,14 +251,19 @@ mod tests {
             sent: 1,
             answered: 2,
             got: 3,
+            got_cents: 13,
             none: 4,
             gone: 5,
             overload: 6,
             pushes: 7,
+            claims: 14,
+            claim_answers: 15,
+            claim_cents: 16,
             other_results: 8,
             unexpected_frames: 9,
             bad_frames: 10,
             conn_errors: 11,
+            connect_failures: 17,
             unsent: 12,
         };
         let mut sum = one;
@@ -202,7 +273,7 @@ mod tests {
         for (name, v) in single.as_object().unwrap() {
             assert_eq!(doubled[name], v.as_u64().unwrap() * 2, "field {name}");
         }
-        assert_eq!(one.errors(), 8 + 9 + 10 + 11 + 12);
+        assert_eq!(one.errors(), 8 + 9 + 10 + 11 + 17 + 12);
     }
 
     #[test]

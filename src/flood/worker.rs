@@ -1,27 +1,41 @@
-//! One flooder thread: its connections, its mio poll, its share of the schedule.
+//! One flooder thread: its users' connections, its mio poll, its part of
+//! the slot rule.
 //!
-//! Owns: opening and logging in its users' connections, holding them, then
-//! sending its share of the open-loop schedule and matching each answer to
-//! the request it answers. Must not: share anything with other threads on the
-//! send/receive path (it owns its poll, sockets, buffers, counters and
-//! histograms, and talks to the coordinator only by channel, once a second and
-//! at phase ends), allocate per request once warmed up, or panic on anything
-//! a server sends.
+//! Owns: opening, logging in and (after any failure) re-opening its users'
+//! connections with backoff; sending the shakes the slot rule gives its
+//! users, each at its intended wall-clock time; claiming pushed packets;
+//! matching every answer to what it answers. Must not: share anything with
+//! other threads on the send/receive path (it owns its poll, sockets,
+//! buffers, counters and histograms, and talks to the coordinator only by
+//! channel, once a second and at phase ends), allocate per request once
+//! warmed up, or panic on anything a server sends.
 //!
 //! Event-loop contract (mio, Linux epoll): every socket is registered once,
 //! edge-triggered, for READABLE and WRITABLE, and never re-registered, so no
 //! `epoll_ctl` is spent per request. WRITABLE first reports a finished
-//! connect, later that a full send buffer has room again; epoll also reports
-//! it alongside most read edges, so a writable event with nothing pending is
-//! simply ignored. Events can be spurious; `Interrupted` means retry; a read
-//! or write that would block ends that socket's turn until its next edge.
+//! connect, later that a full send buffer has room again. Events can be
+//! spurious; `Interrupted` means retry; a read or write that would block ends
+//! that socket's turn until its next edge.
+//!
+//! While shaking, the thread sleeps until its next request is due (or at most
+//! [`READ_TICK`]) with `clock_nanosleep` *outside* epoll, then collects
+//! readiness with a zero-timeout poll. Answers therefore never wake it: a
+//! loopback answer that woke the flooder cost it a context switch and the
+//! server an inter-processor wake-up per request, which made the flooder,
+//! not the server, the expensive side. Answer times do not suffer: every
+//! socket has `SO_TIMESTAMPNS`, and an answer's time is the kernel's receive
+//! timestamp of the data (of the last segment a read returns, so a late
+//! one only makes earlier answers look later, never faster).
 
-use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::fs::File;
+use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -30,25 +44,24 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::schedule::{self, NANOS_PER_SEC, Share};
-use super::stats::{Counters, Latency};
-use super::timer::{Timer, tighten_timer_slack};
-use crate::ids::UserId;
+use super::schedule::{self, NANOS_PER_SEC, Plan, Share, SlotRule};
+use super::stats::{Counters, Latency, SecondHists};
+use crate::ids::{PacketId, UserId};
 use crate::wire::{self, DecodeError, Frame, ShakeOutcome};
 
 /// The token of each thread's `mio::Waker`; connections use tokens `0..users`.
 pub(crate) const WAKER: Token = Token(usize::MAX);
-/// The token of each thread's send timer.
-const TIMER: Token = Token(usize::MAX - 1);
-/// With `--spin`, waits shorter than this are spun; longer ones (the end of
-/// the run, a stalled server) still sleep.
-const SPIN_WAIT_MAX: Duration = Duration::from_millis(2);
-/// How long past the timer the poll waits anyway, in case the timer is lost.
-const TIMER_BACKSTOP: Duration = Duration::from_millis(5);
 
-/// Bytes read per `read` call into the thread's one scratch buffer: a whole
-/// burst of answers for many coalesced requests fits, and it is shared by all
-/// of the thread's connections, so there is no per-connection read buffer.
+/// The longest a shaking thread sleeps: how long an answer or a push may sit
+/// unread (its time is the kernel's stamp, so only claims wait for it).
+const READ_TICK: Duration = Duration::from_millis(1);
+
+/// With `--spin`, waits shorter than this are spun; longer ones still sleep.
+const SPIN_WAIT_MAX: Duration = Duration::from_millis(2);
+
+/// Bytes read per `recvmsg` into the thread's one scratch buffer: a whole
+/// burst of answers fits, and it is shared by all of the thread's
+/// connections, so there is no per-connection read buffer.
 const READ_BUF_LEN: usize = 64 * 1024;
 
 /// Connects (and logins) a thread keeps in flight at once. Below the kernel's
@@ -61,15 +74,27 @@ const HANDSHAKES_IN_FLIGHT_MAX: usize = 512;
 /// 8 s of 120k/s against a server that has stopped answering.
 const IN_FLIGHT_MAX: u64 = 1 << 20;
 
+/// Claims a thread keeps awaiting answers, at most.
+const CLAIMS_IN_FLIGHT_MAX: usize = 1 << 16;
+
+/// The first retry of a failed connect or login waits about this long; each
+/// further failure doubles it, up to [`BACKOFF_MAX`], with ±50 % jitter so
+/// that users refused together do not come back together.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// An `--ack-log` buffer is written out when it reaches this.
+const ACK_FLUSH_AT: usize = 64 * 1024;
+
 /// mio events taken per poll. More only means fewer polls under a burst.
 const EVENTS_CAPACITY: usize = 1024;
 
 /// What a thread is told by the coordinator.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Control {
-    /// Start shaking; the schedule's time zero is this instant.
-    Go(Instant),
-    /// Give up now (another thread failed, or the connect phase did).
+    /// Start shaking; run second 0 is this Unix second.
+    Go { start_unix_secs: u64 },
+    /// Give up now (another thread failed, or the run is over).
     Stop,
 }
 
@@ -83,29 +108,47 @@ pub(crate) enum ToMain {
         second: u64,
         progress: ConnectProgress,
     },
-    /// The connect phase ended, complete or not.
+    /// The connect phase ended for this thread, complete or not.
     LoggedIn {
         thread: usize,
         summary: LoginSummary,
     },
-    /// One second of the shaking phase has ended: its counts.
-    Second { second: u64, counters: Counters },
+    /// One run second has ended.
+    Second(Box<SecondOut>),
     /// The thread finished its run.
     Done(Box<ThreadResult>),
     /// The thread cannot go on (its poll failed); the run must stop.
     Failed { thread: usize, error: String },
 }
 
+/// One thread's account of one run second.
+#[derive(Debug)]
+pub(crate) struct SecondOut {
+    pub thread: usize,
+    /// Run second (0 = the first second of shaking).
+    pub second: u64,
+    /// The global rate this thread used for the second.
+    pub qps: u64,
+    pub counters: Counters,
+    /// The second's histograms; the coordinator hands them back for reuse.
+    pub hists: Box<SecondHists>,
+    /// Logged-in connections at the second's end.
+    pub ready: u64,
+    /// CPU time the thread used in the second, ns.
+    pub cpu_ns: u64,
+}
+
 /// Connect-phase counts of one thread, cumulative.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct ConnectProgress {
-    /// Sockets opened (connect started), failed ones included.
+    /// Connect attempts started, retries included.
     pub opened: u64,
     /// TCP connections established.
     pub connected: u64,
-    /// Users that got LoginResponse result 0.
+    /// Logins answered with result 0.
     pub logged_in: u64,
-    /// Users that failed: socket, connect, login rejected, or lost.
+    /// Attempts that failed (socket, connect, login refused, lost); each
+    /// is retried after a backoff.
     pub failed: u64,
 }
 
@@ -121,14 +164,14 @@ crate::stats::impl_add!(ConnectProgress {
 pub(crate) struct LoginSummary {
     /// Final counts.
     pub progress: ConnectProgress,
+    /// Users logged in when the phase ended.
+    pub ready: u64,
     /// The first failure, with the user and step it happened at.
     pub first_error: Option<String>,
     /// When the first connect was started.
     pub first_connect: Option<Instant>,
-    /// When the last LoginResponse arrived.
+    /// When the last user of the phase logged in.
     pub last_login: Option<Instant>,
-    /// The login deadline passed before every user logged in or failed.
-    pub timed_out: bool,
 }
 
 /// Everything a thread measured, handed over once at the end.
@@ -136,52 +179,75 @@ pub(crate) struct LoginSummary {
 pub(crate) struct ThreadResult {
     /// The thread's index.
     pub thread: usize,
-    /// Counts per second of the shaking phase (index = second since start).
+    /// Counts per run second.
     pub per_second: Vec<Counters>,
-    /// Counts between login and the start of shaking (drops, stray frames).
+    /// Counts between login and the start of shaking.
     pub before_start: Counters,
     /// Latency of requests intended inside the measurement window.
     pub latency: Latency,
-    /// Requests intended inside the window that never got an answer
-    /// (connection lost, or still unanswered when the drain ended).
+    /// Requests intended inside the window that never got an answer.
     pub lost_in_window: u64,
     /// The same for requests intended in the warmup.
     pub lost_outside_window: u64,
+    /// Claims never answered.
+    pub claims_lost: u64,
+    /// Requests the slot rule gave the thread, by intended run second.
+    pub scheduled: Vec<u64>,
 }
 
-/// The run parameters a thread needs; its share is given by `index` of
-/// `threads`.
+/// The run parameters a thread needs.
 #[derive(Clone, Debug)]
 pub(crate) struct WorkerConfig {
     pub index: usize,
-    pub threads: usize,
-    pub server: SocketAddr,
-    /// Source addresses, round-robin by the user's global index; empty means
-    /// let the kernel choose.
+    /// Servers; user `u` goes to `servers[u % len]`.
+    pub servers: Arc<[SocketAddr]>,
+    /// Source addresses; user `u` binds `binds[u % len]`; empty means let
+    /// the kernel choose.
     pub binds: Arc<[IpAddr]>,
-    /// This thread's first user id.
+    /// This thread's users: `first_user .. first_user + users`.
     pub first_user: u32,
-    /// How many consecutive user ids from `first_user`.
     pub users: u32,
-    /// The global index of this thread's first user (for the bind round-robin).
-    pub global_offset: u64,
-    /// Total shakes per second over all threads.
-    pub rate_per_sec: u64,
-    /// Total connects per second over all threads; 0 = as fast as possible.
+    /// The experiment's slot rule (over `--total`).
+    pub rule: SlotRule,
+    pub plan: Plan,
+    pub burst: bool,
+    pub push_answers_shake: bool,
+    /// `/qps` override: `(step id << 32) | qps`, or [`NO_OVERRIDE`].
+    pub rate_override: Arc<AtomicU64>,
+    /// Connects per second for this thread; 0 = as fast as possible.
     pub connect_rate_per_sec: u64,
-    pub warmup_ns: u64,
-    pub window_ns: u64,
     /// How long to wait for answers after the last request.
     pub drain_ns: u64,
-    /// The schedule's zero for connects.
+    /// The connect phase's zero.
     pub connect_start: Instant,
     pub login_deadline: Instant,
     /// No phase of this thread goes past this.
     pub hard_deadline: Instant,
-    /// Shortest wait between two sends (`--send-interval-us`).
+    /// Shortest sleep between two sends (`--send-interval-us`).
     pub send_interval: Duration,
     /// Poll without sleeping while shaking (`--spin`).
     pub spin: bool,
+    /// `--ack-log`, opened for appending by the coordinator.
+    pub ack_log: Option<Arc<File>>,
+    /// Emptied second histograms handed back by the coordinator.
+    pub recycle: Receiver<Box<SecondHists>>,
+}
+
+/// The value of the rate override when none is set.
+pub(crate) const NO_OVERRIDE: u64 = u64::MAX;
+
+/// The global rate for run second `s`: the plan's, unless a `/qps` override
+/// was set for the plan step that `s` belongs to.
+pub(crate) fn rate_for(plan: &Plan, rate_override: &AtomicU64, s: u64) -> u64 {
+    let Some((step, qps)) = plan.at(s) else {
+        return 0;
+    };
+    let o = rate_override.load(Ordering::Relaxed);
+    if o != NO_OVERRIDE && (o >> 32) as u32 == step {
+        o & 0xffff_ffff
+    } else {
+        qps
+    }
 }
 
 /// The thread body: connect, hold, shake, report. Returns when done or told
@@ -194,19 +260,9 @@ pub(crate) fn run(
 ) {
     let thread = cfg.index;
     tighten_timer_slack();
-    let timer = match Timer::new(poll.registry(), TIMER) {
-        Ok(t) => t,
-        Err(e) => {
-            let error = format!("thread {thread}: creating the send timer: {e}");
-            let _ = to_main.send(ToMain::Failed { thread, error });
-            return;
-        }
-    };
-    let mut worker = Worker::new(cfg, poll, control, to_main.clone(), timer);
+    let mut worker = Worker::new(cfg, poll, control, to_main.clone());
     let outcome = (|| -> Result<(), Stop> {
         let summary = worker.connect_all()?;
-        // A send fails only when the coordinator has already given up. An
-        // incomplete phase is the coordinator's to judge: hold until told.
         let _ = to_main.send(ToMain::LoggedIn { thread, summary });
         let start = worker.hold()?;
         worker.shake(start)?;
@@ -222,35 +278,43 @@ pub(crate) fn run(
 enum Stop {
     /// The coordinator said so, or the hard deadline passed.
     Told,
-    /// The thread's own machinery failed (not a connection: those are counted).
+    /// The thread's own machinery failed (not a connection: those retry).
     Failed(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
+    /// Waiting for its (first or next) connect attempt.
+    Idle,
     /// Nonblocking connect started; waiting for WRITABLE.
     Connecting,
     /// LoginRequest sent; waiting for LoginResponse.
     LoggingIn,
     /// Logged in: shakes go out, answers come back.
     Ready,
-    /// Gone; the slot stays so connection indices never shift.
-    Closed,
 }
 
 /// A request on the wire, waiting for its answer.
 #[derive(Clone, Copy, Debug)]
 struct InFlight {
-    /// When the schedule wanted it sent, ns since the shaking start.
+    /// When the schedule wanted it sent, ns since the run's start.
     intended_ns: u64,
-    /// When it was handed to the socket, ns since the shaking start.
+    /// When it was handed to the socket, ns since the run's start.
     sent_ns: u64,
+}
+
+/// A claim on the wire. Claims are answered by the core that owns the
+/// packet, so their answers may overtake or trail shake answers: they are
+/// matched by connection and packet, not by order.
+#[derive(Clone, Copy, Debug)]
+struct PendingClaim {
+    conn: u32,
+    packet: PacketId,
 }
 
 /// Bytes that did not fit one turn: a partial answer frame, or output the
 /// socket would not take. Allocated the first time a connection needs it and
-/// then kept, trading some idle memory for no allocation per request: a
-/// connection that spilled once under load tends to spill again.
+/// then kept: a connection that spilled once under load tends to again.
 struct Spill {
     partial: [u8; wire::FRAME_LEN_MAX],
     partial_len: usize,
@@ -261,25 +325,15 @@ struct Conn {
     stream: Option<TcpStream>,
     user: UserId,
     state: State,
+    /// Failed attempts in a row, for the backoff.
+    failures: u8,
     /// Requests awaiting answers, oldest first: a server answers a
-    /// connection's requests in order. Empty and unallocated until the first
-    /// shake, so an idle connection costs no heap here; it then grows to the
-    /// working depth during warmup and stays there.
+    /// connection's shakes in order. Unallocated until the first shake.
     in_flight: VecDeque<InFlight>,
     spill: Option<Box<Spill>>,
 }
 
 impl Conn {
-    fn closed(user: UserId) -> Conn {
-        Conn {
-            stream: None,
-            user,
-            state: State::Closed,
-            in_flight: VecDeque::new(),
-            spill: None,
-        }
-    }
-
     fn spill(&mut self) -> &mut Spill {
         self.spill.get_or_insert_with(|| {
             Box::new(Spill {
@@ -343,6 +397,9 @@ impl Close {
 struct Tally {
     /// The second in progress; before shaking starts, the before-start span.
     current: Counters,
+    /// The second in progress, by when things happened.
+    second: Box<SecondHists>,
+    /// The window's requests, by intended time.
     latency: Latency,
     /// Intended send times (ns since start) whose latency is recorded.
     window_ns: Range<u64>,
@@ -350,6 +407,11 @@ struct Tally {
     in_flight: u64,
     lost_in_window: u64,
     lost_outside_window: u64,
+    /// Claims on the wire.
+    claims: Vec<PendingClaim>,
+    ack: Option<AckLog>,
+    /// Requests the slot rule gave this thread, by intended run second.
+    scheduled: Vec<u64>,
 }
 
 impl Tally {
@@ -373,6 +435,93 @@ impl Tally {
     }
 }
 
+/// A thread's buffer of `--ack-log` lines, written out whole so that the
+/// threads' lines never interleave within one (the file is opened for
+/// appending, and each `write` of a regular file appends in one piece).
+struct AckLog {
+    file: Arc<File>,
+    buf: Vec<u8>,
+}
+
+impl AckLog {
+    fn line(&mut self, kind: &str, user: UserId, id: u32, cents: u32) {
+        // Writing to a Vec cannot fail.
+        let _ = writeln!(self.buf, "{kind} {} {id} {cents}", user.0);
+    }
+
+    fn flush_if_full(&mut self) -> io::Result<()> {
+        if self.buf.len() >= ACK_FLUSH_AT {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.file).write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// Walks the slot rule's positions second by second and hands out this
+/// thread's users' requests as they fall due.
+struct Cursor {
+    rule: SlotRule,
+    burst: bool,
+    /// This thread's user ids.
+    users: Range<u64>,
+    /// The Unix second of run second 0.
+    start_unix: u64,
+    /// Run second being walked.
+    sec: u64,
+    /// Its rate, once the second has begun (read then, not earlier, so
+    /// that a `/qps` change lands on a second boundary).
+    q: Option<u64>,
+    /// Next position of `sec` to look at.
+    pos: u64,
+    /// Run seconds that send: `0..end`.
+    end: u64,
+}
+
+impl Cursor {
+    /// Calls `send(user, intended_ns)` for every request of this thread due
+    /// by `now_ns` (ns since the start), in order; returns when the next
+    /// one is due, or None when the plan has no more.
+    fn advance(
+        &mut self,
+        now_ns: u64,
+        rate: impl Fn(u64) -> u64,
+        mut send: impl FnMut(u64, u64, u64),
+    ) -> Option<u64> {
+        loop {
+            if self.sec >= self.end {
+                return None;
+            }
+            let sec_start = self.sec * NANOS_PER_SEC;
+            let q = match self.q {
+                Some(q) => q,
+                None if now_ns < sec_start => return Some(sec_start),
+                None => *self.q.insert(rate(self.sec)),
+            };
+            let t = self.start_unix + self.sec;
+            while self.pos < q {
+                let user = self.rule.user_at(t, q, self.pos);
+                if self.users.contains(&user) {
+                    let due = sec_start + schedule::offset_ns(self.pos, q, self.burst);
+                    if due > now_ns {
+                        return Some(due);
+                    }
+                    send(user, due, self.sec);
+                }
+                self.pos += 1;
+            }
+            self.sec += 1;
+            self.q = None;
+            self.pos = 0;
+        }
+    }
+}
+
 struct Worker {
     cfg: WorkerConfig,
     poll: Poll,
@@ -385,10 +534,20 @@ struct Worker {
     tally: Tally,
     before_start: Counters,
     per_second: Vec<Counters>,
-    timer: Timer,
-    /// The shaking schedule's time zero, once told; answers are stamped in
-    /// nanoseconds since it.
-    shake_start: Option<Instant>,
+    /// Run second 0's Unix time in ns, once told; answers and sends are
+    /// stamped in ns since it.
+    start_ns: Option<u64>,
+    progress: ConnectProgress,
+    /// Users logged in now.
+    ready: u64,
+    /// Connections in Connecting or LoggingIn.
+    handshaking: usize,
+    first_error: Option<String>,
+    last_login: Option<Instant>,
+    /// Users waiting to retry: (when, ns since connect start; index).
+    retries: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Thread CPU time at the last published second.
+    cpu_mark_ns: u64,
 }
 
 impl Worker {
@@ -397,11 +556,25 @@ impl Worker {
         poll: Poll,
         control: Receiver<Control>,
         to_main: Sender<ToMain>,
-        timer: Timer,
     ) -> Worker {
-        let seconds = (cfg.warmup_ns + cfg.window_ns + cfg.drain_ns) / NANOS_PER_SEC + 2;
+        let seconds = cfg.plan.end_secs() + cfg.drain_ns / NANOS_PER_SEC + 2;
+        let end_secs = cfg.plan.end_secs() as usize;
+        let first = cfg.first_user;
+        let ack = cfg.ack_log.clone().map(|file| AckLog {
+            file,
+            buf: Vec::with_capacity(ACK_FLUSH_AT + 256),
+        });
         Worker {
-            conns: Vec::with_capacity(cfg.users as usize),
+            conns: (0..cfg.users)
+                .map(|i| Conn {
+                    stream: None,
+                    user: UserId(first + i),
+                    state: State::Idle,
+                    failures: 0,
+                    in_flight: VecDeque::new(),
+                    spill: None,
+                })
+                .collect(),
             per_second: Vec::with_capacity(seconds as usize),
             cfg,
             poll,
@@ -409,21 +582,35 @@ impl Worker {
             control,
             to_main,
             read_buf: vec![0; READ_BUF_LEN].into_boxed_slice(),
-            // Room for a burst of coalesced shakes; grows once if a stalled
-            // server lets more fall due for one connection.
+            // Room for a burst of shakes to one connection; grows once if a
+            // stalled server lets more fall due for it.
             write_buf: Vec::with_capacity(64 * 16),
             tally: Tally {
                 current: Counters::default(),
+                second: Box::new(SecondHists::new()),
                 latency: Latency::new(),
                 window_ns: 0..0,
                 in_flight: 0,
                 lost_in_window: 0,
                 lost_outside_window: 0,
+                claims: Vec::new(),
+                ack,
+                scheduled: vec![0; end_secs],
             },
             before_start: Counters::default(),
-            timer,
-            shake_start: None,
+            start_ns: None,
+            progress: ConnectProgress::default(),
+            ready: 0,
+            handshaking: 0,
+            first_error: None,
+            last_login: None,
+            retries: BinaryHeap::new(),
+            cpu_mark_ns: 0,
         }
+    }
+
+    fn failed(&self, what: &str, e: impl std::fmt::Display) -> Stop {
+        Stop::Failed(format!("thread {}: {what}: {e}", self.cfg.index))
     }
 
     /// Polls for events, waiting at most `timeout`. `Interrupted` is a
@@ -435,68 +622,67 @@ impl Worker {
                 self.events.clear();
                 Ok(())
             }
-            Err(e) => Err(Stop::Failed(format!(
-                "thread {}: poll: {e}",
-                self.cfg.index
-            ))),
+            Err(e) => Err(self.failed("poll", e)),
         }
     }
 
-    fn check_control(&self) -> Result<Option<Instant>, Stop> {
+    fn check_control(&self) -> Result<Option<u64>, Stop> {
         match self.control.try_recv() {
-            Ok(Control::Go(start)) => Ok(Some(start)),
+            Ok(Control::Go { start_unix_secs }) => Ok(Some(start_unix_secs)),
             Ok(Control::Stop) | Err(TryRecvError::Disconnected) => Err(Stop::Told),
             Err(TryRecvError::Empty) => Ok(None),
         }
     }
 
-    /// Opens every user's connection at the connect pace, logs each in, and
-    /// returns when all have logged in or failed, or at the login deadline.
+    /// Nanoseconds since the connect phase's zero: the retry clock.
+    fn connect_clock(&self, now: Instant) -> u64 {
+        nanos_since(self.cfg.connect_start, now)
+    }
+
+    /// Nanoseconds since run second 0 by the wall clock (0 before it).
+    fn run_clock(&self) -> u64 {
+        self.start_ns
+            .map_or(0, |start| unix_nanos().saturating_sub(start))
+    }
+
+    /// Opens every user's connection at the connect pace and logs each in;
+    /// returns when all are in, or at the login deadline (the rest keep
+    /// retrying while the run goes on).
     fn connect_all(&mut self) -> Result<LoginSummary, Stop> {
-        let users = self.cfg.users as usize;
-        let pace = Share::new(
-            self.cfg.index,
-            self.cfg.threads,
-            self.cfg.connect_rate_per_sec,
-        );
-        let mut p = ConnectProgress::default();
-        let mut first_error: Option<String> = None;
+        let users = self.conns.len();
+        let pace = Share::new(0, 1, self.cfg.connect_rate_per_sec);
+        let mut started = 0usize;
         let mut first_connect = None;
-        let mut last_login = None;
         let mut progress_second = 1;
         let mut next_progress = self.cfg.connect_start + Duration::from_secs(1);
         loop {
             let now = Instant::now();
-            let elapsed_ns = nanos_since(self.cfg.connect_start, now);
+            let clock = self.connect_clock(now);
             let allowed = if self.cfg.connect_rate_per_sec == 0 {
                 users
             } else {
-                (pace.due_by(elapsed_ns) as usize).min(users)
+                (pace.due_by(clock) as usize).min(users)
             };
-            while self.conns.len() < allowed && self.handshakes(&p) < HANDSHAKES_IN_FLIGHT_MAX {
+            while started < allowed && self.handshaking < HANDSHAKES_IN_FLIGHT_MAX {
                 first_connect.get_or_insert(now);
-                let i = self.conns.len();
-                p.opened += 1;
-                if let Err(e) = self.open(i) {
-                    p.failed += 1;
-                    first_error.get_or_insert(e);
-                }
+                self.open(started, clock);
+                started += 1;
             }
-            let settled = (p.logged_in + p.failed) as usize;
-            if settled == users || now >= self.cfg.login_deadline {
+            self.retry_due(clock);
+            if self.ready as usize == users || now >= self.cfg.login_deadline {
                 return Ok(LoginSummary {
-                    progress: p,
-                    first_error,
+                    progress: self.progress,
+                    ready: self.ready,
+                    first_error: self.first_error.clone(),
                     first_connect,
-                    last_login,
-                    timed_out: settled < users,
+                    last_login: self.last_login,
                 });
             }
             if now >= next_progress {
                 let progress = ToMain::ConnectProgress {
                     thread: self.cfg.index,
                     second: progress_second,
-                    progress: p,
+                    progress: self.progress,
                 };
                 let _ = self.to_main.send(progress);
                 progress_second += 1;
@@ -505,155 +691,228 @@ impl Worker {
             self.check_control()?;
             let mut wake = next_progress.min(self.cfg.login_deadline);
             if self.cfg.connect_rate_per_sec > 0
-                && self.conns.len() < users
-                && self.handshakes(&p) < HANDSHAKES_IN_FLIGHT_MAX
+                && started < users
+                && self.handshaking < HANDSHAKES_IN_FLIGHT_MAX
             {
-                let due = pace.due_at_ns(self.conns.len() as u64);
+                let due = pace.due_at_ns(started as u64);
+                wake = wake.min(self.cfg.connect_start + Duration::from_nanos(due));
+            }
+            if let Some(&Reverse((due, _))) = self.retries.peek() {
                 wake = wake.min(self.cfg.connect_start + Duration::from_nanos(due));
             }
             self.poll_for(wake.saturating_duration_since(now))?;
+            self.handle_events();
+        }
+    }
+
+    /// Keeps the connections (answering what arrives, retrying failures)
+    /// until told to start; returns run second 0's Unix time.
+    fn hold(&mut self) -> Result<u64, Stop> {
+        loop {
+            if let Some(start) = self.check_control()? {
+                self.before_start = std::mem::take(&mut self.tally.current);
+                return Ok(start);
+            }
             let now = Instant::now();
-            let events = self.take_events();
-            for event in events.iter() {
-                let Some((idx, readable, writable)) = readiness(event) else {
-                    continue;
-                };
-                let was = self.conns[idx].state;
-                match self.on_event(idx, readable, writable, 0) {
-                    Ok(()) => {}
-                    Err(close) => {
-                        if was != State::Ready && self.conns[idx].state == State::Ready {
-                            // Logged in and lost in the same event: count the
-                            // login here; the lost-after-login accounting
-                            // below moves it to failed, once.
-                            p.logged_in += 1;
-                            if was == State::Connecting {
-                                p.connected += 1;
-                            }
-                        } else if was != State::Ready {
-                            // Failed before login: this user is lost to the run.
-                            p.failed += 1;
-                            let user = self.conns[idx].user;
-                            first_error.get_or_insert_with(|| {
-                                let step = if was == State::Connecting {
-                                    "connect"
-                                } else {
-                                    "login"
-                                };
-                                format!("user {user} {step}: {}", close.describe())
-                            });
-                        }
-                        self.close(idx, close);
-                        continue;
-                    }
-                }
-                let state = self.conns[idx].state;
-                if was == State::Connecting && state != State::Connecting {
-                    p.connected += 1;
-                }
-                if was != State::Ready && state == State::Ready {
-                    p.logged_in += 1;
-                    last_login = Some(now);
-                }
+            if now >= self.cfg.hard_deadline {
+                return Err(Stop::Told);
             }
-            self.events = events;
-            // A user that logged in and then lost its connection is no longer
-            // logged in; the run needs every user, so it counts as failed.
-            let lost = self.tally.current.conn_errors + self.tally.current.bad_frames;
-            if lost > 0 {
-                p.logged_in -= lost;
-                p.failed += lost;
-                first_error.get_or_insert_with(|| {
-                    "a logged-in connection was lost during the connect phase".into()
-                });
-                self.tally.current.conn_errors = 0;
-                self.tally.current.bad_frames = 0;
+            self.retry_due(self.connect_clock(now));
+            let mut wait = self.cfg.hard_deadline - now;
+            if let Some(&Reverse((due, _))) = self.retries.peek() {
+                let due = self.cfg.connect_start + Duration::from_nanos(due);
+                wait = wait.min(due.saturating_duration_since(now));
             }
+            // The coordinator's Go comes with a wake-up.
+            self.poll_for(wait)?;
+            self.handle_events();
         }
     }
 
-    fn handshakes(&self, p: &ConnectProgress) -> usize {
-        self.conns.len() - (p.logged_in + p.failed) as usize
-    }
-
-    /// Moves the last poll's events out, so they can be walked while the
-    /// connections are mutated; put them back after. `Events::with_capacity(0)`
-    /// does not allocate.
-    fn take_events(&mut self) -> Events {
-        std::mem::replace(&mut self.events, Events::with_capacity(0))
-    }
-
-    /// Starts user `i`'s nonblocking connect and registers it. On failure the
-    /// slot is still filled (closed) so indices stay aligned with users.
-    fn open(&mut self, i: usize) -> Result<(), String> {
-        let user = UserId(self.cfg.first_user + i as u32);
-        let bind = if self.cfg.binds.is_empty() {
-            None
-        } else {
-            let at = (self.cfg.global_offset + i as u64) % self.cfg.binds.len() as u64;
-            Some(self.cfg.binds[at as usize])
+    /// Shakes from Unix second `start_unix` to the plan's end, then waits up
+    /// to the drain for the last answers.
+    fn shake(&mut self, start_unix: u64) -> Result<(), Stop> {
+        let start_ns = start_unix.saturating_mul(NANOS_PER_SEC);
+        // Until the start, keep reading and retrying as while holding.
+        loop {
+            let now = unix_nanos();
+            if now >= start_ns {
+                break;
+            }
+            self.check_control()?;
+            self.retry_due(self.connect_clock(Instant::now()));
+            let wait = Duration::from_nanos(start_ns - now);
+            if wait > READ_TICK {
+                self.poll_for(wait - READ_TICK)?;
+                self.handle_events();
+            } else {
+                sleep_until_unix(start_ns);
+            }
+        }
+        self.start_ns = Some(start_ns);
+        self.cpu_mark_ns = thread_cpu_ns();
+        let plan = self.cfg.plan.clone();
+        let window = plan.window();
+        self.tally.window_ns = window.start * NANOS_PER_SEC..window.end * NANOS_PER_SEC;
+        let end_ns = plan.end_secs() * NANOS_PER_SEC;
+        let drain_end_ns = end_ns + self.cfg.drain_ns;
+        let first = u64::from(self.cfg.first_user);
+        let mut cursor = Cursor {
+            rule: self.cfg.rule,
+            burst: self.cfg.burst,
+            users: first..first + u64::from(self.cfg.users),
+            start_unix,
+            sec: 0,
+            q: None,
+            pos: 0,
+            end: plan.end_secs(),
         };
-        let opened = open_socket(self.cfg.server, bind).and_then(|mut stream| {
-            self.poll
-                .registry()
-                .register(
-                    &mut stream,
-                    Token(i),
-                    Interest::READABLE | Interest::WRITABLE,
-                )
-                .map(|()| stream)
-        });
-        match opened {
-            Ok(stream) => {
-                self.conns.push(Conn {
-                    stream: Some(stream),
-                    ..Conn::closed(user)
-                });
-                self.conns[i].state = State::Connecting;
-                Ok(())
+        let rate_override = self.cfg.rate_override.clone();
+        let mut second = 0;
+        let mut next_due = Some(0);
+        loop {
+            let now_ns = self.run_clock();
+            while now_ns >= (second + 1) * NANOS_PER_SEC {
+                self.publish_second(second);
+                second += 1;
+                // Once a second is often enough to notice a stop request,
+                // and keeps even the channel's atomics off the request path.
+                self.check_control()?;
             }
-            Err(e) => {
-                self.conns.push(Conn::closed(user));
-                let hint = match e.raw_os_error() {
-                    Some(libc::EADDRNOTAVAIL) => {
-                        " (out of ephemeral ports: add --bind source addresses)"
-                    }
-                    Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                        " (out of file descriptors: raise ulimit -n)"
-                    }
-                    _ => "",
-                };
-                let from = bind.map(|ip| format!(" from {ip}")).unwrap_or_default();
-                Err(format!(
-                    "user {user} connect to {}{from}: {e}{hint}",
-                    self.cfg.server
-                ))
+            // What arrived since the last turn: answers (stamped by the
+            // kernel), pushes, finished connects, room to write.
+            self.poll_for(Duration::ZERO)?;
+            self.handle_events();
+            self.retry_due(self.connect_clock(Instant::now()));
+            if next_due.is_some() {
+                // A fresh reading: reading took time, and the send time is
+                // what the service time is measured from.
+                let send_ns = self.run_clock();
+                next_due = cursor.advance(
+                    send_ns,
+                    |s| rate_for(&plan, &rate_override, s),
+                    |user, intended_ns, sec| {
+                        self.tally.scheduled[sec as usize] += 1;
+                        self.send_shake((user - first) as usize, intended_ns, send_ns)
+                    },
+                );
             }
+            self.flush_ack()?;
+            let now_ns = self.run_clock();
+            let drained = (self.tally.in_flight == 0 && self.tally.claims.is_empty())
+                || now_ns >= drain_end_ns;
+            if (next_due.is_none() && now_ns >= end_ns && drained)
+                || Instant::now() >= self.cfg.hard_deadline
+            {
+                self.publish_second(second);
+                return Ok(());
+            }
+            let next_ns = next_due
+                .unwrap_or(if now_ns < end_ns {
+                    end_ns
+                } else {
+                    drain_end_ns
+                })
+                .min((second + 1) * NANOS_PER_SEC)
+                .min(now_ns + READ_TICK.as_nanos() as u64);
+            let wait = Duration::from_nanos(next_ns.saturating_sub(now_ns));
+            // --spin: never sleep while shaking. On a VM a sleeping vCPU can
+            // take long to wake for the next send; a dedicated load core
+            // that spins measures the server instead.
+            if wait.is_zero() || (self.cfg.spin && wait < SPIN_WAIT_MAX) {
+                continue;
+            }
+            // What falls due within --send-interval-us leaves together; any
+            // lateness is measured (send lag), not hidden: latency counts
+            // from each request's intended time.
+            let wait = wait.max(self.cfg.send_interval);
+            sleep_until_unix(start_ns + now_ns + wait.as_nanos() as u64);
         }
     }
 
-    /// Handles readiness of connection `idx` in any state. `now_ns` is the
-    /// answer time for latency (ns since the shaking start).
-    fn on_event(
-        &mut self,
-        idx: usize,
-        readable: bool,
-        writable: bool,
-        now_ns: u64,
-    ) -> Result<(), Close> {
+    /// Puts one shake for connection `idx` on the wire (or counts it unsent).
+    fn send_shake(&mut self, idx: usize, intended_ns: u64, now_ns: u64) {
+        let Worker {
+            conns,
+            tally,
+            write_buf,
+            ..
+        } = self;
+        let conn = &mut conns[idx];
+        let lag = now_ns.saturating_sub(intended_ns);
+        tally.second.send_lag.saturating_record(lag.max(1));
+        if tally.window_ns.contains(&intended_ns) {
+            tally.latency.record_send_lag(lag);
+        }
+        // Open loop, but not unbounded: a server that stops answering would
+        // otherwise grow the in-flight record (and the spill) by every
+        // request for the rest of the run. Past the cap, and for users not
+        // logged in, requests are counted unsent, which the report shows.
+        if conn.state != State::Ready || tally.in_flight >= IN_FLIGHT_MAX {
+            tally.current.unsent += 1;
+            return;
+        }
+        write_buf.clear();
+        Frame::ShakeRequest { user: conn.user }.encode(now_ns / NANOS_PER_SEC, write_buf);
+        conn.in_flight.push_back(InFlight {
+            intended_ns,
+            sent_ns: now_ns,
+        });
+        tally.current.sent += 1;
+        tally.in_flight += 1;
+        if let Err(close) = send(conn, write_buf) {
+            self.close(idx, close);
+        }
+    }
+
+    /// Handles the last poll's events.
+    fn handle_events(&mut self) {
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            if let Some((idx, readable, writable)) = readiness(event) {
+                self.on_event(idx, readable, writable);
+            }
+        }
+        self.events = events;
+    }
+
+    /// Handles readiness of connection `idx` in any state; closes it (and
+    /// schedules its retry) on any failure.
+    fn on_event(&mut self, idx: usize, readable: bool, writable: bool) {
+        let was = match self.conns.get(idx) {
+            Some(c) if c.stream.is_some() => c.state,
+            // A stale event for a connection closed earlier in this batch.
+            _ => return,
+        };
+        let result = self.drive(idx, readable, writable);
+        let now = self.conns[idx].state;
+        if was == State::Connecting && now != State::Connecting {
+            self.progress.connected += 1;
+        }
+        if was != State::Ready && now == State::Ready {
+            self.progress.logged_in += 1;
+            self.ready += 1;
+            self.handshaking -= 1;
+            self.conns[idx].failures = 0;
+            self.last_login = Some(Instant::now());
+        }
+        if let Err(close) = result {
+            self.close(idx, close);
+        }
+    }
+
+    fn drive(&mut self, idx: usize, readable: bool, writable: bool) -> Result<(), Close> {
+        let start_ns = self.start_ns;
         let Worker {
             conns,
             tally,
             read_buf,
             write_buf,
-            shake_start,
+            cfg,
             ..
         } = self;
-        let Some(conn) = conns.get_mut(idx) else {
-            return Ok(());
-        };
+        let conn = &mut conns[idx];
         let Some(stream) = conn.stream.as_ref() else {
-            // A stale event for a connection closed earlier in this batch.
             return Ok(());
         };
         if conn.state == State::Connecting {
@@ -675,211 +934,187 @@ impl Worker {
             flush(conn)?;
         }
         if readable {
-            // Answers are stamped when their read returns, not when the poll
-            // did: handling a thousand events takes long enough to matter.
-            let shake_start = *shake_start;
-            read_frames(conn, read_buf, |conn, frame, read_at| {
-                let answer_ns = shake_start.map_or(now_ns, |s| nanos_since(s, read_at));
-                on_frame(conn, frame, answer_ns, tally)
+            let push_answers_shake = cfg.push_answers_shake;
+            read_frames(conn, read_buf, |conn, frame, stamp_ns| {
+                // Before the start, answers are stamped 0 and fall outside
+                // the window anyway.
+                let answer_ns = start_ns.map_or(0, |s| stamp_ns.saturating_sub(s));
+                on_frame(
+                    conn,
+                    idx as u32,
+                    frame,
+                    answer_ns,
+                    tally,
+                    write_buf,
+                    push_answers_shake,
+                )
             })?;
         }
         Ok(())
     }
 
-    /// Closes connection `idx`, counting why and losing what it had in flight.
+    /// Starts user `idx`'s nonblocking connect and registers it; a failure
+    /// schedules a retry.
+    fn open(&mut self, idx: usize, clock: u64) {
+        let conn = &self.conns[idx];
+        let user = u64::from(conn.user.0);
+        let server = self.cfg.servers[(user % self.cfg.servers.len() as u64) as usize];
+        let bind = (!self.cfg.binds.is_empty())
+            .then(|| self.cfg.binds[(user % self.cfg.binds.len() as u64) as usize]);
+        self.progress.opened += 1;
+        let opened = open_socket(server, bind).and_then(|mut stream| {
+            self.poll
+                .registry()
+                .register(
+                    &mut stream,
+                    Token(idx),
+                    Interest::READABLE | Interest::WRITABLE,
+                )
+                .map(|()| stream)
+        });
+        match opened {
+            Ok(stream) => {
+                let conn = &mut self.conns[idx];
+                conn.stream = Some(stream);
+                conn.state = State::Connecting;
+                self.handshaking += 1;
+            }
+            Err(e) => {
+                let hint = match e.raw_os_error() {
+                    Some(libc::EADDRNOTAVAIL) => {
+                        " (out of ephemeral ports: add --bind source addresses)"
+                    }
+                    Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                        " (out of file descriptors: raise ulimit -n)"
+                    }
+                    _ => "",
+                };
+                let from = bind.map(|ip| format!(" from {ip}")).unwrap_or_default();
+                let why = format!("connect to {server}{from}: {e}{hint}");
+                self.note_failure(idx, "connect", &why);
+                self.schedule_retry(idx, clock);
+            }
+        }
+    }
+
+    /// Re-opens the users whose backoff has passed.
+    fn retry_due(&mut self, clock: u64) {
+        while let Some(&Reverse((due, idx))) = self.retries.peek() {
+            if due > clock || self.handshaking >= HANDSHAKES_IN_FLIGHT_MAX {
+                return;
+            }
+            self.retries.pop();
+            self.open(idx as usize, clock);
+        }
+    }
+
+    fn note_failure(&mut self, idx: usize, step: &str, why: &str) {
+        self.progress.failed += 1;
+        self.tally.current.connect_failures += 1;
+        let user = self.conns[idx].user;
+        self.first_error
+            .get_or_insert_with(|| format!("user {user} {step}: {why}"));
+    }
+
+    fn schedule_retry(&mut self, idx: usize, clock: u64) {
+        let conn = &mut self.conns[idx];
+        let doubling = 1u32 << conn.failures.min(10);
+        conn.failures = conn.failures.saturating_add(1);
+        let backoff = (BACKOFF_FIRST * doubling).min(BACKOFF_MAX);
+        // ±50 % jitter.
+        let ns = backoff.as_nanos() as u64;
+        let jittered = ns / 2 + fastrand::u64(0..=ns);
+        self.retries.push(Reverse((clock + jittered, idx as u32)));
+    }
+
+    /// Closes connection `idx`, counting why, losing what it had in flight,
+    /// and schedules its retry.
     fn close(&mut self, idx: usize, why: Close) {
+        let now_ns = self.run_clock();
+        let clock = self.connect_clock(Instant::now());
         let conn = &mut self.conns[idx];
         let was = conn.state;
         // Dropping the stream closes the socket, which also removes it from
         // the epoll set; a stale event for it in this batch is ignored.
         conn.stream = None;
-        conn.state = State::Closed;
-        let now_ns = self
-            .shake_start
-            .map_or(0, |s| nanos_since(s, Instant::now()));
-        self.tally.lose(&conn.in_flight, now_ns);
-        conn.in_flight = VecDeque::new();
-        if was == State::Ready {
-            match why {
-                Close::Bad(_) => self.tally.current.bad_frames += 1,
-                _ => self.tally.current.conn_errors += 1,
-            }
+        conn.state = State::Idle;
+        if let Some(s) = &mut conn.spill {
+            s.partial_len = 0;
+            s.out.clear();
         }
-    }
-
-    /// Keeps the logged-in connections until told to start; returns the
-    /// schedule's start instant.
-    fn hold(&mut self) -> Result<Instant, Stop> {
-        loop {
-            if let Some(start) = self.check_control()? {
-                self.before_start = std::mem::take(&mut self.tally.current);
-                return Ok(start);
-            }
-            let now = Instant::now();
-            if now >= self.cfg.hard_deadline {
-                return Err(Stop::Told);
-            }
-            // The coordinator wakes us through the waker; the timeout only
-            // bounds the wait by the hard deadline.
-            self.poll_for(self.cfg.hard_deadline - now)?;
-            self.handle_events(0);
-        }
-    }
-
-    /// Runs the events of the last poll against the connections.
-    fn handle_events(&mut self, now_ns: u64) {
-        let events = self.take_events();
-        for event in events.iter() {
-            let Some((idx, readable, writable)) = readiness(event) else {
-                continue;
-            };
-            if let Err(close) = self.on_event(idx, readable, writable, now_ns) {
-                self.close(idx, close);
-            }
-        }
-        self.events = events;
-    }
-
-    /// The open-loop phase: sends this thread's share of the schedule from
-    /// `start` through warmup and window, then waits for the last answers.
-    fn shake(&mut self, start: Instant) -> Result<(), Stop> {
-        let share = Share::new(self.cfg.index, self.cfg.threads, self.cfg.rate_per_sec);
-        let end_ns = self.cfg.warmup_ns + self.cfg.window_ns;
-        let drain_end_ns = end_ns + self.cfg.drain_ns;
-        let total = share.due_before(end_ns);
-        self.tally.window_ns = self.cfg.warmup_ns..end_ns;
-        self.shake_start = Some(start);
-        self.events.clear();
-        let mut issued = 0;
-        let mut second = 0;
-        loop {
-            let now = Instant::now();
-            let elapsed_ns = nanos_since(start, now);
-            while elapsed_ns >= (second + 1) * NANOS_PER_SEC {
-                self.publish_second(second);
-                second += 1;
-                // Once a second is often enough to notice a stop request,
-                // and keeps even the channel's atomics off the request path.
-                self.check_control()?;
-            }
-            // Events of the previous poll: their answers arrived before it
-            // returned, so the time taken right after it is their answer time.
-            self.handle_events(elapsed_ns);
-            if now >= start {
-                // A fresh reading: handling the events took time, and the
-                // send time is what the service time is measured from.
-                let send_ns = nanos_since(start, Instant::now());
-                let target = share.due_by(send_ns).min(total);
-                if target > issued {
-                    self.send_due(&share, issued, target, send_ns);
-                    issued = target;
+        let lost = std::mem::take(&mut conn.in_flight);
+        self.tally.lose(&lost, now_ns);
+        self.tally.claims.retain(|c| c.conn != idx as u32);
+        match was {
+            State::Ready => {
+                self.ready -= 1;
+                match why {
+                    Close::Bad(_) => self.tally.current.bad_frames += 1,
+                    _ => self.tally.current.conn_errors += 1,
                 }
+                let user = self.conns[idx].user;
+                self.first_error
+                    .get_or_insert_with(|| format!("user {user} lost: {}", why.describe()));
             }
-            let drained = self.tally.in_flight == 0 || elapsed_ns >= drain_end_ns;
-            if (issued == total && elapsed_ns >= end_ns && drained) || now >= self.cfg.hard_deadline
-            {
-                self.publish_second(second);
-                return Ok(());
+            State::Connecting | State::LoggingIn => {
+                self.handshaking -= 1;
+                let step = if was == State::Connecting {
+                    "connect"
+                } else {
+                    "login"
+                };
+                self.note_failure(idx, step, &why.describe());
             }
-            let next_ns = if issued < total {
-                share.due_at_ns(issued)
-            } else if elapsed_ns < end_ns {
-                end_ns
-            } else {
-                drain_end_ns
-            };
-            let next_ns = next_ns.min((second + 1) * NANOS_PER_SEC);
-            // The timer wakes us on time to the microsecond (epoll's own
-            // timeout is whole milliseconds); what falls due within
-            // --send-interval-us leaves together. Any lateness left is measured,
-            // not hidden: latency counts from each request's intended time.
-            // A fresh reading: handling events and sending took time since
-            // `now`, and a timer armed from the old reading would fire late.
-            let armed_at = Instant::now();
-            let timeout = if armed_at < start {
-                // Before the start, elapsed_ns reads 0 and request 0 looks
-                // due now: wait for the start itself instead of spinning.
-                start - armed_at
-            } else {
-                Duration::from_nanos(next_ns.saturating_sub(nanos_since(start, armed_at)))
-            };
-            // --spin: never sleep while shaking. On a VM a sleeping vCPU can
-            // take milliseconds to wake for an answer or the next send; a
-            // dedicated load core that spins measures the server instead.
-            if timeout.is_zero() || (self.cfg.spin && timeout < SPIN_WAIT_MAX) {
-                self.poll_for(Duration::ZERO)?;
-            } else {
-                self.timer
-                    .arm(timeout.max(self.cfg.send_interval))
-                    .map_err(|e| {
-                        Stop::Failed(format!(
-                            "thread {}: arming the send timer: {e}",
-                            self.cfg.index
-                        ))
-                    })?;
-                self.poll_for(timeout.max(self.cfg.send_interval) + TIMER_BACKSTOP)?;
-            }
+            State::Idle => return,
         }
+        self.schedule_retry(idx, clock);
     }
 
-    /// Sends requests `from..to` of this thread's share, round-robin over its
-    /// connections, all of one connection's due requests in one write.
-    fn send_due(&mut self, share: &Share, from: u64, to: u64, now_ns: u64) {
-        let timestamp = unix_secs();
-        let conn_count = self.conns.len();
-        for batch in schedule::batches(from, to, conn_count) {
-            let Worker {
-                conns,
-                tally,
-                write_buf,
-                ..
-            } = self;
-            let conn = &mut conns[batch.conn];
-            // Open loop, but not unbounded: a server that stops answering
-            // would otherwise grow the in-flight record (and the spill) by
-            // every request for the rest of the run. Past the cap, requests
-            // are not sent and are counted as unsent, which the report shows.
-            if conn.state != State::Ready || tally.in_flight + batch.count > IN_FLIGHT_MAX {
-                tally.current.unsent += batch.count;
-                continue;
-            }
-            write_buf.clear();
-            for i in 0..batch.count {
-                let j = batch.first + i * conn_count as u64;
-                let intended_ns = share.due_at_ns(j);
-                Frame::ShakeRequest { user: conn.user }.encode(timestamp, write_buf);
-                conn.in_flight.push_back(InFlight {
-                    intended_ns,
-                    sent_ns: now_ns,
-                });
-                if tally.window_ns.contains(&intended_ns) {
-                    tally
-                        .latency
-                        .record_send_lag(now_ns.saturating_sub(intended_ns));
-                }
-            }
-            tally.current.sent += batch.count;
-            tally.in_flight += batch.count;
-            if let Err(close) = send(conn, write_buf) {
-                self.close(batch.conn, close);
-            }
+    fn flush_ack(&mut self) -> Result<(), Stop> {
+        if let Some(ack) = &mut self.tally.ack {
+            ack.flush_if_full()
+                .map_err(|e| Stop::Failed(format!("writing --ack-log: {e}")))?;
         }
+        Ok(())
     }
 
     fn publish_second(&mut self, second: u64) {
         let counters = std::mem::take(&mut self.tally.current);
         self.per_second.push(counters);
-        let _ = self.to_main.send(ToMain::Second { second, counters });
+        let spare = match self.cfg.recycle.try_recv() {
+            Ok(mut h) => {
+                h.reset();
+                h
+            }
+            Err(_) => Box::new(SecondHists::new()),
+        };
+        let hists = std::mem::replace(&mut self.tally.second, spare);
+        let cpu = thread_cpu_ns();
+        let cpu_ns = cpu.saturating_sub(self.cpu_mark_ns);
+        self.cpu_mark_ns = cpu;
+        let _ = self.to_main.send(ToMain::Second(Box::new(SecondOut {
+            thread: self.cfg.index,
+            second,
+            qps: rate_for(&self.cfg.plan, &self.cfg.rate_override, second),
+            counters,
+            hists,
+            ready: self.ready,
+            cpu_ns,
+        })));
     }
 
     /// Counts what never got an answer and hands over the results.
     fn finish(&mut self) -> ThreadResult {
-        let now_ns = self
-            .shake_start
-            .map_or(0, |s| nanos_since(s, Instant::now()));
+        let now_ns = self.run_clock();
         for conn in &mut self.conns {
-            self.tally.lose(&conn.in_flight, now_ns);
-            conn.in_flight.clear();
+            let lost = std::mem::take(&mut conn.in_flight);
+            self.tally.lose(&lost, now_ns);
+        }
+        if let Some(ack) = &mut self.tally.ack {
+            // Best effort at the end: a failure here was already reported by
+            // an earlier flush, or leaves the file short, which the audit
+            // tells.
+            let _ = ack.flush();
         }
         ThreadResult {
             thread: self.cfg.index,
@@ -888,6 +1123,8 @@ impl Worker {
             latency: std::mem::take(&mut self.tally.latency),
             lost_in_window: self.tally.lost_in_window,
             lost_outside_window: self.tally.lost_outside_window,
+            claims_lost: self.tally.claims.len() as u64,
+            scheduled: std::mem::take(&mut self.tally.scheduled),
         }
     }
 }
@@ -896,7 +1133,7 @@ impl Worker {
 /// (its message is read by `check_control`).
 fn readiness(event: &Event) -> Option<(usize, bool, bool)> {
     let token = event.token();
-    if token == WAKER || token == TIMER {
+    if token == WAKER {
         return None;
     }
     // Errors and hang-ups are found by the read or write that follows, which
@@ -907,7 +1144,15 @@ fn readiness(event: &Event) -> Option<(usize, bool, bool)> {
 
 /// Handles one frame from a server. Returns an error to close the connection.
 #[inline]
-fn on_frame(conn: &mut Conn, frame: Frame, now_ns: u64, tally: &mut Tally) -> Result<(), Close> {
+fn on_frame(
+    conn: &mut Conn,
+    idx: u32,
+    frame: Frame,
+    now_ns: u64,
+    tally: &mut Tally,
+    write_buf: &mut Vec<u8>,
+    push_answers_shake: bool,
+) -> Result<(), Close> {
     match conn.state {
         State::LoggingIn => match frame {
             Frame::LoginResponse { result: 0, .. } => {
@@ -924,10 +1169,21 @@ fn on_frame(conn: &mut Conn, frame: Frame, now_ns: u64, tally: &mut Tally) -> Re
         },
         State::Ready => {
             let counters = &mut tally.current;
-            let answer = match frame {
-                Frame::ShakeResponse { result, .. } => {
+            let answers_shake = match frame {
+                Frame::ShakeResponse {
+                    result,
+                    envelope,
+                    amount,
+                    ..
+                } => {
                     match result {
-                        ShakeOutcome::GOT => counters.got += 1,
+                        ShakeOutcome::GOT => {
+                            counters.got += 1;
+                            counters.got_cents += u64::from(amount.wire());
+                            if let Some(ack) = &mut tally.ack {
+                                ack.line("grant", conn.user, envelope.0, amount.wire());
+                            }
+                        }
                         ShakeOutcome::NONE => counters.none += 1,
                         ShakeOutcome::GONE => counters.gone += 1,
                         ShakeOutcome::OVERLOAD => counters.overload += 1,
@@ -935,79 +1191,165 @@ fn on_frame(conn: &mut Conn, frame: Frame, now_ns: u64, tally: &mut Tally) -> Re
                     }
                     true
                 }
-                Frame::PacketPush { .. } => {
+                Frame::PacketPush { packet, .. } => {
                     counters.pushes += 1;
-                    true
+                    claim(conn, idx, packet, tally, write_buf)?;
+                    push_answers_shake
+                }
+                Frame::ClaimResponse { packet, amount } => {
+                    let pending = tally
+                        .claims
+                        .iter()
+                        .position(|c| c.conn == idx && c.packet == packet);
+                    match pending {
+                        Some(at) => {
+                            tally.claims.swap_remove(at);
+                            counters.claim_answers += 1;
+                            counters.claim_cents += u64::from(amount.wire());
+                            if let Some(ack) = &mut tally.ack {
+                                ack.line("claim", conn.user, packet.0, amount.wire());
+                            }
+                        }
+                        None => counters.unexpected_frames += 1,
+                    }
+                    return Ok(());
                 }
                 _ => false,
             };
-            let request = if answer {
+            let request = if answers_shake {
                 conn.in_flight.pop_front()
             } else {
                 None
             };
             let Some(request) = request else {
-                // Not an answer, or an answer to nothing we sent.
-                counters.unexpected_frames += 1;
+                if !matches!(frame, Frame::PacketPush { .. }) {
+                    // Not an answer, or an answer to nothing we sent.
+                    tally.current.unexpected_frames += 1;
+                }
                 return Ok(());
             };
-            counters.answered += 1;
+            tally.current.answered += 1;
             tally.in_flight -= 1;
+            let corrected = now_ns.saturating_sub(request.intended_ns);
+            tally.second.corrected.saturating_record(corrected.max(1));
             if tally.window_ns.contains(&request.intended_ns) {
-                tally.latency.record(
-                    now_ns.saturating_sub(request.intended_ns),
-                    now_ns.saturating_sub(request.sent_ns),
-                );
+                tally
+                    .latency
+                    .record(corrected, now_ns.saturating_sub(request.sent_ns));
             }
             Ok(())
         }
         // No frame can arrive before the connect finishes or after close.
-        State::Connecting | State::Closed => Ok(()),
+        State::Connecting | State::Idle => Ok(()),
     }
 }
 
-/// Reads what the socket holds and hands every complete frame to `on_frame`,
-/// keeping a trailing partial frame for the next edge.
+/// Claims a pushed packet on the connection it was pushed to.
+fn claim(
+    conn: &mut Conn,
+    idx: u32,
+    packet: PacketId,
+    tally: &mut Tally,
+    write_buf: &mut Vec<u8>,
+) -> Result<(), Close> {
+    if tally.claims.len() >= CLAIMS_IN_FLIGHT_MAX {
+        tally.current.unsent += 1;
+        return Ok(());
+    }
+    write_buf.clear();
+    Frame::ClaimRequest {
+        user: conn.user,
+        packet,
+    }
+    .encode(unix_secs(), write_buf);
+    tally.claims.push(PendingClaim { conn: idx, packet });
+    tally.current.claims += 1;
+    send(conn, write_buf)
+}
+
+/// Reads what the socket holds and hands every complete frame to `on_frame`
+/// with its receive time (Unix ns), keeping a trailing partial frame for the
+/// next edge.
 fn read_frames(
     conn: &mut Conn,
     buf: &mut [u8],
-    mut on_frame: impl FnMut(&mut Conn, Frame, Instant) -> Result<(), Close>,
+    mut on_frame: impl FnMut(&mut Conn, Frame, u64) -> Result<(), Close>,
 ) -> Result<(), Close> {
     loop {
         let carried = conn.copy_partial_to(buf);
-        let Some(stream) = conn.stream.as_mut() else {
+        let Some(stream) = conn.stream.as_ref() else {
             return Ok(());
         };
         let room = buf.len() - carried;
-        let n = match stream.read(&mut buf[carried..]) {
-            Ok(0) => return Err(Close::Eof),
-            Ok(n) => n,
+        let (n, stamp) = match recv_stamped(stream.as_raw_fd(), &mut buf[carried..]) {
+            Ok((0, _)) => return Err(Close::Eof),
+            Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Close::Io(e)),
         };
-        let read_at = Instant::now();
+        // The kernel's receive stamp; without one (timestamps unavailable),
+        // the time of the read, which can only be later.
+        let at = stamp.unwrap_or_else(unix_nanos);
         let filled = carried + n;
-        let mut at = 0;
+        let mut pos = 0;
         loop {
-            match wire::decode(&buf[at..filled]) {
+            match wire::decode(&buf[pos..filled]) {
                 Ok(decoded) => {
-                    on_frame(conn, decoded.frame, read_at)?;
-                    at += decoded.len;
+                    on_frame(conn, decoded.frame, at)?;
+                    pos += decoded.len;
                 }
                 Err(DecodeError::Incomplete) => break,
                 Err(e) => return Err(Close::Bad(e)),
             }
         }
-        conn.keep_partial(&buf[at..filled]);
+        conn.keep_partial(&buf[pos..filled]);
         // Linux raises a new edge for every arrival on a TCP socket, so a read
-        // that did not fill the buffer has drained it for now, and the extra
-        // read that would only return WouldBlock is skipped. A full buffer
+        // that did not fill the buffer has drained it for now. A full buffer
         // may mean more is waiting: read again.
         if n < room {
             return Ok(());
         }
     }
+}
+
+/// `recvmsg` into `buf`, returning the byte count and the kernel's receive
+/// timestamp (`SO_TIMESTAMPNS`, Unix ns) of the last segment read, if any.
+fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
+    // Room for one SCM_TIMESTAMPNS control message, u64-aligned.
+    let mut control = [0u64; 8];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no iov, no control).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points to one iovec over `buf` and to `control`, both
+    // live and writable for the call, with their true lengths.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* macros walk the control buffer the kernel filled,
+    // within msg_controllen; the timespec is read unaligned-safe.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_TIMESTAMPNS
+            {
+                let ts: libc::timespec =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::timespec>());
+                stamp = Some(ts.tv_sec as u64 * NANOS_PER_SEC + ts.tv_nsec as u64);
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok((n as usize, stamp))
 }
 
 /// Writes `bytes` with one `write`; what the socket does not take waits in
@@ -1059,8 +1401,8 @@ fn flush(conn: &mut Conn) -> Result<(), Close> {
 }
 
 /// Opens a nonblocking TCP socket with `TCP_NODELAY` (requests are small and
-/// must not wait for Nagle), optionally bound to a source address, and starts
-/// the connect.
+/// must not wait for Nagle) and receive timestamps, optionally bound to a
+/// source address, and starts the connect.
 fn open_socket(server: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(server),
@@ -1068,24 +1410,29 @@ fn open_socket(server: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream
         Some(Protocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
+    let on: libc::c_int = 1;
+    let set = |level, name| {
+        // SAFETY: the fd is a valid open socket owned by `socket`; the option
+        // value points to a c_int that lives across the call, with its size.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    // Best effort: without it answers are stamped when read, a little later.
+    let _ = set(libc::SOL_SOCKET, libc::SO_TIMESTAMPNS);
     if let Some(ip) = bind {
         // Without IP_BIND_ADDRESS_NO_PORT, bind() would pick the source port
         // at once, from one pool shared by every destination; with it the
         // port is chosen at connect() by the full 4-tuple, so each source
         // address gives its own ~28k ports per server address. Best effort:
         // an old kernel without it only makes ports scarcer.
-        let on: libc::c_int = 1;
-        // SAFETY: the fd is a valid open socket owned by `socket`; the option
-        // value points to a c_int that lives across the call, with its size.
-        let _ = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_BIND_ADDRESS_NO_PORT,
-                (&on as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
+        let _ = set(libc::IPPROTO_IP, libc::IP_BIND_ADDRESS_NO_PORT);
         socket.bind(&SocketAddr::new(ip, 0).into())?;
     }
     match socket.connect(&server.into()) {
@@ -1096,15 +1443,142 @@ fn open_socket(server: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream
     Ok(TcpStream::from_std(socket.into()))
 }
 
+/// Asks the kernel to end this thread's sleeps without the default 50 µs
+/// slack, which would otherwise add to every send's lateness.
+fn tighten_timer_slack() {
+    // SAFETY: PR_SET_TIMERSLACK takes an integer and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+    }
+}
+
+/// Sleeps until the wall clock reads `unix_ns` (returns early on a signal;
+/// the caller's loop re-reads the clock).
+fn sleep_until_unix(unix_ns: u64) {
+    let ts = libc::timespec {
+        tv_sec: (unix_ns / NANOS_PER_SEC) as libc::time_t,
+        tv_nsec: (unix_ns % NANOS_PER_SEC) as libc::c_long,
+    };
+    // SAFETY: `ts` is a valid absolute time; a null remainder is allowed
+    // with TIMER_ABSTIME.
+    unsafe {
+        libc::clock_nanosleep(
+            libc::CLOCK_REALTIME,
+            libc::TIMER_ABSTIME,
+            &ts,
+            std::ptr::null_mut(),
+        );
+    }
+}
+
+/// CPU time this thread has used, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: CLOCK_THREAD_CPUTIME_ID is valid; `ts` is a valid out pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * NANOS_PER_SEC + ts.tv_nsec as u64
+}
+
 /// Nanoseconds from `start` to `now`, 0 when `now` is earlier.
 fn nanos_since(start: Instant, now: Instant) -> u64 {
     now.saturating_duration_since(start).as_nanos() as u64
 }
 
-/// The frame timestamp: Unix seconds, as the original client sends.
-fn unix_secs() -> u64 {
+/// The wall clock in Unix nanoseconds.
+pub(crate) fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The frame timestamp: Unix seconds, as the original client sends.
+fn unix_secs() -> u64 {
+    unix_nanos() / NANOS_PER_SEC
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flood::schedule::Phase;
+
+    #[test]
+    fn cursor_sends_each_owned_position_once_at_its_time() {
+        let rule = SlotRule::new(100);
+        let mut c = Cursor {
+            rule,
+            burst: false,
+            users: 10..60,
+            start_unix: 1_000,
+            sec: 0,
+            q: None,
+            pos: 0,
+            end: 2,
+        };
+        let mut sent = Vec::new();
+        let mut now = 0;
+        while let Some(next) = c.advance(now, |_| 40, |u, due, s| sent.push((u, due, s))) {
+            assert!(next >= now);
+            now = next;
+        }
+        for s in 0..2 {
+            let mine: Vec<u64> = (0..40)
+                .map(|p| rule.user_at(1_000 + s, 40, p))
+                .filter(|u| (10..60).contains(u))
+                .collect();
+            let got: Vec<u64> = sent.iter().filter(|x| x.2 == s).map(|x| x.0).collect();
+            assert_eq!(got, mine, "second {s}");
+        }
+        for w in sent.windows(2) {
+            assert!(w[0].1 <= w[1].1, "in time order");
+        }
+        // Position p of 40 is due p × 25 ms into its second.
+        let (u, due, _) = sent[0];
+        let p = (0..40).find(|&p| rule.user_at(1_000, 40, p) == u).unwrap();
+        assert_eq!(due, p * 25_000_000);
+    }
+
+    #[test]
+    fn cursor_reads_a_seconds_rate_only_when_it_begins() {
+        let mut c = Cursor {
+            rule: SlotRule::new(10),
+            burst: true,
+            users: 0..10,
+            start_unix: 0,
+            sec: 0,
+            q: None,
+            pos: 0,
+            end: 3,
+        };
+        let asked = std::cell::RefCell::new(Vec::new());
+        let rate = |s: u64| {
+            asked.borrow_mut().push(s);
+            5
+        };
+        let mut n = 0;
+        let next = c.advance(0, rate, |_, _, _| n += 1);
+        assert_eq!(n, 5, "burst: all of second 0 at once");
+        assert_eq!(next, Some(NANOS_PER_SEC));
+        assert_eq!(*asked.borrow(), [0], "second 1 not begun");
+    }
+
+    #[test]
+    fn overrides_apply_to_their_step_only() {
+        let plan = Plan::new(
+            1,
+            vec![Phase { qps: 100, secs: 2 }, Phase { qps: 200, secs: 2 }],
+        );
+        let o = AtomicU64::new(NO_OVERRIDE);
+        assert_eq!(rate_for(&plan, &o, 0), 100);
+        o.store((1 << 32) | 150, Ordering::Relaxed);
+        assert_eq!(rate_for(&plan, &o, 0), 100, "warmup is step 0");
+        assert_eq!(rate_for(&plan, &o, 1), 150);
+        assert_eq!(rate_for(&plan, &o, 2), 150);
+        assert_eq!(rate_for(&plan, &o, 3), 200, "the next step takes over");
+        assert_eq!(rate_for(&plan, &o, 5), 0, "past the end");
+    }
 }

@@ -1,216 +1,101 @@
-//! HTTP control, compatible with the original's, on its own small loop.
+//! The server's HTTP control routes, compatible with the original's.
 //!
-//! Owns: the control listener and its thread. `GET /yaohongbao?qps=Q&sum=S`
-//! starts a batch of S envelopes at Q per second (replacing the running one);
-//! `GET /stats` returns the last closed seconds; `GET /status` the totals and
-//! the running batch. Answers are JSON. Must not: touch the cores' data; it
-//! talks to the generator through its command channel and reads the stats the
-//! aggregator publishes once a second.
-//!
-//! Requests are parsed with httparse. One request per connection, handled in
-//! turn with short timeouts: this is a control plane for operators and
-//! scripts, not a data path.
+//! Owns: the route table. `GET /yaohongbao?qps=Q&sum=S` starts a batch of S
+//! envelopes at Q per second (replacing the running one); `GET /stats`
+//! returns the last closed seconds; `GET /status` the totals and the running
+//! batch. Answers are JSON. Must not: touch the cores' data; it talks to the
+//! generator through its command channel and reads the stats the aggregator
+//! publishes once a second. The HTTP itself (listener, thread, parsing, 400,
+//! 405, limits) is [`crate::http`]'s.
 
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token, Waker};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::generator::{Command, Schedule};
+use crate::http::{self, Listener, Request, Response};
 use crate::server::Published;
 
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
-/// A request must fit this; control requests are one short line.
-const REQUEST_MAX: usize = 8 * 1024;
-/// A client gets this long to send its request and take the answer.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Largest batch rate accepted: a million envelopes a second is far past any
 /// real use and keeps a typo from flooding the rings at once.
 const BATCH_RATE_MAX: u64 = 1_000_000;
+/// How long a route waits for the generator to answer a command; as long as
+/// a client is given to take its answer.
+const GENERATOR_TIMEOUT: Duration = http::IO_TIMEOUT;
+/// The paths served, listed in a 404.
+const PATHS: &[&str] = &["/yaohongbao?qps=Q&sum=S", "/stats", "/status"];
 
 /// The running control loop.
+#[derive(Debug)]
 pub struct ControlServer {
     /// Where it listens.
     pub addr: SocketAddr,
-    waker: Arc<Waker>,
-    thread: std::thread::JoinHandle<()>,
+    server: http::Server,
 }
 
 /// Binds the control address (done before any thread starts, so a taken
 /// port fails the start cleanly).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
+pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
+    http::bind(addr)
 }
 
 impl ControlServer {
     /// Starts serving on a listener from [`bind`].
     pub fn start(
-        mut listener: TcpListener,
+        listener: Listener,
         generator: Sender<Command>,
         published: Arc<Mutex<Published>>,
     ) -> io::Result<ControlServer> {
-        let addr = listener.local_addr()?;
-        let poll = Poll::new()?;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let thread = std::thread::Builder::new()
-            .name("hongbao-http".into())
-            .spawn(move || serve(poll, listener, generator, published))?;
+        let server = http::Server::start(listener, "hongbao-http", move |req| {
+            route(req, &generator, &published)
+        })?;
         Ok(ControlServer {
-            addr,
-            waker,
-            thread,
+            addr: server.addr(),
+            server,
         })
     }
 
     /// Stops the loop and waits for it.
     pub fn stop(self) {
-        let _ = self.waker.wake();
-        let _ = self.thread.join();
+        self.server.stop();
     }
 }
 
-fn serve(
-    mut poll: Poll,
-    listener: TcpListener,
-    generator: Sender<Command>,
-    published: Arc<Mutex<Published>>,
-) {
-    let mut events = Events::with_capacity(16);
-    loop {
-        if let Err(e) = poll.poll(&mut events, None)
-            && e.kind() != io::ErrorKind::Interrupted
-        {
-            eprintln!("hongbao: http control stopped: polling failed: {e}");
-            return;
-        }
-        for event in events.iter() {
-            if event.token() == WAKER {
-                return;
-            }
-        }
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    // One short exchange at a time, blocking with timeouts.
-                    let _ = handle(stream, &generator, &published);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-    }
-}
-
-fn handle(
-    stream: mio::net::TcpStream,
-    generator: &Sender<Command>,
-    published: &Arc<Mutex<Published>>,
-) -> io::Result<()> {
-    let fd = std::os::fd::OwnedFd::from(stream);
-    let mut stream = std::net::TcpStream::from(fd);
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let mut buf = [0u8; REQUEST_MAX];
-    let mut filled = 0;
-    let (status, body) = loop {
-        let n = stream.read(&mut buf[filled..])?;
-        if n == 0 {
-            return Ok(());
-        }
-        filled += n;
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf[..filled]) {
-            Ok(httparse::Status::Complete(_)) => {
-                break route(
-                    req.method.unwrap_or(""),
-                    req.path.unwrap_or(""),
-                    generator,
-                    published,
-                );
-            }
-            Ok(httparse::Status::Partial) if filled < buf.len() => {}
-            Ok(httparse::Status::Partial) => {
-                break (431, json!({"error": "request too large"}));
-            }
-            Err(e) => break (400, json!({"error": format!("bad request: {e}")})),
-        }
-    };
-    let body = body.to_string();
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        _ => "Service Unavailable",
-    };
-    write!(
-        stream,
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    stream.flush()
-}
-
-fn route(
-    method: &str,
-    target: &str,
-    generator: &Sender<Command>,
-    published: &Arc<Mutex<Published>>,
-) -> (u16, Value) {
-    if method != "GET" {
-        return (405, json!({"error": "only GET is served"}));
-    }
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    match path {
-        "/yaohongbao" => start_batch(query, generator),
+fn route(req: &Request, generator: &Sender<Command>, published: &Mutex<Published>) -> Response {
+    match req.path() {
+        "/yaohongbao" => start_batch(req, generator),
         "/stats" => {
             let p = Published::lock(published);
-            (200, json!({ "seconds": p.recent }))
+            Response::ok(json!({ "seconds": p.recent }))
         }
         "/status" => {
             let (reply, answer) = crossbeam_channel::bounded(1);
             let batch = generator
                 .send(Command::Status(reply))
                 .ok()
-                .and_then(|()| answer.recv_timeout(IO_TIMEOUT).ok());
+                .and_then(|()| answer.recv_timeout(GENERATOR_TIMEOUT).ok());
             let p = Published::lock(published);
-            (200, json!({ "total": p.total, "batch": batch }))
+            Response::ok(json!({ "total": p.total, "batch": batch }))
         }
-        _ => (
-            404,
-            json!({"error": format!("no such path {path}"), "paths": ["/yaohongbao?qps=Q&sum=S", "/stats", "/status"]}),
-        ),
+        path => Response::not_found(path, PATHS),
     }
 }
 
-fn start_batch(query: &str, generator: &Sender<Command>) -> (u16, Value) {
-    let mut qps = None;
-    let mut sum = None;
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match &*k {
-            "qps" => qps = Some(v.parse::<u64>()),
-            "sum" => sum = Some(v.parse::<u64>()),
-            _ => {}
-        }
-    }
+fn start_batch(req: &Request, generator: &Sender<Command>) -> Response {
+    let qps = req.param("qps").map(str::parse::<u64>);
+    let sum = req.param("sum").map(str::parse::<u64>);
     let (qps, sum) = match (qps, sum) {
         (Some(Ok(q)), Some(Ok(s))) if (1..=BATCH_RATE_MAX).contains(&q) => (q, s),
         _ => {
-            return (
+            return Response::error(
                 400,
-                json!({"error": format!("need qps in 1..={BATCH_RATE_MAX} and sum, both whole numbers: /yaohongbao?qps=200&sum=40000")}),
+                format!(
+                    "need qps in 1..={BATCH_RATE_MAX} and sum, both whole numbers: /yaohongbao?qps=200&sum=40000"
+                ),
             );
         }
     };
@@ -225,12 +110,11 @@ fn start_batch(query: &str, generator: &Sender<Command>) -> (u16, Value) {
     match generator
         .send(cmd)
         .ok()
-        .and_then(|()| answer.recv_timeout(IO_TIMEOUT).ok())
+        .and_then(|()| answer.recv_timeout(GENERATOR_TIMEOUT).ok())
     {
-        Some(started) => (
-            200,
-            json!({"ok": true, "qps": qps, "sum": sum, "replaced": started.replaced}),
-        ),
-        None => (503, json!({"error": "the generator is not running"})),
+        Some(started) => {
+            Response::ok(json!({"ok": true, "qps": qps, "sum": sum, "replaced": started.replaced}))
+        }
+        None => Response::error(503, "the generator is not running"),
     }
 }

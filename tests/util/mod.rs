@@ -7,6 +7,9 @@
 //! condition until it holds or a deadline passes", and a missed deadline
 //! fails the test naming what it waited for, at the caller's line.
 
+// Each test crate that includes this module uses only part of it.
+#![allow(dead_code)]
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::ops::RangeInclusive;
