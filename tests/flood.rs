@@ -383,24 +383,27 @@ fn connects_retry_until_a_late_server_starts() {
     drop(server);
 }
 
-/// Answers logins and shakes ("no envelope") on every connection, but stops
-/// reading for `stall` once `stall_after` shakes have been answered in all.
-fn stalling_server(
+/// A fake v1 server: accepts `users` connections, a thread each, and feeds
+/// every decoded frame to `on_frame`, which appends its answers; after each
+/// read's frames it calls `before_write`, then writes the answers in one go.
+fn frame_server<F, W>(
     users: usize,
-    stall_after: u64,
-    stall: Duration,
-) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    on_frame: F,
+    before_write: W,
+) -> (SocketAddr, std::thread::JoinHandle<()>)
+where
+    F: Fn(Frame, &mut Vec<u8>) + Send + Sync + 'static,
+    W: Fn() + Send + Sync + 'static,
+{
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
     let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
     let addr = listener.local_addr().expect("local address");
+    let (on_frame, before_write) = (Arc::new(on_frame), Arc::new(before_write));
     let handle = std::thread::spawn(move || {
-        let answered = Arc::new(AtomicU64::new(0));
-        let stall_until = Arc::new(std::sync::OnceLock::<Instant>::new());
         let mut threads = Vec::new();
         for _ in 0..users {
             let (mut s, _) = listener.accept().expect("accepting a flooder connection");
-            let (answered, stall_until) = (answered.clone(), stall_until.clone());
+            let (on_frame, before_write) = (on_frame.clone(), before_write.clone());
             threads.push(std::thread::spawn(move || {
                 s.set_read_timeout(Some(Duration::from_secs(15)))
                     .expect("read timeout");
@@ -416,32 +419,10 @@ fn stalling_server(
                     let mut at = 0;
                     while let Ok(d) = wire::decode(&buf[at..]) {
                         at += d.len;
-                        match d.frame {
-                            Frame::LoginRequest { user } => {
-                                Frame::LoginResponse { user, result: 0 }.encode(0, &mut out)
-                            }
-                            Frame::ShakeRequest { user } => {
-                                if answered.fetch_add(1, Ordering::Relaxed) + 1 == stall_after {
-                                    let _ = stall_until.set(Instant::now() + stall);
-                                }
-                                Frame::ShakeResponse {
-                                    user,
-                                    result: ShakeOutcome::NONE,
-                                    envelope: hongbao::ids::EnvelopeId(0),
-                                    amount: hongbao::ids::Cents(0),
-                                }
-                                .encode(0, &mut out)
-                            }
-                            _ => {}
-                        }
+                        on_frame(d.frame, &mut out);
                     }
                     buf.drain(..at);
-                    if let Some(until) = stall_until.get() {
-                        let now = Instant::now();
-                        if now < *until {
-                            std::thread::sleep(*until - now);
-                        }
-                    }
+                    before_write();
                     if s.write_all(&out).is_err() {
                         return;
                     }
@@ -453,6 +434,230 @@ fn stalling_server(
         }
     });
     (addr, handle)
+}
+
+fn none_answer(user: hongbao::ids::UserId, out: &mut Vec<u8>) {
+    Frame::ShakeResponse {
+        user,
+        result: ShakeOutcome::NONE,
+        envelope: hongbao::ids::EnvelopeId(0),
+        amount: hongbao::ids::Cents(0),
+    }
+    .encode(0, out)
+}
+
+/// Answers logins and shakes ("no envelope") on every connection, but stops
+/// for `stall` once `stall_after` shakes have been answered in all.
+fn stalling_server(
+    users: usize,
+    stall_after: u64,
+    stall: Duration,
+) -> (SocketAddr, std::thread::JoinHandle<()>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, OnceLock};
+    let answered = AtomicU64::new(0);
+    let stall_until = Arc::new(OnceLock::<Instant>::new());
+    let until = stall_until.clone();
+    frame_server(
+        users,
+        move |frame, out| match frame {
+            Frame::LoginRequest { user } => Frame::LoginResponse { user, result: 0 }.encode(0, out),
+            Frame::ShakeRequest { user } => {
+                if answered.fetch_add(1, Ordering::Relaxed) + 1 == stall_after {
+                    let _ = stall_until.set(Instant::now() + stall);
+                }
+                none_answer(user, out);
+            }
+            _ => {}
+        },
+        move || {
+            if let Some(until) = until.get() {
+                let now = Instant::now();
+                if now < *until {
+                    std::thread::sleep(*until - now);
+                }
+            }
+        },
+    )
+}
+
+#[test]
+fn pushed_packets_are_claimed_and_every_ack_is_logged() {
+    // Each user's first shake is answered, then followed by a push of its
+    // own packet; a claim is answered 100 cents, a shake "got 50 cents".
+    use std::sync::Mutex;
+    let pushed = Mutex::new(std::collections::HashSet::new());
+    let (addr, server) = frame_server(
+        3,
+        move |frame, out| match frame {
+            Frame::LoginRequest { user } => Frame::LoginResponse { user, result: 0 }.encode(0, out),
+            Frame::ShakeRequest { user } => {
+                Frame::ShakeResponse {
+                    user,
+                    result: ShakeOutcome::GOT,
+                    envelope: hongbao::ids::EnvelopeId(0x10_0000 + user.0),
+                    amount: hongbao::ids::Cents(50),
+                }
+                .encode(0, out);
+                if pushed.lock().expect("lock").insert(user.0) {
+                    Frame::PacketPush {
+                        packet: hongbao::ids::PacketId(0x20_0000 + user.0),
+                        amount: hongbao::ids::Cents(300),
+                        claimants: 3,
+                        users: [user, hongbao::ids::UserId(0), hongbao::ids::UserId(0)],
+                    }
+                    .encode(0, out);
+                }
+            }
+            Frame::ClaimRequest { packet, .. } => Frame::ClaimResponse {
+                packet,
+                amount: hongbao::ids::Cents(100),
+            }
+            .encode(0, out),
+            _ => {}
+        },
+        || {},
+    );
+    let json = json_path("push");
+    let ack = json_path("push-ack").with_extension("log");
+    let _ = std::fs::remove_file(&ack);
+    let report = finish_flood(
+        spawn_flood(
+            &[
+                "--server",
+                &addr.to_string(),
+                "--users",
+                "3",
+                "--qps",
+                "6",
+                "--warmup",
+                "0",
+                "--duration",
+                "2",
+                "--threads",
+                "1",
+                "--ack-log",
+                ack.to_str().expect("utf-8 temp path"),
+            ],
+            &json,
+        ),
+        &json,
+    );
+    let seconds = report["per_second"].as_array().expect("per_second");
+    let total = |key: &str| -> u64 { seconds.iter().map(|s| u(s, key)).sum() };
+    assert_eq!(total("got"), 12, "{seconds:?}");
+    assert_eq!(total("got_cents"), 600);
+    assert_eq!(total("pushes"), 3);
+    assert_eq!(total("claims"), 3);
+    assert_eq!(total("claim_answers"), 3);
+    assert_eq!(total("claim_cents"), 300);
+    assert_eq!(
+        total("unexpected_frames"),
+        0,
+        "pushes are not shake answers"
+    );
+    assert_eq!(u(&report["window"], "lost"), 0);
+    assert_eq!(u(&report["window"], "claims_lost"), 0);
+    let log = std::fs::read_to_string(&ack).expect("reading the ack log");
+    let _ = std::fs::remove_file(&ack);
+    let mut lines: Vec<&str> = log.lines().collect();
+    lines.sort_unstable();
+    let grants = lines.iter().filter(|l| l.starts_with("grant ")).count();
+    assert_eq!(grants, 12, "{log}");
+    let claims: Vec<&&str> = lines.iter().filter(|l| l.starts_with("claim ")).collect();
+    assert_eq!(
+        claims,
+        [
+            &"claim 0 2097152 100",
+            &"claim 1 2097153 100",
+            &"claim 2 2097154 100"
+        ],
+        "{log}"
+    );
+    assert!(lines.contains(&"grant 1 1048577 50"), "{log}");
+    server.join().expect("fake server");
+}
+
+#[test]
+fn qps_over_http_changes_the_rate_from_the_next_second() {
+    // One 6 s step at 200/s; 1.5 s in, /qps?qps=400. Every second after the
+    // change carries 400, every second before it 200.
+    let server = server();
+    let json = json_path("qps");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hongbao"))
+        .args(["flood", "--server", &server.addr.to_string()])
+        .args(["--users", "100", "--phases", "200x6s", "--warmup", "0"])
+        .args(["--threads", "1", "--http", "127.0.0.1:0", "--json"])
+        .arg(&json)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning hongbao flood");
+    // The control address is on the first stderr line.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).expect("reading stderr");
+    let control: SocketAddr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no control address in {first:?}"));
+    // Keep draining stderr so the flooder never blocks on it.
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    // Wait until it shakes, then 1.5 s more.
+    util::wait_for(
+        "the flooder to start shaking",
+        Duration::from_secs(20),
+        || {
+            let (_, status) = util::http_get(control, "/status");
+            (status["state"] == "shaking").then_some(())
+        },
+    );
+    std::thread::sleep(Duration::from_millis(1_500));
+    let (code, answer) = util::http_get(control, "/qps?qps=400");
+    assert_eq!(code, 200, "{answer}");
+    let from = answer["from_second"].as_u64().expect("from_second");
+    let (code, _) = util::http_get(control, "/qps?qps=many");
+    assert_eq!(code, 400);
+    let report = {
+        let deadline = Instant::now() + RUN_MAX;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for the flooder") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the flooder did not stop by itself"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = drain.join().unwrap_or_default();
+        assert!(status.success(), "flooder failed: {status:?}\n{err}");
+        let text = std::fs::read_to_string(&json).expect("reading the JSON report");
+        let _ = std::fs::remove_file(&json);
+        serde_json::from_str::<Value>(&text).expect("parsing the JSON report")
+    };
+    assert!((1..6).contains(&from), "from_second {from}");
+    for s in report["per_second"].as_array().expect("per_second") {
+        let second = u(s, "second");
+        if second >= 6 {
+            continue;
+        }
+        let want = if second < from { 200 } else { 400 };
+        assert_eq!(
+            u(s, "scheduled"),
+            want,
+            "second {second} (change from {from}): {s}"
+        );
+    }
+    drop(server);
 }
 
 #[test]

@@ -707,7 +707,7 @@ impl Coordinator {
         p.summary.thread_cpu_max_pct = p
             .summary
             .thread_cpu_max_pct
-            .max(out.cpu_ns as f64 / NANOS_PER_SEC as f64 * 100.0);
+            .max(out.cpu_ns as f64 / out.wall_ns.max(1) as f64 * 100.0);
         p.hists.add(&out.hists);
         p.reported += 1;
         // A full channel only means the thread allocates a new pair.

@@ -134,8 +134,12 @@ pub(crate) struct SecondOut {
     pub hists: Box<SecondHists>,
     /// Logged-in connections at the second's end.
     pub ready: u64,
-    /// CPU time the thread used in the second, ns.
+    /// CPU time the thread used since its previous report, ns.
     pub cpu_ns: u64,
+    /// Wall time since its previous report, ns: a second, or more when the
+    /// thread fell behind and reports several seconds at once (the first
+    /// of them then carries the whole span's CPU).
+    pub wall_ns: u64,
 }
 
 /// Connect-phase counts of one thread, cumulative.
@@ -546,8 +550,9 @@ struct Worker {
     last_login: Option<Instant>,
     /// Users waiting to retry: (when, ns since connect start; index).
     retries: BinaryHeap<Reverse<(u64, u32)>>,
-    /// Thread CPU time at the last published second.
+    /// Thread CPU time and wall clock at the last published second.
     cpu_mark_ns: u64,
+    wall_mark_ns: u64,
 }
 
 impl Worker {
@@ -606,6 +611,7 @@ impl Worker {
             last_login: None,
             retries: BinaryHeap::new(),
             cpu_mark_ns: 0,
+            wall_mark_ns: 0,
         }
     }
 
@@ -751,6 +757,7 @@ impl Worker {
         }
         self.start_ns = Some(start_ns);
         self.cpu_mark_ns = thread_cpu_ns();
+        self.wall_mark_ns = start_ns;
         let plan = self.cfg.plan.clone();
         let window = plan.window();
         self.tally.window_ns = window.start * NANOS_PER_SEC..window.end * NANOS_PER_SEC;
@@ -1089,9 +1096,10 @@ impl Worker {
             Err(_) => Box::new(SecondHists::new()),
         };
         let hists = std::mem::replace(&mut self.tally.second, spare);
-        let cpu = thread_cpu_ns();
+        let (cpu, wall) = (thread_cpu_ns(), unix_nanos());
         let cpu_ns = cpu.saturating_sub(self.cpu_mark_ns);
-        self.cpu_mark_ns = cpu;
+        let wall_ns = wall.saturating_sub(self.wall_mark_ns);
+        (self.cpu_mark_ns, self.wall_mark_ns) = (cpu, wall);
         let _ = self.to_main.send(ToMain::Second(Box::new(SecondOut {
             thread: self.cfg.index,
             second,
@@ -1100,6 +1108,7 @@ impl Worker {
             hists,
             ready: self.ready,
             cpu_ns,
+            wall_ns,
         })));
     }
 
