@@ -61,58 +61,28 @@ fn a_stalled_server_makes_requests_unsent_not_unbounded_memory() {
     // rest as unsent, instead of growing its queues for as long as it runs.
     let users = 4;
     let (addr, server) = stalled_server(users);
-    let json =
-        std::env::temp_dir().join(format!("hongbao-flood-stalled-{}.json", std::process::id()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hongbao"))
-        .args([
-            "flood",
-            "--server",
-            &addr.to_string(),
-            "--users",
-            &users.to_string(),
-        ])
-        .args([
-            "--rate",
-            "600000",
-            "--duration",
-            "2",
-            "--warmup",
-            "0",
-            "--quiet",
-            "--no-http",
-            // The cap is per thread.
-            "--threads",
-            "1",
-        ])
-        .arg("--json")
-        .arg(&json)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning hongbao flood");
-    let deadline = Instant::now() + RUN_MAX;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for the flooder") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill(); // our own child, by its pid
-            let _ = child.wait();
-            panic!("the flooder did not stop by itself within {RUN_MAX:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    assert!(status.success(), "flooder failed: {status:?}\n{stderr}");
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("reading the JSON report"))
-            .expect("parsing the JSON report");
-    let _ = std::fs::remove_file(&json);
+    let json = json_path("stalled");
+    let report = finish_flood(
+        spawn_flood(
+            &[
+                "--server",
+                &addr.to_string(),
+                "--users",
+                &users.to_string(),
+                "--rate",
+                "600000",
+                "--duration",
+                "2",
+                "--warmup",
+                "0",
+                // The cap is per thread.
+                "--threads",
+                "1",
+            ],
+            &json,
+        ),
+        &json,
+    );
     let window = &report["window"];
     let sent = window["sent"].as_u64().expect("window.sent");
     let unsent = window["unsent"].as_u64().expect("window.unsent");
