@@ -61,27 +61,23 @@ fn a_stalled_server_makes_requests_unsent_not_unbounded_memory() {
     // rest as unsent, instead of growing its queues for as long as it runs.
     let users = 4;
     let (addr, server) = stalled_server(users);
-    let json = json_path("stalled");
-    let report = finish_flood(
-        spawn_flood(
-            &[
-                "--server",
-                &addr.to_string(),
-                "--users",
-                &users.to_string(),
-                "--rate",
-                "600000",
-                "--duration",
-                "2",
-                "--warmup",
-                "0",
-                // The cap is per thread.
-                "--threads",
-                "1",
-            ],
-            &json,
-        ),
-        &json,
+    let report = run_flood(
+        "stalled",
+        &[
+            "--server",
+            &addr.to_string(),
+            "--users",
+            &users.to_string(),
+            "--rate",
+            "600000",
+            "--duration",
+            "2",
+            "--warmup",
+            "0",
+            // The cap is per thread.
+            "--threads",
+            "1",
+        ],
     );
     let window = &report["window"];
     let sent = window["sent"].as_u64().expect("window.sent");
@@ -165,6 +161,12 @@ fn finish_flood(mut child: Child, json: &PathBuf) -> Value {
     report
 }
 
+/// Runs a flooder to its end (see [`spawn_flood`], [`finish_flood`]).
+fn run_flood(name: &str, args: &[&str]) -> Value {
+    let json = json_path(name);
+    finish_flood(spawn_flood(args, &json), &json)
+}
+
 fn server() -> Spawned {
     Spawned::server(&[
         "server",
@@ -186,26 +188,22 @@ fn u(v: &Value, key: &str) -> u64 {
 #[test]
 fn every_request_to_our_server_is_answered_and_each_second_carries_its_rate() {
     let server = server();
-    let json = json_path("e2e");
-    let report = finish_flood(
-        spawn_flood(
-            &[
-                "--server",
-                &server.addr.to_string(),
-                "--users",
-                "1500",
-                "--qps",
-                "2000",
-                "--warmup",
-                "1",
-                "--duration",
-                "2",
-                "--threads",
-                "2",
-            ],
-            &json,
-        ),
-        &json,
+    let report = run_flood(
+        "e2e",
+        &[
+            "--server",
+            &server.addr.to_string(),
+            "--users",
+            "1500",
+            "--qps",
+            "2000",
+            "--warmup",
+            "1",
+            "--duration",
+            "2",
+            "--threads",
+            "2",
+        ],
     );
     let w = &report["window"];
     assert_eq!(u(w, "sent"), 4_000, "{w}");
@@ -639,26 +637,22 @@ fn latency_counts_from_the_intended_time_through_a_server_stall() {
     // requests, so p90 >= ~300 ms. A closed-loop tool would have sent
     // nothing during the stall and seen one slow request.
     let (addr, server) = stalling_server(4, 1_000, Duration::from_millis(600));
-    let json = json_path("stall");
-    let report = finish_flood(
-        spawn_flood(
-            &[
-                "--server",
-                &addr.to_string(),
-                "--users",
-                "4",
-                "--qps",
-                "1000",
-                "--warmup",
-                "0",
-                "--duration",
-                "3",
-                "--threads",
-                "1",
-            ],
-            &json,
-        ),
-        &json,
+    let report = run_flood(
+        "stall",
+        &[
+            "--server",
+            &addr.to_string(),
+            "--users",
+            "4",
+            "--qps",
+            "1000",
+            "--warmup",
+            "0",
+            "--duration",
+            "3",
+            "--threads",
+            "1",
+        ],
     );
     let w = &report["window"];
     assert_eq!(u(w, "sent"), 3_000, "open loop: sent on schedule: {w}");
