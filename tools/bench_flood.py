@@ -42,7 +42,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
@@ -289,14 +288,7 @@ def machine():
 
 def main():
     args = parse_args()
-    if shutil.which("taskset") is None:
-        raise SystemExit("taskset (util-linux) is needed to pin the server and the flooder")
-    if (os.cpu_count() or 1) < 2:
-        raise SystemExit("needs 2 cores: the server on core 0, the flooder on core 1")
-    if not args.no_build:
-        bs.build()
-    elif not bs.BINARY.exists():
-        raise SystemExit(f"{bs.BINARY} does not exist; run without --no-build")
+    bs.preflight(args.no_build)
     meta = {**machine(), "args": {k: v for k, v in vars(args).items() if k != "out"}}
     out_path = args.out or bs.REPO / "target" / "bench" / time.strftime("flood-%Y%m%d-%H%M%S.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -449,16 +449,21 @@ def machine(args):
     }
 
 
-def main():
-    args = parse_args()
+def preflight(no_build):
+    """Checks what pinned runs need, and builds the binary unless told not to."""
     if shutil.which("taskset") is None:
         raise SystemExit("taskset (util-linux) is needed to pin the server and the flooder")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("needs 2 cores: the server on core 0, the flooder on core 1")
-    if not args.no_build:
+    if not no_build:
         build()
     elif not BINARY.exists():
         raise SystemExit(f"{BINARY} does not exist; run without --no-build")
+
+
+def main():
+    args = parse_args()
+    preflight(args.no_build)
     meta = machine(args)
     out_path = args.out or REPO / "target" / "bench" / time.strftime("bench-%Y%m%d-%H%M%S.json")
     out_path.parent.mkdir(parents=True, exist_ok=True)
