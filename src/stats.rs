@@ -55,8 +55,26 @@ pub struct CoreCounters {
     pub gone: u64,
     /// Shakes answered "overloaded" without touching the ring.
     pub overload: u64,
-    /// Claims answered.
+    /// Claims answered (paid + repeat + zero).
     pub claims: u64,
+    /// Claims that moved money: a targeted user's first claim of a live packet.
+    pub claims_paid: u64,
+    /// Repeated claims, answered the first claim's amount again (no money moves).
+    pub claims_repeat: u64,
+    /// Claims answered 0 cents: unknown or expired packet, or a user not targeted.
+    pub claims_zero: u64,
+    /// Cents moved by paid claims.
+    pub cents_claimed: u64,
+    /// Packet pushes (cmd 4) written to a user's connection.
+    pub pushes: u64,
+    /// Pushes kept in an offline user's mailbox until they log in.
+    pub pushes_queued: u64,
+    /// Pushes dropped because the offline user's mailbox was full.
+    pub push_drops: u64,
+    /// Packets that expired on their owning core.
+    pub packets_expired: u64,
+    /// Cents refunded by expired packets (the part nobody claimed).
+    pub cents_refunded: u64,
     /// Cents handed out in shake envelopes.
     pub cents_granted: u64,
     /// Frames refused because their length was out of bounds.
@@ -100,6 +118,15 @@ impl_add!(CoreCounters {
     gone,
     overload,
     claims,
+    claims_paid,
+    claims_repeat,
+    claims_zero,
+    cents_claimed,
+    pushes,
+    pushes_queued,
+    push_drops,
+    packets_expired,
+    cents_refunded,
     cents_granted,
     bad_length,
     bad_cmd,
@@ -122,12 +149,18 @@ pub struct GeneratorCounters {
     pub cents_generated: u64,
     /// Times every ring was full and the generator had to hold an envelope.
     pub ring_full_stalls: u64,
+    /// Sent red packets created (each durable before its pushes go out).
+    pub packets_created: u64,
+    /// Cents in those packets.
+    pub cents_packets: u64,
 }
 
 impl_add!(GeneratorCounters {
     generated,
     cents_generated,
     ring_full_stalls,
+    packets_created,
+    cents_packets,
 });
 
 /// Service-time histogram: nanoseconds from a frame's read to its answer
