@@ -16,8 +16,27 @@ use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hongbao::ids::{Cents, CoreId, EnvelopeId, UserId};
+use hongbao::ledger::Ledger;
+use hongbao::mesh::{ConnAddr, Effects};
 use hongbao::ring::{Envelope, EnvelopeRings};
-use hongbao::session::{Hongbao, Reference, Service, SessionState};
+use hongbao::session::{Hongbao, HongbaoSettings, Now, Reference, Service, SessionState};
+
+const CONN: ConnAddr = ConnAddr {
+    core: 0,
+    key: 0,
+    serial: 1,
+};
+const NOW: Now = Now { secs: 1, ms: 1_000 };
+const SETTINGS: HongbaoSettings = HongbaoSettings {
+    shakes_per_sec_max: u64::MAX,
+    mailbox_max: 16,
+    seed: 1,
+};
+
+/// A core's effects with the ledger off: the step alone is measured.
+fn effects() -> Effects {
+    Effects::new(CoreId(0), 1, Ledger::disabled().producer(0))
+}
 use hongbao::stats::CoreCounters;
 use hongbao::wire::{self, Frame, ShakeOutcome};
 
@@ -57,31 +76,57 @@ fn session_step(c: &mut Criterion) {
     let mut out = Vec::with_capacity(64);
     let mut counters = CoreCounters::default();
     let mut state = SessionState::LoggedIn(UserId(7));
+    let mut fx = effects();
 
     let rings = Arc::new(EnvelopeRings::new(1, 1024));
-    let mut hongbao = Hongbao::new(CoreId(0), rings.clone(), u64::MAX);
+    let mut hongbao = Hongbao::new(CoreId(0), rings.clone(), SETTINGS);
     g.bench_function("shake_none", |b| {
         b.iter(|| {
             out.clear();
-            hongbao.on_frame(&mut state, black_box(frame), 1, &mut out, &mut counters)
+            hongbao.on_frame(
+                CONN,
+                &mut state,
+                black_box(frame),
+                NOW,
+                &mut out,
+                &mut fx,
+                &mut counters,
+            )
         })
     });
     let envelope = Envelope {
         id: EnvelopeId::FIRST,
         amount: Cents(100),
+        until_s: u32::MAX,
     };
     g.bench_function("shake_got_with_ring_push", |b| {
         b.iter(|| {
             let _ = rings.push(CoreId(0), envelope);
             out.clear();
-            hongbao.on_frame(&mut state, black_box(frame), 1, &mut out, &mut counters)
+            hongbao.on_frame(
+                CONN,
+                &mut state,
+                black_box(frame),
+                NOW,
+                &mut out,
+                &mut fx,
+                &mut counters,
+            )
         })
     });
     let mut reference = Reference;
     g.bench_function("shake_reference", |b| {
         b.iter(|| {
             out.clear();
-            reference.on_frame(&mut state, black_box(frame), 1, &mut out, &mut counters)
+            reference.on_frame(
+                CONN,
+                &mut state,
+                black_box(frame),
+                NOW,
+                &mut out,
+                &mut fx,
+                &mut counters,
+            )
         })
     });
     g.finish();
@@ -94,16 +139,25 @@ fn pipelined_read(c: &mut Criterion) {
     let mut g = c.benchmark_group("wake_up");
     g.throughput(Throughput::Elements(frames as u64));
     let rings = Arc::new(EnvelopeRings::new(1, 16));
-    let mut hongbao = Hongbao::new(CoreId(0), rings, u64::MAX);
+    let mut hongbao = Hongbao::new(CoreId(0), rings, SETTINGS);
     let mut out = Vec::with_capacity(frames * 28);
     let mut counters = CoreCounters::default();
     let mut state = SessionState::LoggedIn(UserId(7));
+    let mut fx = effects();
     g.bench_function("answer_64KiB_of_shakes", |b| {
         b.iter(|| {
             out.clear();
             let mut at = 0;
             while let Ok(d) = wire::decode(&input[at..]) {
-                let _ = hongbao.on_frame(&mut state, d.frame, 1, &mut out, &mut counters);
+                let _ = hongbao.on_frame(
+                    CONN,
+                    &mut state,
+                    d.frame,
+                    NOW,
+                    &mut out,
+                    &mut fx,
+                    &mut counters,
+                );
                 at += d.len;
             }
             black_box(out.len())

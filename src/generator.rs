@@ -8,20 +8,38 @@
 //! next due time (or a command) and emits everything due, so every second
 //! carries its share however late a wake-up was.
 //!
-//! Invariant: generated = granted + in rings. An envelope counts as generated
-//! only once a ring has taken it. When every ring is full the generator keeps
-//! the envelope, counts a stall, and offers it again on its next wake-up; the
-//! schedule does not advance meanwhile.
+//! The generator also makes sent red packets (`GET /fahongbao` and the
+//! fuller `/packet`), paced the same way, and hands each to its owner core.
+//!
+//! Invariant: money enters only through the ledger. Every envelope and packet
+//! is recorded and made durable (one sync per wake-up covers all it made)
+//! before a ring or a core sees it.
+//!
+//! Invariant: envelopes counted `generated` = granted + returned + in rings.
+//! An envelope counts as generated only once a ring has taken it; until then
+//! it waits in the generator's queue (durable in the ledger, outstanding).
+//! When every ring is full the generator keeps the envelopes, counts a stall,
+//! and offers them again on its next wake-up; the schedule does not advance
+//! meanwhile.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 
-use crate::ids::{Cents, CoreId, EnvelopeId};
+use crate::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
+use crate::ledger::{Entry, Ledger, Record};
+use crate::mesh::CoreMsg;
+use crate::packets::NewPacket;
 use crate::ring::{Envelope, EnvelopeRings};
+use crate::server::worker::Peers;
 use crate::stats::{GeneratorCounters, Report};
+
+/// Envelopes or packets made per round before they are synced and handed
+/// on: bounds the memory of one catch-up after a stall.
+const MADE_PER_ROUND_MAX: u64 = 4096;
 
 /// A batch's pacing: how many envelopes are due by a given time since start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,9 +75,54 @@ impl Schedule {
     }
 }
 
+/// Who a packet batch is for and how much each packet holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketSpec {
+    /// Smallest amount, cents (at least `claimants`).
+    pub cents_min: u64,
+    /// Largest amount, cents (at most u32::MAX).
+    pub cents_max: u64,
+    /// Claimants per packet (1..=100).
+    pub claimants: u16,
+    /// Who: these users exactly (then `claimants` is their count), or
+    /// `claimants` distinct users drawn from `users_min..=users_max`.
+    pub users: PacketUsers,
+}
+
+/// The users a packet is for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PacketUsers {
+    /// Drawn at random from this range, distinct.
+    Range {
+        /// Smallest user id.
+        min: u32,
+        /// Largest user id.
+        max: u32,
+    },
+    /// Exactly these.
+    List(Vec<UserId>),
+}
+
 /// What the HTTP control asks of the generator.
 #[derive(Debug)]
 pub enum Command {
+    /// Replace the running packet batch with a new one.
+    StartPackets {
+        /// Pacing: packets per second, and how many.
+        schedule: Schedule,
+        /// What each packet is.
+        spec: PacketSpec,
+        /// Where to answer: the batch replaced.
+        reply: Sender<BatchStatus>,
+    },
+    /// Make one packet now; the answer is its id, once it is durable and
+    /// handed to its owner core.
+    CreatePacket {
+        /// What it is (amount: `cents_min`).
+        spec: PacketSpec,
+        /// Where to answer.
+        reply: Sender<Option<PacketId>>,
+    },
     /// Replace the running batch with a new one; the reply says what the old
     /// one had left undone.
     StartBatch {
@@ -68,8 +131,8 @@ pub enum Command {
         /// Where to answer.
         reply: Sender<BatchStarted>,
     },
-    /// Report the running batch.
-    Status(Sender<BatchStatus>),
+    /// Report the running batches: envelopes, packets.
+    Status(Sender<(BatchStatus, BatchStatus)>),
 }
 
 /// The answer to a `StartBatch`.
@@ -103,40 +166,95 @@ pub struct EnvelopeSpec {
     pub seed: u64,
 }
 
+/// Everything the generator starts with.
+pub struct GeneratorSetup {
+    /// The per-core rings.
+    pub rings: Arc<EnvelopeRings>,
+    /// The first envelope batch.
+    pub initial: Schedule,
+    /// How envelopes are made.
+    pub spec: EnvelopeSpec,
+    /// Commands from the control.
+    pub commands: Receiver<Command>,
+    /// Where closed seconds go.
+    pub reports: Sender<Report>,
+    /// The ledger (disabled without `--data-dir`).
+    pub ledger: Ledger,
+    /// The generator's producer number in the ledger.
+    pub producer: u16,
+    /// The cores, to hand packets to their owners.
+    pub peers: Peers,
+    /// Envelopes outstanding in the ledger at start: pushed before new ones.
+    pub outstanding: Vec<Envelope>,
+    /// The first envelope id to use.
+    pub next_envelope_id: EnvelopeId,
+    /// The first packet id to use.
+    pub next_packet_id: PacketId,
+    /// Seconds an envelope waits in a ring before it is returned.
+    pub envelope_ttl_s: u64,
+    /// Seconds a packet lives before its remainder is refunded.
+    pub packet_ttl_s: u64,
+}
+
 /// Runs the generator until `commands` disconnects (the server stops).
 ///
 /// Reports its counters for each closed second through `reports`.
-pub fn run(
-    rings: Arc<EnvelopeRings>,
-    initial: Schedule,
-    spec: EnvelopeSpec,
-    commands: Receiver<Command>,
-    reports: Sender<Report>,
-) {
+pub fn run(setup: GeneratorSetup) {
     let mut g = Generator {
-        rings,
-        spec,
-        rng: fastrand::Rng::with_seed(spec.seed),
-        next_id: EnvelopeId::FIRST.0,
+        rings: setup.rings,
+        spec: setup.spec,
+        rng: fastrand::Rng::with_seed(setup.spec.seed),
+        next_id: setup.next_envelope_id.0,
         next_core: 0,
-        held: None,
+        held: setup.outstanding.into(),
         counters: GeneratorCounters::default(),
+        ledger: setup.ledger,
+        producer: setup.producer,
+        envelope_ttl_s: setup.envelope_ttl_s,
     };
+    let mut packets = Packets {
+        peers: setup.peers,
+        next_id: setup.next_packet_id.0,
+        ttl_s: setup.packet_ttl_s,
+        batch: Batch::new(
+            Schedule {
+                rate: 0,
+                total: Some(0),
+            },
+            Instant::now(),
+        ),
+        spec: None,
+        rng: fastrand::Rng::with_seed(setup.spec.seed.rotate_left(17)),
+        made: Vec::new(),
+    };
+    let commands = setup.commands;
+    let reports = setup.reports;
+    let initial = setup.initial;
     let mut batch = Batch::new(initial, Instant::now());
     g.rings
-        .set_exhausted(batch.schedule.is_done(0) && initial.total.is_some());
+        .set_exhausted(batch.schedule.is_done(0) && initial.total.is_some() && g.held.is_empty());
     let mut second = unix_second(SystemTime::now());
-    // Wake at least this often to close seconds and retry a held envelope.
+    let mut ledger_seen = g.ledger.counters();
+    // Wake at least this often to close seconds and retry held envelopes.
     let tick = Duration::from_millis(100);
     loop {
         let now = Instant::now();
-        let next_due = if g.held.is_some() {
+        let next_due = if !g.held.is_empty() {
             now + Duration::from_millis(1)
         } else {
-            batch
+            let envelopes = batch
                 .schedule
                 .due_at(batch.emitted)
-                .map(|d| batch.start + d)
+                .map(|d| batch.start + d);
+            let pkts = packets
+                .batch
+                .schedule
+                .due_at(packets.batch.emitted)
+                .map(|d| packets.batch.start + d);
+            envelopes
+                .into_iter()
+                .chain(pkts)
+                .min()
                 .unwrap_or(now + tick)
         };
         let wake = next_due.min(now + tick).max(now);
@@ -147,8 +265,22 @@ pub fn run(
                 g.rings.set_exhausted(false);
                 let _ = reply.send(BatchStarted { replaced });
             }
+            Ok(Command::StartPackets {
+                schedule,
+                spec,
+                reply,
+            }) => {
+                let replaced = packets.batch.status();
+                packets.batch = Batch::new(schedule, Instant::now());
+                packets.spec = Some(spec);
+                let _ = reply.send(replaced);
+            }
+            Ok(Command::CreatePacket { spec, reply }) => {
+                let id = packets.make(&spec, &mut g);
+                let _ = reply.send(id.filter(|_| packets.hand_over(&mut g)));
+            }
             Ok(Command::Status(reply)) => {
-                let _ = reply.send(batch.status());
+                let _ = reply.send((batch.status(), packets.batch.status()));
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
@@ -158,32 +290,43 @@ pub fn run(
                     second,
                     counters: g.counters,
                     in_rings: g.rings.len() as u64,
+                    ledger: g.ledger.take_counters().since(&ledger_seen),
                 });
                 return;
             }
         }
-        let now = Instant::now();
-        let due = batch
-            .schedule
-            .due_by(now.saturating_duration_since(batch.start));
-        while batch.emitted < due {
-            if !g.emit_one() {
-                break;
+        g.emit_due(&mut batch);
+        if let Some(spec) = packets.spec.clone() {
+            let due = packets.batch.schedule.due_by(packets.batch.start.elapsed());
+            let mut made = 0;
+            while packets.batch.emitted < due && made < MADE_PER_ROUND_MAX {
+                if packets.make(&spec, &mut g).is_none() {
+                    break;
+                }
+                packets.batch.emitted += 1;
+                made += 1;
             }
-            batch.emitted += 1;
+            packets.hand_over(&mut g);
         }
-        if batch.schedule.is_done(batch.emitted) && g.held.is_none() {
+        if batch.schedule.is_done(batch.emitted)
+            && g.held.is_empty()
+            && batch.schedule.total.is_some()
+        {
             g.rings.set_exhausted(true);
         }
         let now_second = unix_second(SystemTime::now());
         if now_second != second {
             let counters = std::mem::take(&mut g.counters);
             let in_rings = g.rings.len() as u64;
+            let ledger_now = g.ledger.take_counters();
+            let ledger = ledger_now.since(&ledger_seen);
+            ledger_seen = ledger_now;
             if reports
                 .send(Report::Generator {
                     second,
                     counters,
                     in_rings,
+                    ledger,
                 })
                 .is_err()
             {
@@ -191,6 +334,103 @@ pub fn run(
             }
             second = now_second;
         }
+    }
+}
+
+/// The packet side of the generator.
+struct Packets {
+    peers: Peers,
+    next_id: u32,
+    ttl_s: u64,
+    batch: Batch,
+    spec: Option<PacketSpec>,
+    rng: fastrand::Rng,
+    /// Made and recorded, not yet synced and handed to their cores.
+    made: Vec<NewPacket>,
+}
+
+impl Packets {
+    /// Makes one packet and records it (not yet synced). `None` when the
+    /// ledger writer is gone (the server is stopping).
+    fn make(&mut self, spec: &PacketSpec, g: &mut Generator) -> Option<PacketId> {
+        let targets: Box<[UserId]> = match &spec.users {
+            PacketUsers::List(users) => users.clone().into_boxed_slice(),
+            PacketUsers::Range { min, max } => {
+                let mut picked: Vec<UserId> = Vec::with_capacity(usize::from(spec.claimants));
+                while picked.len() < usize::from(spec.claimants) {
+                    let u = UserId(self.rng.u32(*min..=*max));
+                    if !picked.contains(&u) {
+                        picked.push(u);
+                    }
+                }
+                picked.into_boxed_slice()
+            }
+        };
+        let id = PacketId(self.next_id);
+        self.next_id = self.next_id.checked_add(1).unwrap_or(PacketId::FIRST.0);
+        let amount = Cents(self.rng.u64(spec.cents_min..=spec.cents_max));
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let until_s = (now.as_secs() + self.ttl_s).min(u64::from(u32::MAX)) as u32;
+        let created = Record::PacketCreated {
+            id,
+            cents: amount,
+            claimants: targets.len() as u16,
+            at_ms: now.as_millis() as u64,
+            until_s,
+        };
+        if g.ledger.is_enabled()
+            && !g.ledger.send(Entry::Packet {
+                producer: g.producer,
+                created,
+                targets: targets.clone(),
+            })
+        {
+            return None;
+        }
+        g.counters.packets_created += 1;
+        g.counters.cents_packets += amount.0;
+        self.made.push(NewPacket {
+            id,
+            amount,
+            targets,
+            claims: Vec::new(),
+            until_s,
+        });
+        Some(id)
+    }
+
+    /// Makes the packets made so far durable, then hands each to its owner
+    /// core. False when the ledger or a core is gone.
+    fn hand_over(&mut self, g: &mut Generator) -> bool {
+        let made = std::mem::take(&mut self.made);
+        if made.is_empty() {
+            return true;
+        }
+        if !g.ledger.sync() {
+            return false;
+        }
+        let cores = self.peers.inboxes.len();
+        let mut woken = vec![false; cores];
+        let mut ok = true;
+        for p in made {
+            let owner = p.id.0 as usize % cores;
+            // A core's inbox is bounded; waiting here is fine (the generator
+            // is not on the request path). A core that is gone means the
+            // server is stopping; the packet is in the ledger and is rebuilt
+            // at the next start.
+            ok &= self.peers.inboxes[owner]
+                .send_timeout(CoreMsg::Packet(Box::new(p)), Duration::from_secs(1))
+                .is_ok();
+            woken[owner] = true;
+        }
+        for (core, w) in woken.into_iter().enumerate() {
+            if w {
+                let _ = self.peers.wakers[core].wake();
+            }
+        }
+        ok
     }
 }
 
@@ -225,28 +465,84 @@ struct Generator {
     rng: fastrand::Rng,
     next_id: u32,
     next_core: usize,
-    /// An envelope made but refused by every ring; offered first next time.
-    held: Option<Envelope>,
+    /// Envelopes made (and durable) that no ring has taken yet; offered
+    /// first, in order.
+    held: VecDeque<Envelope>,
     counters: GeneratorCounters,
+    ledger: Ledger,
+    producer: u16,
+    envelope_ttl_s: u64,
 }
 
 impl Generator {
-    /// Makes (or takes back the held) envelope and pushes it into the next
-    /// ring with room. False when every ring was full: the envelope is held.
-    fn emit_one(&mut self) -> bool {
-        let mut envelope = match self.held.take() {
-            Some(e) => e,
-            None => {
-                let id = EnvelopeId(self.next_id);
-                // Ids wrap only after 4 billion envelopes; a server that
-                // lives that long restarts its numbering at FIRST.
-                self.next_id = self.next_id.checked_add(1).unwrap_or(EnvelopeId::FIRST.0);
-                Envelope {
-                    id,
-                    amount: Cents(self.rng.u64(self.spec.cents_min..=self.spec.cents_max)),
-                }
+    /// Makes the envelopes of `batch` that are due, records them, syncs, and
+    /// pushes them into the rings. Nothing new is made while envelopes made
+    /// earlier still wait for room: the schedule does not advance then.
+    fn emit_due(&mut self, batch: &mut Batch) {
+        if !self.push_held() {
+            return;
+        }
+        let due = batch.schedule.due_by(batch.start.elapsed());
+        while batch.emitted < due {
+            let n = (due - batch.emitted).min(MADE_PER_ROUND_MAX);
+            for _ in 0..n {
+                self.make_one();
             }
-        };
+            if !self.ledger.sync() {
+                // The writer is gone: the server is stopping. Nothing made
+                // here reaches a ring unrecorded.
+                self.held.clear();
+                return;
+            }
+            batch.emitted += n;
+            if !self.push_held() {
+                return;
+            }
+        }
+    }
+
+    /// Makes one envelope, records it (not yet synced) and queues it.
+    fn make_one(&mut self) {
+        let id = EnvelopeId(self.next_id);
+        // Ids wrap only after 4 billion envelopes; a server that lives that
+        // long restarts its numbering at FIRST.
+        self.next_id = self.next_id.checked_add(1).unwrap_or(EnvelopeId::FIRST.0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let amount = Cents(self.rng.u64(self.spec.cents_min..=self.spec.cents_max));
+        let until_s = (now.as_secs() + self.envelope_ttl_s).min(u64::from(u32::MAX)) as u32;
+        if self.ledger.is_enabled() {
+            self.ledger.send(Entry::Record {
+                producer: self.producer,
+                record: Record::EnvelopeGenerated {
+                    id,
+                    cents: amount,
+                    at_ms: now.as_millis() as u64,
+                },
+            });
+        }
+        self.held.push_back(Envelope {
+            id,
+            amount,
+            until_s,
+        });
+    }
+
+    /// Pushes the queued envelopes, in order, each into the next ring with
+    /// room. False when every ring was full (a stall, counted).
+    fn push_held(&mut self) -> bool {
+        while let Some(&envelope) = self.held.front() {
+            if !self.emit_one(envelope) {
+                return false;
+            }
+            self.held.pop_front();
+        }
+        true
+    }
+
+    /// Offers one envelope to the rings, round-robin from the next core.
+    fn emit_one(&mut self, mut envelope: Envelope) -> bool {
         let cores = self.rings.cores();
         for _ in 0..cores {
             let core = CoreId(self.next_core);
@@ -261,7 +557,6 @@ impl Generator {
             }
         }
         self.counters.ring_full_stalls += 1;
-        self.held = Some(envelope);
         false
     }
 }
@@ -349,17 +644,21 @@ mod tests {
             rng: fastrand::Rng::with_seed(1),
             next_id: EnvelopeId::FIRST.0,
             next_core: 0,
-            held: None,
+            held: VecDeque::new(),
             counters: GeneratorCounters::default(),
+            ledger: Ledger::disabled(),
+            producer: 0,
+            envelope_ttl_s: 60,
         };
-        assert!(g.emit_one());
-        assert!(g.emit_one());
-        assert!(!g.emit_one(), "both rings are full");
+        for _ in 0..3 {
+            g.make_one();
+        }
+        assert!(!g.push_held(), "both rings are full");
         assert_eq!(g.counters.generated, 2);
         assert_eq!(g.counters.ring_full_stalls, 1);
-        let held = g.held.expect("the envelope is kept, not dropped");
+        let held = *g.held.front().expect("the envelope is kept, not dropped");
         rings.pop(CoreId(1)).unwrap();
-        assert!(g.emit_one());
+        assert!(g.push_held());
         assert_eq!(rings.pop(CoreId(1)), Some(held));
         assert_eq!(g.counters.generated, 3);
         assert!((10..=309).contains(&held.amount.0));

@@ -1,11 +1,15 @@
 //! hongbao: a thread-per-core red-packet server for a million TCP connections,
 //! and the toolkit that proves it under load. See `docs/ARCHITECTURE.md`.
 
+pub mod audit;
 pub mod flood;
 pub mod generator;
 pub mod hlog;
 pub mod http;
 pub mod ids;
+pub mod ledger;
+pub mod mesh;
+pub mod packets;
 pub mod ring;
 pub mod server;
 pub mod session;

@@ -24,12 +24,17 @@ enum Command {
     Server(Box<hongbao::server::ServerConfig>),
     /// Drive load at a server: connect users, log in, shake at a fixed rate.
     Flood(Box<hongbao::flood::FloodArgs>),
+    /// Replay a server's ledger read-only and prove its books (and, with
+    /// --ack-log, that nothing acknowledged is missing). Exits 1 on the first
+    /// violation, naming it.
+    Audit(hongbao::audit::AuditArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Server(config) => serve(&config),
         Command::Flood(args) => hongbao::flood::run(&args),
+        Command::Audit(args) => hongbao::audit::run(&args).map(|_| ()),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -50,6 +55,19 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
     let server = hongbao::server::start(config)?;
     for w in server.warnings() {
         eprintln!("{w}");
+    }
+    let r = server.replayed();
+    if r.enabled {
+        println!(
+            "ledger: replayed {} records in {} group commits; {} envelopes outstanding ({} cents), \
+             {} live packets ({} cents unclaimed)",
+            r.records,
+            r.batches,
+            r.envelopes_outstanding,
+            r.cents_outstanding,
+            r.packets_live,
+            r.cents_in_packets
+        );
     }
     let http = server
         .http_addr()
@@ -87,7 +105,7 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
     let (p50, p99, p999, max) = summary.service_ns;
     println!(
         "summary: {} s, accepted {}, logins {}, shakes {} (got {}, none {}, gone {}, overload {}), \
-         claims {}, bad frames {}, evictions {}, login timeouts {}, fd-exhausted accepts {}, \
+         claims {} (paid {}, {} cents), packets {} ({} cents), pushes {}, bad frames {}, evictions {}, login timeouts {}, fd-exhausted accepts {}, \
          envelopes generated {} ({} cents) granted {} ({} cents) in rings {}, \
          service time p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
         summary.seconds,
@@ -99,6 +117,11 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
         t.server.gone,
         t.server.overload,
         t.server.claims,
+        t.server.claims_paid,
+        t.server.cents_claimed,
+        t.generator.packets_created,
+        t.generator.cents_packets,
+        t.server.pushes,
         t.server.bad_frames(),
         t.server.evictions,
         t.server.login_timeouts,

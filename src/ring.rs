@@ -23,6 +23,8 @@ pub struct Envelope {
     pub id: EnvelopeId,
     /// Its amount, in the configured range.
     pub amount: Cents,
+    /// When it expires unclaimed and is returned, Unix seconds.
+    pub until_s: u32,
 }
 
 /// The rings of every core, shared between the generator and the cores.
@@ -74,6 +76,12 @@ impl EnvelopeRings {
         ring.pop()
     }
 
+    /// True when `core`'s ring holds nothing now.
+    #[inline]
+    pub fn is_empty_for(&self, core: CoreId) -> bool {
+        self.rings[core.0].is_empty()
+    }
+
     /// Envelopes waiting in all rings. A racy sum, exact once the generator
     /// and the cores are quiet; used for gauges, never for money decisions.
     pub fn len(&self) -> usize {
@@ -105,6 +113,7 @@ mod tests {
         Envelope {
             id: EnvelopeId(i),
             amount: Cents(10),
+            until_s: u32::MAX,
         }
     }
 

@@ -1,18 +1,39 @@
-//! The per-connection session: login, then shakes (and claims), as a pure step.
+//! The per-connection session: login, then shakes and claims, as pure steps.
 //!
-//! Owns: the `Service` trait that the core loop calls once per decoded frame,
-//! and its two implementations: `Hongbao`, the product, and `Reference`, the
-//! zero-logic server that answers the same frames with fixed replies and is
-//! the benchmark's floor. Must not: touch sockets, clocks or locks. The core
-//! loop hands in the current second and an output buffer; a step appends
-//! exactly one answer frame or refuses the frame, which closes the connection.
+//! Owns: the `Service` trait that the core loop calls once per decoded frame
+//! and once per message from another core, and its two implementations:
+//! `Hongbao`, the product, and `Reference`, the zero-logic server that
+//! answers the same frames with fixed replies and is the benchmark's floor.
+//! Must not: touch sockets, clocks or locks. The core loop hands in the time
+//! and an output buffer; a step appends at most one answer frame (or refuses
+//! the frame, which closes the connection) and asks for anything else —
+//! messages to other cores, answers released once the ledger is durable —
+//! through [`Effects`].
+//!
+//! Money answers wait for the ledger: a shake that grants an envelope
+//! returns [`Hold::UntilSync`], and the core holds that answer (and the
+//! connection's later shake answers, to keep their order) until the record
+//! is durable. A paid claim's answer is registered in [`Effects::after`]
+//! and sent when durable; claim answers are matched by packet id, not order.
 
 use std::sync::Arc;
 
-use crate::ids::{Cents, CoreId, EnvelopeId, UserId};
+use crate::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
+use crate::ledger::Record;
+use crate::mesh::{ConnAddr, CoreMsg, Directory, Effects, Route, Waiting};
+use crate::packets::{Claimed, PacketTable};
 use crate::ring::EnvelopeRings;
 use crate::stats::CoreCounters;
 use crate::wire::{Frame, ShakeOutcome};
+
+/// The wall clock as a core read it at the start of its turn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Now {
+    /// Unix seconds (frames are stamped with it).
+    pub secs: u64,
+    /// Unix milliseconds (ledger records are stamped with it).
+    pub ms: u64,
+}
 
 /// Where a connection is in its session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,70 +56,96 @@ pub enum SessionError {
     WrongDirection(u16),
 }
 
-/// What a core needs from the business logic: one step per frame.
+/// Whether the answer a step wrote may go out now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// It may.
+    No,
+    /// It moves money: hold it until this core's ledger entry `seq` is durable.
+    UntilSync(u64),
+}
+
+/// What a core needs from the business logic.
 pub trait Service {
-    /// Handles one decoded frame for a connection in `state`, appending the
-    /// answer to `out`, stamped `now_secs`. Counts what it did in `counters`.
+    /// Handles one decoded frame from connection `conn` in `state`, appending
+    /// its answer (if it has one now) to `out`, stamped `now.secs`.
+    #[allow(clippy::too_many_arguments)]
     fn on_frame(
         &mut self,
+        conn: ConnAddr,
         state: &mut SessionState,
         frame: Frame,
-        now_secs: u64,
+        now: Now,
         out: &mut Vec<u8>,
+        fx: &mut Effects,
         counters: &mut CoreCounters,
-    ) -> Result<(), SessionError>;
+    ) -> Result<Hold, SessionError>;
+
+    /// Handles a message from another core (or the control) that concerns
+    /// the business: packets, pushes, presence, claims.
+    fn on_message(
+        &mut self,
+        _msg: CoreMsg,
+        _now: Now,
+        _fx: &mut Effects,
+        _counters: &mut CoreCounters,
+    ) {
+    }
+
+    /// A logged-in connection closed.
+    fn on_close(&mut self, _user: UserId, _conn: ConnAddr, _fx: &mut Effects) {}
+
+    /// Called on the core's tick (every 100 ms): expiries.
+    fn on_tick(&mut self, _now: Now, _fx: &mut Effects, _counters: &mut CoreCounters) {}
 
     /// Called when the core's wall-clock second changes.
     fn on_second(&mut self) {}
 }
 
+/// What the session path hands to the service-specific parts.
+enum Step {
+    /// A shake from this user.
+    Shake(UserId),
+    /// A claim of this packet by this user.
+    Claim(UserId, PacketId),
+    /// This user just logged in (first login of the connection).
+    Login(UserId),
+}
+
 /// The session path both services share: binds the connection at login,
 /// refuses a first frame that is not a login and frames only servers send,
-/// answers claims, and hands shakes to `shake` with the session's user. The
-/// reference differs from the product only in that closure, so the benchmark
-/// compares exactly the business logic.
+/// and hands shakes and claims on with the session's user. The reference
+/// differs from the product only in what it does with those, so the
+/// benchmark compares exactly the business logic.
 #[inline]
 fn dispatch(
     state: &mut SessionState,
     frame: Frame,
-    now_secs: u64,
+    now: Now,
     out: &mut Vec<u8>,
     counters: &mut CoreCounters,
-    shake: impl FnOnce(UserId, &mut Vec<u8>, &mut CoreCounters),
-) -> Result<(), SessionError> {
-    let user = match (*state, frame) {
+) -> Result<Option<Step>, SessionError> {
+    match (*state, frame) {
         (SessionState::AwaitingLogin, Frame::LoginRequest { user }) => {
             *state = SessionState::LoggedIn(user);
-            login_ok(user, now_secs, out, counters);
-            return Ok(());
+            login_ok(user, now.secs, out, counters);
+            Ok(Some(Step::Login(user)))
         }
-        (SessionState::AwaitingLogin, f) => return Err(SessionError::NotLoggedIn(f.cmd())),
+        (SessionState::AwaitingLogin, f) => Err(SessionError::NotLoggedIn(f.cmd())),
         // A repeated login is answered for the session's user and changes
         // nothing: the binding is made once per connection.
         (SessionState::LoggedIn(user), Frame::LoginRequest { .. }) => {
-            login_ok(user, now_secs, out, counters);
-            return Ok(());
+            login_ok(user, now.secs, out, counters);
+            Ok(None)
         }
-        (SessionState::LoggedIn(user), _) => user,
-    };
-    match frame {
-        Frame::ShakeRequest { .. } => {
+        (SessionState::LoggedIn(user), Frame::ShakeRequest { .. }) => {
             counters.shakes += 1;
-            shake(user, out, counters);
-            Ok(())
+            Ok(Some(Step::Shake(user)))
         }
-        Frame::ClaimRequest { packet, .. } => {
-            // No sent packets exist yet (issue 4 adds them): every packet is
-            // unknown, and an unknown packet's claim result is 0 cents.
-            counters.claims += 1;
-            Frame::ClaimResponse {
-                packet,
-                amount: Cents(0),
-            }
-            .encode(now_secs, out);
-            Ok(())
+        (SessionState::LoggedIn(user), Frame::ClaimRequest { packet, .. }) => {
+            Ok(Some(Step::Claim(user, packet)))
         }
-        f => Err(SessionError::WrongDirection(f.cmd())),
+        (SessionState::LoggedIn(_), f) => Err(SessionError::WrongDirection(f.cmd())),
     }
 }
 
@@ -124,7 +171,12 @@ fn shake_answer(
     .encode(now_secs, out);
 }
 
-/// The product: shakes take envelopes from this core's ring.
+/// Expired envelopes a shake returns before it answers "none": bounds one
+/// shake's work when a ring is full of stale envelopes.
+const RETURNS_PER_SHAKE_MAX: usize = 8;
+
+/// The product: shakes take envelopes from this core's ring; packets this
+/// core owns are claimed here; users whose home is this core are tracked here.
 pub struct Hongbao {
     core: CoreId,
     rings: Arc<EnvelopeRings>,
@@ -132,89 +184,316 @@ pub struct Hongbao {
     /// it answers "overloaded".
     shakes_per_sec_max: u64,
     shakes_this_sec: u64,
+    packets: PacketTable,
+    directory: Directory,
+}
+
+/// Settings of the product's business on one core.
+#[derive(Clone, Copy, Debug)]
+pub struct HongbaoSettings {
+    /// Shakes a second this core answers before "overloaded".
+    pub shakes_per_sec_max: u64,
+    /// Pushes kept per offline user.
+    pub mailbox_max: usize,
+    /// Seed of the packet split.
+    pub seed: u64,
 }
 
 impl Hongbao {
-    /// The service for `core`, allowed `shakes_per_sec_max` shakes a second.
-    pub fn new(core: CoreId, rings: Arc<EnvelopeRings>, shakes_per_sec_max: u64) -> Self {
+    /// The service for `core`.
+    pub fn new(core: CoreId, rings: Arc<EnvelopeRings>, settings: HongbaoSettings) -> Self {
         Hongbao {
             core,
             rings,
-            shakes_per_sec_max,
+            shakes_per_sec_max: settings.shakes_per_sec_max,
             shakes_this_sec: 0,
+            packets: PacketTable::new(settings.seed ^ (core.0 as u64).wrapping_mul(0x9e37_79b9)),
+            directory: Directory::new(settings.mailbox_max),
         }
     }
-}
 
-impl Hongbao {
     /// Answers one shake for `user`: overloaded, an envelope, gone, or none.
     #[inline]
     fn shake(
         &mut self,
         user: UserId,
-        now_secs: u64,
+        now: Now,
         out: &mut Vec<u8>,
+        fx: &mut Effects,
         counters: &mut CoreCounters,
-    ) {
+    ) -> Hold {
         // The ceiling is checked before the ring, so an overloaded core does
         // no more work than answering.
         if self.shakes_this_sec >= self.shakes_per_sec_max {
             counters.overload += 1;
-            shake_answer(user, ShakeOutcome::OVERLOAD, None, now_secs, out);
-            return;
+            shake_answer(user, ShakeOutcome::OVERLOAD, None, now.secs, out);
+            return Hold::No;
         }
         self.shakes_this_sec += 1;
-        // "Exhausted" is stored (Release) after the last push, so a pop after
-        // loading it (Acquire) sees every envelope; the first pop may have run
-        // just before the last push.
-        let popped = self.rings.pop(self.core).or_else(|| {
-            self.rings
-                .exhausted()
-                .then(|| self.rings.pop(self.core))
-                .flatten()
-        });
-        match popped {
-            Some(e) => {
-                counters.got += 1;
-                counters.cents_granted += e.amount.0;
-                shake_answer(
-                    user,
-                    ShakeOutcome::GOT,
-                    Some((e.id, e.amount)),
-                    now_secs,
-                    out,
+        for _ in 0..RETURNS_PER_SHAKE_MAX {
+            // "Exhausted" is stored (Release) after the last push, so a pop
+            // after loading it (Acquire) sees every envelope; the first pop
+            // may have run just before the last push.
+            let popped = self.rings.pop(self.core).or_else(|| {
+                self.rings
+                    .exhausted()
+                    .then(|| self.rings.pop(self.core))
+                    .flatten()
+            });
+            let Some(e) = popped else { break };
+            if now.secs >= u64::from(e.until_s) {
+                // Nobody took it in its time: it leaves circulation.
+                fx.ledger.append(Record::EnvelopeReturned {
+                    id: e.id,
+                    cents: e.amount,
+                    at_ms: now.ms,
+                });
+                counters.envelopes_returned += 1;
+                counters.cents_returned += e.amount.0;
+                continue;
+            }
+            counters.got += 1;
+            counters.cents_granted += e.amount.0;
+            let seq = fx.ledger.append(Record::EnvelopeGranted {
+                id: e.id,
+                user,
+                cents: e.amount,
+                at_ms: now.ms,
+            });
+            shake_answer(
+                user,
+                ShakeOutcome::GOT,
+                Some((e.id, e.amount)),
+                now.secs,
+                out,
+            );
+            return seq.map_or(Hold::No, Hold::UntilSync);
+        }
+        if self.rings.exhausted() && self.rings.is_empty_for(self.core) {
+            counters.gone += 1;
+            shake_answer(user, ShakeOutcome::GONE, None, now.secs, out);
+        } else {
+            counters.none += 1;
+            shake_answer(user, ShakeOutcome::NONE, None, now.secs, out);
+        }
+        Hold::No
+    }
+
+    /// Decides `user`'s claim of `packet` on its owner core. `Some(cents)`
+    /// when the answer may go now; `None` when it was registered to go to
+    /// `reply` once its ledger record is durable.
+    fn claim_here(
+        &mut self,
+        packet: PacketId,
+        user: UserId,
+        reply: ConnAddr,
+        now: Now,
+        fx: &mut Effects,
+        counters: &mut CoreCounters,
+    ) -> Option<Cents> {
+        counters.claims += 1;
+        let (cents, seq) = match self
+            .packets
+            .claim(packet, user, now.secs, now.ms, &mut fx.ledger)
+        {
+            Claimed::Paid { cents, seq } => {
+                counters.claims_paid += 1;
+                counters.cents_claimed += cents.0;
+                (cents, seq)
+            }
+            Claimed::Repeat { cents, seq } => {
+                counters.claims_repeat += 1;
+                (cents, seq)
+            }
+            Claimed::Zero => {
+                counters.claims_zero += 1;
+                return Some(Cents(0));
+            }
+        };
+        match seq {
+            Some(seq) if !fx.is_durable(Some(seq)) => {
+                fx.after(
+                    seq,
+                    Waiting::Claim {
+                        to: reply,
+                        packet,
+                        cents,
+                    },
                 );
+                None
             }
-            None if self.rings.exhausted() => {
-                counters.gone += 1;
-                shake_answer(user, ShakeOutcome::GONE, None, now_secs, out);
-            }
-            None => {
-                counters.none += 1;
-                shake_answer(user, ShakeOutcome::NONE, None, now_secs, out);
-            }
+            _ => Some(cents),
+        }
+    }
+
+    /// Routes a push for `user` (this core is their home).
+    fn route_push(
+        &mut self,
+        user: UserId,
+        push: Frame,
+        hops: u8,
+        fx: &mut Effects,
+        counters: &mut CoreCounters,
+    ) {
+        match self.directory.route(user, push) {
+            Route::To(to) => fx.send(
+                usize::from(to.core),
+                CoreMsg::Deliver {
+                    to,
+                    user,
+                    push,
+                    hops,
+                },
+            ),
+            Route::Queued => counters.pushes_queued += 1,
+            Route::Dropped => counters.push_drops += 1,
+        }
+    }
+
+    /// `user` logged in on `addr` (this core is their home): deliver the mail.
+    fn online(&mut self, user: UserId, addr: ConnAddr, fx: &mut Effects) {
+        for push in self.directory.online(user, addr) {
+            fx.send(
+                usize::from(addr.core),
+                CoreMsg::Deliver {
+                    to: addr,
+                    user,
+                    push,
+                    hops: 0,
+                },
+            );
         }
     }
 }
 
 impl Service for Hongbao {
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn on_frame(
         &mut self,
+        conn: ConnAddr,
         state: &mut SessionState,
         frame: Frame,
-        now_secs: u64,
+        now: Now,
         out: &mut Vec<u8>,
+        fx: &mut Effects,
         counters: &mut CoreCounters,
-    ) -> Result<(), SessionError> {
-        dispatch(
-            state,
-            frame,
-            now_secs,
-            out,
-            counters,
-            |user, out, counters| self.shake(user, now_secs, out, counters),
-        )
+    ) -> Result<Hold, SessionError> {
+        match dispatch(state, frame, now, out, counters)? {
+            None => Ok(Hold::No),
+            Some(Step::Shake(user)) => Ok(self.shake(user, now, out, fx, counters)),
+            Some(Step::Claim(user, packet)) => {
+                let owner = fx.owner(packet);
+                if owner == self.core.0 {
+                    if let Some(cents) = self.claim_here(packet, user, conn, now, fx, counters) {
+                        Frame::ClaimResponse {
+                            packet,
+                            amount: cents,
+                        }
+                        .encode(now.secs, out);
+                    }
+                } else {
+                    fx.send(
+                        owner,
+                        CoreMsg::Claim {
+                            packet,
+                            user,
+                            reply: conn,
+                        },
+                    );
+                }
+                Ok(Hold::No)
+            }
+            Some(Step::Login(user)) => {
+                let home = fx.home(user);
+                if home == self.core.0 {
+                    self.online(user, conn, fx);
+                } else {
+                    fx.send(home, CoreMsg::Online { user, addr: conn });
+                }
+                Ok(Hold::No)
+            }
+        }
+    }
+
+    fn on_message(
+        &mut self,
+        msg: CoreMsg,
+        now: Now,
+        fx: &mut Effects,
+        counters: &mut CoreCounters,
+    ) {
+        match msg {
+            CoreMsg::Packet(p) => {
+                let mut users = [UserId(0); 3];
+                for (slot, &u) in users.iter_mut().zip(p.targets.iter()) {
+                    *slot = u;
+                }
+                let push = Frame::PacketPush {
+                    packet: p.id,
+                    amount: p.amount,
+                    claimants: p.targets.len() as u32,
+                    users,
+                };
+                // Only targets who have not claimed are pushed: all of them
+                // for a new packet; after a restart, those still owed.
+                let unclaimed: Vec<UserId> = p
+                    .targets
+                    .iter()
+                    .copied()
+                    .filter(|t| !p.claims.iter().any(|(u, _)| u == t))
+                    .collect();
+                // The packet is in the table before any push leaves, so a
+                // claim can never overtake its packet.
+                self.packets.insert(*p);
+                for user in unclaimed {
+                    fx.send(
+                        fx.home(user),
+                        CoreMsg::Push {
+                            user,
+                            push,
+                            hops: 0,
+                        },
+                    );
+                }
+            }
+            CoreMsg::Push { user, push, hops } => self.route_push(user, push, hops, fx, counters),
+            CoreMsg::Online { user, addr } => self.online(user, addr, fx),
+            CoreMsg::Offline { user, addr } => self.directory.offline(user, addr),
+            CoreMsg::Claim {
+                packet,
+                user,
+                reply,
+            } => {
+                if let Some(cents) = self.claim_here(packet, user, reply, now, fx, counters) {
+                    fx.send(
+                        usize::from(reply.core),
+                        CoreMsg::ClaimAnswer {
+                            to: reply,
+                            packet,
+                            cents,
+                        },
+                    );
+                }
+            }
+            // The core loop handles these itself.
+            CoreMsg::Shutdown | CoreMsg::Deliver { .. } | CoreMsg::ClaimAnswer { .. } => {}
+        }
+    }
+
+    fn on_close(&mut self, user: UserId, conn: ConnAddr, fx: &mut Effects) {
+        let home = fx.home(user);
+        if home == self.core.0 {
+            self.directory.offline(user, conn);
+        } else {
+            fx.send(home, CoreMsg::Offline { user, addr: conn });
+        }
+    }
+
+    fn on_tick(&mut self, now: Now, fx: &mut Effects, counters: &mut CoreCounters) {
+        let (packets, cents) = self.packets.expire(now.secs, now.ms, &mut fx.ledger);
+        counters.packets_expired += packets;
+        counters.cents_refunded += cents;
     }
 
     fn on_second(&mut self) {
@@ -229,25 +508,34 @@ pub struct Reference;
 
 impl Service for Reference {
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn on_frame(
         &mut self,
+        _conn: ConnAddr,
         state: &mut SessionState,
         frame: Frame,
-        now_secs: u64,
+        now: Now,
         out: &mut Vec<u8>,
+        _fx: &mut Effects,
         counters: &mut CoreCounters,
-    ) -> Result<(), SessionError> {
-        dispatch(
-            state,
-            frame,
-            now_secs,
-            out,
-            counters,
-            |user, out, counters| {
+    ) -> Result<Hold, SessionError> {
+        match dispatch(state, frame, now, out, counters)? {
+            Some(Step::Shake(user)) => {
                 counters.none += 1;
-                shake_answer(user, ShakeOutcome::NONE, None, now_secs, out);
-            },
-        )
+                shake_answer(user, ShakeOutcome::NONE, None, now.secs, out);
+            }
+            Some(Step::Claim(_, packet)) => {
+                counters.claims += 1;
+                counters.claims_zero += 1;
+                Frame::ClaimResponse {
+                    packet,
+                    amount: Cents(0),
+                }
+                .encode(now.secs, out);
+            }
+            Some(Step::Login(_)) | None => {}
+        }
+        Ok(Hold::No)
     }
 }
 
@@ -255,8 +543,25 @@ impl Service for Reference {
 mod tests {
     use super::*;
     use crate::ids::PacketId;
+    use crate::ledger::Ledger;
+    use crate::packets::NewPacket;
     use crate::ring::Envelope;
     use crate::wire::decode;
+
+    const NOW: Now = Now { secs: 1, ms: 1_000 };
+    const CONN: ConnAddr = ConnAddr {
+        core: 0,
+        key: 0,
+        serial: 1,
+    };
+
+    fn fx(core: usize, cores: usize) -> Effects {
+        Effects::new(
+            CoreId(core),
+            cores,
+            Ledger::disabled().producer(core as u16),
+        )
+    }
 
     fn step<S: Service>(
         s: &mut S,
@@ -265,15 +570,171 @@ mod tests {
         c: &mut CoreCounters,
     ) -> Result<Frame, SessionError> {
         let mut out = Vec::new();
-        s.on_frame(state, frame, 1, &mut out, c)?;
+        s.on_frame(CONN, state, frame, NOW, &mut out, &mut fx(0, 1), c)?;
         let d = decode(&out).expect("one whole answer");
         assert_eq!(d.len, out.len(), "exactly one answer frame");
         Ok(d.frame)
     }
 
+    fn settings(per_sec: u64) -> HongbaoSettings {
+        HongbaoSettings {
+            shakes_per_sec_max: per_sec,
+            mailbox_max: 4,
+            seed: 1,
+        }
+    }
+
     fn hongbao(per_sec: u64) -> (Hongbao, Arc<EnvelopeRings>) {
         let rings = Arc::new(EnvelopeRings::new(1, 8));
-        (Hongbao::new(CoreId(0), rings.clone(), per_sec), rings)
+        (
+            Hongbao::new(CoreId(0), rings.clone(), settings(per_sec)),
+            rings,
+        )
+    }
+
+    /// Two cores' services, with their effects, and a way to pass the
+    /// messages between them as the core loops would.
+    struct TwoCores {
+        s: [Hongbao; 2],
+        fx: [Effects; 2],
+        c: CoreCounters,
+    }
+
+    impl TwoCores {
+        fn new() -> Self {
+            let rings = Arc::new(EnvelopeRings::new(2, 8));
+            TwoCores {
+                s: [0, 1].map(|i| Hongbao::new(CoreId(i), rings.clone(), settings(100))),
+                fx: [fx(0, 2), fx(1, 2)],
+                c: CoreCounters::default(),
+            }
+        }
+
+        /// Delivers every queued message until none is left; returns the
+        /// `Deliver` and `ClaimAnswer` messages meant for the core loops.
+        fn settle(&mut self) -> Vec<CoreMsg> {
+            let mut for_loops = Vec::new();
+            loop {
+                let mut moved = false;
+                for from in 0..2 {
+                    for to in 0..2 {
+                        for msg in std::mem::take(&mut self.fx[from].outbox[to]) {
+                            moved = true;
+                            match msg {
+                                CoreMsg::Deliver { .. } | CoreMsg::ClaimAnswer { .. } => {
+                                    for_loops.push(msg)
+                                }
+                                msg => {
+                                    self.s[to].on_message(msg, NOW, &mut self.fx[to], &mut self.c)
+                                }
+                            }
+                        }
+                    }
+                }
+                if !moved {
+                    return for_loops;
+                }
+            }
+        }
+
+        fn frame(
+            &mut self,
+            core: usize,
+            conn: ConnAddr,
+            st: &mut SessionState,
+            f: Frame,
+        ) -> Vec<u8> {
+            let mut out = Vec::new();
+            self.s[core]
+                .on_frame(conn, st, f, NOW, &mut out, &mut self.fx[core], &mut self.c)
+                .unwrap();
+            out
+        }
+    }
+
+    #[test]
+    fn pushes_find_users_on_any_core_and_claims_cross_to_the_owner() {
+        let mut t = TwoCores::new();
+        // User 3 (home: core 1) is online on core 0; user 4 is offline.
+        let conn = ConnAddr {
+            core: 0,
+            key: 9,
+            serial: 2,
+        };
+        let mut st = SessionState::default();
+        t.frame(0, conn, &mut st, Frame::LoginRequest { user: UserId(3) });
+        assert!(t.settle().is_empty());
+        // Packet 0x200001 is owned by core 1.
+        let id = PacketId(0x20_0001);
+        t.s[1].on_message(
+            CoreMsg::Packet(Box::new(NewPacket {
+                id,
+                amount: Cents(50),
+                targets: vec![UserId(3), UserId(4)].into_boxed_slice(),
+                claims: Vec::new(),
+                until_s: 100,
+            })),
+            NOW,
+            &mut t.fx[1],
+            &mut t.c,
+        );
+        let delivered = t.settle();
+        assert!(
+            matches!(delivered.as_slice(), [CoreMsg::Deliver { to, user: UserId(3), .. }] if *to == conn),
+            "{delivered:?}"
+        );
+        assert_eq!(
+            t.c.pushes_queued, 1,
+            "user 4 is offline: kept in the mailbox"
+        );
+        // User 3 claims on core 0: the claim travels to core 1 and back.
+        let out = t.frame(
+            0,
+            conn,
+            &mut st,
+            Frame::ClaimRequest {
+                user: UserId(0),
+                packet: id,
+            },
+        );
+        assert!(out.is_empty(), "answered by the owner, later");
+        let answers = t.settle();
+        let [CoreMsg::ClaimAnswer { to, packet, cents }] = answers.as_slice() else {
+            panic!("{answers:?}")
+        };
+        assert_eq!((*to, *packet), (conn, id));
+        assert!((1..=49).contains(&cents.0), "leaves a cent for user 4");
+        // User 4 logs in on core 1 and gets the push from their mailbox.
+        let conn4 = ConnAddr {
+            core: 1,
+            key: 1,
+            serial: 1,
+        };
+        let mut st4 = SessionState::default();
+        t.frame(1, conn4, &mut st4, Frame::LoginRequest { user: UserId(4) });
+        let delivered = t.settle();
+        assert!(
+            matches!(delivered.as_slice(), [CoreMsg::Deliver { to, user: UserId(4), .. }] if *to == conn4)
+        );
+        // A stranger gets 0 at once on the owner core.
+        let mut st5 = SessionState::LoggedIn(UserId(5));
+        let out = t.frame(
+            1,
+            conn4,
+            &mut st5,
+            Frame::ClaimRequest {
+                user: UserId(5),
+                packet: id,
+            },
+        );
+        assert_eq!(
+            decode(&out).unwrap().frame,
+            Frame::ClaimResponse {
+                packet: id,
+                amount: Cents(0)
+            }
+        );
+        assert_eq!((t.c.claims_paid, t.c.claims_zero), (1, 1));
     }
 
     #[test]
@@ -294,6 +755,7 @@ mod tests {
         let env = Envelope {
             id: EnvelopeId(0x100000),
             amount: Cents(42),
+            until_s: 100,
         };
         rings.push(CoreId(0), env).unwrap();
         let mut st = SessionState::default();

@@ -20,6 +20,8 @@ use std::collections::VecDeque;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use crate::ledger::LedgerCounters;
+
 /// Implements `add` (field by field) for a struct of plain counters. The
 /// struct is destructured exhaustively, so a field added to it and not to
 /// this list fails to compile instead of being silently dropped from sums.
@@ -77,6 +79,10 @@ pub struct CoreCounters {
     pub cents_refunded: u64,
     /// Cents handed out in shake envelopes.
     pub cents_granted: u64,
+    /// Envelopes found expired in the ring and returned.
+    pub envelopes_returned: u64,
+    /// Their cents.
+    pub cents_returned: u64,
     /// Frames refused because their length was out of bounds.
     pub bad_length: u64,
     /// Frames refused because their cmd is unknown.
@@ -128,6 +134,8 @@ impl_add!(CoreCounters {
     packets_expired,
     cents_refunded,
     cents_granted,
+    envelopes_returned,
+    cents_returned,
     bad_length,
     bad_cmd,
     bad_size,
@@ -202,6 +210,8 @@ pub enum Report {
         counters: GeneratorCounters,
         /// Envelopes waiting in all rings at the close (a gauge).
         in_rings: u64,
+        /// What the ledger writer did in that second.
+        ledger: LedgerCounters,
     },
 }
 
@@ -218,6 +228,8 @@ pub struct SecondStats {
     pub conns_open: u64,
     /// Envelopes waiting in rings at the second's close.
     pub envelopes_in_rings: u64,
+    /// What the ledger writer did (all zero without `--data-dir`).
+    pub ledger: LedgerCounters,
     /// Service time percentiles over the second, nanoseconds (0 when idle).
     pub service_ns_p50: u64,
     /// See `service_ns_p50`.
@@ -316,9 +328,11 @@ impl Aggregator {
                 second,
                 counters,
                 in_rings,
+                ledger,
             } => {
                 let b = self.bucket(second);
                 b.stats.generator.add(&counters);
+                b.stats.ledger.add(&ledger);
                 b.stats.envelopes_in_rings = in_rings;
                 self.mark(self.cores, second);
                 None
@@ -372,6 +386,7 @@ impl Aggregator {
         let _ = self.total_latency.add(&p.latency);
         self.total.server.add(&s.server);
         self.total.generator.add(&s.generator);
+        self.total.ledger.add(&s.ledger);
         self.total.second = s.second;
         self.total.conns_open = s.conns_open;
         self.total.envelopes_in_rings = s.envelopes_in_rings;
@@ -419,6 +434,7 @@ mod tests {
                 ..GeneratorCounters::default()
             },
             in_rings: 0,
+            ledger: LedgerCounters::default(),
         }
     }
 

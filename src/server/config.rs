@@ -66,6 +66,28 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 0x6a6f_6e67)]
     pub seed: u64,
 
+    /// Directory of the ledger (`ledger.log`): every movement of money,
+    /// made durable before it is answered, replayed at start. Without it the
+    /// server keeps money in memory only and answers at once (benchmarks,
+    /// tests of the loop).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+
+    /// Seconds a sent packet may be claimed; then what nobody claimed is
+    /// refunded. A day, as WeChat does.
+    #[arg(long, default_value_t = 86_400)]
+    pub packet_ttl: u64,
+
+    /// Seconds an envelope may wait in a ring; then it is returned. A day.
+    #[arg(long, default_value_t = 86_400)]
+    pub envelope_ttl: u64,
+
+    /// Pushes kept for a user who is offline, delivered at their next login;
+    /// more are dropped (counted). Bounds the memory a packet storm to absent
+    /// users can take.
+    #[arg(long, default_value_t = 16)]
+    pub mailbox_max: usize,
+
     /// Envelopes each core's ring holds. 65,536 is over five minutes of the
     /// default rate per core; when all rings are full the generator waits.
     #[arg(long, default_value_t = 65_536)]
@@ -172,6 +194,12 @@ impl ServerConfig {
         }
         if !(self.shutdown_grace >= 0.0 && self.shutdown_grace <= TIMEOUT_SECS_MAX) {
             return err("shutdown-grace", "must be 0 to 3600 seconds");
+        }
+        if self.packet_ttl == 0 || self.packet_ttl > u64::from(u32::MAX / 2) {
+            return err("packet-ttl", "must be 1 second to 68 years");
+        }
+        if self.envelope_ttl == 0 || self.envelope_ttl > u64::from(u32::MAX / 2) {
+            return err("envelope-ttl", "must be 1 second to 68 years");
         }
         if self.outbound_max < crate::wire::FRAME_LEN_MAX {
             return err("outbound-max", "must hold at least one frame (44 bytes)");

@@ -1,9 +1,13 @@
 //! The server's HTTP control routes, compatible with the original's.
 //!
 //! Owns: the route table. `GET /yaohongbao?qps=Q&sum=S` starts a batch of S
-//! envelopes at Q per second (replacing the running one); `GET /stats`
-//! returns the last closed seconds; `GET /status` the totals and the running
-//! batch. Answers are JSON. Must not: touch the cores' data; it talks to the
+//! envelopes at Q per second (replacing the running one);
+//! `GET /fahongbao?qps=Q&sum=S&min=A&max=B` a batch of S sent packets at Q
+//! per second, each for 3 random users in A..=B (optionally `claimants`,
+//! `cents_min`, `cents_max`); `GET /packet?amount=C&users=U1,U2,…` (or
+//! `&claimants=N&min=A&max=B`) makes one packet now and answers its id once
+//! it is durable; `GET /stats` returns the last closed seconds; `GET
+//! /status` the totals and the running batches. Answers are JSON. Must not: touch the cores' data; it talks to the
 //! generator through its command channel and reads the stats the aggregator
 //! publishes once a second. The HTTP itself (listener, thread, parsing, 400,
 //! 405, limits) is [`crate::http`]'s.
@@ -16,8 +20,10 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use serde_json::json;
 
-use crate::generator::{Command, Schedule};
+use crate::generator::{Command, PacketSpec, PacketUsers, Schedule};
 use crate::http::{self, Listener, Request, Response};
+use crate::ids::UserId;
+use crate::ledger::books::CLAIMANTS_MAX;
 use crate::server::Published;
 
 /// Largest batch rate accepted: a million envelopes a second is far past any
@@ -27,7 +33,17 @@ const BATCH_RATE_MAX: u64 = 1_000_000;
 /// a client is given to take its answer.
 const GENERATOR_TIMEOUT: Duration = http::IO_TIMEOUT;
 /// The paths served, listed in a 404.
-const PATHS: &[&str] = &["/yaohongbao?qps=Q&sum=S", "/stats", "/status"];
+const PATHS: &[&str] = &[
+    "/yaohongbao?qps=Q&sum=S",
+    "/fahongbao?qps=Q&sum=S&min=A&max=B",
+    "/packet?amount=C&users=U1,U2",
+    "/stats",
+    "/status",
+];
+/// The original's packet amounts, cents.
+const PACKET_CENTS_DEFAULT: (u64, u64) = (10, 309);
+/// The original's claimants per packet.
+const PACKET_CLAIMANTS_DEFAULT: u16 = 3;
 
 /// The running control loop.
 #[derive(Debug)]
@@ -68,6 +84,8 @@ impl ControlServer {
 fn route(req: &Request, generator: &Sender<Command>, published: &Mutex<Published>) -> Response {
     match req.path() {
         "/yaohongbao" => start_batch(req, generator),
+        "/fahongbao" => start_packets(req, generator),
+        "/packet" => create_packet(req, generator),
         "/stats" => {
             let p = Published::lock(published);
             Response::ok(json!({ "seconds": p.recent }))
@@ -79,7 +97,8 @@ fn route(req: &Request, generator: &Sender<Command>, published: &Mutex<Published
                 .ok()
                 .and_then(|()| answer.recv_timeout(GENERATOR_TIMEOUT).ok());
             let p = Published::lock(published);
-            Response::ok(json!({ "total": p.total, "batch": batch }))
+            let (envelopes, packets) = batch.unzip();
+            Response::ok(json!({ "total": p.total, "batch": envelopes, "packets": packets }))
         }
         path => Response::not_found(path, PATHS),
     }
@@ -116,5 +135,141 @@ fn start_batch(req: &Request, generator: &Sender<Command>) -> Response {
             Response::ok(json!({"ok": true, "qps": qps, "sum": sum, "replaced": started.replaced}))
         }
         None => Response::error(503, "the generator is not running"),
+    }
+}
+
+/// Reads an optional whole-number parameter; `Err` names it when malformed.
+fn number<T: std::str::FromStr>(req: &Request, name: &'static str) -> Result<Option<T>, String> {
+    match req.param(name) {
+        None => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name} must be a whole number, not {v:?}")),
+    }
+}
+
+/// The users part of a packet request: `users=U1,U2,…`, or `claimants`
+/// drawn from `min..=max`.
+fn packet_users(req: &Request, claimants_default: u16) -> Result<(u16, PacketUsers), String> {
+    if let Some(list) = req.param("users") {
+        let mut users = Vec::new();
+        for u in list.split(',') {
+            let u: u32 = u
+                .trim()
+                .parse()
+                .map_err(|_| format!("users must be user ids separated by commas, not {u:?}"))?;
+            if users.contains(&UserId(u)) {
+                return Err(format!("user {u} is named twice"));
+            }
+            users.push(UserId(u));
+        }
+        let n = users.len();
+        if !(1..=usize::from(CLAIMANTS_MAX)).contains(&n) {
+            return Err(format!("a packet names 1..={CLAIMANTS_MAX} users, not {n}"));
+        }
+        return Ok((n as u16, PacketUsers::List(users)));
+    }
+    let claimants = number::<u16>(req, "claimants")?.unwrap_or(claimants_default);
+    if !(1..=CLAIMANTS_MAX).contains(&claimants) {
+        return Err(format!("claimants must be 1..={CLAIMANTS_MAX}"));
+    }
+    let (Some(min), Some(max)) = (number::<u32>(req, "min")?, number::<u32>(req, "max")?) else {
+        return Err("need users=U1,U2,… or min and max (the range users are drawn from)".into());
+    };
+    if min > max || u64::from(max - min) + 1 < u64::from(claimants) {
+        return Err(format!(
+            "min..=max must hold at least {claimants} users (the claimants)"
+        ));
+    }
+    Ok((claimants, PacketUsers::Range { min, max }))
+}
+
+/// Checks an amount range against the claimants and the wire's u32.
+fn packet_cents(min: u64, max: u64, claimants: u16) -> Result<(), String> {
+    if min < u64::from(claimants) || min > max || max > u64::from(u32::MAX) {
+        return Err(format!(
+            "amounts must give each of the {claimants} claimants a cent and fit the wire's u32: \
+             {claimants} <= cents_min <= cents_max <= {}",
+            u32::MAX
+        ));
+    }
+    Ok(())
+}
+
+fn start_packets(req: &Request, generator: &Sender<Command>) -> Response {
+    let parsed = (|| -> Result<(Schedule, PacketSpec), String> {
+        let qps = number::<u64>(req, "qps")?.filter(|q| (1..=BATCH_RATE_MAX).contains(q));
+        let sum = number::<u64>(req, "sum")?;
+        let (Some(qps), Some(sum)) = (qps, sum) else {
+            return Err(format!(
+                "need qps in 1..={BATCH_RATE_MAX} and sum: /fahongbao?qps=10&sum=100&min=0&max=9999"
+            ));
+        };
+        let (claimants, users) = packet_users(req, PACKET_CLAIMANTS_DEFAULT)?;
+        let cents_min = number(req, "cents_min")?.unwrap_or(PACKET_CENTS_DEFAULT.0);
+        let cents_max = number(req, "cents_max")?.unwrap_or(PACKET_CENTS_DEFAULT.1);
+        packet_cents(cents_min, cents_max, claimants)?;
+        Ok((
+            Schedule {
+                rate: qps,
+                total: Some(sum),
+            },
+            PacketSpec {
+                cents_min,
+                cents_max,
+                claimants,
+                users,
+            },
+        ))
+    })();
+    let (schedule, spec) = match parsed {
+        Ok(p) => p,
+        Err(why) => return Response::error(400, why),
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    let cmd = Command::StartPackets {
+        schedule,
+        spec,
+        reply,
+    };
+    match generator
+        .send(cmd)
+        .ok()
+        .and_then(|()| answer.recv_timeout(GENERATOR_TIMEOUT).ok())
+    {
+        Some(replaced) => Response::ok(json!({
+            "ok": true, "qps": schedule.rate, "sum": schedule.total, "replaced": replaced
+        })),
+        None => Response::error(503, "the generator is not running"),
+    }
+}
+
+fn create_packet(req: &Request, generator: &Sender<Command>) -> Response {
+    let parsed = (|| -> Result<PacketSpec, String> {
+        let Some(amount) = number::<u64>(req, "amount")? else {
+            return Err("need amount (cents) and users=U1,U2,… or claimants, min and max".into());
+        };
+        let (claimants, users) = packet_users(req, PACKET_CLAIMANTS_DEFAULT)?;
+        packet_cents(amount, amount, claimants)?;
+        Ok(PacketSpec {
+            cents_min: amount,
+            cents_max: amount,
+            claimants,
+            users,
+        })
+    })();
+    let spec = match parsed {
+        Ok(s) => s,
+        Err(why) => return Response::error(400, why),
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    match generator
+        .send(Command::CreatePacket { spec, reply })
+        .ok()
+        .and_then(|()| answer.recv_timeout(GENERATOR_TIMEOUT).ok())
+    {
+        Some(Some(id)) => Response::ok(json!({ "ok": true, "packet": id })),
+        _ => Response::error(503, "the generator or the ledger is not running"),
     }
 }

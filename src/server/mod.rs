@@ -24,14 +24,21 @@ use serde::Serialize;
 
 pub use config::ServerConfig;
 
-use crate::generator::{self, EnvelopeSpec, Schedule};
-use crate::ids::CoreId;
-use crate::ring::EnvelopeRings;
-use crate::session::{Hongbao, Reference};
+use crate::generator::{self, EnvelopeSpec, GeneratorSetup, Schedule};
+use crate::ids::{CoreId, EnvelopeId, PacketId};
+use crate::ledger::{self, Books, Ledger};
+use crate::mesh::CoreMsg;
+use crate::packets::NewPacket;
+use crate::ring::{Envelope, EnvelopeRings};
+use crate::session::{Hongbao, HongbaoSettings, Reference};
 use crate::stats::{Aggregator, LatencyHistogram, Report, SecondStats};
 use control::ControlServer;
 use limits::FdLimit;
-use worker::{Control, WorkerLimits, WorkerSetup};
+use worker::{Peers, WorkerLimits, WorkerSetup};
+
+/// Entries a core's inbox holds; a sender that finds it full keeps its
+/// messages and offers them again on its next turn.
+const INBOX_LEN: usize = 1 << 16;
 
 /// Closed seconds kept for `/stats` and the monitor: five minutes.
 const RECENT_SECONDS: usize = 300;
@@ -68,6 +75,14 @@ pub enum StartError {
     /// A listener could not be set up.
     #[error(transparent)]
     Bind(#[from] limits::BindError),
+    /// The ledger could not be opened or replayed.
+    #[error("opening the ledger in --data-dir: {0}")]
+    Ledger(#[from] ledger::OpenError),
+    /// The replayed ledger does not balance.
+    #[error(
+        "replaying the ledger in --data-dir: {0}; run `hongbao audit --data-dir` to see the totals"
+    )]
+    Books(ledger::Violation),
     /// The HTTP control could not listen.
     #[error(
         "binding the HTTP control on {addr}: {error} (choose another with --http, or --no-http)"
@@ -96,7 +111,32 @@ fn resource(step: &'static str) -> impl FnOnce(io::Error) -> StartError {
 struct WorkerHandle {
     thread: JoinHandle<io::Result<()>>,
     waker: Arc<mio::Waker>,
-    control: Sender<Control>,
+    inbox: Sender<CoreMsg>,
+}
+
+/// What the server found in its ledger at start.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Replayed {
+    /// True when the server keeps a ledger.
+    pub enabled: bool,
+    /// Money records replayed.
+    pub records: u64,
+    /// Group commits replayed.
+    pub batches: u32,
+    /// Bytes of a torn tail cut off (records never acknowledged).
+    pub torn_bytes: u64,
+    /// Offset where the torn tail began.
+    pub torn_at: u64,
+    /// Envelopes outstanding, queued into the rings again.
+    pub envelopes_outstanding: u64,
+    /// Their cents.
+    pub cents_outstanding: u64,
+    /// Live packets handed back to their cores.
+    pub packets_live: u64,
+    /// Cents not yet claimed in them.
+    pub cents_in_packets: u64,
+    /// The totals of the whole ledger.
+    pub totals: ledger::Totals,
 }
 
 /// A running server.
@@ -113,6 +153,8 @@ pub struct ServerHandle {
     control: Option<ControlServer>,
     published: Arc<Mutex<Published>>,
     rings: Arc<EnvelopeRings>,
+    ledger_writer: Option<JoinHandle<()>>,
+    replayed: Replayed,
 }
 
 /// The run's totals, given when the server stops.
@@ -161,6 +203,59 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         .local_addr()
         .map_err(resource("reading the bound address"))?;
 
+    // The ledger first: a damaged one refuses the start before anything runs.
+    let mut books = Books::new();
+    let mut replayed = Replayed::default();
+    let opened = match &config.data_dir {
+        Some(dir) => {
+            let (file, end) = ledger::file::open(dir, &mut books)?;
+            books.check_conservation().map_err(StartError::Books)?;
+            replayed = Replayed {
+                enabled: true,
+                records: end.records,
+                batches: end.batches,
+                torn_bytes: end.torn_bytes(),
+                torn_at: end.valid_len,
+                envelopes_outstanding: 0,
+                cents_outstanding: books.cents_outstanding(),
+                packets_live: 0,
+                cents_in_packets: books.cents_in_packets(),
+                totals: books.totals(),
+            };
+            if end.torn_bytes() > 0 {
+                warnings.push(format!(
+                    "warning: ledger {}: cut a torn tail of {} bytes at offset {} (records of an \
+                     unfinished group commit, never acknowledged)",
+                    file.path.display(),
+                    end.torn_bytes(),
+                    end.valid_len
+                ));
+            }
+            Some(file)
+        }
+        None => None,
+    };
+    let envelope_ttl_ms = config.envelope_ttl.saturating_mul(1000);
+    let outstanding: Vec<Envelope> = books
+        .outstanding()
+        .into_iter()
+        .map(|o| Envelope {
+            id: o.id,
+            amount: o.cents,
+            until_s: (o.at_ms.saturating_add(envelope_ttl_ms) / 1000).min(u64::from(u32::MAX))
+                as u32,
+        })
+        .collect();
+    replayed.envelopes_outstanding = outstanding.len() as u64;
+    let (next_envelope_id, next_packet_id): (EnvelopeId, PacketId) =
+        (books.next_envelope_id(), books.next_packet_id());
+    let mut initial_packets: Vec<Vec<NewPacket>> = (0..threads).map(|_| Vec::new()).collect();
+    for p in books.take_packets() {
+        replayed.packets_live += 1;
+        initial_packets[p.id.0 as usize % threads].push(p.into());
+    }
+    drop(books);
+
     let rings = Arc::new(EnvelopeRings::new(threads, config.ring_capacity));
     let published = Arc::new(Mutex::new(Published::default()));
     let (reports_tx, reports_rx) = crossbeam_channel::bounded::<Report>(4 * 1024);
@@ -181,6 +276,37 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         ),
         None => None,
     };
+
+    // Every core's poll, waker and inbox exist before any thread starts, so
+    // each can be given all the others' addresses.
+    let mut polls = Vec::with_capacity(threads);
+    let mut inboxes = Vec::with_capacity(threads);
+    let mut peers = Peers {
+        inboxes: Vec::with_capacity(threads),
+        wakers: Vec::with_capacity(threads),
+    };
+    for _ in 0..threads {
+        let (poll, waker) =
+            worker::poll_and_waker().map_err(resource("creating a worker's poll"))?;
+        let (tx, rx) = crossbeam_channel::bounded(INBOX_LEN);
+        polls.push(poll);
+        inboxes.push(rx);
+        peers.inboxes.push(tx);
+        peers.wakers.push(waker);
+    }
+    let generator_producer = threads as u16;
+    let (ledger, ledger_writer) = match opened {
+        Some(file) => {
+            let mut wakers: Vec<Option<Arc<mio::Waker>>> =
+                peers.wakers.iter().cloned().map(Some).collect();
+            wakers.push(None); // the generator waits with a barrier instead
+            let (ledger, thread) = ledger::writer::start(file, wakers)
+                .map_err(resource("starting the ledger writer"))?;
+            (ledger, Some(thread))
+        }
+        None => (Ledger::disabled(), None),
+    };
+
     let aggregator = {
         let published = published.clone();
         let quiet = config.quiet;
@@ -201,20 +327,31 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
 
     let (gen_tx, gen_rx) = crossbeam_channel::unbounded();
     let generator = {
-        let rings = rings.clone();
-        let reports = reports_tx.clone();
-        let schedule = Schedule {
-            rate: config.envelopes_per_sec,
-            total: config.envelope_total,
-        };
-        let spec = EnvelopeSpec {
-            cents_min: config.envelope_cents_min,
-            cents_max: config.envelope_cents_max,
-            seed: config.seed,
+        let setup = GeneratorSetup {
+            rings: rings.clone(),
+            initial: Schedule {
+                rate: config.envelopes_per_sec,
+                total: config.envelope_total,
+            },
+            spec: EnvelopeSpec {
+                cents_min: config.envelope_cents_min,
+                cents_max: config.envelope_cents_max,
+                seed: config.seed,
+            },
+            commands: gen_rx,
+            reports: reports_tx.clone(),
+            ledger: ledger.clone(),
+            producer: generator_producer,
+            peers: peers.clone(),
+            outstanding,
+            next_envelope_id,
+            next_packet_id,
+            envelope_ttl_s: config.envelope_ttl,
+            packet_ttl_s: config.packet_ttl,
         };
         std::thread::Builder::new()
             .name("hongbao-generator".into())
-            .spawn(move || generator::run(rings, schedule, spec, gen_rx, reports))
+            .spawn(move || generator::run(setup))
             .map_err(resource("starting the generator thread"))?
     };
 
@@ -224,18 +361,28 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         login_timeout: Duration::from_secs_f64(config.login_timeout),
         shutdown_grace: Duration::from_secs_f64(config.shutdown_grace),
     };
-    let per_core_qps = config.max_qps.div_ceil(threads as u64);
+    let settings = HongbaoSettings {
+        shakes_per_sec_max: config.max_qps.div_ceil(threads as u64),
+        mailbox_max: config.mailbox_max,
+        seed: config.seed,
+    };
     let mut workers = Vec::with_capacity(threads);
-    for (i, (listener, recycled)) in listeners.into_iter().zip(recycle_rxs).enumerate() {
-        let (poll, waker) =
-            worker::poll_and_waker().map_err(resource("creating a worker's poll"))?;
-        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+    let per_core = listeners
+        .into_iter()
+        .zip(recycle_rxs)
+        .zip(polls)
+        .zip(inboxes)
+        .zip(initial_packets);
+    for (i, ((((listener, recycled), poll), inbox), packets)) in per_core.enumerate() {
         let setup = WorkerSetup {
             core: CoreId(i),
             pin: (!config.no_pin && !cores.is_empty()).then(|| cores[i % cores.len()]),
             poll,
             listener,
-            control: control_rx,
+            inbox,
+            peers: peers.clone(),
+            ledger: ledger.producer(i as u16),
+            initial_packets: packets,
             reports: reports_tx.clone(),
             recycled,
             limits: worker_limits,
@@ -249,7 +396,7 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
                 let result = if reference {
                     worker::run(setup, Reference)
                 } else {
-                    worker::run(setup, Hongbao::new(CoreId(i), rings, per_core_qps))
+                    worker::run(setup, Hongbao::new(CoreId(i), rings, settings))
                 };
                 if let Err(e) = &result {
                     // The core's connections are gone with it. Say so, let
@@ -265,10 +412,12 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
             .map_err(resource("starting a worker thread"))?;
         workers.push(WorkerHandle {
             thread: handle,
-            waker,
-            control: control_tx,
+            waker: peers.wakers[i].clone(),
+            inbox: peers.inboxes[i].clone(),
         });
     }
+    drop(ledger);
+    drop(peers);
     drop(reports_tx);
 
     let mut handle = ServerHandle {
@@ -284,6 +433,8 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         control: None,
         published,
         rings,
+        ledger_writer,
+        replayed,
     };
     if let Some(listener) = control_listener {
         let started = ControlServer::start(
@@ -346,6 +497,11 @@ impl ServerHandle {
         p.recent.iter().cloned().collect()
     }
 
+    /// What the ledger held at start.
+    pub fn replayed(&self) -> Replayed {
+        self.replayed
+    }
+
     /// Envelopes waiting in the rings now.
     pub fn envelopes_in_rings(&self) -> u64 {
         self.rings.len() as u64
@@ -360,7 +516,7 @@ impl ServerHandle {
     /// invariants, not operating errors.
     pub fn shutdown(self) -> Summary {
         for w in &self.workers {
-            let _ = w.control.send(Control::Shutdown);
+            let _ = w.inbox.send(CoreMsg::Shutdown);
             let _ = w.waker.wake();
         }
         for (i, w) in self.workers.into_iter().enumerate() {
@@ -375,6 +531,10 @@ impl ServerHandle {
         }
         drop(self.generator_commands);
         self.generator.join().expect("generator thread panicked");
+        // Every producer is gone now: the writer drains and ends.
+        if let Some(w) = self.ledger_writer {
+            w.join().expect("ledger writer panicked");
+        }
         let mut summary = self.aggregator.join().expect("stats thread panicked");
         summary.envelopes_in_rings = self.rings.len() as u64;
         summary

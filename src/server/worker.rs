@@ -35,20 +35,22 @@
 //!   buffer. A connection owns a (boxed) buffer only while it holds a partial
 //!   frame or unsent output.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::generator::unix_second;
 use crate::ids::CoreId;
-use crate::session::{Service, SessionState};
+use crate::ledger::Producer;
+use crate::mesh::{ConnAddr, CoreMsg, Effects, Waiting};
+use crate::session::{Hold, Now, Service, SessionState};
 use crate::stats::{CoreCounters, LatencyHistogram, Report, latency_histogram};
-use crate::wire::{self, DecodeError, FRAME_LEN_MAX};
+use crate::wire::{self, DecodeError, FRAME_LEN_MAX, Frame};
 
 /// The listener's token.
 pub const LISTENER: Token = Token(0);
@@ -81,11 +83,19 @@ const TICK: Duration = Duration::from_millis(100);
 /// full table is not a busy loop.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// A message from the server's owner to a core.
-#[derive(Debug)]
-pub enum Control {
-    /// Stop accepting, flush pending answers for up to the grace period, exit.
-    Shutdown,
+/// How long the loop waits at most while messages or ledger entries it
+/// could not hand over (a full channel) wait to be offered again.
+const RETRY_SOON: Duration = Duration::from_millis(1);
+/// The longest answer a connection can hold back: a shake answer.
+const HELD_FRAME_MAX: usize = 28;
+
+/// Every core's inbox and waker, for sending messages between cores.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    /// Each core's inbox.
+    pub inboxes: Vec<Sender<CoreMsg>>,
+    /// Each core's waker.
+    pub wakers: Vec<Arc<Waker>>,
 }
 
 /// Limits a core enforces.
@@ -111,8 +121,15 @@ pub struct WorkerSetup {
     pub poll: Poll,
     /// This core's listener.
     pub listener: std::net::TcpListener,
-    /// Control messages; the owner wakes the poll after sending one.
-    pub control: Receiver<Control>,
+    /// This core's inbox: messages from other cores, the control and the
+    /// owner; the sender wakes the poll after sending.
+    pub inbox: Receiver<CoreMsg>,
+    /// Every core's inbox and waker.
+    pub peers: Peers,
+    /// This core's ledger producer.
+    pub ledger: Producer,
+    /// Packets this core owns, rebuilt from the ledger.
+    pub initial_packets: Vec<crate::packets::NewPacket>,
     /// Where closed seconds go.
     pub reports: Sender<Report>,
     /// Histograms coming back from the aggregator for reuse.
@@ -135,8 +152,22 @@ struct Conn {
     /// Milliseconds since the core's epoch, wrapping; meaningful only while
     /// awaiting login, or draining answers after the peer's FIN.
     deadline_ms: u32,
-    /// Present only while a partial frame or unsent output is held.
+    /// The core's accept count when this connection was accepted: with the
+    /// slab key, its address across cores (see [`ConnAddr`]).
+    serial: u32,
+    /// Present only while a partial frame, unsent output, or answers held
+    /// for the ledger are kept.
     buffers: Option<Box<ConnBuffers>>,
+}
+
+/// An answer held until the ledger makes a grant durable, or held behind
+/// one (answers on a connection keep the order of its requests).
+struct Held {
+    /// Release once this core's durable count reaches it (0: at once, once
+    /// the answers before it are released).
+    seq: u64,
+    len: u8,
+    frame: [u8; HELD_FRAME_MAX],
 }
 
 /// What a busy connection holds between wake-ups.
@@ -148,6 +179,8 @@ struct ConnBuffers {
     /// The peer sent its FIN while answers were still owed: no more reads,
     /// close once `out` drains or the deadline passes.
     read_closed: bool,
+    /// Answers held for the ledger, in request order.
+    held: VecDeque<Held>,
 }
 
 impl ConnBuffers {
@@ -158,6 +191,7 @@ impl ConnBuffers {
             out: Vec::new(),
             writable: false,
             read_closed: false,
+            held: VecDeque::new(),
         })
     }
 }
@@ -203,15 +237,23 @@ struct Worker<S: Service> {
     /// The resume list being worked through (kept to reuse its allocation).
     resuming: Vec<(usize, bool)>,
     service: S,
+    /// What steps ask of the core: messages, ledger entries, held answers.
+    fx: Effects,
+    inbox: Receiver<CoreMsg>,
+    peers: Peers,
+    /// An empty outbox swapped in while one is sent (keeps allocations).
+    spare_outbox: Vec<CoreMsg>,
+    /// Accepts so far: the next connection's serial.
+    serial: u32,
     counters: CoreCounters,
     latency: Box<LatencyHistogram>,
     limits: WorkerLimits,
-    control: Receiver<Control>,
     reports: Sender<Report>,
     recycled: Receiver<Box<LatencyHistogram>>,
     epoch: Instant,
     now: Instant,
-    now_secs: u64,
+    /// The wall clock at the start of this turn.
+    wall: Now,
     /// The wall-clock second being counted.
     second: u64,
     next_tick: Instant,
@@ -244,7 +286,8 @@ pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
         .registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let now = Instant::now();
-    let now_secs = unix_second(SystemTime::now());
+    let wall = wall_now();
+    let cores = setup.peers.inboxes.len();
     let mut w = Worker {
         core: setup.core,
         poll: setup.poll,
@@ -257,22 +300,29 @@ pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
         resume: Vec::with_capacity(EVENTS_MAX),
         resuming: Vec::with_capacity(EVENTS_MAX),
         service,
+        fx: Effects::new(setup.core, cores, setup.ledger),
+        inbox: setup.inbox,
+        peers: setup.peers,
+        spare_outbox: Vec::new(),
+        serial: 0,
         counters: CoreCounters::default(),
         latency: Box::new(latency_histogram()),
         limits: setup.limits,
-        control: setup.control,
         reports: setup.reports,
         recycled: setup.recycled,
         epoch: now,
         now,
-        now_secs,
-        second: now_secs,
+        wall,
+        second: wall.secs,
         next_tick: now + TICK,
         accept_paused_until: None,
         accept_full: false,
         conns_pending_out: 0,
         shutdown_deadline: None,
     };
+    for p in setup.initial_packets {
+        w.on_message(CoreMsg::Packet(Box::new(p)));
+    }
     w.run()
 }
 
@@ -282,10 +332,12 @@ impl<S: Service> Worker<S> {
         loop {
             // Connections left with unread bytes must not wait for an event
             // that edge-triggered readiness will not send again.
-            let timeout = if self.resume.is_empty() {
-                self.next_tick.saturating_duration_since(self.now)
-            } else {
+            let timeout = if !self.resume.is_empty() {
                 Duration::ZERO
+            } else if self.has_undelivered() {
+                RETRY_SOON.min(self.next_tick.saturating_duration_since(self.now))
+            } else {
+                self.next_tick.saturating_duration_since(self.now)
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
@@ -293,14 +345,14 @@ impl<S: Service> Worker<S> {
                 Err(e) => return Err(e),
             }
             self.now = Instant::now();
-            self.now_secs = unix_second(SystemTime::now());
-            if self.now_secs != self.second {
+            self.wall = wall_now();
+            if self.wall.secs != self.second {
                 self.close_second(false);
             }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => self.on_control(),
+                    WAKER => self.on_inbox(),
                     Token(t) => {
                         let key = t - FIRST_CONN;
                         let closing = event.is_read_closed() || event.is_error();
@@ -319,8 +371,10 @@ impl<S: Service> Worker<S> {
                 self.next_tick = self.now + TICK;
                 self.on_tick();
             }
+            self.pump();
             if let Some(deadline) = self.shutdown_deadline
-                && (self.conns_pending_out == 0 || self.now >= deadline)
+                && ((self.conns_pending_out == 0 && self.fx.after_sync.is_empty())
+                    || self.now >= deadline)
             {
                 self.close_second(true);
                 return Ok(());
@@ -346,20 +400,216 @@ impl<S: Service> Worker<S> {
         self.resuming = resuming;
     }
 
-    fn on_control(&mut self) {
-        while let Ok(msg) = self.control.try_recv() {
-            match msg {
-                Control::Shutdown => {
-                    if let Some(mut l) = self.listener.take() {
-                        let _ = self.poll.registry().deregister(&mut l);
+    /// Takes every message waiting in the inbox.
+    fn on_inbox(&mut self) {
+        while let Ok(msg) = self.inbox.try_recv() {
+            self.on_message(msg);
+        }
+    }
+
+    fn on_message(&mut self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Shutdown => {
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                self.shutdown_deadline = Some(self.now + self.limits.shutdown_grace);
+            }
+            CoreMsg::Deliver {
+                to,
+                user,
+                push,
+                hops,
+            } => {
+                let here = self
+                    .conn_of(to)
+                    .is_some_and(|c| c.state == SessionState::LoggedIn(user));
+                if here {
+                    self.counters.pushes += 1;
+                    self.write_frame(to.key as usize, push);
+                } else if hops < 3 {
+                    // Gone since the home core looked: back home, which
+                    // knows by now (this core's Offline went first).
+                    let home = self.fx.home(user);
+                    self.fx.send(
+                        home,
+                        CoreMsg::Push {
+                            user,
+                            push,
+                            hops: hops + 1,
+                        },
+                    );
+                } else {
+                    self.counters.push_drops += 1;
+                }
+            }
+            CoreMsg::ClaimAnswer { to, packet, cents } => {
+                if self.conn_of(to).is_some() {
+                    self.write_frame(
+                        to.key as usize,
+                        Frame::ClaimResponse {
+                            packet,
+                            amount: cents,
+                        },
+                    );
+                }
+            }
+            msg => self
+                .service
+                .on_message(msg, self.wall, &mut self.fx, &mut self.counters),
+        }
+    }
+
+    /// The connection at `addr` on this core, if it is still the same one.
+    fn conn_of(&self, addr: ConnAddr) -> Option<&Conn> {
+        self.conns
+            .get(addr.key as usize)
+            .filter(|c| c.serial == addr.serial)
+    }
+
+    /// Writes one frame on a connection now (a push or a claim answer: they
+    /// do not wait behind held shake answers).
+    fn write_frame(&mut self, key: usize, frame: Frame) {
+        self.scratch_out.clear();
+        frame.encode(self.wall.secs, &mut self.scratch_out);
+        self.flush_conn(key);
+    }
+
+    /// Sends `scratch_out` (after what the connection already owes) and
+    /// settles the connection: closed on failure, buffers freed when idle.
+    fn flush_conn(&mut self, key: usize) {
+        match self.send(key) {
+            Ok(()) => {
+                if self.conns[key]
+                    .buffers
+                    .as_ref()
+                    .is_some_and(|b| b.read_closed && b.out.is_empty() && b.held.is_empty())
+                {
+                    self.close(key, Close::Eof);
+                } else {
+                    self.release_idle_buffers(key);
+                }
+            }
+            Err(why) => self.close(key, why),
+        }
+    }
+
+    /// True when messages or ledger entries wait for room in a channel.
+    fn has_undelivered(&self) -> bool {
+        self.fx.ledger.backlog() > 0 || self.fx.outbox.iter().any(|o| !o.is_empty())
+    }
+
+    /// The end of a turn: handles this core's messages to itself, releases
+    /// answers whose ledger entries are durable, hands ledger entries to the
+    /// writer, and sends other cores their messages (one wake-up each).
+    fn pump(&mut self) {
+        let me = self.core.0;
+        // Bounded: each round handles what the last one produced, and
+        // routing to oneself ends within a few hops.
+        for _ in 0..8 {
+            if self.fx.outbox[me].is_empty() {
+                break;
+            }
+            let msgs = std::mem::take(&mut self.fx.outbox[me]);
+            for msg in msgs {
+                self.on_message(msg);
+            }
+        }
+        self.fx.ledger.flush();
+        self.release_durable();
+        for core in 0..self.fx.cores {
+            if core == me || self.fx.outbox[core].is_empty() {
+                continue;
+            }
+            // Swapped with an empty spare, so both keep their allocations.
+            let mut msgs = std::mem::take(&mut self.spare_outbox);
+            std::mem::swap(&mut msgs, &mut self.fx.outbox[core]);
+            let mut sent = 0;
+            let mut drain = msgs.drain(..);
+            while let Some(msg) = drain.next() {
+                match self.peers.inboxes[core].try_send(msg) {
+                    Ok(()) => sent += 1,
+                    // Kept, in order, for the next turn; never dropped while
+                    // that core lives.
+                    Err(TrySendError::Full(msg)) => {
+                        self.fx.outbox[core].push(msg);
+                        self.fx.outbox[core].extend(drain.by_ref());
+                        break;
                     }
-                    self.shutdown_deadline = Some(self.now + self.limits.shutdown_grace);
+                    // That core has stopped: the server is going down.
+                    Err(TrySendError::Disconnected(_)) => {}
+                }
+            }
+            drop(drain);
+            self.spare_outbox = msgs;
+            if sent > 0 {
+                let _ = self.peers.wakers[core].wake();
+            }
+        }
+    }
+
+    /// Releases every answer whose ledger entry is durable now.
+    fn release_durable(&mut self) {
+        let durable = self.fx.ledger.durable();
+        while let Some(&(seq, waiting)) = self.fx.after_sync.front() {
+            if seq > durable {
+                break;
+            }
+            self.fx.after_sync.pop_front();
+            match waiting {
+                Waiting::Conn { key, serial } => {
+                    let addr = ConnAddr {
+                        core: self.core.0 as u16,
+                        key,
+                        serial,
+                    };
+                    if self.conn_of(addr).is_some() {
+                        self.release_held(key as usize, durable);
+                    }
+                }
+                Waiting::Claim { to, packet, cents } => {
+                    if usize::from(to.core) == self.core.0 {
+                        if self.conn_of(to).is_some() {
+                            self.write_frame(
+                                to.key as usize,
+                                Frame::ClaimResponse {
+                                    packet,
+                                    amount: cents,
+                                },
+                            );
+                        }
+                    } else {
+                        self.fx.send(
+                            usize::from(to.core),
+                            CoreMsg::ClaimAnswer { to, packet, cents },
+                        );
+                    }
                 }
             }
         }
     }
 
+    /// Moves a connection's held answers that may go now to its output.
+    fn release_held(&mut self, key: usize, durable: u64) {
+        self.scratch_out.clear();
+        if let Some(b) = self.conns[key].buffers.as_deref_mut() {
+            while let Some(h) = b.held.front() {
+                if h.seq > durable {
+                    break;
+                }
+                self.scratch_out
+                    .extend_from_slice(&h.frame[..usize::from(h.len)]);
+                b.held.pop_front();
+            }
+        }
+        if !self.scratch_out.is_empty() {
+            self.flush_conn(key);
+        }
+    }
+
     fn on_tick(&mut self) {
+        self.service
+            .on_tick(self.wall, &mut self.fx, &mut self.counters);
         if self.accept_full && self.conns.len() < self.limits.conns_max {
             self.accept_full = false;
             self.accept_all();
@@ -404,7 +654,7 @@ impl<S: Service> Worker<S> {
             self.counters.add(&counters);
             self.latency = latency;
         }
-        self.second = self.now_secs;
+        self.second = self.wall.secs;
         self.service.on_second();
     }
 
@@ -471,10 +721,12 @@ impl<S: Service> Worker<S> {
             self.counters.accept_errors += 1;
             return;
         }
+        self.serial = self.serial.wrapping_add(1);
         entry.insert(Conn {
             stream,
             state: SessionState::AwaitingLogin,
             deadline_ms: deadline,
+            serial: self.serial,
             buffers: None,
         });
         let set = key / SET_SIZE;
@@ -495,6 +747,14 @@ impl<S: Service> Worker<S> {
         }
         if conn.buffers.as_ref().is_some_and(|b| !b.out.is_empty()) {
             self.conns_pending_out -= 1;
+        }
+        if let SessionState::LoggedIn(user) = conn.state {
+            let addr = ConnAddr {
+                core: self.core.0 as u16,
+                key: key as u32,
+                serial: conn.serial,
+            };
+            self.service.on_close(user, addr, &mut self.fx);
         }
         match why {
             // A half-closed peer that does not take its answers is a client
@@ -543,12 +803,20 @@ impl<S: Service> Worker<S> {
                     read_at.get_or_insert_with(Instant::now);
                     self.counters.bytes_in += n as u64;
                     filled += n;
+                    let addr = ConnAddr {
+                        core: self.core.0 as u16,
+                        key: key as u32,
+                        serial: conn.serial,
+                    };
                     let (used, answered, refused) = answer_frames(
                         &scratch[..filled],
+                        addr,
                         &mut conn.state,
+                        &mut conn.buffers,
                         &mut self.service,
-                        self.now_secs,
+                        self.wall,
                         out,
+                        &mut self.fx,
                         &mut self.counters,
                     );
                     frames += answered;
@@ -603,7 +871,7 @@ impl<S: Service> Worker<S> {
         }
         if close == Some(Close::Eof)
             && let Some(b) = self.conns[key].buffers.as_deref_mut()
-            && !b.out.is_empty()
+            && (!b.out.is_empty() || !b.held.is_empty())
         {
             // The peer closed its sending side but answers are still owed
             // (and the write did not fail): keep the connection until they
@@ -626,20 +894,7 @@ impl<S: Service> Worker<S> {
             return;
         }
         self.scratch_out.clear();
-        match self.send(key) {
-            Ok(()) => {
-                if self.conns[key]
-                    .buffers
-                    .as_ref()
-                    .is_some_and(|b| b.read_closed && b.out.is_empty())
-                {
-                    self.close(key, Close::Eof);
-                } else {
-                    self.release_idle_buffers(key);
-                }
-            }
-            Err(why) => self.close(key, why),
-        }
+        self.flush_conn(key);
     }
 
     /// Writes the connection's pending output followed by `scratch_out`,
@@ -715,11 +970,9 @@ impl<S: Service> Worker<S> {
     /// connection costs no buffer.
     fn release_idle_buffers(&mut self, key: usize) {
         let conn = &mut self.conns[key];
-        if conn
-            .buffers
-            .as_ref()
-            .is_some_and(|b| b.partial_len == 0 && b.out.is_empty() && !b.writable)
-        {
+        if conn.buffers.as_ref().is_some_and(|b| {
+            b.partial_len == 0 && b.out.is_empty() && !b.writable && b.held.is_empty()
+        }) {
             conn.buffers = None;
         }
     }
@@ -763,13 +1016,21 @@ impl<S: Service> Worker<S> {
 
 /// Decodes and answers every whole frame in `bytes`. Returns the bytes used,
 /// the frames answered, and whether a frame was refused (counted here by
-/// kind); answers to the frames before a refused one stay in `out`.
+/// kind); answers to the frames before a refused one stay in `out`. An
+/// answer that must wait for the ledger — and every answer after one, so the
+/// connection's answers keep their order — goes to the connection's held
+/// queue instead of `out`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
 fn answer_frames<S: Service>(
     bytes: &[u8],
+    addr: ConnAddr,
     state: &mut SessionState,
+    buffers: &mut Option<Box<ConnBuffers>>,
     service: &mut S,
-    now_secs: u64,
+    now: Now,
     out: &mut Vec<u8>,
+    fx: &mut Effects,
     counters: &mut CoreCounters,
 ) -> (usize, u64, bool) {
     let mut at = 0;
@@ -777,12 +1038,15 @@ fn answer_frames<S: Service>(
     loop {
         match wire::decode(&bytes[at..]) {
             Ok(d) => {
-                if service
-                    .on_frame(state, d.frame, now_secs, out, counters)
-                    .is_err()
-                {
+                let before = out.len();
+                let Ok(hold) = service.on_frame(addr, state, d.frame, now, out, fx, counters)
+                else {
                     counters.bad_session += 1;
                     return (at, answered, true);
+                };
+                let holding = buffers.as_ref().is_some_and(|b| !b.held.is_empty());
+                if hold != Hold::No || holding {
+                    hold_answer(addr, hold, buffers, out, before, fx);
                 }
                 at += d.len;
                 answered += 1;
@@ -798,6 +1062,64 @@ fn answer_frames<S: Service>(
                 return (at, answered, true);
             }
         }
+    }
+}
+
+/// Moves the answer at `out[before..]` (if any) to the connection's held
+/// queue, to be released once ledger entry `hold` is durable (or once the
+/// answers before it are released).
+#[cold]
+fn hold_answer(
+    addr: ConnAddr,
+    hold: Hold,
+    buffers: &mut Option<Box<ConnBuffers>>,
+    out: &mut Vec<u8>,
+    before: usize,
+    fx: &mut Effects,
+) {
+    let seq = match hold {
+        Hold::UntilSync(seq) => {
+            fx.after(
+                seq,
+                Waiting::Conn {
+                    key: addr.key,
+                    serial: addr.serial,
+                },
+            );
+            seq
+        }
+        Hold::No => 0,
+    };
+    let answer = &out[before..];
+    if answer.is_empty() {
+        return;
+    }
+    debug_assert!(
+        answer.len() <= HELD_FRAME_MAX,
+        "client frames get short answers"
+    );
+    let len = answer.len().min(HELD_FRAME_MAX);
+    let mut frame = [0; HELD_FRAME_MAX];
+    frame[..len].copy_from_slice(&answer[..len]);
+    buffers
+        .get_or_insert_with(ConnBuffers::new)
+        .held
+        .push_back(Held {
+            seq,
+            len: len as u8,
+            frame,
+        });
+    out.truncate(before);
+}
+
+/// The wall clock now, in seconds and milliseconds.
+fn wall_now() -> Now {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    Now {
+        secs: ms / 1000,
+        ms,
     }
 }
 

@@ -1,0 +1,217 @@
+//! `hongbao audit`: replays a ledger read-only and proves its books.
+//!
+//! Owns: the audit command — scan the ledger (never cutting or locking it),
+//! apply every record to the books (which refuse any record that breaks a
+//! rule of money), check that the totals balance, and, given the flooder's
+//! `--ack-log` files, that every acknowledged grant and claim is in the
+//! ledger with the same amount. Must not: change the ledger.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+
+use crate::ids::{Cents, EnvelopeId, PacketId, UserId};
+use crate::ledger::{self, Books, Totals};
+
+/// `hongbao audit` options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AuditArgs {
+    /// The server's `--data-dir`.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Acknowledgement logs written by `hongbao flood --ack-log` (repeatable):
+    /// every `grant` and paid `claim` in them must be in the ledger.
+    #[arg(long)]
+    pub ack_log: Vec<PathBuf>,
+    /// Print the result as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the audit found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditReport {
+    /// Money records read.
+    pub records: u64,
+    /// Group commits read.
+    pub batches: u32,
+    /// Bytes after the last intact commit (cut at the server's next start).
+    pub torn_bytes: u64,
+    /// The totals.
+    pub totals: Totals,
+    /// Cents in envelopes outstanding.
+    pub cents_outstanding: u64,
+    /// Cents unclaimed in live packets.
+    pub cents_in_packets: u64,
+    /// Live packets.
+    pub packets_live: u64,
+    /// Acknowledged grants checked against the ledger.
+    pub acks_grants: u64,
+    /// Acknowledged paid claims checked.
+    pub acks_claims: u64,
+    /// Acknowledged 0-cent claims (no money moved; not checked).
+    pub acks_zero_claims: u64,
+}
+
+/// Runs the audit. `Err` names the first violation; the binary exits non-zero.
+pub fn run(args: &AuditArgs) -> anyhow::Result<AuditReport> {
+    let report = audit(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(report)
+}
+
+/// The audit without printing.
+pub fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
+    let path = args.data_dir.join(ledger::FILE_NAME);
+    if !path.exists() {
+        bail!(
+            "no ledger at {} (is --data-dir the server's?)",
+            path.display()
+        );
+    }
+    let mut books = Books::with_history();
+    let end = ledger::file::scan(&path, &mut books).map_err(|e| anyhow::anyhow!("{e}"))?;
+    books
+        .check_conservation()
+        .map_err(|v| anyhow::anyhow!("{}: {v}", path.display()))?;
+    let mut report = AuditReport {
+        records: end.records,
+        batches: end.batches,
+        torn_bytes: end.torn_bytes(),
+        totals: books.totals(),
+        cents_outstanding: books.cents_outstanding(),
+        cents_in_packets: books.cents_in_packets(),
+        packets_live: books.packets().len() as u64,
+        ..AuditReport::default()
+    };
+    let history = books.history().expect("books made with history");
+    for log in &args.ack_log {
+        check_acks(log, &history.grants, &history.claims, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn check_acks(
+    log: &PathBuf,
+    grants: &HashMap<EnvelopeId, (UserId, Cents)>,
+    claims: &HashMap<(PacketId, UserId), Cents>,
+    report: &mut AuditReport,
+) -> anyhow::Result<()> {
+    let file = File::open(log).with_context(|| format!("opening ack log {}", log.display()))?;
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("reading {}", log.display()))?;
+        let at = || format!("{}:{}", log.display(), n + 1);
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let parsed = match fields.as_slice() {
+            [kind, user, id, cents] => {
+                match (user.parse::<u32>(), id.parse::<u32>(), cents.parse::<u64>()) {
+                    (Ok(u), Ok(i), Ok(c)) => Some((*kind, UserId(u), i, Cents(c))),
+                    _ => None,
+                }
+            }
+            [] => continue,
+            _ => None,
+        };
+        let Some((kind, user, id, cents)) = parsed else {
+            bail!("{}: not an ack line: {line:?}", at());
+        };
+        match kind {
+            "grant" => {
+                report.acks_grants += 1;
+                match grants.get(&EnvelopeId(id)) {
+                    Some(&(u, c)) if u == user && c == cents => {}
+                    Some(&(u, c)) => bail!(
+                        "{}: acknowledged grant of envelope {id} to user {user} for {cents} \
+                         but the ledger granted it to user {u} for {c}",
+                        at()
+                    ),
+                    None => bail!(
+                        "{}: acknowledged grant of envelope {id} to user {user} for {cents} \
+                         is not in the ledger: an acknowledged grant was lost",
+                        at()
+                    ),
+                }
+            }
+            "claim" if cents.0 == 0 => report.acks_zero_claims += 1,
+            "claim" => {
+                report.acks_claims += 1;
+                match claims.get(&(PacketId(id), user)) {
+                    Some(&c) if c == cents => {}
+                    Some(&c) => bail!(
+                        "{}: acknowledged claim of packet {id} by user {user} for {cents} \
+                         but the ledger paid {c}",
+                        at()
+                    ),
+                    None => bail!(
+                        "{}: acknowledged claim of packet {id} by user {user} for {cents} \
+                         is not in the ledger: an acknowledged claim was lost",
+                        at()
+                    ),
+                }
+            }
+            other => bail!("{}: unknown ack kind {other:?}", at()),
+        }
+    }
+    Ok(())
+}
+
+fn print_table(r: &AuditReport) {
+    let t = &r.totals;
+    println!(
+        "ledger: {} records in {} group commits{}",
+        r.records,
+        r.batches,
+        if r.torn_bytes > 0 {
+            format!(
+                ", torn tail of {} bytes (never acknowledged; cut at the next start)",
+                r.torn_bytes
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!("{:<26} {:>12} {:>16}", "", "count", "cents");
+    let row = |name: &str, n: u64, c: u64| println!("{name:<26} {n:>12} {c:>16}");
+    row(
+        "envelopes generated",
+        t.envelopes_generated,
+        t.cents_generated,
+    );
+    row("  granted", t.envelopes_granted, t.cents_granted);
+    row("  returned", t.envelopes_returned, t.cents_returned);
+    row(
+        "  outstanding",
+        t.envelopes_generated - t.envelopes_granted - t.envelopes_returned,
+        r.cents_outstanding,
+    );
+    row("packets created", t.packets_created, t.cents_packets);
+    row("  claims paid", t.claims, t.cents_claimed);
+    row("  refunded", t.refunds, t.cents_refunded);
+    row("  live, unclaimed", r.packets_live, r.cents_in_packets);
+    println!(
+        "balance: envelopes {} = {} + {} + {}; packets {} = {} + {} + {}",
+        t.cents_generated,
+        t.cents_granted,
+        t.cents_returned,
+        r.cents_outstanding,
+        t.cents_packets,
+        t.cents_claimed,
+        t.cents_refunded,
+        r.cents_in_packets
+    );
+    if r.acks_grants + r.acks_claims + r.acks_zero_claims > 0 {
+        println!(
+            "acknowledgements: {} grants and {} paid claims all in the ledger ({} zero-cent claims not checked)",
+            r.acks_grants, r.acks_claims, r.acks_zero_claims
+        );
+    }
+    println!("audit: OK");
+}

@@ -1,0 +1,548 @@
+//! The books: what the ledger's records add up to, checked record by record.
+//!
+//! Owns: applying records in order and refusing any that breaks the rules of
+//! money — an envelope granted twice or for another amount, a claim by a user
+//! not targeted or twice, a packet paid out beyond its amount, a refund that
+//! does not close a packet exactly. The server rebuilds its state from the
+//! books at start; `hongbao audit` prints them. Must not: read files or
+//! clocks (the caller feeds records and names offsets).
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::record::Record;
+use crate::ids::{Cents, EnvelopeId, PacketId, UserId};
+
+/// Claimants a packet may have: the wire's push names three, a fuller
+/// control form up to a hundred.
+pub const CLAIMANTS_MAX: u16 = 100;
+
+/// A record that breaks the books, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(pub String);
+
+fn violation<T>(why: String) -> Result<T, Violation> {
+    Err(Violation(why))
+}
+
+/// Money totals over every record applied. Cents are u64: a day at a million
+/// cents a second is far from overflow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    /// Envelopes generated.
+    pub envelopes_generated: u64,
+    /// Their cents.
+    pub cents_generated: u64,
+    /// Envelopes granted to users.
+    pub envelopes_granted: u64,
+    /// Their cents.
+    pub cents_granted: u64,
+    /// Envelopes returned unclaimed.
+    pub envelopes_returned: u64,
+    /// Their cents.
+    pub cents_returned: u64,
+    /// Packets created.
+    pub packets_created: u64,
+    /// Their cents.
+    pub cents_packets: u64,
+    /// Claims paid.
+    pub claims: u64,
+    /// Their cents.
+    pub cents_claimed: u64,
+    /// Packets refunded at expiry.
+    pub refunds: u64,
+    /// Their cents.
+    pub cents_refunded: u64,
+}
+
+/// A packet as the books know it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PacketBook {
+    /// Its id.
+    pub id: PacketId,
+    /// Its amount.
+    pub amount: Cents,
+    /// The users it is for, in the order they were named.
+    pub targets: Vec<UserId>,
+    /// Claims paid, in order.
+    pub claims: Vec<(UserId, Cents)>,
+    /// Cents paid out so far.
+    pub claimed: Cents,
+    /// When it was created, Unix milliseconds.
+    pub created_ms: u64,
+    /// When it expires, Unix seconds.
+    pub until_s: u32,
+}
+
+/// An envelope generated and neither granted nor returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outstanding {
+    /// Its id.
+    pub id: EnvelopeId,
+    /// Its amount.
+    pub cents: Cents,
+    /// When it was generated, Unix milliseconds.
+    pub at_ms: u64,
+}
+
+/// A packet whose targets are still being read.
+struct PendingPacket {
+    book: PacketBook,
+    claimants: u16,
+}
+
+/// The state every record so far adds up to.
+#[derive(Default)]
+pub struct Books {
+    outstanding: HashMap<EnvelopeId, (Cents, u64)>,
+    packets: HashMap<PacketId, PacketBook>,
+    /// Packets refunded: no claim or refund may follow.
+    closed: HashSet<PacketId>,
+    pending: Option<PendingPacket>,
+    totals: Totals,
+    envelope_id_max: Option<u32>,
+    packet_id_max: Option<u32>,
+    /// Kept only for an audit: every grant and claim, to check
+    /// acknowledgements against.
+    history: Option<History>,
+}
+
+/// Every grant and claim, for `hongbao audit --ack-log`.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Envelope → (user, cents) of its grant.
+    pub grants: HashMap<EnvelopeId, (UserId, Cents)>,
+    /// (packet, user) → cents of the claim.
+    pub claims: HashMap<(PacketId, UserId), Cents>,
+}
+
+impl Books {
+    /// Empty books.
+    pub fn new() -> Self {
+        Books::default()
+    }
+
+    /// Empty books that also remember every grant and claim (for an audit).
+    pub fn with_history() -> Self {
+        Books {
+            history: Some(History::default()),
+            ..Books::default()
+        }
+    }
+
+    /// Every grant and claim, when kept.
+    pub fn history(&self) -> Option<&History> {
+        self.history.as_ref()
+    }
+
+    /// The totals so far.
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// True while a packet's target records are still expected.
+    pub fn mid_packet(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Applies one money record (not a commit). On a violation the books are
+    /// unchanged.
+    pub fn apply(&mut self, record: Record) -> Result<(), Violation> {
+        if let Some(p) = &self.pending {
+            let Record::PacketTarget { id, index, user } = record else {
+                return violation(format!(
+                    "packet {} names {} of its {} targets, then another record follows",
+                    p.book.id,
+                    p.book.targets.len(),
+                    p.claimants
+                ));
+            };
+            return self.add_target(id, index, user);
+        }
+        match record {
+            Record::EnvelopeGenerated { id, cents, at_ms } => {
+                if cents.0 == 0 {
+                    return violation(format!("envelope {id} generated with 0 cents"));
+                }
+                if self.outstanding.contains_key(&id) {
+                    return violation(format!("envelope {id} generated twice"));
+                }
+                self.outstanding.insert(id, (cents, at_ms));
+                self.envelope_id_max = Some(self.envelope_id_max.map_or(id.0, |m| m.max(id.0)));
+                self.totals.envelopes_generated += 1;
+                self.totals.cents_generated += cents.0;
+            }
+            Record::EnvelopeGranted { id, cents, .. }
+            | Record::EnvelopeReturned { id, cents, .. } => {
+                let granted = matches!(record, Record::EnvelopeGranted { .. });
+                let verb = if granted { "granted" } else { "returned" };
+                match self.outstanding.get(&id) {
+                    None => {
+                        return violation(format!(
+                            "envelope {id} {verb} but it is not outstanding (never generated, or already granted or returned)"
+                        ));
+                    }
+                    Some(&(have, _)) if have != cents => {
+                        return violation(format!(
+                            "envelope {id} {verb} for {cents} but was generated for {have}"
+                        ));
+                    }
+                    Some(_) => {}
+                }
+                self.outstanding.remove(&id);
+                if let (Some(h), Record::EnvelopeGranted { user, .. }) = (&mut self.history, record)
+                {
+                    h.grants.insert(id, (user, cents));
+                }
+                if granted {
+                    self.totals.envelopes_granted += 1;
+                    self.totals.cents_granted += cents.0;
+                } else {
+                    self.totals.envelopes_returned += 1;
+                    self.totals.cents_returned += cents.0;
+                }
+            }
+            Record::PacketCreated {
+                id,
+                cents,
+                claimants,
+                at_ms,
+                until_s,
+            } => {
+                if self.packets.contains_key(&id) || self.closed.contains(&id) {
+                    return violation(format!("packet {id} created twice"));
+                }
+                if !(1..=CLAIMANTS_MAX).contains(&claimants) {
+                    return violation(format!(
+                        "packet {id} has {claimants} claimants (1..={CLAIMANTS_MAX})"
+                    ));
+                }
+                if cents.0 < u64::from(claimants) {
+                    return violation(format!(
+                        "packet {id} of {cents} cannot give each of {claimants} claimants a cent"
+                    ));
+                }
+                self.pending = Some(PendingPacket {
+                    book: PacketBook {
+                        id,
+                        amount: cents,
+                        targets: Vec::with_capacity(usize::from(claimants)),
+                        claims: Vec::new(),
+                        claimed: Cents(0),
+                        created_ms: at_ms,
+                        until_s,
+                    },
+                    claimants,
+                });
+            }
+            Record::PacketTarget { id, .. } => {
+                return violation(format!("target of packet {id} outside a packet's creation"));
+            }
+            Record::Claim {
+                id, user, cents, ..
+            } => {
+                let Some(p) = self.packets.get(&id) else {
+                    let why = if self.closed.contains(&id) {
+                        "it was refunded"
+                    } else {
+                        "it was never created"
+                    };
+                    return violation(format!("claim of packet {id} by user {user}, but {why}"));
+                };
+                if !p.targets.contains(&user) {
+                    return violation(format!(
+                        "claim of packet {id} by user {user}, who is not one of its targets"
+                    ));
+                }
+                if p.claims.iter().any(|&(u, _)| u == user) {
+                    return violation(format!("user {user} claimed packet {id} a second time"));
+                }
+                if cents.0 == 0 {
+                    return violation(format!("claim of packet {id} by user {user} for 0 cents"));
+                }
+                let claimed = p.claimed.0 + cents.0;
+                // Every claimant after this one still needs a cent, and the
+                // last takes exactly the rest.
+                let after = (p.targets.len() - p.claims.len() - 1) as u64;
+                if claimed + after > p.amount.0 || (after == 0 && claimed != p.amount.0) {
+                    return violation(format!(
+                        "claims of packet {id} reach {claimed} cents of its {} after user {user}",
+                        p.amount
+                    ));
+                }
+                let p = self.packets.get_mut(&id).expect("checked above");
+                p.claims.push((user, cents));
+                p.claimed = Cents(claimed);
+                if let Some(h) = &mut self.history {
+                    h.claims.insert((id, user), cents);
+                }
+                self.totals.claims += 1;
+                self.totals.cents_claimed += cents.0;
+            }
+            Record::Refund { id, cents, .. } => {
+                let Some(p) = self.packets.get(&id) else {
+                    return violation(format!(
+                        "refund of packet {id}, which is not live (never created, or refunded already)"
+                    ));
+                };
+                if p.claimed.0 + cents.0 != p.amount.0 || cents.0 == 0 {
+                    return violation(format!(
+                        "refund of {cents} for packet {id}: claims {} + refund != amount {}",
+                        p.claimed, p.amount
+                    ));
+                }
+                self.packets.remove(&id);
+                self.closed.insert(id);
+                self.totals.refunds += 1;
+                self.totals.cents_refunded += cents.0;
+            }
+            Record::Commit { .. } => {
+                return violation("a commit record reached the books".to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn add_target(&mut self, id: PacketId, index: u16, user: UserId) -> Result<(), Violation> {
+        let p = self
+            .pending
+            .as_mut()
+            .expect("called while a packet is pending");
+        if id != p.book.id || usize::from(index) != p.book.targets.len() {
+            return violation(format!(
+                "packet {} expects target {} but target {index} of packet {id} follows",
+                p.book.id,
+                p.book.targets.len()
+            ));
+        }
+        if p.book.targets.contains(&user) {
+            return violation(format!("packet {id} names user {user} twice"));
+        }
+        p.book.targets.push(user);
+        if p.book.targets.len() == usize::from(p.claimants) {
+            let p = self.pending.take().expect("pending above").book;
+            self.packet_id_max = Some(self.packet_id_max.map_or(p.id.0, |m| m.max(p.id.0)));
+            self.totals.packets_created += 1;
+            self.totals.cents_packets += p.amount.0;
+            self.packets.insert(p.id, p);
+        }
+        Ok(())
+    }
+
+    /// Cents in envelopes generated and neither granted nor returned.
+    pub fn cents_outstanding(&self) -> u64 {
+        self.outstanding.values().map(|(c, _)| c.0).sum()
+    }
+
+    /// Cents in live packets not yet claimed.
+    pub fn cents_in_packets(&self) -> u64 {
+        self.packets
+            .values()
+            .map(|p| p.amount.0 - p.claimed.0)
+            .sum()
+    }
+
+    /// Checks that the totals balance: envelope money generated = granted +
+    /// returned + outstanding, and packet money created = claimed + refunded
+    /// plus what is unclaimed in live packets. Holds after every whole
+    /// record; a failure means the books themselves are broken.
+    pub fn check_conservation(&self) -> Result<(), Violation> {
+        let t = &self.totals;
+        let envelopes = t.cents_granted + t.cents_returned + self.cents_outstanding();
+        if t.cents_generated != envelopes {
+            return violation(format!(
+                "envelope money does not balance: generated {} != granted {} + returned {} + outstanding {}",
+                t.cents_generated,
+                t.cents_granted,
+                t.cents_returned,
+                self.cents_outstanding()
+            ));
+        }
+        let packets = t.cents_claimed + t.cents_refunded + self.cents_in_packets();
+        if t.cents_packets != packets {
+            return violation(format!(
+                "packet money does not balance: created {} != claimed {} + refunded {} + unclaimed {}",
+                t.cents_packets,
+                t.cents_claimed,
+                t.cents_refunded,
+                self.cents_in_packets()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Envelopes outstanding, oldest id first.
+    pub fn outstanding(&self) -> Vec<Outstanding> {
+        let mut v: Vec<Outstanding> = self
+            .outstanding
+            .iter()
+            .map(|(&id, &(cents, at_ms))| Outstanding { id, cents, at_ms })
+            .collect();
+        v.sort_by_key(|o| o.id);
+        v
+    }
+
+    /// Live packets (created, not refunded), by id.
+    pub fn packets(&self) -> Vec<&PacketBook> {
+        let mut v: Vec<&PacketBook> = self.packets.values().collect();
+        v.sort_by_key(|p| p.id);
+        v
+    }
+
+    /// Takes the live packets out (the server hands them to their cores).
+    pub fn take_packets(&mut self) -> Vec<PacketBook> {
+        let mut v: Vec<PacketBook> = self.packets.drain().map(|(_, p)| p).collect();
+        v.sort_by_key(|p| p.id);
+        v
+    }
+
+    /// The packet `id`, if live.
+    pub fn packet(&self, id: PacketId) -> Option<&PacketBook> {
+        self.packets.get(&id)
+    }
+
+    /// True when envelope `id` is outstanding.
+    pub fn is_outstanding(&self, id: EnvelopeId) -> bool {
+        self.outstanding.contains_key(&id)
+    }
+
+    /// The next unused envelope id (after every id recorded).
+    pub fn next_envelope_id(&self) -> EnvelopeId {
+        self.envelope_id_max.map_or(EnvelopeId::FIRST, |m| {
+            EnvelopeId(m.wrapping_add(1).max(EnvelopeId::FIRST.0))
+        })
+    }
+
+    /// The next unused packet id (after every id recorded).
+    pub fn next_packet_id(&self) -> PacketId {
+        self.packet_id_max.map_or(PacketId::FIRST, |m| {
+            PacketId(m.wrapping_add(1).max(PacketId::FIRST.0))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn created(id: u32, cents: u64, claimants: u16) -> Record {
+        Record::PacketCreated {
+            id: PacketId(id),
+            cents: Cents(cents),
+            claimants,
+            at_ms: 1,
+            until_s: 100,
+        }
+    }
+
+    fn target(id: u32, index: u16, user: u32) -> Record {
+        Record::PacketTarget {
+            id: PacketId(id),
+            index,
+            user: UserId(user),
+        }
+    }
+
+    fn claim(id: u32, user: u32, cents: u64) -> Record {
+        Record::Claim {
+            id: PacketId(id),
+            user: UserId(user),
+            cents: Cents(cents),
+            at_ms: 2,
+        }
+    }
+
+    #[test]
+    fn envelopes_are_granted_once_for_their_amount() {
+        let mut b = Books::new();
+        let id = EnvelopeId(0x100000);
+        b.apply(Record::EnvelopeGenerated {
+            id,
+            cents: Cents(50),
+            at_ms: 1,
+        })
+        .unwrap();
+        let grant = |cents| Record::EnvelopeGranted {
+            id,
+            user: UserId(1),
+            cents: Cents(cents),
+            at_ms: 2,
+        };
+        assert!(b.apply(grant(51)).is_err(), "wrong amount");
+        b.apply(grant(50)).unwrap();
+        assert!(b.apply(grant(50)).is_err(), "twice");
+        b.check_conservation().unwrap();
+        assert_eq!(b.totals().cents_granted, 50);
+        assert_eq!(b.next_envelope_id(), EnvelopeId(0x100001));
+    }
+
+    #[test]
+    fn claims_follow_the_rules_and_the_last_takes_the_rest() {
+        let mut b = Books::new();
+        for r in [created(9, 10, 2), target(9, 0, 1), target(9, 1, 2)] {
+            b.apply(r).unwrap();
+        }
+        assert!(b.apply(claim(9, 3, 1)).is_err(), "not a target");
+        assert!(b.apply(claim(9, 1, 0)).is_err(), "zero cents");
+        assert!(
+            b.apply(claim(9, 1, 10)).is_err(),
+            "leaves no cent for the other"
+        );
+        b.apply(claim(9, 1, 4)).unwrap();
+        assert!(b.apply(claim(9, 1, 1)).is_err(), "twice");
+        assert!(
+            b.apply(claim(9, 2, 5)).is_err(),
+            "the last must take the rest"
+        );
+        b.apply(claim(9, 2, 6)).unwrap();
+        b.check_conservation().unwrap();
+        assert!(
+            b.apply(Record::Refund {
+                id: PacketId(9),
+                cents: Cents(1),
+                at_ms: 3
+            })
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn a_refund_closes_a_packet_exactly() {
+        let mut b = Books::new();
+        for r in [
+            created(9, 10, 2),
+            target(9, 0, 1),
+            target(9, 1, 2),
+            claim(9, 1, 3),
+        ] {
+            b.apply(r).unwrap();
+        }
+        let refund = |c| Record::Refund {
+            id: PacketId(9),
+            cents: Cents(c),
+            at_ms: 3,
+        };
+        assert!(b.apply(refund(6)).is_err());
+        b.apply(refund(7)).unwrap();
+        assert!(b.apply(claim(9, 2, 1)).is_err(), "after the refund");
+        b.check_conservation().unwrap();
+        assert_eq!(b.cents_in_packets(), 0);
+    }
+
+    #[test]
+    fn a_packet_needs_all_its_targets_in_order() {
+        let mut b = Books::new();
+        b.apply(created(9, 10, 2)).unwrap();
+        assert!(b.apply(target(9, 1, 1)).is_err(), "out of order");
+        b.apply(target(9, 0, 1)).unwrap();
+        assert!(b.apply(target(9, 1, 1)).is_err(), "same user twice");
+        assert!(
+            b.apply(claim(9, 1, 1)).is_err(),
+            "claim before the targets end"
+        );
+        assert!(b.mid_packet());
+        assert!(b.apply(created(10, 0, 1)).is_err());
+    }
+}
