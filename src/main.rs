@@ -56,19 +56,6 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
     for w in server.warnings() {
         eprintln!("{w}");
     }
-    let r = server.replayed();
-    if r.enabled {
-        println!(
-            "ledger: replayed {} records in {} group commits; {} envelopes outstanding ({} cents), \
-             {} live packets ({} cents unclaimed)",
-            r.records,
-            r.batches,
-            r.envelopes_outstanding,
-            r.cents_outstanding,
-            r.packets_live,
-            r.cents_in_packets
-        );
-    }
     let http = server
         .http_addr()
         .map_or_else(|| "off".to_string(), |a| a.to_string());
@@ -84,6 +71,19 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
         http,
         server.fd_limit().soft,
     );
+    let r = server.replayed();
+    if r.enabled {
+        println!(
+            "ledger: replayed {} records in {} group commits; {} envelopes outstanding ({} cents), \
+             {} live packets ({} cents unclaimed)",
+            r.records,
+            r.batches,
+            r.envelopes_outstanding,
+            r.cents_outstanding,
+            r.packets_live,
+            r.cents_in_packets
+        );
+    }
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     eprintln!(
         "hongbao: {} received: stopping accepts, flushing answers (a second signal exits at once)",
