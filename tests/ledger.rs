@@ -8,19 +8,11 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use hongbao::ids::{Cents, EnvelopeId, PacketId, UserId};
 use hongbao::ledger::{self, Books, Entry, RECORD_LEN, Record, ScanError};
-use util::run_to_exit;
-
-/// A fresh directory under the target dir, removed first if left over.
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("creating a scratch dir");
-    dir
-}
+use util::{run_to_exit, scratch_dir};
 
 /// Writes a ledger with every kind of record, one group commit per step,
 /// through the real writer. Returns the file's bytes and each commit's end.
@@ -112,9 +104,14 @@ fn a_ledger_cut_at_every_byte_replays_to_the_last_whole_commit() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join(ledger::FILE_NAME), &bytes[..cut]).unwrap();
         let mut books = Books::new();
-        let (_file, end) = ledger::file::open(&d, &mut books)
-            .unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-        let want = commits.iter().copied().filter(|&c| c <= cut as u64).max().unwrap_or(0);
+        let (_file, end) =
+            ledger::file::open(&d, &mut books).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+        let want = commits
+            .iter()
+            .copied()
+            .filter(|&c| c <= cut as u64)
+            .max()
+            .unwrap_or(0);
         assert_eq!(end.valid_len, want, "cut at {cut}");
         assert_eq!(end.torn_bytes(), cut as u64 - want, "cut at {cut}");
         books.check_conservation().unwrap();
@@ -170,13 +167,18 @@ fn a_bit_flipped_in_an_early_batch_refuses_the_start_and_the_audit() {
     ]);
     assert!(!server.status.success());
     assert!(
-        server.stderr.contains(&format!("offset {record_at}")) && server.stderr.contains("--data-dir"),
+        server.stderr.contains(&format!("offset {record_at}"))
+            && server.stderr.contains("--data-dir"),
         "the error names the offset and the step: {}",
         server.stderr
     );
     let audit = run_to_exit(&["audit", "--data-dir", dir_arg]);
     assert!(!audit.status.success());
-    assert!(audit.stderr.contains(&format!("offset {record_at}")), "{}", audit.stderr);
+    assert!(
+        audit.stderr.contains(&format!("offset {record_at}")),
+        "{}",
+        audit.stderr
+    );
     // The file is untouched: refusing is not repairing.
     assert_eq!(std::fs::read(dir.join(ledger::FILE_NAME)).unwrap(), bytes);
 }
@@ -197,13 +199,26 @@ fn the_audit_proves_acknowledgements_and_names_a_lost_one() {
     let dir = scratch_dir("ledger-audit");
     write_sample(&dir);
     let acks = dir.join("acks.log");
-    std::fs::write(&acks, "grant 0 1048576 10\ngrant 2 1048578 12\nclaim 8 2097152 30\nclaim 5 2097152 0\n")
-        .unwrap();
+    std::fs::write(
+        &acks,
+        "grant 0 1048576 10\ngrant 2 1048578 12\nclaim 8 2097152 30\nclaim 5 2097152 0\n",
+    )
+    .unwrap();
     let d = dir.to_str().unwrap();
-    let ok = run_to_exit(&["audit", "--data-dir", d, "--ack-log", acks.to_str().unwrap()]);
+    let ok = run_to_exit(&[
+        "audit",
+        "--data-dir",
+        d,
+        "--ack-log",
+        acks.to_str().unwrap(),
+    ]);
     assert!(ok.status.success(), "{ok:?}");
     assert!(ok.stdout.contains("audit: OK"), "{}", ok.stdout);
-    assert!(ok.stdout.contains("2 grants and 1 paid claims"), "{}", ok.stdout);
+    assert!(
+        ok.stdout.contains("2 grants and 1 paid claims"),
+        "{}",
+        ok.stdout
+    );
     let json = run_to_exit(&["audit", "--data-dir", d, "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON");
     assert_eq!(v["totals"]["cents_generated"], 75);
@@ -215,7 +230,13 @@ fn the_audit_proves_acknowledgements_and_names_a_lost_one() {
         ("claim 9 2097152 45\n", "claim of packet 2097152 by user 9"),
     ] {
         std::fs::write(&acks, line).unwrap();
-        let bad = run_to_exit(&["audit", "--data-dir", d, "--ack-log", acks.to_str().unwrap()]);
+        let bad = run_to_exit(&[
+            "audit",
+            "--data-dir",
+            d,
+            "--ack-log",
+            acks.to_str().unwrap(),
+        ]);
         assert!(!bad.status.success(), "{line}");
         assert!(bad.stderr.contains(names), "{line}: {}", bad.stderr);
     }

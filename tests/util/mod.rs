@@ -70,6 +70,19 @@ pub fn config() -> ServerConfig {
     }
 }
 
+/// A claim (cmd 5) of `packet`, with user 0 as the original client sends.
+pub fn claim_request(packet: u32) -> Vec<u8> {
+    frame(5, unix_now(), &[0, packet])
+}
+
+/// A fresh directory under the target dir, removed first if left over.
+pub fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("creating a scratch dir");
+    dir
+}
+
 /// Whole seconds since the Unix epoch, from the same clock the server stamps
 /// its answers with.
 pub fn unix_now() -> u64 {
@@ -237,6 +250,18 @@ impl Client {
         self.send(&shake_request(user));
         let got = self.recv(28);
         parse_shake_answer(&got, before..=unix_now())
+    }
+
+    /// Reads one whole frame; returns its cmd and body fields.
+    #[track_caller]
+    pub fn frame(&mut self) -> (u16, Vec<u32>) {
+        let head = self.recv(2);
+        let len = usize::from(u16::from_be_bytes([head[0], head[1]]));
+        assert!((8..=44).contains(&len), "frame length {len}");
+        let rest = self.recv(len - 2);
+        let cmd = u16::from_be_bytes([rest[0], rest[1]]);
+        let fields = rest[10..].chunks(4).map(|c| be32(c, 0)).collect();
+        (cmd, fields)
     }
 
     /// Expects the server to have closed the connection: a read returns

@@ -1,0 +1,162 @@
+//! Kill -9 under load, again and again: nothing acknowledged is lost.
+//!
+//! Owns: the crash loop. A real `hongbao server` with a ledger serves
+//! clients that shake (envelopes flowing) and claim the packets pushed to
+//! them; at a random moment it is killed with SIGKILL, restarted on the same
+//! `--data-dir`, and loaded again, for 20 cycles. Every grant and claim the
+//! clients were answered is kept, and at the end `hongbao audit` must find
+//! the books balanced and every one of them in the ledger. Must not: assert
+//! a timing (the kill moments are random, the checks are of money only).
+
+mod util;
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use util::{Spawned, http_get, run_to_exit, scratch_dir, signal};
+
+const CYCLES: usize = 20;
+const USERS: u32 = 16;
+
+/// Reads one frame; an error or end of file means the server is gone.
+fn read_frame(s: &mut TcpStream) -> io::Result<(u16, Vec<u32>)> {
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head)?;
+    let len = usize::from(u16::from_be_bytes(head));
+    if !(8..=44).contains(&len) {
+        return Err(io::Error::other(format!("frame length {len}")));
+    }
+    let mut rest = vec![0u8; len - 2];
+    s.read_exact(&mut rest)?;
+    let cmd = u16::from_be_bytes([rest[0], rest[1]]);
+    let fields = rest[10..]
+        .chunks(4)
+        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((cmd, fields))
+}
+
+/// One user's closed loop: shake, read until the shake's answer, claim
+/// every packet pushed. Acknowledgements go to `acks` in the flooder's
+/// `--ack-log` format. Ends when the server goes away.
+fn user_loop(addr: SocketAddr, user: u32, acks: &Mutex<Vec<String>>) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(&util::login_request(user))?;
+    let (cmd, _) = read_frame(&mut s)?;
+    assert_eq!(cmd, 1, "login answer");
+    loop {
+        s.write_all(&util::shake_request(user))?;
+        loop {
+            let (cmd, f) = read_frame(&mut s)?;
+            match cmd {
+                3 => {
+                    if f[1] == 14 {
+                        acks.lock()
+                            .unwrap()
+                            .push(format!("grant {user} {} {}", f[2], f[3]));
+                    }
+                    break;
+                }
+                4 => s.write_all(&util::claim_request(f[0]))?,
+                6 => acks
+                    .lock()
+                    .unwrap()
+                    .push(format!("claim {user} {} {}", f[0], f[1])),
+                other => panic!("unexpected cmd {other}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn kill_9_under_load_loses_nothing_acknowledged() {
+    let dir = scratch_dir("crash-loop");
+    let data_dir = dir.join("data");
+    let data = data_dir.to_str().unwrap().to_string();
+    let args = [
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+        "--no-pin",
+        "--quiet",
+        "--envelopes-per-sec",
+        "3000",
+        "--data-dir",
+        &data,
+    ];
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let mut rng = fastrand::Rng::with_seed(0x6b69_6c6c);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for cycle in 0..CYCLES {
+        assert!(Instant::now() < deadline, "the loop is bounded");
+        let server = Spawned::server(&args);
+        let http = server.http.expect("http on");
+        let (status, body) = http_get(
+            http,
+            &format!("/fahongbao?qps=300&sum=100000&min=0&max={}", USERS - 1),
+        );
+        assert_eq!(status, 200, "cycle {cycle}: {body}");
+        let clients: Vec<_> = (0..USERS)
+            .map(|u| {
+                let acks = acks.clone();
+                let addr = server.addr;
+                std::thread::spawn(move || {
+                    let _ = user_loop(addr, u, &acks);
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(rng.u64(100..700)));
+        signal(server.pid(), libc::SIGKILL);
+        for c in clients {
+            c.join().expect("client thread");
+        }
+        drop(server); // reaps the killed process
+    }
+    // A last, clean start and stop: the ledger replays after the last kill.
+    let server = Spawned::server(&args);
+    let exited = server.terminate();
+    assert!(exited.status.success(), "{exited:?}");
+    assert!(exited.stdout.contains("summary:"), "{}", exited.stdout);
+
+    let acks = acks.lock().unwrap();
+    let grants = acks.iter().filter(|a| a.starts_with("grant")).count();
+    let claims = acks
+        .iter()
+        .filter(|a| a.starts_with("claim") && !a.ends_with(" 0"))
+        .count();
+    assert!(
+        grants > 0 && claims > 0,
+        "the load moved money: {grants} grants, {claims} claims"
+    );
+    eprintln!("{CYCLES} kills: {grants} grants and {claims} paid claims acknowledged");
+    let log = dir.join("acks.log");
+    std::fs::write(&log, acks.join("\n") + "\n").unwrap();
+    let audit = run_to_exit(&[
+        "audit",
+        "--data-dir",
+        &data,
+        "--ack-log",
+        log.to_str().unwrap(),
+    ]);
+    assert!(
+        audit.status.success(),
+        "audit after {CYCLES} kills: {}\n{}",
+        audit.stdout,
+        audit.stderr
+    );
+    assert!(
+        audit
+            .stdout
+            .contains(&format!("{grants} grants and {claims} paid claims")),
+        "{}",
+        audit.stdout
+    );
+}
