@@ -945,6 +945,7 @@ fn build_report(
         },
         latency_corrected: Percentiles::of(&shaking.latency.corrected),
         latency_service: Percentiles::of(&shaking.latency.service),
+        latency_no_money: Percentiles::of(&shaking.latency.no_money),
         send_lag,
         flooder: FlooderReport {
             cpu_us: self_cpu_us,

@@ -37,6 +37,9 @@ pub struct Report {
     pub latency_corrected: Percentiles,
     /// Latency from actual send time (uncorrected service time), same requests.
     pub latency_service: Percentiles,
+    /// `latency_corrected` of the shakes that moved no money (all but "got
+    /// an envelope"): the figure a durable ledger must not move.
+    pub latency_no_money: Percentiles,
     /// Actual − intended send time of the window's requests: the flooder's
     /// own lateness, included in `latency_corrected`.
     pub send_lag: Percentiles,
@@ -372,6 +375,7 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
     )?;
     for (name, p) in [
         ("corrected", &r.latency_corrected),
+        ("no money", &r.latency_no_money),
         ("service", &r.latency_service),
         ("send lag", &r.send_lag),
     ] {

@@ -101,6 +101,9 @@ pub struct Latency {
     /// (timer granularity, a busy core), which `corrected` includes and
     /// `service` leaves out. Shown so that a reader can tell the two apart.
     pub send_lag: Histogram<u64>,
+    /// `corrected` of the shakes that moved no money (every answer but "got
+    /// an envelope", and lost requests): what a durable ledger must not slow.
+    pub no_money: Histogram<u64>,
 }
 
 /// An empty latency histogram: 1 ns .. 60 s at 3 significant digits,
@@ -165,7 +168,15 @@ impl Latency {
             corrected: histogram(),
             service: histogram(),
             send_lag: histogram(),
+            no_money: histogram(),
         }
+    }
+
+    /// Records the corrected latency of a shake that moved no money (also
+    /// recorded with [`Latency::record`]).
+    #[inline]
+    pub fn record_no_money(&mut self, corrected_ns: u64) {
+        self.no_money.saturating_record(corrected_ns.max(1));
     }
 
     /// Records one answered request.
@@ -193,6 +204,9 @@ impl Latency {
             .expect("same histogram bounds");
         self.send_lag
             .add(&other.send_lag)
+            .expect("same histogram bounds");
+        self.no_money
+            .add(&other.no_money)
             .expect("same histogram bounds");
     }
 }

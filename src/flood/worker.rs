@@ -427,10 +427,10 @@ impl Tally {
         for r in lost {
             if self.window_ns.contains(&r.intended_ns) {
                 self.lost_in_window += 1;
-                self.latency.record(
-                    now_ns.saturating_sub(r.intended_ns),
-                    now_ns.saturating_sub(r.sent_ns),
-                );
+                let waited = now_ns.saturating_sub(r.intended_ns);
+                self.latency
+                    .record(waited, now_ns.saturating_sub(r.sent_ns));
+                self.latency.record_no_money(waited);
             } else {
                 self.lost_outside_window += 1;
             }
@@ -1245,6 +1245,16 @@ fn on_frame(
                 tally
                     .latency
                     .record(corrected, now_ns.saturating_sub(request.sent_ns));
+                let moved_money = matches!(
+                    frame,
+                    Frame::ShakeResponse {
+                        result: ShakeOutcome::GOT,
+                        ..
+                    }
+                );
+                if !moved_money {
+                    tally.latency.record_no_money(corrected);
+                }
             }
             Ok(())
         }
