@@ -40,6 +40,11 @@ use crate::stats::{GeneratorCounters, Report};
 /// Envelopes or packets made per round before they are synced and handed
 /// on: bounds the memory of one catch-up after a stall.
 const MADE_PER_ROUND_MAX: u64 = 4096;
+/// Envelopes are made, recorded and synced this far ahead of their due time,
+/// and each is pushed into a ring when due: one sync covers 100 ms of
+/// envelopes instead of one sync per wake-up. A refill happens when less than
+/// half of it is left.
+const LOOKAHEAD: Duration = Duration::from_millis(100);
 
 /// A batch's pacing: how many envelopes are due by a given time since start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +211,10 @@ pub fn run(setup: GeneratorSetup) {
         rng: fastrand::Rng::with_seed(setup.spec.seed),
         next_id: setup.next_envelope_id.0,
         next_core: 0,
-        held: setup.outstanding.into(),
+        held: {
+            let now = Instant::now();
+            setup.outstanding.into_iter().map(|e| (now, e)).collect()
+        },
         counters: GeneratorCounters::default(),
         ledger: setup.ledger,
         producer: setup.producer,
@@ -239,13 +247,25 @@ pub fn run(setup: GeneratorSetup) {
     let tick = Duration::from_millis(100);
     loop {
         let now = Instant::now();
-        let next_due = if !g.held.is_empty() {
-            now + Duration::from_millis(1)
-        } else {
-            let envelopes = batch
-                .schedule
-                .due_at(batch.emitted)
-                .map(|d| batch.start + d);
+        let next_due = {
+            // The next envelope to push and the next refill; while a due
+            // envelope finds every ring full, only a retry 1 ms later (no
+            // refill: the schedule waits for room).
+            let stalled = g.held.front().is_some_and(|&(due, _)| due <= now);
+            let envelopes = if stalled {
+                Some(now + Duration::from_millis(1))
+            } else {
+                let refill = batch
+                    .schedule
+                    .due_at(batch.emitted)
+                    .map(|d| (batch.start + d).checked_sub(LOOKAHEAD / 2).unwrap_or(now));
+                g.held
+                    .front()
+                    .map(|&(due, _)| due)
+                    .into_iter()
+                    .chain(refill)
+                    .min()
+            };
             let pkts = packets
                 .batch
                 .schedule
@@ -465,9 +485,9 @@ struct Generator {
     rng: fastrand::Rng,
     next_id: u32,
     next_core: usize,
-    /// Envelopes made (and durable) that no ring has taken yet; offered
-    /// first, in order.
-    held: VecDeque<Envelope>,
+    /// Envelopes made (and durable) that no ring has taken yet, with the
+    /// time each is due; pushed in order once due.
+    held: VecDeque<(Instant, Envelope)>,
     counters: GeneratorCounters,
     ledger: Ledger,
     producer: u16,
@@ -475,34 +495,41 @@ struct Generator {
 }
 
 impl Generator {
-    /// Makes the envelopes of `batch` that are due, records them, syncs, and
-    /// pushes them into the rings. Nothing new is made while envelopes made
-    /// earlier still wait for room: the schedule does not advance then.
+    /// Pushes the envelopes that are due into the rings and, when less than
+    /// half of [`LOOKAHEAD`] is made ahead, makes the next lookahead's worth,
+    /// records them and syncs once. Nothing new is made while a due envelope
+    /// still waits for room: the schedule does not advance then.
     fn emit_due(&mut self, batch: &mut Batch) {
-        if !self.push_held() {
+        let now = Instant::now();
+        if !self.push_held(now) {
             return;
         }
-        let due = batch.schedule.due_by(batch.start.elapsed());
-        while batch.emitted < due {
-            let n = (due - batch.emitted).min(MADE_PER_ROUND_MAX);
-            for _ in 0..n {
-                self.make_one();
-            }
-            if !self.ledger.sync() {
-                // The writer is gone: the server is stopping. Nothing made
-                // here reaches a ring unrecorded.
-                self.held.clear();
-                return;
-            }
-            batch.emitted += n;
-            if !self.push_held() {
-                return;
-            }
+        let elapsed = now.saturating_duration_since(batch.start);
+        if batch.schedule.due_by(elapsed + LOOKAHEAD / 2) <= batch.emitted {
+            return;
         }
+        let until = batch.schedule.due_by(elapsed + LOOKAHEAD);
+        let n = (until - batch.emitted).min(MADE_PER_ROUND_MAX);
+        for k in 0..n {
+            let due = batch
+                .schedule
+                .due_at(batch.emitted + k)
+                .map_or(now, |d| batch.start + d);
+            self.make_one(due);
+        }
+        if !self.ledger.sync() {
+            // The writer is gone: the server is stopping. Nothing made here
+            // reaches a ring unrecorded.
+            self.held.clear();
+            return;
+        }
+        batch.emitted += n;
+        self.push_held(now);
     }
 
-    /// Makes one envelope, records it (not yet synced) and queues it.
-    fn make_one(&mut self) {
+    /// Makes one envelope due at `due`, records it (not yet synced) and
+    /// queues it.
+    fn make_one(&mut self, due: Instant) {
         let id = EnvelopeId(self.next_id);
         // Ids wrap only after 4 billion envelopes; a server that lives that
         // long restarts its numbering at FIRST.
@@ -522,17 +549,23 @@ impl Generator {
                 },
             });
         }
-        self.held.push_back(Envelope {
-            id,
-            amount,
-            until_s,
-        });
+        self.held.push_back((
+            due,
+            Envelope {
+                id,
+                amount,
+                until_s,
+            },
+        ));
     }
 
-    /// Pushes the queued envelopes, in order, each into the next ring with
-    /// room. False when every ring was full (a stall, counted).
-    fn push_held(&mut self) -> bool {
-        while let Some(&envelope) = self.held.front() {
+    /// Pushes the queued envelopes due by `now`, in order, each into the
+    /// next ring with room. False when every ring was full (a stall, counted).
+    fn push_held(&mut self, now: Instant) -> bool {
+        while let Some(&(due, envelope)) = self.held.front() {
+            if due > now {
+                break;
+            }
             if !self.emit_one(envelope) {
                 return false;
             }
@@ -650,15 +683,16 @@ mod tests {
             producer: 0,
             envelope_ttl_s: 60,
         };
+        let now = Instant::now();
         for _ in 0..3 {
-            g.make_one();
+            g.make_one(now);
         }
-        assert!(!g.push_held(), "both rings are full");
+        assert!(!g.push_held(now), "both rings are full");
         assert_eq!(g.counters.generated, 2);
         assert_eq!(g.counters.ring_full_stalls, 1);
-        let held = *g.held.front().expect("the envelope is kept, not dropped");
+        let (_, held) = *g.held.front().expect("the envelope is kept, not dropped");
         rings.pop(CoreId(1)).unwrap();
-        assert!(g.push_held());
+        assert!(g.push_held(now));
         assert_eq!(rings.pop(CoreId(1)), Some(held));
         assert_eq!(g.counters.generated, 3);
         assert!((10..=309).contains(&held.amount.0));
