@@ -372,6 +372,7 @@ write_value() { # write_value KEY VALUE: writes and reads back; prints the error
 	local p err got
 	p=$(proc_path "$1")
 	if ! err=$({ printf '%s\n' "$2" >"$p"; } 2>&1); then
+		err=${err##*: } # "bash: line N: printf: write error: EINVAL" -> the last part
 		printf '%s' "${err:-write failed}"
 		return 1
 	fi
