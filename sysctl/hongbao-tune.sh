@@ -276,7 +276,7 @@ render_sysctl() {
 			if [[ $eff == "${want[$key]}" ]]; then
 				printf '%s\n' "$line"
 			else
-				printf '# kept: this host already had %s, beyond the wanted %s\n' "$eff" "$(wanted_text "$key")"
+				printf "# kept: this host's own value, %s, already satisfies %s\n" "$eff" "$(wanted_text "$key")"
 				printf '%s%s = %s\n' "$prefix" "$key" "$eff"
 			fi
 			;;
