@@ -446,7 +446,8 @@ apply() {
 	for dst in "$SYSCTL_DST" "$LIMITS_DST"; do
 		dir=${dst%/*}
 		if [[ ! -d $dir ]]; then
-			[[ -d ${dir%/*} && -w ${dir%/*} ]] || refuse "$dir does not exist and cannot be created (read-only /etc?)"
+			[[ -d ${dir%/*} && -w ${dir%/*} ]] ||
+				refuse "$dir does not exist and cannot be created: ${dir%/*} is missing (no PAM limits here?) or read-only"
 		elif [[ ! -w $dir ]]; then
 			refuse "$dir is not writable (read-only /etc?)"
 		fi
