@@ -6,6 +6,8 @@ pub mod generator;
 pub mod hlog;
 pub mod http;
 pub mod ids;
+pub mod metrics;
+pub mod monitor;
 pub mod ring;
 pub mod server;
 pub mod session;

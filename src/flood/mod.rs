@@ -628,6 +628,20 @@ impl Coordinator {
                         }
                         totals.add(&summary.counters);
                         self.publish(at as u64, &summary, &totals, start_unix);
+                        self.live.seconds.push(
+                            crate::monitor::source::ClientSecond {
+                                second: start_unix + at as u64,
+                                run_second: at as u64,
+                                qps: summary.qps,
+                                connections: summary.ready,
+                                counters: summary.counters,
+                                latency_us: summary.corrected,
+                                send_lag_us: summary.send_lag,
+                                thread_cpu_max_pct: summary.thread_cpu_max_pct,
+                            },
+                            &p.hists.corrected,
+                            &p.hists.send_lag,
+                        );
                         seconds.push(summary);
                     }
                 }
@@ -644,6 +658,7 @@ impl Coordinator {
             self.publish(at as u64, &summary, &totals, start_unix);
             seconds.push(summary);
         }
+        self.live.seconds.done();
         self.live.set_status(json!({
             "state": "done",
             "start_unix": start_unix,

@@ -27,7 +27,13 @@ const BATCH_RATE_MAX: u64 = 1_000_000;
 /// a client is given to take its answer.
 const GENERATOR_TIMEOUT: Duration = http::IO_TIMEOUT;
 /// The paths served, listed in a 404.
-const PATHS: &[&str] = &["/yaohongbao?qps=Q&sum=S", "/stats", "/status"];
+const PATHS: &[&str] = &[
+    "/yaohongbao?qps=Q&sum=S",
+    "/stats",
+    "/status",
+    "/seconds",
+    "/metrics",
+];
 
 /// The running control loop.
 #[derive(Debug)]
@@ -72,6 +78,7 @@ fn route(req: &Request, generator: &Sender<Command>, published: &Mutex<Published
             let p = Published::lock(published);
             Response::ok(json!({ "seconds": p.recent }))
         }
+        "/seconds" | "/metrics" => crate::monitor::source::server_route(req, published),
         "/status" => {
             let (reply, answer) = crossbeam_channel::bounded(1);
             let batch = generator

@@ -1,0 +1,12 @@
+//! `hongbao monitor`: per-second series from every server and flooder,
+//! summed by kind and aligned by second; charts, a static report, a live
+//! dashboard.
+//!
+//! Owns: the monitor's pieces, each in its own file: what sources serve
+//! (`source`), fetching and aligning their seconds (`collect`), the series
+//! file (`series`), the host's network counters (`net`), charts (`chart`),
+//! the static HTML report (`report`), the live dashboard (`dashboard`) and
+//! the command itself (`run`). Must not: guess. A second a source did not
+//! report is missing, shown as missing, never as zero.
+
+pub mod source;
