@@ -24,12 +24,16 @@ enum Command {
     Server(Box<hongbao::server::ServerConfig>),
     /// Drive load at a server: connect users, log in, shake at a fixed rate.
     Flood(Box<hongbao::flood::FloodArgs>),
+    /// Collect per-second series from servers and flooders; charts, a live
+    /// dashboard, a static report.
+    Monitor(Box<hongbao::monitor::MonitorArgs>),
 }
 
 fn main() -> std::process::ExitCode {
     let result = match Cli::parse().command {
         Command::Server(config) => serve(&config),
         Command::Flood(args) => hongbao::flood::run(&args),
+        Command::Monitor(args) => monitor(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -39,6 +43,19 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn monitor(args: &hongbao::monitor::MonitorArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    // A signal asks the loop to stop at its next tick; the report is still
+    // written.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("installing the SIGINT/SIGTERM handlers")?;
+    }
+    hongbao::monitor::run(args, &stop)
 }
 
 fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {

@@ -10,3 +10,12 @@
 //! report is missing, shown as missing, never as zero.
 
 pub mod source;
+pub mod chart;
+pub mod collect;
+pub mod net;
+pub mod series;
+pub mod dashboard;
+pub mod report;
+pub mod run;
+
+pub use run::{MonitorArgs, run};
