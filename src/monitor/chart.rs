@@ -106,7 +106,7 @@ pub fn charts() -> Vec<Chart> {
             gauge: false,
             lines: vec![
                 Line {
-                    name: "planned (clients' qps)",
+                    name: "planned by clients",
                     value: |r| clients(r).map(|c| c.qps as f64),
                 },
                 Line {
@@ -281,7 +281,7 @@ pub fn charts() -> Vec<Chart> {
         },
         Chart {
             name: "net_packets",
-            title: "Network packets per second (the monitor host's interface)",
+            title: "Network packets per second (interface of the monitor host)",
             y_label: "packets / s",
             log_y: false,
             gauge: false,
@@ -298,7 +298,7 @@ pub fn charts() -> Vec<Chart> {
         },
         Chart {
             name: "net_bytes",
-            title: "Network bytes per second (the monitor host's interface)",
+            title: "Network bytes per second (interface of the monitor host)",
             y_label: "MB / s",
             log_y: false,
             gauge: false,
@@ -410,6 +410,23 @@ pub fn png(chart: &Chart, rows: &[Row], path: &Path) -> Result<(), ChartError> {
     })
 }
 
+/// An axis tick: whole numbers without decimals, small ones with what
+/// they need, large ones with a k or M.
+fn axis_number(y: f64) -> String {
+    let a = y.abs();
+    if a >= 1e6 {
+        format!("{:.1}M", y / 1e6)
+    } else if a >= 1e4 {
+        format!("{:.0}k", y / 1e3)
+    } else if a >= 10.0 || y.fract() == 0.0 {
+        format!("{y:.0}")
+    } else if a >= 1.0 {
+        format!("{y:.1}")
+    } else {
+        format!("{y:.2}")
+    }
+}
+
 /// `HH:MM:SS` UTC of a Unix second.
 pub fn clock(unix: u64) -> String {
     let s = unix % 86_400;
@@ -497,6 +514,8 @@ where
     ctx.configure_mesh()
         .x_desc(x_desc)
         .y_desc(chart.y_label)
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| axis_number(*y))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(e)?;
@@ -515,9 +534,9 @@ where
             };
             if !labelled {
                 labelled = true;
-                series.label(line.name).legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], style)
-                });
+                series
+                    .label(line.name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
             }
         }
     }

@@ -9,13 +9,13 @@
 //! the command itself (`run`). Must not: guess. A second a source did not
 //! report is missing, shown as missing, never as zero.
 
-pub mod source;
 pub mod chart;
 pub mod collect;
-pub mod net;
-pub mod series;
 pub mod dashboard;
+pub mod net;
 pub mod report;
 pub mod run;
+pub mod series;
+pub mod source;
 
-pub use run::{MonitorArgs, run};
+pub use run::{MonitorArgs, run, run_with};

@@ -132,7 +132,10 @@ mod tests {
                 tx_packets: 8
             })
         );
-        assert_eq!(parse_proc_net_dev(text, "lo").map(|c| c.tx_packets), Some(20));
+        assert_eq!(
+            parse_proc_net_dev(text, "lo").map(|c| c.tx_packets),
+            Some(20)
+        );
         assert_eq!(parse_proc_net_dev(text, "wlan0"), None);
     }
 

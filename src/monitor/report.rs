@@ -40,8 +40,7 @@ impl Hlog {
         let (label, path) = spec
             .split_once('=')
             .with_context(|| format!("--hlog {spec:?}: expected LABEL=FILE"))?;
-        let text =
-            std::fs::read(path).with_context(|| format!("reading --hlog {label}={path}"))?;
+        let text = std::fs::read(path).with_context(|| format!("reading --hlog {label}={path}"))?;
         let mut histogram = Histogram::<u64>::new(3).context("a histogram of 3 digits")?;
         let mut deserializer = Deserializer::new();
         let mut intervals = 0;
@@ -197,8 +196,14 @@ A second where a source did not answer is <b>missing</b>: it is left out of the 
     );
 
     // Missing seconds first: a reader must know what the figures lack.
-    let missing_servers = rows.iter().filter(|r| !r.servers.missing.is_empty()).count();
-    let missing_clients = rows.iter().filter(|r| !r.clients.missing.is_empty()).count();
+    let missing_servers = rows
+        .iter()
+        .filter(|r| !r.servers.missing.is_empty())
+        .count();
+    let missing_clients = rows
+        .iter()
+        .filter(|r| !r.clients.missing.is_empty())
+        .count();
     let unreached = rows.iter().filter(|r| !r.unreached.is_empty()).count();
     let _ = write!(
         h,
@@ -354,7 +359,12 @@ A second where a source did not answer is <b>missing</b>: it is left out of the 
     }
     h.push_str("<h2>Machine (the monitor's host, when the report was written)</h2><table>");
     for (k, v) in machine() {
-        let _ = write!(h, "<tr><td>{}</td><td class=l>{}</td></tr>", esc(&k), esc(&v));
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=l>{}</td></tr>",
+            esc(&k),
+            esc(&v)
+        );
     }
     h.push_str("</table></body></html>\n");
     Ok(h)

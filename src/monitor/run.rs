@@ -126,6 +126,21 @@ fn unix_now() -> Duration {
 
 /// Runs the monitor until `--duration` or until `stop` is set.
 pub fn run(args: &MonitorArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let quiet = args.quiet;
+    run_with(args, stop, move |addr| {
+        if !quiet {
+            eprintln!("hongbao monitor: dashboard on http://{addr}/");
+        }
+    })
+}
+
+/// [`run`], telling `dashboard_at` where the dashboard listens (with port 0
+/// the OS chose it) once it serves.
+pub fn run_with(
+    args: &MonitorArgs,
+    stop: &AtomicBool,
+    dashboard_at: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
     if let Some(path) = &args.replay {
         let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
         let rows = series::read_jsonl(BufReader::new(file))
@@ -158,9 +173,7 @@ pub fn run(args: &MonitorArgs, stop: &AtomicBool) -> anyhow::Result<()> {
     } else {
         let d = dashboard::start(args.http, board.clone())
             .with_context(|| format!("serving the dashboard on {} (--http)", args.http))?;
-        if !args.quiet {
-            eprintln!("hongbao monitor: dashboard on http://{}/", d.addr());
-        }
+        dashboard_at(d.addr());
         Some(d)
     };
     let iface = args
