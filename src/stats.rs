@@ -173,6 +173,9 @@ pub fn latency_histogram() -> LatencyHistogram {
 }
 
 /// What a source sends when it closes a second.
+// Once a second per source, by value through a channel: the size of the
+// counters costs nothing there, and boxing them would allocate each second.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Report {
     /// A worker core closed `second`.

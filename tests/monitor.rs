@@ -664,3 +664,102 @@ fn the_live_dashboard_draws_its_charts_in_chromium_and_they_change() {
     }
     let _ = std::fs::remove_dir_all(&profile);
 }
+
+#[test]
+fn the_monitor_sums_a_real_flooder_and_server_by_second() {
+    let server = hongbao::server::start(&hongbao::server::ServerConfig {
+        no_http: false,
+        envelopes_per_sec: 50,
+        ..util::config()
+    })
+    .expect("server starts");
+    let server_http = server.http_addr().expect("http on").to_string();
+    let jsonl = temp("e2e.jsonl");
+    let _ = std::fs::remove_file(&jsonl);
+    // The flooder says where its control listens (port 0) on stderr.
+    let mut flood = Command::new(env!("CARGO_BIN_EXE_hongbao"))
+        .args(["flood", "--server", &server.addr().to_string()])
+        .args(["--users", "50", "--qps", "200", "--warmup", "0"])
+        .args(["--duration", "3", "--threads", "1", "--settle-secs", "0"])
+        .args(["--http", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning hongbao flood");
+    let stderr = flood.stderr.take().expect("piped");
+    let (addr_tx, addr_rx) = mpsc::channel::<String>();
+    let drain = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut addr_tx = Some(addr_tx);
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("control on http://").nth(1)
+                && let Some(tx) = addr_tx.take()
+            {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let flood_http = addr_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the flooder's control address");
+    let args = monitor_args(&[
+        "--source",
+        &server_http,
+        "--source",
+        &flood_http,
+        "--duration",
+        "9",
+        "--lag",
+        "2",
+        "--jsonl",
+        jsonl.to_str().expect("utf-8 path"),
+        "--no-http",
+        "--quiet",
+    ]);
+    let stop = AtomicBool::new(false);
+    let monitored = hongbao::monitor::run(&args, &stop);
+    // The flooder stopped by itself long before; make sure, by its pid.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while flood.try_wait().expect("waiting for the flooder").is_none() {
+        if Instant::now() > deadline {
+            let _ = flood.kill();
+            let _ = flood.wait();
+            panic!("the flooder did not stop by itself");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = drain.join();
+    server.shutdown();
+    monitored.expect("the monitor run");
+
+    let file = std::fs::File::open(&jsonl).expect("the series file");
+    let rows = series::read_jsonl(std::io::BufReader::new(file)).expect("rows read back");
+    let with_clients: Vec<&Row> = rows.iter().filter(|r| r.clients.sum.is_some()).collect();
+    // Three seconds of shaking, and the drain's second (answers only).
+    assert!(with_clients.len() >= 3, "the flooder's seconds: {rows:#?}");
+    let sent: u64 = with_clients
+        .iter()
+        .filter_map(|r| r.clients.sum.as_ref())
+        .map(|c| c.counters.sent)
+        .sum();
+    assert_eq!(sent, 600, "every second at its rate, summed");
+    let shakes: u64 = rows
+        .iter()
+        .filter_map(|r| r.servers.sum.as_ref())
+        .map(|s| s.server.shakes)
+        .sum();
+    assert_eq!(shakes, 600, "the server answered each one");
+    // After its run the flooder exits: from then on it is missing, not zero.
+    let last = rows.last().expect("rows");
+    if last.clients.sum.is_none() {
+        assert!(
+            last.clients.missing == [flood_http.clone()] || last.clients.idle == [flood_http],
+            "{last:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&jsonl);
+}

@@ -61,6 +61,10 @@ use worker::{Control, SecondOut, ToMain, WorkerConfig};
 /// to stretch every run; anything later is counted as lost.
 pub const DRAIN: Duration = Duration::from_secs(2);
 
+/// How long the HTTP control stays up after the run, so that a monitor
+/// polling once a second fetches the last seconds (`/seconds`).
+const HTTP_LINGER: Duration = Duration::from_millis(1500);
+
 /// The least time from the go signal to the schedule's start (the next
 /// whole second after it), so that every thread is polling before its first
 /// request falls due.
@@ -155,9 +159,6 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
 
     let (shaking, hlog) = coordinator.shake_phase(args.hlog.as_deref())?;
     coordinator.join();
-    if let Some(http) = http {
-        http.stop();
-    }
 
     let report = build_report(
         args,
@@ -175,6 +176,12 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         serde_json::to_writer_pretty(BufWriter::new(file), &report)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(http) = http {
+        // A monitor fetches once a second: the last seconds stay served
+        // long enough for its next fetch before the control goes away.
+        std::thread::sleep(HTTP_LINGER);
+        http.stop();
     }
     Ok(())
 }

@@ -614,9 +614,18 @@ fn draw_distribution<DB: DrawingBackend>(
         .build_cartesian_2d(0f64..x_max, (lo..hi).log_scale())
         .map_err(e)?;
     ctx.configure_mesh()
-        .x_desc("percentile (0 = p0, 1 = p90, 2 = p99, 3 = p99.9, ...)")
+        .x_desc("percentile")
         .y_desc("microseconds (log)")
-        .x_label_formatter(&|x| format!("{:.4}", 100.0 * (1.0 - 10f64.powf(-x))))
+        .x_labels(x_max.ceil() as usize + 1)
+        .x_label_formatter(&|x| {
+            let p = 100.0 * (1.0 - 10f64.powf(-x));
+            format!(
+                "p{}",
+                format!("{p:.4}")
+                    .trim_end_matches('0')
+                    .trim_end_matches('.')
+            )
+        })
         .light_line_style(RGBColor(235, 235, 235))
         .draw()
         .map_err(e)?;

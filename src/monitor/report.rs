@@ -120,9 +120,7 @@ pub fn esc(s: &str) -> String {
 }
 
 fn num(x: f64) -> String {
-    if x.fract() == 0.0 && x.abs() < 1e15 {
-        format!("{x:.0}")
-    } else if x.abs() >= 100.0 {
+    if x.fract() == 0.0 || x.abs() >= 100.0 {
         format!("{x:.0}")
     } else {
         format!("{x:.2}")

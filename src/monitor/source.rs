@@ -64,7 +64,8 @@ pub struct ClientSecond {
     pub thread_cpu_max_pct: f64,
 }
 
-/// The server's `/seconds` and `/metrics`; None for another path.
+/// The server's `/metrics` (Prometheus text) and, for any other path it is
+/// given, `/seconds`: the closed seconds its stats thread published.
 pub fn server_route(req: &Request, published: &Mutex<Published>) -> Response {
     let p = Published::lock(published);
     match req.path() {

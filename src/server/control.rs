@@ -3,7 +3,9 @@
 //! Owns: the route table. `GET /yaohongbao?qps=Q&sum=S` starts a batch of S
 //! envelopes at Q per second (replacing the running one); `GET /stats`
 //! returns the last closed seconds; `GET /status` the totals and the running
-//! batch. Answers are JSON. Must not: touch the cores' data; it talks to the
+//! batch; `GET /seconds` (the monitor's) and `GET /metrics` (Prometheus
+//! text) are answered by [`crate::monitor::source`]. Answers are JSON
+//! unless said otherwise. Must not: touch the cores' data; it talks to the
 //! generator through its command channel and reads the stats the aggregator
 //! publishes once a second. The HTTP itself (listener, thread, parsing, 400,
 //! 405, limits) is [`crate::http`]'s.
