@@ -763,3 +763,54 @@ fn the_monitor_sums_a_real_flooder_and_server_by_second() {
     }
     let _ = std::fs::remove_file(&jsonl);
 }
+
+#[test]
+fn a_source_that_registers_itself_is_collected() {
+    let source = fake_source("server", 0, 10);
+    let jsonl = temp("registered.jsonl");
+    let _ = std::fs::remove_file(&jsonl);
+    let args = monitor_args(&[
+        "--http",
+        "127.0.0.1:0",
+        "--duration",
+        "5",
+        "--lag",
+        "1",
+        "--history",
+        "2",
+        "--jsonl",
+        jsonl.to_str().expect("utf-8 path"),
+        "--quiet",
+    ]);
+    let stop = AtomicBool::new(false);
+    let (at_tx, at_rx) = mpsc::channel::<SocketAddr>();
+    std::thread::scope(|scope| {
+        let run = scope.spawn(|| {
+            hongbao::monitor::run_with(&args, &stop, move |addr| {
+                let _ = at_tx.send(addr);
+            })
+        });
+        let dashboard = at_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the dashboard's address");
+        let (status, _) = get(
+            &dashboard.to_string(),
+            "/register?source=not-an-address",
+            Duration::from_secs(5),
+        )
+        .expect("GET /register");
+        assert_eq!(status, 400);
+        hongbao::monitor::register(&dashboard.to_string(), source.addr()).expect("registered");
+        run.join()
+            .expect("the monitor thread")
+            .expect("the monitor run");
+    });
+    let file = std::fs::File::open(&jsonl).expect("the series file");
+    let rows = series::read_jsonl(std::io::BufReader::new(file)).expect("rows read back");
+    assert!(
+        rows.iter()
+            .any(|r| r.servers.sum.as_ref().map(|s| s.server.shakes) == Some(10)),
+        "{rows:#?}"
+    );
+    let _ = std::fs::remove_file(&jsonl);
+}

@@ -111,6 +111,11 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
                     server.addr()
                 );
             }
+            if let Some(monitor) = &args.monitor
+                && let Err(e) = crate::monitor::register(monitor, server.addr())
+            {
+                eprintln!("warning: registering with the monitor at {monitor}: {e}");
+            }
             Some(server)
         }
         None => None,

@@ -72,20 +72,18 @@ pub enum ChartError {
     },
 }
 
-/// The servers' sum of a row, only when no server was missing.
+/// The servers' sum of a row, only when no server was missing (nor a
+/// source of unknown kind, which may be one).
 fn servers(r: &Row) -> Option<&SecondStats> {
-    r.servers
-        .missing
-        .is_empty()
+    (r.servers.missing.is_empty() && r.unreached.is_empty())
         .then_some(r.servers.sum.as_ref())
         .flatten()
 }
 
-/// The clients' sum of a row, only when no flooder was missing.
+/// The clients' sum of a row, only when no flooder was missing (nor a
+/// source of unknown kind).
 fn clients(r: &Row) -> Option<&ClientSecond> {
-    r.clients
-        .missing
-        .is_empty()
+    (r.clients.missing.is_empty() && r.unreached.is_empty())
         .then_some(r.clients.sum.as_ref())
         .flatten()
 }

@@ -167,6 +167,28 @@ impl Collector {
         }
     }
 
+    /// Adds a source (one that registered itself); false when it is
+    /// already known. Its buckets older than the next second to close
+    /// count as late.
+    pub fn add_source(&mut self, addr: &str) -> bool {
+        if self.sources.iter().any(|s| s.addr == addr) {
+            return false;
+        }
+        self.sources.push(SourceState {
+            addr: addr.to_owned(),
+            kind: None,
+            up: false,
+            error: None,
+            latest: None,
+            skew_secs: None,
+            reported: 0,
+            missed: 0,
+            late: 0,
+            buckets: BTreeMap::new(),
+        });
+        true
+    }
+
     /// Takes the result of fetching source `i` at monitor second `now`.
     pub fn take(&mut self, i: usize, fetched: Result<Seconds, String>, now: u64) {
         let next = self.next;

@@ -3,7 +3,9 @@
 //!
 //! Owns: the monitor's HTTP routes: `/` (the page), `/chart?name=N` (one
 //! chart as SVG, drawn by `chart` from the rows so far), `/series?since=T`
-//! (rows after Unix second T, JSON) and `/sources` (each source's state).
+//! (rows after Unix second T, JSON), `/sources` (each source's state) and
+//! `/register?source=ADDR` (a source adding itself, as `flood --monitor`
+//! does).
 //! Must not: keep state of its own; it reads the `Board` the loop writes
 //! once a second. The page's script only fetches and swaps in what the
 //! routes answer, so the dashboard and the report draw the same charts.
@@ -60,6 +62,18 @@ pub fn route(req: &Request, board: &Mutex<Board>) -> Response {
             let rows: Vec<_> = b.rows.iter().filter(|r| r.second > since).collect();
             Response::ok(json!({ "rows": rows }))
         }
+        "/register" => {
+            let Some(source) = req.param("source") else {
+                return Response::error(400, "missing source: /register?source=HOST:PORT");
+            };
+            let resolves = std::net::ToSocketAddrs::to_socket_addrs(source)
+                .is_ok_and(|mut a| a.next().is_some());
+            if !resolves {
+                return Response::error(400, format!("{source:?} is not a HOST:PORT"));
+            }
+            Board::lock(board).registered.push(source.to_owned());
+            Response::ok(json!({ "ok": true, "source": source }))
+        }
         "/sources" => {
             let b = Board::lock(board);
             Response::ok(json!({
@@ -68,7 +82,16 @@ pub fn route(req: &Request, board: &Mutex<Board>) -> Response {
                 "rows": b.rows.len(),
             }))
         }
-        path => Response::not_found(path, &["/", "/chart?name=N", "/series?since=T", "/sources"]),
+        path => Response::not_found(
+            path,
+            &[
+                "/",
+                "/chart?name=N",
+                "/series?since=T",
+                "/sources",
+                "/register?source=ADDR",
+            ],
+        ),
     }
 }
 

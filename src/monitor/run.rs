@@ -108,6 +108,8 @@ pub struct Board {
     pub rows: Vec<Row>,
     /// The sources' state after the last fetch.
     pub sources: Vec<SourceState>,
+    /// Sources that registered since the last tick (`/register`).
+    pub registered: Vec<String>,
 }
 
 impl Board {
@@ -147,8 +149,11 @@ pub fn run_with(
             .with_context(|| format!("reading {}", path.display()))?;
         return finish(args, &rows, &[], Vec::new());
     }
-    if args.sources.is_empty() {
-        bail!("give at least one --source ADDR (a server's or flooder's --http), or --replay FILE");
+    if args.sources.is_empty() && args.no_http {
+        bail!(
+            "give at least one --source ADDR (a server's or flooder's --http), or serve --http for \
+             sources that register themselves (flood --monitor), or --replay FILE"
+        );
     }
     let mut jsonl = match &args.jsonl {
         Some(p) => Some(BufWriter::new(open_append(p, "--jsonl")?)),
@@ -176,11 +181,12 @@ pub fn run_with(
         dashboard_at(d.addr());
         Some(d)
     };
-    let iface = args
+    let mut sources = args.sources.clone();
+    let mut iface = args
         .iface
         .clone()
-        .or_else(|| net::iface_towards(&args.sources[0]));
-    let mut collector = Collector::new(&args.sources, args.lag, args.history);
+        .or_else(|| net::iface_towards(sources.first()?));
+    let mut collector = Collector::new(&sources, args.lag, args.history);
     let started = unix_now();
     let end = args.duration.map(|d| started + Duration::from_secs(d));
     let mut net_prev: Option<(u64, net::IfaceCounters)> = None;
@@ -197,6 +203,18 @@ pub fn run_with(
         }
         let stopping = stop.load(Ordering::Relaxed) || end.is_some_and(|e| unix_now() >= e);
         let second = unix_now().as_secs();
+        let registered = std::mem::take(&mut Board::lock(&board).registered);
+        for addr in registered {
+            if collector.add_source(&addr) {
+                if !args.quiet {
+                    eprintln!("hongbao monitor: source {addr} registered");
+                }
+                if iface.is_none() {
+                    iface = net::iface_towards(&addr);
+                }
+                sources.push(addr);
+            }
+        }
         // The interface's counters over the second that just ended.
         if let Some(name) = &iface
             && let Some(now_counters) = net::read(name)
@@ -218,8 +236,7 @@ pub fn run_with(
             net_prev = Some((second, now_counters));
         }
         let fetched: Vec<Result<_, String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = args
-                .sources
+            let handles: Vec<_> = sources
                 .iter()
                 .map(|a| scope.spawn(move || fetch_seconds(a, FETCH_TIMEOUT)))
                 .collect();
@@ -232,7 +249,15 @@ pub fn run_with(
                 .collect()
         });
         for (i, f) in fetched.into_iter().enumerate() {
+            let was_up = collector.sources[i].up;
             collector.take(i, f, second);
+            let s = &collector.sources[i];
+            if !args.quiet && s.up != was_up {
+                match &s.error {
+                    Some(e) => eprintln!("hongbao monitor: source {} is DOWN: {e}", s.addr),
+                    None => eprintln!("hongbao monitor: source {} is up", s.addr),
+                }
+            }
         }
         let rows = collector.close_ready(second);
         for row in &rows {
@@ -259,7 +284,7 @@ pub fn run_with(
         }
         if stopping {
             // The sources' own view of the run, for the report's settings.
-            for a in &args.sources {
+            for a in &sources {
                 let status = super::collect::get(a, "/status", FETCH_TIMEOUT)
                     .ok()
                     .and_then(|(code, body)| {
