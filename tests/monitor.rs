@@ -42,6 +42,44 @@ fn temp(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("hongbao-monitor-{}-{name}", std::process::id()))
 }
 
+/// A server in this process with its HTTP control on 127.0.0.1:0 and
+/// `envelopes_per_sec`; returns it and its control's address.
+fn server_with_http(envelopes_per_sec: u64) -> (hongbao::server::ServerHandle, String) {
+    let server = hongbao::server::start(&hongbao::server::ServerConfig {
+        no_http: false,
+        envelopes_per_sec,
+        ..util::config()
+    })
+    .expect("server starts");
+    let http = server.http_addr().expect("http on").to_string();
+    (server, http)
+}
+
+/// Runs the monitor on a thread until `--duration` or `stop`; returns the
+/// thread and the dashboard's address once it serves.
+fn spawn_monitor(
+    args: MonitorArgs,
+    stop: Arc<AtomicBool>,
+) -> (std::thread::JoinHandle<anyhow::Result<()>>, SocketAddr) {
+    let (at_tx, at_rx) = mpsc::channel::<SocketAddr>();
+    let monitor = std::thread::spawn(move || {
+        hongbao::monitor::run_with(&args, &stop, move |addr| {
+            let _ = at_tx.send(addr);
+        })
+    });
+    let dashboard = at_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the dashboard's address");
+    (monitor, dashboard)
+}
+
+/// The rows of a series file the monitor wrote.
+#[track_caller]
+fn read_rows(jsonl: &Path) -> Vec<Row> {
+    let file = std::fs::File::open(jsonl).expect("the series file");
+    series::read_jsonl(std::io::BufReader::new(file)).expect("rows read back")
+}
+
 fn server_second(t: u64, shakes: u64) -> SecondStats {
     let mut s = SecondStats {
         second: t,
@@ -218,8 +256,7 @@ fn the_monitor_writes_jsonl_and_csv_and_shows_a_stopped_source_as_missing() {
             .expect("the monitor thread")
             .expect("the monitor run");
     });
-    let file = std::fs::File::open(&jsonl).expect("the series file");
-    let rows = series::read_jsonl(std::io::BufReader::new(file)).expect("rows read back");
+    let rows = read_rows(&jsonl);
     assert!(rows.len() >= 5, "{} rows", rows.len());
     for w in rows.windows(2) {
         assert_eq!(w[1].second, w[0].second + 1, "one row per second, in order");
@@ -295,12 +332,7 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
 
 #[test]
 fn server_and_flooder_metrics_parse_with_a_prometheus_parser() {
-    let server = hongbao::server::start(&hongbao::server::ServerConfig {
-        no_http: false,
-        ..util::config()
-    })
-    .expect("server starts");
-    let http = server.http_addr().expect("http on").to_string();
+    let (server, http) = server_with_http(0);
     let mut client = Client::connect(server.addr());
     client.login(1);
     for _ in 0..5 {
@@ -571,13 +603,7 @@ fn the_live_dashboard_draws_its_charts_in_chromium_and_they_change() {
         return;
     };
     // A real server whose generator makes the series move every second.
-    let server = hongbao::server::start(&hongbao::server::ServerConfig {
-        no_http: false,
-        envelopes_per_sec: 200,
-        ..util::config()
-    })
-    .expect("server starts");
-    let source = server.http_addr().expect("http on").to_string();
+    let (server, source) = server_with_http(200);
     let args = monitor_args(&[
         "--source",
         &source,
@@ -592,18 +618,7 @@ fn the_live_dashboard_draws_its_charts_in_chromium_and_they_change() {
         "--quiet",
     ]);
     let stop = Arc::new(AtomicBool::new(false));
-    let (at_tx, at_rx) = mpsc::channel::<SocketAddr>();
-    let monitor = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            hongbao::monitor::run_with(&args, &stop, move |addr| {
-                let _ = at_tx.send(addr);
-            })
-        })
-    };
-    let dashboard = at_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the dashboard's address");
+    let (monitor, dashboard) = spawn_monitor(args, stop.clone());
     let url = format!("http://{dashboard}/");
     let rows = |min: usize| {
         wait_for("rows on the dashboard", Duration::from_secs(30), || {
@@ -667,13 +682,7 @@ fn the_live_dashboard_draws_its_charts_in_chromium_and_they_change() {
 
 #[test]
 fn the_monitor_sums_a_real_flooder_and_server_by_second() {
-    let server = hongbao::server::start(&hongbao::server::ServerConfig {
-        no_http: false,
-        envelopes_per_sec: 50,
-        ..util::config()
-    })
-    .expect("server starts");
-    let server_http = server.http_addr().expect("http on").to_string();
+    let (server, server_http) = server_with_http(50);
     let jsonl = temp("e2e.jsonl");
     let _ = std::fs::remove_file(&jsonl);
     // The flooder says where its control listens (port 0) on stderr.
@@ -736,8 +745,7 @@ fn the_monitor_sums_a_real_flooder_and_server_by_second() {
     server.shutdown();
     monitored.expect("the monitor run");
 
-    let file = std::fs::File::open(&jsonl).expect("the series file");
-    let rows = series::read_jsonl(std::io::BufReader::new(file)).expect("rows read back");
+    let rows = read_rows(&jsonl);
     let with_clients: Vec<&Row> = rows.iter().filter(|r| r.clients.sum.is_some()).collect();
     // Three seconds of shaking, and the drain's second (answers only).
     assert!(with_clients.len() >= 3, "the flooder's seconds: {rows:#?}");
@@ -782,31 +790,20 @@ fn a_source_that_registers_itself_is_collected() {
         jsonl.to_str().expect("utf-8 path"),
         "--quiet",
     ]);
-    let stop = AtomicBool::new(false);
-    let (at_tx, at_rx) = mpsc::channel::<SocketAddr>();
-    std::thread::scope(|scope| {
-        let run = scope.spawn(|| {
-            hongbao::monitor::run_with(&args, &stop, move |addr| {
-                let _ = at_tx.send(addr);
-            })
-        });
-        let dashboard = at_rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("the dashboard's address");
-        let (status, _) = get(
-            &dashboard.to_string(),
-            "/register?source=not-an-address",
-            Duration::from_secs(5),
-        )
-        .expect("GET /register");
-        assert_eq!(status, 400);
-        hongbao::monitor::register(&dashboard.to_string(), source.addr()).expect("registered");
-        run.join()
-            .expect("the monitor thread")
-            .expect("the monitor run");
-    });
-    let file = std::fs::File::open(&jsonl).expect("the series file");
-    let rows = series::read_jsonl(std::io::BufReader::new(file)).expect("rows read back");
+    let (monitor, dashboard) = spawn_monitor(args, Arc::new(AtomicBool::new(false)));
+    let (status, _) = get(
+        &dashboard.to_string(),
+        "/register?source=not-an-address",
+        Duration::from_secs(5),
+    )
+    .expect("GET /register");
+    assert_eq!(status, 400);
+    hongbao::monitor::register(&dashboard.to_string(), source.addr()).expect("registered");
+    monitor
+        .join()
+        .expect("the monitor thread")
+        .expect("the monitor run");
+    let rows = read_rows(&jsonl);
     assert!(
         rows.iter()
             .any(|r| r.servers.sum.as_ref().map(|s| s.server.shakes) == Some(10)),

@@ -532,20 +532,34 @@ where
             };
             if !labelled {
                 labelled = true;
-                series
-                    .label(line.name)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+                series.label(line.name).legend(legend_mark(style));
             }
         }
     }
+    draw_legend(&mut ctx)
+}
+
+/// The legend's sample of a line: a short stroke in its style.
+fn legend_mark(style: ShapeStyle) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style)
+}
+
+/// Every chart's legend: upper left, on a light box.
+fn draw_legend<'a, DB, X, Y>(
+    ctx: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+) -> Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged,
+    Y: Ranged,
+{
     ctx.configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(180, 180, 180))
         .label_font(("sans-serif", 13))
         .draw()
-        .map_err(e)?;
-    Ok(())
+        .map_err(|e| e.to_string())
 }
 
 /// Whole-run latency distributions, one line per histogram (nanoseconds):
@@ -632,14 +646,8 @@ fn draw_distribution<DB: DrawingBackend>(
         ctx.draw_series(LineSeries::new(points.iter().copied(), style))
             .map_err(e)?
             .label(label.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], style));
+            .legend(legend_mark(style));
     }
-    ctx.configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(RGBColor(180, 180, 180))
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(e)?;
+    draw_legend(&mut ctx)?;
     root.present().map_err(e)
 }

@@ -128,6 +128,24 @@ pub struct SourceState {
     buckets: BTreeMap<u64, Bucket>,
 }
 
+impl SourceState {
+    /// A source not fetched yet.
+    fn new(addr: &str) -> SourceState {
+        SourceState {
+            addr: addr.to_owned(),
+            kind: None,
+            up: false,
+            error: None,
+            latest: None,
+            skew_secs: None,
+            reported: 0,
+            missed: 0,
+            late: 0,
+            buckets: BTreeMap::new(),
+        }
+    }
+}
+
 /// The aligner: sources, their pending buckets, the next second to close.
 #[derive(Debug)]
 pub struct Collector {
@@ -145,21 +163,7 @@ impl Collector {
     /// sources still hold are taken.
     pub fn new(addrs: &[String], lag_secs: u64, history_secs: u64) -> Collector {
         Collector {
-            sources: addrs
-                .iter()
-                .map(|a| SourceState {
-                    addr: a.clone(),
-                    kind: None,
-                    up: false,
-                    error: None,
-                    latest: None,
-                    skew_secs: None,
-                    reported: 0,
-                    missed: 0,
-                    late: 0,
-                    buckets: BTreeMap::new(),
-                })
-                .collect(),
+            sources: addrs.iter().map(|a| SourceState::new(a)).collect(),
             lag_secs,
             history_secs,
             next: None,
@@ -174,18 +178,7 @@ impl Collector {
         if self.sources.iter().any(|s| s.addr == addr) {
             return false;
         }
-        self.sources.push(SourceState {
-            addr: addr.to_owned(),
-            kind: None,
-            up: false,
-            error: None,
-            latest: None,
-            skew_secs: None,
-            reported: 0,
-            missed: 0,
-            late: 0,
-            buckets: BTreeMap::new(),
-        });
+        self.sources.push(SourceState::new(addr));
         true
     }
 
