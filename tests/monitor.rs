@@ -268,16 +268,21 @@ fn the_monitor_writes_jsonl_and_csv_and_shows_a_stopped_source_as_missing() {
         .count();
     assert!(both >= 1 && without >= 1, "{rows:#?}");
     for r in &rows {
+        // Exactly the sources not missing are summed; none: no sum at all.
+        // (A fetch that timed out on a loaded machine shows the same way.)
+        let present: Vec<u64> = [(&a, 10), (&b, 1000)]
+            .iter()
+            .filter(|(addr, _)| !r.servers.missing.contains(addr))
+            .map(|(_, shakes)| *shakes)
+            .collect();
+        let want = (!present.is_empty()).then(|| present.iter().sum::<u64>());
         let shakes = r.servers.sum.as_ref().map(|s| s.server.shakes);
-        if r.servers.missing.is_empty() {
-            assert_eq!(shakes, Some(1010), "second {}", r.second);
-        } else {
-            // The stopped server is missing, not zero: only the other's.
-            assert_eq!(shakes, Some(10), "second {}", r.second);
-            assert_eq!(r.servers.reporting, 1);
-        }
+        assert_eq!(shakes, want, "second {}: {r:?}", r.second);
+        assert_eq!(r.servers.reporting as usize, present.len());
         // The flooder's clock is a second ahead: its labels still align.
-        assert_eq!(r.clients.sum.as_ref().map(|c| c.counters.sent), Some(7));
+        let sent = r.clients.sum.as_ref().map(|c| c.counters.sent);
+        let want = r.clients.missing.is_empty().then_some(7);
+        assert_eq!(sent, want, "second {}", r.second);
     }
 
     let text = std::fs::read_to_string(&csv).expect("the CSV file");
