@@ -78,29 +78,55 @@ pub struct NetSecond {
 /// take the worst server's, an upper bound of the merged percentile
 /// (if each server has at most 1 % of its samples above x, so does their
 /// union).
+///
+/// The struct is destructured exhaustively, so a field added to it fails to
+/// compile here until it is given its rule, instead of being taken from
+/// the first server alone.
 pub fn add_server(sum: &mut SecondStats, s: &SecondStats) {
-    sum.server.add(&s.server);
-    sum.generator.add(&s.generator);
-    sum.conns_open += s.conns_open;
-    sum.envelopes_in_rings += s.envelopes_in_rings;
-    sum.service_ns_p50 = sum.service_ns_p50.max(s.service_ns_p50);
-    sum.service_ns_p99 = sum.service_ns_p99.max(s.service_ns_p99);
-    sum.service_ns_p999 = sum.service_ns_p999.max(s.service_ns_p999);
-    sum.service_ns_max = sum.service_ns_max.max(s.service_ns_max);
+    let SecondStats {
+        second: _,
+        server,
+        generator,
+        conns_open,
+        envelopes_in_rings,
+        service_ns_p50,
+        service_ns_p99,
+        service_ns_p999,
+        service_ns_max,
+    } = s;
+    sum.server.add(server);
+    sum.generator.add(generator);
+    sum.conns_open += conns_open;
+    sum.envelopes_in_rings += envelopes_in_rings;
+    sum.service_ns_p50 = sum.service_ns_p50.max(*service_ns_p50);
+    sum.service_ns_p99 = sum.service_ns_p99.max(*service_ns_p99);
+    sum.service_ns_p999 = sum.service_ns_p999.max(*service_ns_p999);
+    sum.service_ns_max = sum.service_ns_max.max(*service_ns_max);
 }
 
 /// Adds a flooder's second into a sum. Counters and connections add up;
 /// `qps` is the global plan every flooder shares (the largest seen);
 /// percentiles take the worst flooder's (an upper bound, as for servers),
-/// sample counts add up.
+/// sample counts add up. Exhaustive, as [`add_server`].
 pub fn add_client(sum: &mut ClientSecond, c: &ClientSecond) {
-    sum.counters.add(&c.counters);
-    sum.connections += c.connections;
-    sum.qps = sum.qps.max(c.qps);
-    sum.run_second = sum.run_second.max(c.run_second);
+    let ClientSecond {
+        second: _,
+        run_second,
+        qps,
+        connections,
+        counters,
+        latency_us,
+        send_lag_us,
+        thread_cpu_max_pct,
+    } = c;
+    sum.counters.add(counters);
+    sum.connections += connections;
+    sum.qps = sum.qps.max(*qps);
+    sum.run_second = sum.run_second.max(*run_second);
+    sum.thread_cpu_max_pct = sum.thread_cpu_max_pct.max(*thread_cpu_max_pct);
     for (a, b) in [
-        (&mut sum.latency_us, &c.latency_us),
-        (&mut sum.send_lag_us, &c.send_lag_us),
+        (&mut sum.latency_us, latency_us),
+        (&mut sum.send_lag_us, send_lag_us),
     ] {
         a.count += b.count;
         a.mean_us = a.mean_us.max(b.mean_us);
@@ -110,7 +136,6 @@ pub fn add_client(sum: &mut ClientSecond, c: &ClientSecond) {
         a.p999_us = a.p999_us.max(b.p999_us);
         a.max_us = a.max_us.max(b.max_us);
     }
-    sum.thread_cpu_max_pct = sum.thread_cpu_max_pct.max(c.thread_cpu_max_pct);
 }
 
 /// Writes one row as a JSON line.
