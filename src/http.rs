@@ -150,14 +150,31 @@ impl Request {
 pub struct Response {
     /// The HTTP status code.
     pub status: u16,
-    /// The body, sent as `application/json`.
+    /// The body, sent as `application/json` unless `text` is set.
     pub body: Value,
+    /// A body of another type (Prometheus text, HTML, SVG), sent instead of
+    /// `body` when set: its `Content-Type` and its text.
+    pub text: Option<(&'static str, String)>,
 }
 
 impl Response {
     /// A 200 with `body`.
     pub fn ok(body: Value) -> Response {
-        Response { status: 200, body }
+        Response {
+            status: 200,
+            body,
+            text: None,
+        }
+    }
+
+    /// A 200 whose body is `text`, sent as `content_type` (say
+    /// `text/plain; version=0.0.4` for Prometheus, `text/html; charset=utf-8`).
+    pub fn text(content_type: &'static str, text: String) -> Response {
+        Response {
+            status: 200,
+            body: Value::Null,
+            text: Some((content_type, text)),
+        }
     }
 
     /// An error answer: `status` with the body `{"error": message}`.
@@ -165,6 +182,7 @@ impl Response {
         Response {
             status,
             body: json!({ "error": message.into() }),
+            text: None,
         }
     }
 
@@ -174,17 +192,26 @@ impl Response {
         Response {
             status: 404,
             body: json!({ "error": format!("no such path {path}"), "paths": paths }),
+            text: None,
         }
     }
 
     /// The whole answer as sent: status line, headers, body.
     fn to_bytes(&self) -> Vec<u8> {
-        let body = self.body.to_string();
-        let mut out = Vec::with_capacity(128 + body.len());
-        // Writing into a Vec cannot fail.
+        let json;
+        let (content_type, body) = match &self.text {
+            Some((content_type, text)) => (*content_type, text.as_str()),
+            None => {
+                json = self.body.to_string();
+                ("application/json", json.as_str())
+            }
+        };
+        let mut out = Vec::with_capacity(160 + body.len());
+        // Writing into a Vec cannot fail. Answers are never cached: every
+        // route reports the state of a running process.
         let _ = write!(
             out,
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
             self.status,
             reason(self.status),
             body.len()

@@ -9,6 +9,8 @@ pub mod http;
 pub mod ids;
 pub mod ledger;
 pub mod mesh;
+pub mod metrics;
+pub mod monitor;
 pub mod packets;
 pub mod ring;
 pub mod server;

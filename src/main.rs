@@ -28,6 +28,9 @@ enum Command {
     /// --ack-log, that nothing acknowledged is missing). Exits 1 on the first
     /// violation, naming it.
     Audit(hongbao::audit::AuditArgs),
+    /// Collect per-second series from servers and flooders; charts, a live
+    /// dashboard, a static report.
+    Monitor(Box<hongbao::monitor::MonitorArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -35,6 +38,7 @@ fn main() -> std::process::ExitCode {
         Command::Server(config) => serve(&config),
         Command::Flood(args) => hongbao::flood::run(&args),
         Command::Audit(args) => hongbao::audit::run(&args).map(|_| ()),
+        Command::Monitor(args) => monitor(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -44,6 +48,19 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+fn monitor(args: &hongbao::monitor::MonitorArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    // A signal asks the loop to stop at its next tick; the report is still
+    // written.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("installing the SIGINT/SIGTERM handlers")?;
+    }
+    hongbao::monitor::run(args, &stop)
 }
 
 fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {

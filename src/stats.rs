@@ -18,7 +18,7 @@
 use std::collections::VecDeque;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ledger::LedgerCounters;
 
@@ -39,7 +39,7 @@ macro_rules! impl_add {
 pub(crate) use impl_add;
 
 /// Counters a worker core keeps, per second. Field names end in their unit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoreCounters {
     /// Connections accepted.
     pub accepted: u64,
@@ -149,7 +149,7 @@ impl_add!(CoreCounters {
 });
 
 /// Counters the envelope generator keeps, per second.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GeneratorCounters {
     /// Envelopes generated, each pushed into some ring.
     pub generated: u64,
@@ -181,6 +181,9 @@ pub fn latency_histogram() -> LatencyHistogram {
 }
 
 /// What a source sends when it closes a second.
+// Once a second per source, by value through a channel: the size of the
+// counters costs nothing there, and boxing them would allocate each second.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Report {
     /// A worker core closed `second`.
@@ -216,7 +219,7 @@ pub enum Report {
 }
 
 /// One second of the whole server, every source summed.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SecondStats {
     /// Unix second.
     pub second: u64,
@@ -258,6 +261,9 @@ pub struct Aggregator {
     /// Every closed second summed, for the final summary.
     pub total: SecondStats,
     total_latency: LatencyHistogram,
+    /// Each closed second's merged histogram, kept for the server's
+    /// `--hlog` when [`Aggregator::keep_latency`] asked for them.
+    kept_latency: Option<Vec<(u64, LatencyHistogram)>>,
 }
 
 impl Aggregator {
@@ -269,7 +275,28 @@ impl Aggregator {
             pending: VecDeque::new(),
             total: SecondStats::default(),
             total_latency: latency_histogram(),
+            kept_latency: None,
         }
+    }
+
+    /// From now on, keeps each closed second's merged service-time
+    /// histogram until [`Aggregator::take_latency`] takes it.
+    pub fn keep_latency(&mut self) {
+        self.kept_latency.get_or_insert_with(Vec::new);
+    }
+
+    /// The closed seconds' histograms kept since the last call, oldest
+    /// first, as `(Unix second, histogram)`; empty unless kept.
+    pub fn take_latency(&mut self) -> Vec<(u64, LatencyHistogram)> {
+        self.kept_latency
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Service times over every closed second so far.
+    pub fn total_latency(&self) -> &LatencyHistogram {
+        &self.total_latency
     }
 
     fn bucket(&mut self, second: u64) -> &mut Pending {
@@ -384,6 +411,9 @@ impl Aggregator {
             s.service_ns_max = p.latency.max();
         }
         let _ = self.total_latency.add(&p.latency);
+        if let Some(kept) = self.kept_latency.as_mut() {
+            kept.push((s.second, p.latency));
+        }
         self.total.server.add(&s.server);
         self.total.generator.add(&s.generator);
         self.total.ledger.add(&s.ledger);

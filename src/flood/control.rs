@@ -1,5 +1,6 @@
 //! The flooder's HTTP control: the original client's `GET /qps?qps=N`, and
-//! a JSON status.
+//! a JSON status; the last complete seconds (`/seconds`) and Prometheus
+//! text (`/metrics`) for the monitor.
 //!
 //! Owns: the route table and the state it shares with the coordinator: the
 //! rate override the workers read once a second, and the status document
@@ -27,6 +28,9 @@ pub struct Live {
     pub start_unix: AtomicU64,
     /// The status document, rewritten once a second.
     pub status: Mutex<Value>,
+    /// The last complete seconds and the metrics, for `/seconds` and
+    /// `/metrics` (the monitor and Prometheus).
+    pub seconds: crate::monitor::source::FloodSeconds,
 }
 
 impl Live {
@@ -38,6 +42,7 @@ impl Live {
             rate_override: Arc::new(AtomicU64::new(NO_OVERRIDE)),
             start_unix: AtomicU64::new(0),
             status: Mutex::new(json!({ "state": "connecting" })),
+            seconds: crate::monitor::source::FloodSeconds::default(),
         }
     }
 
@@ -68,6 +73,9 @@ impl Live {
 
 /// Answers one control request.
 pub fn route(live: &Arc<Live>, req: &Request) -> Response {
+    if let Some(answer) = live.seconds.route(req) {
+        return answer;
+    }
     match req.path() {
         "/qps" => {
             let Some(text) = req.param("qps") else {
@@ -96,7 +104,7 @@ pub fn route(live: &Arc<Live>, req: &Request) -> Response {
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
         ),
-        path => Response::not_found(path, &["/qps", "/status"]),
+        path => Response::not_found(path, &["/qps", "/status", "/seconds", "/metrics"]),
     }
 }
 

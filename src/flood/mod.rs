@@ -61,6 +61,10 @@ use worker::{Control, SecondOut, ToMain, WorkerConfig};
 /// to stretch every run; anything later is counted as lost.
 pub const DRAIN: Duration = Duration::from_secs(2);
 
+/// How long the HTTP control stays up after the run, so that a monitor
+/// polling once a second fetches the last seconds (`/seconds`).
+const HTTP_LINGER: Duration = Duration::from_millis(1500);
+
 /// The least time from the go signal to the schedule's start (the next
 /// whole second after it), so that every thread is polling before its first
 /// request falls due.
@@ -106,6 +110,11 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
                     "hongbao flood: control on http://{} (GET /qps?qps=N, GET /status)",
                     server.addr()
                 );
+            }
+            if let Some(monitor) = &args.monitor
+                && let Err(e) = crate::monitor::register(monitor, server.addr())
+            {
+                eprintln!("warning: registering with the monitor at {monitor}: {e}");
             }
             Some(server)
         }
@@ -155,9 +164,6 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
 
     let (shaking, hlog) = coordinator.shake_phase(args.hlog.as_deref())?;
     coordinator.join();
-    if let Some(http) = http {
-        http.stop();
-    }
 
     let report = build_report(
         args,
@@ -175,6 +181,12 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         serde_json::to_writer_pretty(BufWriter::new(file), &report)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(http) = http {
+        // A monitor fetches once a second: the last seconds stay served
+        // long enough for its next fetch before the control goes away.
+        std::thread::sleep(HTTP_LINGER);
+        http.stop();
     }
     Ok(())
 }
@@ -628,6 +640,20 @@ impl Coordinator {
                         }
                         totals.add(&summary.counters);
                         self.publish(at as u64, &summary, &totals, start_unix);
+                        self.live.seconds.push(
+                            crate::monitor::source::ClientSecond {
+                                second: start_unix + at as u64,
+                                run_second: at as u64,
+                                qps: summary.qps,
+                                connections: summary.ready,
+                                counters: summary.counters,
+                                latency_us: summary.corrected,
+                                send_lag_us: summary.send_lag,
+                                thread_cpu_max_pct: summary.thread_cpu_max_pct,
+                            },
+                            &p.hists.corrected,
+                            &p.hists.send_lag,
+                        );
                         seconds.push(summary);
                     }
                 }
@@ -644,6 +670,7 @@ impl Coordinator {
             self.publish(at as u64, &summary, &totals, start_unix);
             seconds.push(summary);
         }
+        self.live.seconds.done();
         self.live.set_status(json!({
             "state": "done",
             "start_unix": start_unix,

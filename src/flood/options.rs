@@ -117,6 +117,12 @@ pub struct FloodArgs {
     #[arg(long, conflicts_with = "http")]
     pub no_http: bool,
 
+    /// Register this flooder's HTTP control with a running `hongbao
+    /// monitor` at this address (its `--http`), so that the monitor
+    /// collects it without a `--source`. A failure is a warning.
+    #[arg(long, value_name = "ADDR", conflicts_with = "no_http")]
+    pub monitor: Option<String>,
+
     /// Total connects per second. Default 0 = as fast as the server takes
     /// them (still at most 512 handshakes in flight per thread, so the
     /// server's accept backlog never overflows).

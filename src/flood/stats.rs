@@ -7,10 +7,10 @@
 //! send/receive path is locked or contended.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Plain event counts over some span (one second, the window, a whole run).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     /// Shake requests handed to the socket.
     pub sent: u64,
@@ -218,7 +218,7 @@ impl Default for Latency {
 }
 
 /// A histogram's summary in microseconds, as the report shows it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Samples recorded.
     pub count: u64,

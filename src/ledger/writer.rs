@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crossbeam_utils::CachePadded;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::file::LedgerFile;
 use super::record::Record;
@@ -60,7 +60,7 @@ pub enum Entry {
 }
 
 /// The writer's cumulative counters.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LedgerCounters {
     /// Money records written (commits excluded).
     pub records: u64,

@@ -126,6 +126,13 @@ pub struct ServerConfig {
     #[arg(long)]
     pub stats_jsonl: Option<PathBuf>,
 
+    /// Write service time (frame read to answer handed to write, every core
+    /// merged) to this HdrHistogram interval log, one interval per second,
+    /// in the flooder's `--hlog` format; `FILE.hgrm` gets the run's
+    /// percentile distribution at shutdown.
+    #[arg(long)]
+    pub hlog: Option<PathBuf>,
+
     /// Do not print a line per second (the start line and summary remain).
     #[arg(long)]
     pub quiet: bool,

@@ -7,7 +7,10 @@
 //! `cents_min`, `cents_max`); `GET /packet?amount=C&users=U1,U2,…` (or
 //! `&claimants=N&min=A&max=B`) makes one packet now and answers its id once
 //! it is durable; `GET /stats` returns the last closed seconds; `GET
-//! /status` the totals and the running batches. Answers are JSON. Must not: touch the cores' data; it talks to the
+//! /status` the totals and the running batches; `GET /seconds` (the
+//! monitor's) and `GET /metrics` (Prometheus text) are answered by
+//! [`crate::monitor::source`]. Answers are JSON
+//! unless said otherwise. Must not: touch the cores' data; it talks to the
 //! generator through its command channel and reads the stats the aggregator
 //! publishes once a second. The HTTP itself (listener, thread, parsing, 400,
 //! 405, limits) is [`crate::http`]'s.
@@ -39,6 +42,8 @@ const PATHS: &[&str] = &[
     "/packet?amount=C&users=U1,U2",
     "/stats",
     "/status",
+    "/seconds",
+    "/metrics",
 ];
 /// The original's packet amounts, cents.
 const PACKET_CENTS_DEFAULT: (u64, u64) = (10, 309);
@@ -90,6 +95,7 @@ fn route(req: &Request, generator: &Sender<Command>, published: &Mutex<Published
             let p = Published::lock(published);
             Response::ok(json!({ "seconds": p.recent }))
         }
+        "/seconds" | "/metrics" => crate::monitor::source::server_route(req, published),
         "/status" => {
             let (reply, answer) = crossbeam_channel::bounded(1);
             let batch = generator

@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod control;
+pub mod latency_log;
 pub mod limits;
 pub mod worker;
 
@@ -51,6 +52,8 @@ pub struct Published {
     pub recent: VecDeque<SecondStats>,
     /// Every closed second summed; `second` is the last closed one.
     pub total: SecondStats,
+    /// Service time over every closed second, for `/metrics`.
+    pub service: crate::metrics::LatencySummary,
 }
 
 impl Published {
@@ -307,6 +310,12 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
         None => (Ledger::disabled(), None),
     };
 
+    let latency_log = match &config.hlog {
+        Some(path) => {
+            Some(latency_log::LatencyLog::create(path).map_err(resource("creating --hlog"))?)
+        }
+        None => None,
+    };
     let aggregator = {
         let published = published.clone();
         let quiet = config.quiet;
@@ -320,6 +329,7 @@ pub fn start(config: &ServerConfig) -> Result<ServerHandle, StartError> {
                     published,
                     stats_file,
                     quiet,
+                    latency_log,
                 )
             })
             .map_err(resource("starting the stats thread"))?
@@ -550,8 +560,12 @@ fn aggregate(
     published: Arc<Mutex<Published>>,
     mut stats_file: Option<std::fs::File>,
     quiet: bool,
+    mut latency_log: Option<latency_log::LatencyLog>,
 ) -> Summary {
     let mut agg = Aggregator::new(cores);
+    if latency_log.is_some() {
+        agg.keep_latency();
+    }
     let mut seconds = 0;
     let mut emit = |agg: &Aggregator, closed: Vec<SecondStats>| {
         if closed.is_empty() {
@@ -578,6 +592,7 @@ fn aggregate(
             p.recent.push_back(s);
         }
         p.total = agg.total.clone();
+        p.service = crate::metrics::LatencySummary::of_ns(agg.total_latency());
     };
     while let Ok(report) = reports.recv() {
         let core = match &report {
@@ -588,10 +603,19 @@ fn aggregate(
             let _ = recycle[core].try_send(h);
         }
         let closed = agg.drain_closed();
+        if let Some(log) = latency_log.as_mut() {
+            log.append(agg.take_latency());
+        }
         emit(&agg, closed);
     }
     let closed = agg.drain_all();
+    if let Some(log) = latency_log.as_mut() {
+        log.append(agg.take_latency());
+    }
     emit(&agg, closed);
+    if let Some(log) = latency_log {
+        log.finish(agg.total_latency());
+    }
     Summary {
         total: agg.total.clone(),
         seconds,

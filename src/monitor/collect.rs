@@ -1,0 +1,361 @@
+//! Fetching every source's seconds and aligning them into rows.
+//!
+//! Owns: the HTTP GET a monitor sends ([`get`]), each source's state (up or
+//! down, its kind, the buckets not yet closed, its apparent clock skew), and
+//! the rule that closes a second ([`Collector`]). Must not: read a clock or
+//! a socket inside the rule: `take` and `close_ready` are given the fetch
+//! results and the monitor's Unix second, so alignment is tested without
+//! either.
+//!
+//! Alignment: seconds are aligned by the label each source gives them (its
+//! Unix second), as the original monitor did. Second `t` closes when every
+//! source has reported `t` or a later second, or when the monitor's clock
+//! has passed `t + 1 + lag`. At the close each source is, for `t`: in the
+//! sum (it has a bucket), idle (it answered but had no bucket), or missing
+//! (its last fetch failed). A bucket arriving after its second closed is
+//! counted as late and dropped: rows already written are never changed.
+//! A source whose clock is off by more than the lag shows as idle and late;
+//! its skew (its latest second against the monitor's) is shown beside it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::series::{KindSum, NetSecond, Row, add_client, add_server};
+use super::source::{ClientSecond, Seconds};
+use crate::stats::SecondStats;
+
+/// The largest answer read from a source: 300 seconds of buckets are about
+/// 300 KB; anything past this is not a source of ours.
+const ANSWER_MAX: usize = 16 << 20;
+
+/// GETs `target` from `addr` (`host:port`) within `timeout` for the
+/// connect and as long again for the answer; returns the status and body.
+pub fn get(addr: &str, target: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let sockaddr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let mut stream = TcpStream::connect_timeout(&sockaddr, timeout)
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let io = |e: std::io::Error| format!("GET {target} from {addr}: {e}");
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
+    let mut answer = Vec::new();
+    stream
+        .take(ANSWER_MAX as u64 + 1)
+        .read_to_end(&mut answer)
+        .map_err(io)?;
+    if answer.len() > ANSWER_MAX {
+        return Err(format!(
+            "GET {target} from {addr}: answer over {ANSWER_MAX} bytes"
+        ));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(&answer) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return Err(format!("GET {target} from {addr}: answer cut short"));
+        }
+        Err(e) => return Err(format!("GET {target} from {addr}: bad answer: {e}")),
+    };
+    let status = response.code.unwrap_or(0);
+    let body = String::from_utf8_lossy(&answer[head..]).into_owned();
+    Ok((status, body))
+}
+
+/// Fetches a source's `/seconds`.
+pub fn fetch_seconds(addr: &str, timeout: Duration) -> Result<Seconds, String> {
+    let (status, body) = get(addr, "/seconds", timeout)?;
+    if status != 200 {
+        return Err(format!(
+            "GET /seconds from {addr}: status {status} (is it a hongbao server or flooder of this version?)"
+        ));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("GET /seconds from {addr}: {e}"))
+}
+
+/// Which kind of process a source is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// `hongbao server`.
+    Server,
+    /// `hongbao flood`.
+    Flooder,
+}
+
+#[derive(Clone, Debug)]
+enum Bucket {
+    Server(SecondStats),
+    Client(ClientSecond),
+}
+
+/// One source as the monitor knows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SourceState {
+    /// `host:port` of its HTTP control.
+    pub addr: String,
+    /// Known once it answered.
+    pub kind: Option<Kind>,
+    /// Its last fetch succeeded.
+    pub up: bool,
+    /// Why its last fetch failed.
+    pub error: Option<String>,
+    /// The latest second it reported.
+    pub latest: Option<u64>,
+    /// Its latest second minus the monitor's last whole second, at the last
+    /// fetch that brought a new second: its clock skew plus its reporting
+    /// delay (0 or -1 when in step).
+    pub skew_secs: Option<i64>,
+    /// Seconds it was in a row's sum.
+    pub reported: u64,
+    /// Seconds it was missing from (down when they closed).
+    pub missed: u64,
+    /// Buckets that arrived after their second closed, dropped.
+    pub late: u64,
+    #[serde(skip)]
+    buckets: BTreeMap<u64, Bucket>,
+}
+
+impl SourceState {
+    /// A source not fetched yet.
+    fn new(addr: &str) -> SourceState {
+        SourceState {
+            addr: addr.to_owned(),
+            kind: None,
+            up: false,
+            error: None,
+            latest: None,
+            skew_secs: None,
+            reported: 0,
+            missed: 0,
+            late: 0,
+            buckets: BTreeMap::new(),
+        }
+    }
+}
+
+/// The aligner: sources, their pending buckets, the next second to close.
+#[derive(Debug)]
+pub struct Collector {
+    /// The sources, in the order given.
+    pub sources: Vec<SourceState>,
+    lag_secs: u64,
+    history_secs: u64,
+    next: Option<u64>,
+    net: BTreeMap<u64, NetSecond>,
+}
+
+impl Collector {
+    /// A collector for `addrs`. A second closes at the latest `lag_secs`
+    /// after it ended; at the start, up to `history_secs` of the seconds the
+    /// sources still hold are taken.
+    pub fn new(addrs: &[String], lag_secs: u64, history_secs: u64) -> Collector {
+        Collector {
+            sources: addrs.iter().map(|a| SourceState::new(a)).collect(),
+            lag_secs,
+            history_secs,
+            next: None,
+            net: BTreeMap::new(),
+        }
+    }
+
+    /// Adds a source (one that registered itself); false when it is
+    /// already known. Its buckets older than the next second to close
+    /// count as late.
+    pub fn add_source(&mut self, addr: &str) -> bool {
+        if self.sources.iter().any(|s| s.addr == addr) {
+            return false;
+        }
+        self.sources.push(SourceState::new(addr));
+        true
+    }
+
+    /// Takes the result of fetching source `i` at monitor second `now`.
+    pub fn take(&mut self, i: usize, fetched: Result<Seconds, String>, now: u64) {
+        let next = self.next;
+        let Some(s) = self.sources.get_mut(i) else {
+            return;
+        };
+        let seconds = match fetched {
+            Ok(seconds) => seconds,
+            Err(e) => {
+                s.up = false;
+                s.error = Some(e);
+                return;
+            }
+        };
+        s.up = true;
+        s.error = None;
+        let buckets: Vec<(u64, Bucket)> = match seconds {
+            Seconds::Server { seconds } => {
+                s.kind = Some(Kind::Server);
+                seconds
+                    .into_iter()
+                    .map(|b| (b.second, Bucket::Server(b)))
+                    .collect()
+            }
+            Seconds::Flooder { seconds } => {
+                s.kind = Some(Kind::Flooder);
+                seconds
+                    .into_iter()
+                    .map(|b| (b.second, Bucket::Client(b)))
+                    .collect()
+            }
+        };
+        for (second, bucket) in buckets {
+            if s.latest.is_some_and(|l| second <= l) {
+                // Seen at an earlier fetch: sources serve a sliding window.
+                continue;
+            }
+            if next.is_some_and(|n| second < n) {
+                s.late += 1;
+            } else {
+                s.buckets.insert(second, bucket);
+            }
+            s.latest = Some(second);
+            s.skew_secs = Some(second as i64 - now as i64 + 1);
+        }
+    }
+
+    /// Keeps the monitor host's network counters for `second`.
+    pub fn take_net(&mut self, second: u64, net: NetSecond) {
+        self.net.insert(second, net);
+    }
+
+    /// Closes every second that is ready at monitor second `now` (see the
+    /// module's alignment rule) and returns their rows, oldest first.
+    pub fn close_ready(&mut self, now: u64) -> Vec<Row> {
+        let floor = now.saturating_sub(self.history_secs.max(self.lag_secs + 1));
+        let next = *self.next.get_or_insert_with(|| {
+            let earliest = self
+                .sources
+                .iter()
+                .filter_map(|s| s.buckets.keys().next().copied())
+                .min()
+                .unwrap_or(now.saturating_sub(1));
+            earliest.max(floor)
+        });
+        let mut rows = Vec::new();
+        let mut t = next;
+        loop {
+            let everyone_past = self
+                .sources
+                .iter()
+                .all(|s| s.latest.is_some_and(|l| l >= t));
+            let lag_over = now > t.saturating_add(self.lag_secs);
+            if !(everyone_past || lag_over) {
+                break;
+            }
+            rows.push(self.close(t));
+            t += 1;
+        }
+        self.next = Some(t);
+        // Network samples of closed seconds are no longer wanted.
+        self.net = self.net.split_off(&t);
+        rows
+    }
+
+    fn close(&mut self, t: u64) -> Row {
+        let mut row = Row {
+            second: t,
+            net: self.net.remove(&t),
+            ..Row::default()
+        };
+        for s in &mut self.sources {
+            // Anything older than t is late by now; t itself is taken.
+            let mut later = s.buckets.split_off(&t);
+            let bucket = later.remove(&t);
+            s.buckets = later;
+            let addr = s.addr.clone();
+            match (bucket, s.kind) {
+                (Some(Bucket::Server(b)), _) => {
+                    s.reported += 1;
+                    add_to(&mut row.servers, &b, add_server);
+                }
+                (Some(Bucket::Client(b)), _) => {
+                    s.reported += 1;
+                    add_to(&mut row.clients, &b, add_client);
+                }
+                (None, None) => {
+                    s.missed += 1;
+                    row.unreached.push(addr);
+                }
+                (None, Some(kind)) => {
+                    let group = match kind {
+                        Kind::Server => (&mut row.servers.idle, &mut row.servers.missing),
+                        Kind::Flooder => (&mut row.clients.idle, &mut row.clients.missing),
+                    };
+                    if s.up {
+                        group.0.push(addr);
+                    } else {
+                        s.missed += 1;
+                        group.1.push(addr);
+                    }
+                }
+            }
+        }
+        row
+    }
+}
+
+fn add_to<T: Clone>(k: &mut KindSum<T>, b: &T, add: fn(&mut T, &T)) {
+    k.reporting += 1;
+    match k.sum.as_mut() {
+        Some(sum) => add(sum, b),
+        None => k.sum = Some(b.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(seconds: std::ops::RangeInclusive<u64>, shakes: u64) -> Result<Seconds, String> {
+        Ok(Seconds::Server {
+            seconds: seconds
+                .map(|t| {
+                    let mut s = SecondStats {
+                        second: t,
+                        ..SecondStats::default()
+                    };
+                    s.server.shakes = shakes;
+                    s
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_second_waits_for_every_source_then_closes() {
+        let mut c = Collector::new(&["a".into(), "b".into()], 5, 300);
+        c.take(0, server(100..=102, 1), 103);
+        c.take(1, server(100..=101, 2), 103);
+        let rows = c.close_ready(103);
+        let got: Vec<(u64, Option<u64>)> = rows
+            .iter()
+            .map(|r| (r.second, r.servers.sum.as_ref().map(|s| s.server.shakes)))
+            .collect();
+        assert_eq!(got, [(100, Some(3)), (101, Some(3))]);
+        // 102 waits for b until the lag is over.
+        assert!(c.close_ready(104).is_empty());
+        let rows = c.close_ready(108);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].servers.idle, ["b"]);
+        assert_eq!(rows[0].servers.reporting, 1);
+        // b's 102 arrives too late: counted, not added.
+        c.take(1, server(100..=103, 2), 108);
+        assert_eq!(c.sources[1].late, 1);
+    }
+}

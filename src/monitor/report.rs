@@ -1,0 +1,447 @@
+//! The static HTML report of one run: one file that opens from disk with
+//! no server (charts are inline SVG).
+//!
+//! Owns: the page: the run's span, a summary table (totals, mean and peak
+//! per second, latency percentiles, money, errors, missing seconds), the
+//! sources and their own view of their settings (`/status` at the end),
+//! the machine (cores, kernel, limits, sysctls that matter), every chart,
+//! and the whole-run latency distributions read from `--hlog` files.
+//! Must not: fetch or measure during the run; it formats what it is given
+//! (the machine is read from the monitor's own host when the report is
+//! written, and says so).
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+
+use super::chart::{self, Chart};
+use super::collect::SourceState;
+use super::series::Row;
+
+/// An interval log read whole: its label and every interval merged.
+pub struct Hlog {
+    /// What the report calls it (`server`, `client`).
+    pub label: String,
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// Every interval added up (nanoseconds).
+    pub histogram: Histogram<u64>,
+    /// Intervals read.
+    pub intervals: usize,
+}
+
+impl Hlog {
+    /// Reads `LABEL=FILE`.
+    pub fn read(spec: &str) -> anyhow::Result<Hlog> {
+        let (label, path) = spec
+            .split_once('=')
+            .with_context(|| format!("--hlog {spec:?}: expected LABEL=FILE"))?;
+        let text = std::fs::read(path).with_context(|| format!("reading --hlog {label}={path}"))?;
+        let mut histogram = Histogram::<u64>::new(3).context("a histogram of 3 digits")?;
+        let mut deserializer = Deserializer::new();
+        let mut intervals = 0;
+        for entry in IntervalLogIterator::new(&text) {
+            let entry = entry.map_err(|e| anyhow::anyhow!("--hlog {path}: {e:?}"))?;
+            if let LogEntry::Interval(i) = entry {
+                let bytes = base64_decode(i.encoded_histogram())
+                    .with_context(|| format!("--hlog {path}: an interval is not base64"))?;
+                let h: Histogram<u64> = deserializer
+                    .deserialize(&mut bytes.as_slice())
+                    .map_err(|e| anyhow::anyhow!("--hlog {path}: {e:?}"))?;
+                histogram
+                    .add(&h)
+                    .map_err(|e| anyhow::anyhow!("--hlog {path}: {e:?}"))?;
+                intervals += 1;
+            }
+        }
+        Ok(Hlog {
+            label: label.to_owned(),
+            path: PathBuf::from(path),
+            histogram,
+            intervals,
+        })
+    }
+}
+
+/// Standard base64 with padding, as interval logs carry histograms.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = text.trim().trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let n = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&acc.to_be_bytes()[1..=n]);
+    }
+    Some(out)
+}
+
+/// What the report is made of.
+pub struct Input<'a> {
+    /// The run's rows, oldest first.
+    pub rows: &'a [Row],
+    /// The sources at the end (empty when replayed from a file).
+    pub sources: &'a [SourceState],
+    /// Each source's `/status` at the end, when it answered.
+    pub statuses: &'a [(String, Option<serde_json::Value>)],
+    /// Interval logs to show as distributions.
+    pub hlogs: &'a [Hlog],
+    /// The monitor's command line.
+    pub command: Vec<String>,
+}
+
+/// Escapes text for HTML.
+pub fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn num(x: f64) -> String {
+    if x.fract() == 0.0 || x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// One line's figures over the run.
+struct Figures {
+    seconds: usize,
+    total: f64,
+    mean: f64,
+    peak: f64,
+    median: f64,
+    last: f64,
+}
+
+fn figures(c: &Chart, line: usize, rows: &[Row]) -> Option<Figures> {
+    let mut values: Vec<f64> = rows
+        .iter()
+        .filter_map(|r| (c.lines[line].value)(r))
+        .collect();
+    let last = *values.last()?;
+    let total: f64 = values.iter().sum();
+    let seconds = values.len();
+    values.sort_by(f64::total_cmp);
+    Some(Figures {
+        seconds,
+        total,
+        mean: total / seconds as f64,
+        peak: values[seconds - 1],
+        median: values[seconds / 2],
+        last,
+    })
+}
+
+/// The report page.
+pub fn html(input: &Input) -> anyhow::Result<String> {
+    let rows = input.rows;
+    let mut h = String::new();
+    let span = match (rows.first(), rows.last()) {
+        (Some(a), Some(b)) => format!(
+            "{} to {} UTC (Unix {}–{}), {} seconds",
+            chart::clock(a.second),
+            chart::clock(b.second),
+            a.second,
+            b.second,
+            rows.len()
+        ),
+        _ => "no second was collected".into(),
+    };
+    let _ = write!(
+        h,
+        r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>hongbao run report</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; max-width: 1900px; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 8px; font-size: 13px; text-align: right; }}
+td:first-child, th:first-child, td.l {{ text-align: left; }}
+.chart {{ display: inline-block; margin: 4px; border: 1px solid #ddd; }}
+.warn {{ color: #b00; }}
+pre {{ background: #f4f4f4; padding: 0.5em; overflow-x: auto; font-size: 12px; }}
+</style></head><body>
+<h1>hongbao run report</h1>
+<p>{span}.</p>
+<p>Each second is what the sources reported for it, summed by kind (servers, clients).
+A second where a source did not answer is <b>missing</b>: it is left out of the charts
+(a gap), never drawn as zero. Latency percentiles per second are the worst source's
+(an upper bound of the merged percentile).</p>
+"#
+    );
+
+    // Missing seconds first: a reader must know what the figures lack.
+    let missing_servers = rows
+        .iter()
+        .filter(|r| !r.servers.missing.is_empty())
+        .count();
+    let missing_clients = rows
+        .iter()
+        .filter(|r| !r.clients.missing.is_empty())
+        .count();
+    let unreached = rows.iter().filter(|r| !r.unreached.is_empty()).count();
+    let _ = write!(
+        h,
+        "<h2>Completeness</h2><table><tr><th>what</th><th>seconds</th></tr>\
+         <tr><td>seconds collected</td><td>{}</td></tr>\
+         <tr><td>with a server missing</td><td{}>{missing_servers}</td></tr>\
+         <tr><td>with a client missing</td><td{}>{missing_clients}</td></tr>\
+         <tr><td>with a source never reached</td><td{}>{unreached}</td></tr></table>",
+        rows.len(),
+        warn(missing_servers),
+        warn(missing_clients),
+        warn(unreached),
+    );
+
+    let charts = chart::charts();
+    h.push_str("<h2>Summary</h2><table><tr><th>chart</th><th>line</th><th>seconds with data</th><th>total</th><th>mean / s</th><th>peak / s</th><th>last</th></tr>");
+    for c in charts.iter().filter(|c| !c.log_y) {
+        for (i, line) in c.lines.iter().enumerate() {
+            let Some(f) = figures(c, i, rows) else {
+                let _ = write!(
+                    h,
+                    "<tr><td>{}</td><td class=l>{}</td><td>0</td><td>–</td><td>–</td><td>–</td><td>–</td></tr>",
+                    esc(c.y_label),
+                    esc(line.name)
+                );
+                continue;
+            };
+            let total = if c.gauge { "–".into() } else { num(f.total) };
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=l>{}</td><td>{}</td><td>{total}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(c.y_label),
+                esc(line.name),
+                f.seconds,
+                num(f.mean),
+                num(f.peak),
+                num(f.last)
+            );
+        }
+    }
+    h.push_str("</table>");
+
+    h.push_str("<h2>Latency per second</h2><table><tr><th>line</th><th>seconds</th><th>median second (µs)</th><th>worst second (µs)</th></tr>");
+    for c in charts.iter().filter(|c| c.log_y) {
+        for (i, line) in c.lines.iter().enumerate() {
+            match figures(c, i, rows) {
+                Some(f) => {
+                    let _ = write!(
+                        h,
+                        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                        esc(line.name),
+                        f.seconds,
+                        num(f.median),
+                        num(f.peak)
+                    );
+                }
+                None => {
+                    let _ = write!(
+                        h,
+                        "<tr><td>{}</td><td>0</td><td>–</td><td>–</td></tr>",
+                        esc(line.name)
+                    );
+                }
+            }
+        }
+    }
+    h.push_str("</table>");
+
+    if !input.hlogs.is_empty() {
+        h.push_str("<h2>Latency over the whole run (interval logs)</h2><table><tr><th>log</th><th>intervals</th><th>samples</th><th>p50 µs</th><th>p90 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>p99.99 µs</th><th>max µs</th></tr>");
+        for l in input.hlogs {
+            let q = |p: f64| num(l.histogram.value_at_quantile(p) as f64 / 1e3);
+            let _ = write!(
+                h,
+                "<tr><td>{} <small>{}</small></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&l.label),
+                esc(&l.path.display().to_string()),
+                l.intervals,
+                l.histogram.len(),
+                q(0.5),
+                q(0.9),
+                q(0.99),
+                q(0.999),
+                q(0.9999),
+                num(l.histogram.max() as f64 / 1e3)
+            );
+        }
+        h.push_str("</table>");
+        let hists: Vec<(String, &Histogram<u64>)> = input
+            .hlogs
+            .iter()
+            .map(|l| (l.label.clone(), &l.histogram))
+            .collect();
+        let _ = write!(
+            h,
+            "<div class=chart>{}</div>",
+            chart::distribution_svg(&hists)?
+        );
+    }
+
+    h.push_str("<h2>Charts</h2>");
+    for c in &charts {
+        let _ = write!(
+            h,
+            "<div class=chart id=\"chart-{}\">{}</div>",
+            c.name,
+            chart::svg(c, rows)?
+        );
+    }
+
+    h.push_str("<h2>Sources</h2>");
+    if input.sources.is_empty() {
+        h.push_str("<p>Replayed from a series file: the sources' state was not recorded.</p>");
+    } else {
+        h.push_str("<table><tr><th>source</th><th>kind</th><th>up at the end</th><th>seconds reported</th><th>seconds missing</th><th>late buckets</th><th>skew s</th><th>last error</th></tr>");
+        for s in input.sources {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{}>{}</td><td>{}</td><td>{}</td><td class=l>{}</td></tr>",
+                esc(&s.addr),
+                s.kind.map_or("unknown", |k| match k {
+                    super::collect::Kind::Server => "server",
+                    super::collect::Kind::Flooder => "flooder",
+                }),
+                if s.up { "yes" } else { "no" },
+                s.reported,
+                warn(s.missed as usize),
+                s.missed,
+                s.late,
+                s.skew_secs.map_or("–".into(), |k| k.to_string()),
+                esc(s.error.as_deref().unwrap_or(""))
+            );
+        }
+        h.push_str("</table>");
+    }
+    h.push_str("<h2>Settings</h2>");
+    let _ = write!(
+        h,
+        "<p>Monitor command line:</p><pre>{}</pre>",
+        esc(&input.command.join(" "))
+    );
+    for (addr, status) in input.statuses {
+        let text = status.as_ref().map_or_else(
+            || "(no answer to GET /status at the end)".into(),
+            |v| serde_json::to_string_pretty(v).unwrap_or_default(),
+        );
+        let _ = write!(
+            h,
+            "<details><summary>{} /status at the end</summary><pre>{}</pre></details>",
+            esc(addr),
+            esc(&text)
+        );
+    }
+    h.push_str("<h2>Machine (the monitor's host, when the report was written)</h2><table>");
+    for (k, v) in machine() {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=l>{}</td></tr>",
+            esc(&k),
+            esc(&v)
+        );
+    }
+    h.push_str("</table></body></html>\n");
+    Ok(h)
+}
+
+fn warn(n: usize) -> &'static str {
+    if n > 0 { " class=warn" } else { "" }
+}
+
+/// What the host is and how it is set: cores, kernel, memory, limits and
+/// the sysctls that bound a million connections. A value that cannot be
+/// read says so.
+pub fn machine() -> Vec<(String, String)> {
+    let read = |p: &str| {
+        std::fs::read_to_string(p).map_or_else(
+            |e| format!("(unreadable: {e})"),
+            |s| s.split_whitespace().collect::<Vec<_>>().join(" "),
+        )
+    };
+    let mut out = vec![
+        ("hostname".into(), read("/proc/sys/kernel/hostname")),
+        ("kernel".into(), read("/proc/sys/kernel/osrelease")),
+        (
+            "cores (this process may use)".into(),
+            std::thread::available_parallelism().map_or_else(|e| e.to_string(), |n| n.to_string()),
+        ),
+    ];
+    if let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo")
+        && let Some(model) = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+    {
+        out.push(("cpu model".into(), model.1.trim().to_owned()));
+    }
+    if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo")
+        && let Some(total) = meminfo.lines().find(|l| l.starts_with("MemTotal:"))
+    {
+        out.push((
+            "memory".into(),
+            total.trim_start_matches("MemTotal:").trim().to_owned(),
+        ));
+    }
+    // SAFETY: an all-zero rlimit is valid; getrlimit fills it in.
+    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid resource and a valid out pointer.
+    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        format!("soft {} hard {}", limit.rlim_cur, limit.rlim_max)
+    } else {
+        "(unreadable)".into()
+    };
+    out.push(("open files (RLIMIT_NOFILE)".into(), nofile));
+    for key in [
+        "fs.file-max",
+        "fs.nr_open",
+        "net.core.somaxconn",
+        "net.core.netdev_max_backlog",
+        "net.ipv4.tcp_max_syn_backlog",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.tcp_mem",
+        "net.ipv4.tcp_rmem",
+        "net.ipv4.tcp_wmem",
+        "net.ipv4.tcp_tw_reuse",
+        "net.netfilter.nf_conntrack_max",
+    ] {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        out.push((key.into(), read(&path)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_decodes_padded_and_unpadded() {
+        assert_eq!(base64_decode("aGk=").as_deref(), Some(&b"hi"[..]));
+        assert_eq!(base64_decode("aGV5").as_deref(), Some(&b"hey"[..]));
+        assert_eq!(base64_decode("a"), None);
+        assert_eq!(base64_decode("a*b="), None);
+    }
+}

@@ -1,0 +1,392 @@
+//! `hongbao monitor`: the command. Once a second it fetches every source,
+//! closes the seconds that are ready, appends them to the series files,
+//! prints a line, and hands them to the dashboard; at the end it writes
+//! the report.
+//!
+//! Owns: the options, the one-second loop (its clock, its network sample,
+//! fetching the sources in parallel) and the end of a run. Must not: sum,
+//! align or draw anything itself; `collect`, `series`, `chart` and
+//! `report` do.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufReader, BufWriter, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+
+use super::collect::{Collector, SourceState, fetch_seconds};
+use super::series::{self, NetSecond, Row};
+use super::{dashboard, net, report};
+
+/// `hongbao monitor` options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MonitorArgs {
+    /// A server's or flooder's HTTP control (`host:port`), as given to its
+    /// `--http`. Repeat for every process; the kind is learnt from its
+    /// answer.
+    #[arg(long = "source", value_name = "ADDR")]
+    pub sources: Vec<String>,
+
+    /// Stop after this many seconds (default: at SIGINT or SIGTERM).
+    #[arg(long)]
+    pub duration: Option<u64>,
+
+    /// Append each closed second as one JSON object per line to this file.
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
+
+    /// Append each closed second as a CSV line to this file (a header is
+    /// written when the file is new or empty).
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+
+    /// Write the static HTML report of the run here at the end.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+
+    /// Also write every chart as PNG (and SVG) files into this directory at
+    /// the end.
+    #[arg(long)]
+    pub charts_dir: Option<PathBuf>,
+
+    /// HdrHistogram interval logs to plot as whole-run percentile
+    /// distributions in the report, as `LABEL=FILE` (say
+    /// `server=server.hlog`, `client=flood.hlog`).
+    #[arg(long = "hlog", value_name = "LABEL=FILE")]
+    pub hlogs: Vec<String>,
+
+    /// Serve the live dashboard here (`/`), with `/series` and
+    /// `/chart?name=N` behind it. Loopback by default.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    pub http: std::net::SocketAddr,
+
+    /// Do not serve the dashboard.
+    #[arg(long)]
+    pub no_http: bool,
+
+    /// Seconds a second waits for a late source before it closes without
+    /// it. Sources close their seconds within a tick; a clock skewed by
+    /// more than this shows the source as idle and its buckets as late.
+    #[arg(long, default_value_t = 5)]
+    pub lag: u64,
+
+    /// At start, take up to this many past seconds the sources still hold
+    /// (they keep 300).
+    #[arg(long, default_value_t = 300)]
+    pub history: u64,
+
+    /// The network interface to count (default: the one that reaches the
+    /// first source).
+    #[arg(long)]
+    pub iface: Option<String>,
+
+    /// Build the report from a series file written by `--jsonl` instead of
+    /// collecting (no source is fetched).
+    #[arg(long, value_name = "FILE")]
+    pub replay: Option<PathBuf>,
+
+    /// Do not print a line per second.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// How long one fetch may take: a source that cannot answer within it is
+/// down for that second.
+const FETCH_TIMEOUT: Duration = Duration::from_millis(800);
+/// Each tick runs this long after the whole second, so that the sources
+/// have closed the second just ended (a server's idle core closes its
+/// second within one 100 ms tick).
+const TICK_OFFSET: Duration = Duration::from_millis(150);
+
+/// What the dashboard reads and the loop writes, once a second.
+#[derive(Debug, Default)]
+pub struct Board {
+    /// Every closed row, oldest first.
+    pub rows: Vec<Row>,
+    /// The sources' state after the last fetch.
+    pub sources: Vec<SourceState>,
+    /// Sources that registered since the last tick (`/register`).
+    pub registered: Vec<String>,
+}
+
+impl Board {
+    /// Locks the board; each write replaces whole values, so a poisoned
+    /// lock is still consistent.
+    pub fn lock(board: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
+        board.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Runs the monitor until `--duration` or until `stop` is set.
+pub fn run(args: &MonitorArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    let quiet = args.quiet;
+    run_with(args, stop, move |addr| {
+        if !quiet {
+            eprintln!("hongbao monitor: dashboard on http://{addr}/");
+        }
+    })
+}
+
+/// [`run`], telling `dashboard_at` where the dashboard listens (with port 0
+/// the OS chose it) once it serves.
+pub fn run_with(
+    args: &MonitorArgs,
+    stop: &AtomicBool,
+    dashboard_at: impl FnOnce(std::net::SocketAddr),
+) -> anyhow::Result<()> {
+    if let Some(path) = &args.replay {
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let rows = series::read_jsonl(BufReader::new(file))
+            .with_context(|| format!("reading {}", path.display()))?;
+        return finish(args, &rows, &[], Vec::new());
+    }
+    if args.sources.is_empty() && args.no_http {
+        bail!(
+            "give at least one --source ADDR (a server's or flooder's --http), or serve --http for \
+             sources that register themselves (flood --monitor), or --replay FILE"
+        );
+    }
+    let mut jsonl = match &args.jsonl {
+        Some(p) => Some(BufWriter::new(open_append(p, "--jsonl")?)),
+        None => None,
+    };
+    let (mut csv, columns) = match &args.csv {
+        Some(p) => {
+            let f = open_append(p, "--csv")?;
+            let empty = f.metadata().map(|m| m.len() == 0).unwrap_or(true);
+            let mut w = BufWriter::new(f);
+            if empty {
+                writeln!(w, "{}", series::csv_header())
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            (Some(w), series::csv_columns())
+        }
+        None => (None, Vec::new()),
+    };
+    let board = Arc::new(Mutex::new(Board::default()));
+    let dashboard = if args.no_http {
+        None
+    } else {
+        let d = dashboard::start(args.http, board.clone())
+            .with_context(|| format!("serving the dashboard on {} (--http)", args.http))?;
+        dashboard_at(d.addr());
+        Some(d)
+    };
+    let mut sources = args.sources.clone();
+    let mut iface = args
+        .iface
+        .clone()
+        .or_else(|| net::iface_towards(sources.first()?));
+    let mut collector = Collector::new(&sources, args.lag, args.history);
+    let started = unix_now();
+    let end = args.duration.map(|d| started + Duration::from_secs(d));
+    let mut net_prev: Option<(u64, net::IfaceCounters)> = None;
+    let mut statuses = Vec::new();
+    loop {
+        // Sleep to the next tick, waking often enough to see a stop.
+        let now = unix_now();
+        let tick = Duration::from_secs(now.as_secs() + 1) + TICK_OFFSET;
+        let mut wait = tick.saturating_sub(now);
+        while !wait.is_zero() && !stop.load(Ordering::Relaxed) {
+            let step = wait.min(Duration::from_millis(100));
+            std::thread::sleep(step);
+            wait -= step;
+        }
+        let stopping = stop.load(Ordering::Relaxed) || end.is_some_and(|e| unix_now() >= e);
+        let second = unix_now().as_secs();
+        let registered = std::mem::take(&mut Board::lock(&board).registered);
+        for addr in registered {
+            if collector.add_source(&addr) {
+                if !args.quiet {
+                    eprintln!("hongbao monitor: source {addr} registered");
+                }
+                if iface.is_none() {
+                    iface = net::iface_towards(&addr);
+                }
+                sources.push(addr);
+            }
+        }
+        // The interface's counters over the second that just ended.
+        if let Some(name) = &iface
+            && let Some(now_counters) = net::read(name)
+        {
+            if let Some((at, prev)) = net_prev
+                && at + 1 == second
+            {
+                collector.take_net(
+                    at,
+                    NetSecond {
+                        iface: name.clone(),
+                        rx_packets: now_counters.rx_packets.saturating_sub(prev.rx_packets),
+                        tx_packets: now_counters.tx_packets.saturating_sub(prev.tx_packets),
+                        rx_bytes: now_counters.rx_bytes.saturating_sub(prev.rx_bytes),
+                        tx_bytes: now_counters.tx_bytes.saturating_sub(prev.tx_bytes),
+                    },
+                );
+            }
+            net_prev = Some((second, now_counters));
+        }
+        let fetched: Vec<Result<_, String>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = sources
+                .iter()
+                .map(|a| scope.spawn(move || fetch_seconds(a, FETCH_TIMEOUT)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("the fetch thread panicked".into()))
+                })
+                .collect()
+        });
+        for (i, f) in fetched.into_iter().enumerate() {
+            let was_up = collector.sources[i].up;
+            collector.take(i, f, second);
+            let s = &collector.sources[i];
+            if !args.quiet && s.up != was_up {
+                match &s.error {
+                    Some(e) => eprintln!("hongbao monitor: source {} is DOWN: {e}", s.addr),
+                    None => eprintln!("hongbao monitor: source {} is up", s.addr),
+                }
+            }
+        }
+        let rows = collector.close_ready(second);
+        for row in &rows {
+            if let Some(w) = jsonl.as_mut() {
+                series::write_jsonl(w, row).context("writing --jsonl")?;
+            }
+            if let Some(w) = csv.as_mut() {
+                writeln!(w, "{}", series::csv_line(row, &columns)).context("writing --csv")?;
+            }
+            if !args.quiet {
+                println!("{}", line(row));
+            }
+        }
+        if let Some(w) = jsonl.as_mut() {
+            w.flush().context("writing --jsonl")?;
+        }
+        if let Some(w) = csv.as_mut() {
+            w.flush().context("writing --csv")?;
+        }
+        {
+            let mut b = Board::lock(&board);
+            b.rows.extend(rows);
+            b.sources = collector.sources.clone();
+        }
+        if stopping {
+            // The sources' own view of the run, for the report's settings.
+            for a in &sources {
+                let status = super::collect::get(a, "/status", FETCH_TIMEOUT)
+                    .ok()
+                    .and_then(|(code, body)| {
+                        (code == 200).then(|| serde_json::from_str(&body).ok())?
+                    });
+                statuses.push((a.clone(), status));
+            }
+            break;
+        }
+    }
+    if let Some(d) = dashboard {
+        d.stop();
+    }
+    let b = Board::lock(&board);
+    finish(args, &b.rows, &b.sources, statuses)
+}
+
+fn open_append(path: &std::path::Path, option: &str) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {option} {}", path.display()))
+}
+
+/// The end of a run: charts and the report.
+fn finish(
+    args: &MonitorArgs,
+    rows: &[Row],
+    sources: &[SourceState],
+    statuses: Vec<(String, Option<serde_json::Value>)>,
+) -> anyhow::Result<()> {
+    if let Some(dir) = &args.charts_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for c in super::chart::charts() {
+            let svg = super::chart::svg(&c, rows)?;
+            let path = dir.join(format!("{}.svg", c.name));
+            std::fs::write(&path, svg).with_context(|| format!("writing {}", path.display()))?;
+            super::chart::png(&c, rows, &dir.join(format!("{}.png", c.name)))?;
+        }
+    }
+    if let Some(path) = &args.report {
+        let hlogs = args
+            .hlogs
+            .iter()
+            .map(|spec| report::Hlog::read(spec))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let html = report::html(&report::Input {
+            rows,
+            sources,
+            statuses: &statuses,
+            hlogs: &hlogs,
+            command: std::env::args().collect(),
+        })?;
+        std::fs::write(path, html).with_context(|| format!("writing {}", path.display()))?;
+        if !args.quiet {
+            eprintln!("hongbao monitor: report in {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// One line per closed second, for a terminal.
+pub fn line(r: &Row) -> String {
+    let mut out = format!("{} ", r.second);
+    match &r.servers.sum {
+        Some(s) => out.push_str(&format!(
+            "servers {}/{} shakes {} got {} none {} over {} conns {} gen {} svc p99 {:.1}us",
+            r.servers.reporting,
+            r.servers.reporting as usize + r.servers.idle.len() + r.servers.missing.len(),
+            s.server.shakes,
+            s.server.got,
+            s.server.none,
+            s.server.overload,
+            s.conns_open,
+            s.generator.generated,
+            s.service_ns_p99 as f64 / 1e3
+        )),
+        None => out.push_str("servers -"),
+    }
+    out.push_str(" | ");
+    match &r.clients.sum {
+        Some(c) => out.push_str(&format!(
+            "clients {}/{} sent {} answered {} p99 {:.0}us",
+            r.clients.reporting,
+            r.clients.reporting as usize + r.clients.idle.len() + r.clients.missing.len(),
+            c.counters.sent,
+            c.counters.answered,
+            c.latency_us.p99_us
+        )),
+        None => out.push_str("clients -"),
+    }
+    let missing: Vec<&String> = r
+        .servers
+        .missing
+        .iter()
+        .chain(&r.clients.missing)
+        .chain(&r.unreached)
+        .collect();
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+        out.push_str(&format!(" | MISSING {}", names.join(" ")));
+    }
+    out
+}

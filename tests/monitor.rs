@@ -1,0 +1,818 @@
+//! The monitor end to end: its alignment rule, its series files, the
+//! Prometheus text of servers and flooders read by a real parser, charts
+//! drawn from a fixed series, the server's `--hlog`, and the live dashboard
+//! in a real headless Chromium.
+//!
+//! Owns: what `hongbao monitor` promises its readers. Must not: assert a
+//! speed. Every run is bounded (`--duration`, a stop flag, timeouts on
+//! every child) and binds 127.0.0.1 port 0.
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hongbao::flood::stats::{Counters, Percentiles};
+use hongbao::http::{self, Request, Response};
+use hongbao::monitor::collect::{Collector, get};
+use hongbao::monitor::series::{self, KindSum, NetSecond, Row};
+use hongbao::monitor::source::{ClientSecond, FloodSeconds, Seconds};
+use hongbao::monitor::{MonitorArgs, chart, report};
+use hongbao::stats::SecondStats;
+use util::{Client, unix_now, wait_for};
+
+/// A monitor's options as its command line gives them.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: MonitorArgs,
+}
+
+fn monitor_args(args: &[&str]) -> MonitorArgs {
+    Cli::parse_from(std::iter::once("monitor").chain(args.iter().copied())).args
+}
+
+fn temp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("hongbao-monitor-{}-{name}", std::process::id()))
+}
+
+/// A server in this process with its HTTP control on 127.0.0.1:0 and
+/// `envelopes_per_sec`; returns it and its control's address.
+fn server_with_http(envelopes_per_sec: u64) -> (hongbao::server::ServerHandle, String) {
+    let server = hongbao::server::start(&hongbao::server::ServerConfig {
+        no_http: false,
+        envelopes_per_sec,
+        ..util::config()
+    })
+    .expect("server starts");
+    let http = server.http_addr().expect("http on").to_string();
+    (server, http)
+}
+
+/// Runs the monitor on a thread until `--duration` or `stop`; returns the
+/// thread and the dashboard's address once it serves.
+fn spawn_monitor(
+    args: MonitorArgs,
+    stop: Arc<AtomicBool>,
+) -> (std::thread::JoinHandle<anyhow::Result<()>>, SocketAddr) {
+    let (at_tx, at_rx) = mpsc::channel::<SocketAddr>();
+    let monitor = std::thread::spawn(move || {
+        hongbao::monitor::run_with(&args, &stop, move |addr| {
+            let _ = at_tx.send(addr);
+        })
+    });
+    let dashboard = at_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the dashboard's address");
+    (monitor, dashboard)
+}
+
+/// The rows of a series file the monitor wrote.
+#[track_caller]
+fn read_rows(jsonl: &Path) -> Vec<Row> {
+    let file = std::fs::File::open(jsonl).expect("the series file");
+    series::read_jsonl(std::io::BufReader::new(file)).expect("rows read back")
+}
+
+fn server_second(t: u64, shakes: u64) -> SecondStats {
+    let mut s = SecondStats {
+        second: t,
+        conns_open: 10,
+        service_ns_p50: 2_000,
+        service_ns_p99: 5_000,
+        service_ns_p999: 9_000,
+        ..SecondStats::default()
+    };
+    s.server.shakes = shakes;
+    s.server.got = 2;
+    s.generator.generated = 2;
+    s
+}
+
+fn client_second(t: u64, sent: u64) -> ClientSecond {
+    ClientSecond {
+        second: t,
+        qps: sent,
+        connections: 10,
+        counters: Counters {
+            sent,
+            answered: sent,
+            ..Counters::default()
+        },
+        latency_us: Percentiles {
+            count: sent,
+            p50_us: 80.0,
+            p99_us: 300.0,
+            p999_us: 900.0,
+            ..Percentiles::default()
+        },
+        ..ClientSecond::default()
+    }
+}
+
+#[test]
+fn seconds_align_by_label_across_skewed_clocks_and_a_missing_source_is_missing() {
+    // Two servers (b's clock 2 s ahead) and a flooder that stops answering.
+    let addrs: Vec<String> = ["a:1", "b:2", "c:3"].map(String::from).to_vec();
+    let mut c = Collector::new(&addrs, 3, 300);
+    let now = 105;
+    let servers = |range: std::ops::RangeInclusive<u64>, shakes| {
+        Ok(Seconds::Server {
+            seconds: range.map(|t| server_second(t, shakes)).collect(),
+        })
+    };
+    c.take(0, servers(100..=104, 1), now);
+    c.take(1, servers(100..=106, 100), now);
+    c.take(
+        2,
+        Ok(Seconds::Flooder {
+            seconds: (100..=102).map(|t| client_second(t, 7)).collect(),
+        }),
+        now,
+    );
+    let rows = c.close_ready(now);
+    // 100..=102: everyone reported; 103 waits for the flooder.
+    assert_eq!(
+        rows.iter().map(|r| r.second).collect::<Vec<_>>(),
+        [100, 101, 102]
+    );
+    for r in &rows {
+        let s = r.servers.sum.as_ref().expect("both servers");
+        assert_eq!(s.server.shakes, 101, "summed by label, second {}", r.second);
+        assert_eq!(s.conns_open, 20);
+        assert_eq!(r.clients.sum.as_ref().map(|c| c.counters.sent), Some(7));
+    }
+    assert_eq!(c.sources[1].skew_secs, Some(2), "b runs 2 s ahead");
+    assert_eq!(c.sources[0].skew_secs, Some(0));
+
+    // The flooder goes down; a catches up; the lag (3 s) runs out for
+    // 103..=104 at 108, for 105..=106 at 110.
+    c.take(2, Err("connection refused".into()), 108);
+    c.take(0, servers(100..=106, 1), 108);
+    let mut rows = c.close_ready(108);
+    assert_eq!(
+        rows.iter().map(|r| r.second).collect::<Vec<_>>(),
+        [103, 104]
+    );
+    rows.extend(c.close_ready(110));
+    assert_eq!(
+        rows.iter().map(|r| r.second).collect::<Vec<_>>(),
+        [103, 104, 105, 106]
+    );
+    for r in &rows {
+        assert_eq!(r.clients.missing, ["c:3"], "second {}", r.second);
+        assert_eq!(r.clients.sum, None, "missing is never zero");
+        assert_eq!(r.clients.reporting, 0);
+        assert_eq!(r.servers.sum.as_ref().map(|s| s.server.shakes), Some(101));
+    }
+    assert_eq!(c.sources[2].missed, 4);
+    assert!(!c.sources[2].up);
+
+    // A source that never answered is of no kind: listed as unreached.
+    let mut c = Collector::new(&["x:1".into()], 1, 300);
+    c.take(0, Err("refused".into()), 50);
+    assert!(c.close_ready(50).is_empty(), "the lag is not over");
+    let rows = c.close_ready(53);
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert_eq!(r.unreached, ["x:1"]);
+        assert_eq!((&r.servers.sum, &r.clients.sum), (&None, &None));
+    }
+}
+
+/// A fake source on 127.0.0.1:0 serving `/seconds` for the last few
+/// seconds of the real clock, shifted by `skew` seconds.
+fn fake_source(kind: &'static str, skew: i64, per_second: u64) -> http::Server {
+    let listener = http::bind("127.0.0.1:0".parse().expect("loopback")).expect("bind");
+    http::Server::start(listener, "fake-source", move |req: &Request| {
+        if req.path() != "/seconds" {
+            return Response::not_found(req.path(), &["/seconds"]);
+        }
+        let last = (unix_now() as i64 + skew - 1) as u64;
+        let range = last - 4..=last;
+        let seconds = match kind {
+            "server" => Seconds::Server {
+                seconds: range.map(|t| server_second(t, per_second)).collect(),
+            },
+            _ => Seconds::Flooder {
+                seconds: range.map(|t| client_second(t, per_second)).collect(),
+            },
+        };
+        Response::ok(serde_json::to_value(seconds).expect("plain data"))
+    })
+    .expect("start")
+}
+
+#[test]
+fn the_monitor_writes_jsonl_and_csv_and_shows_a_stopped_source_as_missing() {
+    let steady = fake_source("server", 0, 10);
+    let stopping = fake_source("server", 0, 1000);
+    let flooder = fake_source("flooder", 1, 7);
+    let (a, b, f) = (
+        steady.addr().to_string(),
+        stopping.addr().to_string(),
+        flooder.addr().to_string(),
+    );
+    let jsonl = temp("series.jsonl");
+    let csv = temp("series.csv");
+    let _ = std::fs::remove_file(&jsonl);
+    let _ = std::fs::remove_file(&csv);
+    let args = monitor_args(&[
+        "--source",
+        &a,
+        "--source",
+        &b,
+        "--source",
+        &f,
+        "--duration",
+        "7",
+        "--lag",
+        "1",
+        "--history",
+        "2",
+        "--jsonl",
+        jsonl.to_str().expect("utf-8 path"),
+        "--csv",
+        csv.to_str().expect("utf-8 path"),
+        "--no-http",
+        "--quiet",
+    ]);
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let run = scope.spawn(|| hongbao::monitor::run(&args, &stop));
+        // Let a few seconds close with all three, then stop one for good.
+        wait_for("three rows in the series", Duration::from_secs(20), || {
+            let text = std::fs::read_to_string(&jsonl).unwrap_or_default();
+            (text.lines().count() >= 3).then_some(())
+        });
+        stopping.stop();
+        run.join()
+            .expect("the monitor thread")
+            .expect("the monitor run");
+    });
+    let rows = read_rows(&jsonl);
+    assert!(rows.len() >= 5, "{} rows", rows.len());
+    for w in rows.windows(2) {
+        assert_eq!(w[1].second, w[0].second + 1, "one row per second, in order");
+    }
+    let both = rows.iter().filter(|r| r.servers.missing.is_empty()).count();
+    let without = rows
+        .iter()
+        .filter(|r| r.servers.missing == [b.clone()])
+        .count();
+    assert!(both >= 1 && without >= 1, "{rows:#?}");
+    for r in &rows {
+        // Exactly the sources not missing are summed; none: no sum at all.
+        // (A fetch that timed out on a loaded machine shows the same way.)
+        let present: Vec<u64> = [(&a, 10), (&b, 1000)]
+            .iter()
+            .filter(|(addr, _)| !r.servers.missing.contains(addr))
+            .map(|(_, shakes)| *shakes)
+            .collect();
+        let want = (!present.is_empty()).then(|| present.iter().sum::<u64>());
+        let shakes = r.servers.sum.as_ref().map(|s| s.server.shakes);
+        assert_eq!(shakes, want, "second {}: {r:?}", r.second);
+        assert_eq!(r.servers.reporting as usize, present.len());
+        // The flooder's clock is a second ahead: its labels still align.
+        let sent = r.clients.sum.as_ref().map(|c| c.counters.sent);
+        let want = r.clients.missing.is_empty().then_some(7);
+        assert_eq!(sent, want, "second {}", r.second);
+    }
+
+    let text = std::fs::read_to_string(&csv).expect("the CSV file");
+    let mut lines = text.lines();
+    let header = lines.next().expect("a header");
+    assert_eq!(header, series::csv_header());
+    let columns: Vec<&str> = header.split(',').collect();
+    for want in [
+        "second",
+        "servers.sum.server.shakes",
+        "servers.missing",
+        "clients.sum.counters.sent",
+        "clients.sum.latency_us.p99_us",
+        "net.rx_packets",
+    ] {
+        assert!(columns.contains(&want), "{want} not in {header}");
+    }
+    let missing_at = columns.iter().position(|c| *c == "servers.missing");
+    let body: Vec<&str> = lines.collect();
+    assert_eq!(body.len(), rows.len());
+    for (line, row) in body.iter().zip(&rows) {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells.len(), columns.len(), "{line}");
+        assert_eq!(cells[0], row.second.to_string());
+        let missing = missing_at.map(|i| cells[i]);
+        assert_eq!(missing, Some(row.servers.missing.join(";").as_str()));
+    }
+    let _ = std::fs::remove_file(&jsonl);
+    let _ = std::fs::remove_file(&csv);
+}
+
+/// Parses Prometheus text with the prometheus-parse crate; returns the
+/// samples by metric name and labels.
+fn scrape(text: &str) -> prometheus_parse::Scrape {
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    prometheus_parse::Scrape::parse(lines).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn value(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name)
+        .unwrap_or_else(|| panic!("{name} not in the scrape"));
+    match &sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
+#[test]
+fn server_and_flooder_metrics_parse_with_a_prometheus_parser() {
+    let (server, http) = server_with_http(0);
+    let mut client = Client::connect(server.addr());
+    client.login(1);
+    for _ in 0..5 {
+        client.shake(1);
+    }
+    let text = wait_for("the shakes in /metrics", util::WAIT, || {
+        let (status, body) = get(&http, "/metrics", Duration::from_secs(5)).ok()?;
+        assert_eq!(status, 200);
+        let s = scrape(&body);
+        (value(&s, "hongbao_server_shakes_total") >= 5.0).then_some(body)
+    });
+    let s = scrape(&text);
+    assert_eq!(value(&s, "hongbao_server_shakes_total"), 5.0);
+    assert_eq!(value(&s, "hongbao_server_logins_total"), 1.0);
+    assert_eq!(value(&s, "hongbao_server_conns_open"), 1.0);
+    let summary = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "hongbao_server_service_seconds")
+        .expect("the service-time summary");
+    match &summary.value {
+        prometheus_parse::Value::Summary(qs) => {
+            assert_eq!(qs.len(), hongbao::metrics::QUANTILES.len());
+            assert!(qs.iter().all(|q| q.count > 0.0 && q.count < 1.0), "{qs:?}");
+        }
+        other => panic!("not a summary: {other:?}"),
+    }
+    // Every TYPE line names a metric that has samples.
+    let names: BTreeSet<&str> = s.samples.iter().map(|x| x.metric.as_str()).collect();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let name = line.split(' ').next().expect("a name");
+        assert!(names.contains(name), "{name} has no sample");
+    }
+    // /seconds is the same seconds /stats serves, with the kind.
+    let (status, body) = get(&http, "/seconds", Duration::from_secs(5)).expect("GET /seconds");
+    assert_eq!(status, 200);
+    let seconds: Seconds = serde_json::from_str(&body).expect("the /seconds schema");
+    assert!(matches!(seconds, Seconds::Server { seconds } if !seconds.is_empty()));
+    drop(client);
+    server.shutdown();
+
+    // The flooder's document, from its bucket store.
+    let store = FloodSeconds::default();
+    let mut h = hongbao::stats::latency_histogram();
+    h.record_n(250_000, 10).expect("in bounds");
+    store.push(client_second(1000, 10), &h, &h);
+    let answer = store.route(&Request::new("/metrics")).expect("served");
+    let (_, text) = answer.text.expect("a text body");
+    let s = scrape(&text);
+    assert_eq!(value(&s, "hongbao_flood_sent_total"), 10.0);
+    assert_eq!(value(&s, "hongbao_flood_qps_target"), 10.0);
+    let state = s
+        .samples
+        .iter()
+        .find(|x| x.metric == "hongbao_flood_state" && x.labels.get("state") == Some("shaking"))
+        .expect("a state sample");
+    assert!(matches!(state.value, prometheus_parse::Value::Gauge(v) if v == 1.0));
+}
+
+/// Sixty seconds of a steady run with one second where a server was
+/// missing.
+fn fixed_rows() -> Vec<Row> {
+    (0..60u64)
+        .map(|i| {
+            let t = 1_800_000_000 + i;
+            let missing = if i == 30 { vec!["s:2".into()] } else { vec![] };
+            Row {
+                second: t,
+                servers: KindSum {
+                    reporting: 1,
+                    idle: vec![],
+                    missing,
+                    sum: Some(server_second(t, 1000 + i)),
+                },
+                clients: KindSum {
+                    reporting: 1,
+                    idle: vec![],
+                    missing: vec![],
+                    sum: Some(client_second(t, 1000)),
+                },
+                unreached: vec![],
+                net: Some(NetSecond {
+                    iface: "lo".into(),
+                    rx_packets: 2000,
+                    tx_packets: 2000,
+                    rx_bytes: 80_000,
+                    tx_bytes: 80_000,
+                }),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn every_chart_renders_from_a_fixed_series_with_a_gap_where_a_source_was_missing() {
+    let rows = fixed_rows();
+    let dir = temp("charts");
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    for c in chart::charts() {
+        let svg = chart::svg(&c, &rows).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        assert!(svg.starts_with("<svg"), "{}", c.name);
+        assert!(svg.contains(c.title), "{}: title", c.name);
+        assert!(svg.contains(c.y_label), "{}: y label", c.name);
+        assert!(svg.contains("seconds since"), "{}: x label", c.name);
+        for line in &c.lines {
+            assert!(svg.contains(line.name), "{}: legend {}", c.name, line.name);
+        }
+        let png = dir.join(format!("{}.png", c.name));
+        chart::png(&c, &rows, &png).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+        let bytes = std::fs::read(&png).expect("the PNG");
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{}", c.name);
+    }
+    // The missing second breaks the servers' lines: two runs each instead
+    // of one; the clients' line goes on.
+    let qps = chart::charts()
+        .into_iter()
+        .find(|c| c.name == "qps")
+        .expect("the qps chart");
+    let gapped = chart::svg(&qps, &rows).expect("drawn");
+    let whole: Vec<Row> = rows
+        .iter()
+        .cloned()
+        .map(|mut r| {
+            r.servers.missing.clear();
+            r
+        })
+        .collect();
+    let whole = chart::svg(&qps, &whole).expect("drawn");
+    let lines = |svg: &str| svg.matches("<polyline").count();
+    assert_eq!(lines(&gapped), lines(&whole) + 1);
+
+    // The report gathers them, opens from disk (nothing to fetch), and
+    // says what was missing.
+    let html = report::html(&report::Input {
+        rows: &rows,
+        sources: &[],
+        statuses: &[],
+        hlogs: &[],
+        command: vec!["hongbao".into(), "monitor".into()],
+    })
+    .expect("the report");
+    for c in chart::charts() {
+        assert!(
+            html.contains(&format!("id=\"chart-{}\"", c.name)),
+            "{}",
+            c.name
+        );
+    }
+    assert!(!html.contains("<script"), "a static page");
+    assert!(!html.contains("src=\"http"), "nothing fetched");
+    assert!(html.contains("<td>with a server missing</td><td class=warn>1</td>"));
+    assert!(html.contains("net.core.somaxconn"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_server_writes_its_service_time_as_an_interval_log() {
+    let hlog = temp("server.hlog");
+    let server = hongbao::server::start(&hongbao::server::ServerConfig {
+        hlog: Some(hlog.clone()),
+        ..util::config()
+    })
+    .expect("server starts");
+    let mut client = Client::connect(server.addr());
+    client.login(7);
+    let shakes = 20;
+    for _ in 0..shakes {
+        client.shake(7);
+    }
+    // The shakes' second closes once the core has moved past it.
+    wait_for("the shakes' second closed", util::WAIT, || {
+        (server.total().server.shakes == shakes).then_some(())
+    });
+    drop(client);
+    server.shutdown();
+    let read = report::Hlog::read(&format!("server={}", hlog.display())).expect("read back");
+    assert!(read.intervals >= 1);
+    // One sample per answered frame: the login and every shake.
+    assert_eq!(read.histogram.len(), shakes + 1);
+    let text = std::fs::read_to_string(&hlog).expect("the log");
+    assert!(text.contains("#[Histogram log format version 1.3]"));
+    let hgrm = std::fs::read_to_string(hlog.with_extension("hgrm")).expect("the .hgrm");
+    assert!(
+        hgrm.contains(&format!("Total count    = {:>12}", shakes + 1)),
+        "{hgrm}"
+    );
+    let _ = std::fs::remove_file(&hlog);
+    let _ = std::fs::remove_file(hlog.with_extension("hgrm"));
+}
+
+/// Debian's chromium, or `$CHROMIUM`.
+fn chromium() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHROMIUM") {
+        return Some(PathBuf::from(p));
+    }
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// Runs headless Chromium on `url` with `mode` (`--screenshot=F` or
+/// `--dump-dom`), bounded; returns stdout. The flags are the ones this
+/// machine needs (no sandbox as root, no background networking).
+fn run_chromium(chromium: &Path, profile: &Path, mode: &str, url: &str) -> String {
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1900,1500",
+            // Scripts and their fetches run for this long before the shot.
+            "--virtual-time-budget=4000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(mode)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting chromium");
+    let mut out = child.stdout.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        if child.try_wait().expect("waiting for chromium").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill(); // our own child, by its pid
+            let _ = child.wait();
+            panic!("chromium did not finish within 90 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    reader.join().expect("the reader")
+}
+
+/// The inner SVG of one chart box in a dumped DOM.
+fn chart_in(dom: &str, name: &str) -> String {
+    let start = dom
+        .find(&format!("id=\"chart-{name}\""))
+        .unwrap_or_else(|| panic!("no chart-{name} box in the page"));
+    let rest = &dom[start..];
+    let end = rest.find("</svg>").map_or(0, |e| e + 6);
+    rest[..end].to_owned()
+}
+
+#[test]
+fn the_live_dashboard_draws_its_charts_in_chromium_and_they_change() {
+    let Some(chromium) = chromium() else {
+        assert!(
+            std::env::var_os("HONGBAO_SKIP_BROWSER").is_some(),
+            "no chromium: install Debian's chromium (bash .ci/run does), or set HONGBAO_SKIP_BROWSER=1 to skip this test"
+        );
+        eprintln!("skipped: no chromium and HONGBAO_SKIP_BROWSER is set");
+        return;
+    };
+    // A real server whose generator makes the series move every second.
+    let (server, source) = server_with_http(200);
+    let args = monitor_args(&[
+        "--source",
+        &source,
+        "--http",
+        "127.0.0.1:0",
+        "--lag",
+        "1",
+        "--history",
+        "0",
+        "--duration",
+        "60",
+        "--quiet",
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (monitor, dashboard) = spawn_monitor(args, stop.clone());
+    let url = format!("http://{dashboard}/");
+    let rows = |min: usize| {
+        wait_for("rows on the dashboard", Duration::from_secs(30), || {
+            let (_, body) = get(&dashboard.to_string(), "/sources", Duration::from_secs(5)).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+            (v["rows"].as_u64()? as usize >= min).then_some(())
+        })
+    };
+    let profile = temp("chromium-profile");
+    let shots = [temp("dashboard-1.png"), temp("dashboard-2.png")];
+    let mut doms = Vec::new();
+    for (i, shot) in shots.iter().enumerate() {
+        // Two seconds more each time: the charts must have moved.
+        rows(2 + 3 * i);
+        let dom = run_chromium(&chromium, &profile, "--dump-dom", &url);
+        run_chromium(
+            &chromium,
+            &profile,
+            &format!("--screenshot={}", shot.display()),
+            &url,
+        );
+        doms.push(dom);
+    }
+    stop.store(true, Ordering::Relaxed);
+    monitor
+        .join()
+        .expect("the monitor thread")
+        .expect("the monitor run");
+    server.shutdown();
+
+    for (dom, shot) in doms.iter().zip(&shots) {
+        for c in chart::charts() {
+            let svg = chart_in(dom, c.name);
+            assert!(
+                svg.contains("<svg"),
+                "chart {} not drawn in the page",
+                c.name
+            );
+            assert!(svg.contains(c.title), "chart {} has no title", c.name);
+        }
+        assert!(
+            chart_in(dom, "envelopes").contains("<polyline"),
+            "the envelopes chart has a line"
+        );
+        let png = std::fs::read(shot).expect("a screenshot");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+    }
+    assert_ne!(
+        chart_in(&doms[0], "envelopes"),
+        chart_in(&doms[1], "envelopes"),
+        "the chart changed between the two loads"
+    );
+    let a = std::fs::read(&shots[0]).expect("shot 1");
+    let b = std::fs::read(&shots[1]).expect("shot 2");
+    assert_ne!(a, b, "the two screenshots differ");
+    for s in &shots {
+        let _ = std::fs::remove_file(s);
+    }
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
+#[test]
+fn the_monitor_sums_a_real_flooder_and_server_by_second() {
+    let (server, server_http) = server_with_http(50);
+    let jsonl = temp("e2e.jsonl");
+    let _ = std::fs::remove_file(&jsonl);
+    // The flooder says where its control listens (port 0) on stderr.
+    let mut flood = Command::new(env!("CARGO_BIN_EXE_hongbao"))
+        .args(["flood", "--server", &server.addr().to_string()])
+        .args(["--users", "50", "--qps", "200", "--warmup", "0"])
+        .args(["--duration", "3", "--threads", "1", "--settle-secs", "0"])
+        .args(["--http", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning hongbao flood");
+    let stderr = flood.stderr.take().expect("piped");
+    let (addr_tx, addr_rx) = mpsc::channel::<String>();
+    let drain = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut addr_tx = Some(addr_tx);
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(rest) = line.split("control on http://").nth(1)
+                && let Some(tx) = addr_tx.take()
+            {
+                let _ = tx.send(rest.split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let flood_http = addr_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the flooder's control address");
+    let args = monitor_args(&[
+        "--source",
+        &server_http,
+        "--source",
+        &flood_http,
+        "--duration",
+        "9",
+        "--lag",
+        "2",
+        "--jsonl",
+        jsonl.to_str().expect("utf-8 path"),
+        "--no-http",
+        "--quiet",
+    ]);
+    let stop = AtomicBool::new(false);
+    let monitored = hongbao::monitor::run(&args, &stop);
+    // The flooder stopped by itself long before; make sure, by its pid.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while flood.try_wait().expect("waiting for the flooder").is_none() {
+        if Instant::now() > deadline {
+            let _ = flood.kill();
+            let _ = flood.wait();
+            panic!("the flooder did not stop by itself");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = drain.join();
+    server.shutdown();
+    monitored.expect("the monitor run");
+
+    let rows = read_rows(&jsonl);
+    let with_clients: Vec<&Row> = rows.iter().filter(|r| r.clients.sum.is_some()).collect();
+    // Three seconds of shaking, and the drain's second (answers only).
+    assert!(with_clients.len() >= 3, "the flooder's seconds: {rows:#?}");
+    let sent: u64 = with_clients
+        .iter()
+        .filter_map(|r| r.clients.sum.as_ref())
+        .map(|c| c.counters.sent)
+        .sum();
+    assert_eq!(sent, 600, "every second at its rate, summed");
+    let shakes: u64 = rows
+        .iter()
+        .filter_map(|r| r.servers.sum.as_ref())
+        .map(|s| s.server.shakes)
+        .sum();
+    assert_eq!(shakes, 600, "the server answered each one");
+    // After its run the flooder exits: from then on it is missing, not zero.
+    let last = rows.last().expect("rows");
+    if last.clients.sum.is_none() {
+        assert!(
+            last.clients.missing == [flood_http.clone()] || last.clients.idle == [flood_http],
+            "{last:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&jsonl);
+}
+
+#[test]
+fn a_source_that_registers_itself_is_collected() {
+    let source = fake_source("server", 0, 10);
+    let jsonl = temp("registered.jsonl");
+    let _ = std::fs::remove_file(&jsonl);
+    let args = monitor_args(&[
+        "--http",
+        "127.0.0.1:0",
+        "--duration",
+        "5",
+        "--lag",
+        "1",
+        "--history",
+        "2",
+        "--jsonl",
+        jsonl.to_str().expect("utf-8 path"),
+        "--quiet",
+    ]);
+    let (monitor, dashboard) = spawn_monitor(args, Arc::new(AtomicBool::new(false)));
+    let (status, _) = get(
+        &dashboard.to_string(),
+        "/register?source=not-an-address",
+        Duration::from_secs(5),
+    )
+    .expect("GET /register");
+    assert_eq!(status, 400);
+    hongbao::monitor::register(&dashboard.to_string(), source.addr()).expect("registered");
+    monitor
+        .join()
+        .expect("the monitor thread")
+        .expect("the monitor run");
+    let rows = read_rows(&jsonl);
+    assert!(
+        rows.iter()
+            .any(|r| r.servers.sum.as_ref().map(|s| s.server.shakes) == Some(10)),
+        "{rows:#?}"
+    );
+    let _ = std::fs::remove_file(&jsonl);
+}
