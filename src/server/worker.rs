@@ -45,7 +45,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::ids::CoreId;
+use crate::ids::{Cents, CoreId, PacketId};
 use crate::ledger::Producer;
 use crate::mesh::{ConnAddr, CoreMsg, Effects, Waiting};
 use crate::session::{Hold, Now, Service, SessionState};
@@ -443,17 +443,7 @@ impl<S: Service> Worker<S> {
                     self.counters.push_drops += 1;
                 }
             }
-            CoreMsg::ClaimAnswer { to, packet, cents } => {
-                if self.conn_of(to).is_some() {
-                    self.write_frame(
-                        to.key as usize,
-                        Frame::ClaimResponse {
-                            packet,
-                            amount: cents,
-                        },
-                    );
-                }
-            }
+            CoreMsg::ClaimAnswer { to, packet, cents } => self.answer_claim(to, packet, cents),
             msg => self
                 .service
                 .on_message(msg, self.wall, &mut self.fx, &mut self.counters),
@@ -465,6 +455,20 @@ impl<S: Service> Worker<S> {
         self.conns
             .get(addr.key as usize)
             .filter(|c| c.serial == addr.serial)
+    }
+
+    /// Writes a claim's answer on connection `to` of this core, if it is
+    /// still the same connection.
+    fn answer_claim(&mut self, to: ConnAddr, packet: PacketId, cents: Cents) {
+        if self.conn_of(to).is_some() {
+            self.write_frame(
+                to.key as usize,
+                Frame::ClaimResponse {
+                    packet,
+                    amount: cents,
+                },
+            );
+        }
     }
 
     /// Writes one frame on a connection now (a push or a claim answer: they
@@ -569,15 +573,7 @@ impl<S: Service> Worker<S> {
                 }
                 Waiting::Claim { to, packet, cents } => {
                     if usize::from(to.core) == self.core.0 {
-                        if self.conn_of(to).is_some() {
-                            self.write_frame(
-                                to.key as usize,
-                                Frame::ClaimResponse {
-                                    packet,
-                                    amount: cents,
-                                },
-                            );
-                        }
+                        self.answer_claim(to, packet, cents);
                     } else {
                         self.fx.send(
                             usize::from(to.core),
