@@ -89,7 +89,7 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
         totals: books.totals(),
         cents_outstanding: books.cents_outstanding(),
         cents_in_packets: books.cents_in_packets(),
-        packets_live: books.packets().len() as u64,
+        packets_live: books.packets_live() as u64,
         ..AuditReport::default()
     };
     let history = books.history().expect("books made with history");

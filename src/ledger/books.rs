@@ -384,11 +384,9 @@ impl Books {
         v
     }
 
-    /// Live packets (created, not refunded), by id.
-    pub fn packets(&self) -> Vec<&PacketBook> {
-        let mut v: Vec<&PacketBook> = self.packets.values().collect();
-        v.sort_by_key(|p| p.id);
-        v
+    /// How many packets are live (created, not refunded).
+    pub fn packets_live(&self) -> usize {
+        self.packets.len()
     }
 
     /// Takes the live packets out (the server hands them to their cores).
@@ -396,16 +394,6 @@ impl Books {
         let mut v: Vec<PacketBook> = self.packets.drain().map(|(_, p)| p).collect();
         v.sort_by_key(|p| p.id);
         v
-    }
-
-    /// The packet `id`, if live.
-    pub fn packet(&self, id: PacketId) -> Option<&PacketBook> {
-        self.packets.get(&id)
-    }
-
-    /// True when envelope `id` is outstanding.
-    pub fn is_outstanding(&self, id: EnvelopeId) -> bool {
-        self.outstanding.contains_key(&id)
     }
 
     /// The next unused envelope id (after every id recorded).

@@ -297,16 +297,6 @@ impl Producer {
     pub fn durable(&self) -> u64 {
         self.ledger.durable(usize::from(self.id))
     }
-
-    /// Entries appended so far.
-    pub fn appended(&self) -> u64 {
-        self.appended
-    }
-
-    /// The ledger this producer appends to.
-    pub fn ledger(&self) -> &Ledger {
-        &self.ledger
-    }
 }
 
 fn run(
