@@ -10,33 +10,15 @@
 
 mod util;
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use util::{Spawned, http_get, run_to_exit, scratch_dir, signal};
+use util::{Spawned, http_get, read_frame, run_to_exit, scratch_dir, signal};
 
 const CYCLES: usize = 20;
 const USERS: u32 = 16;
-
-/// Reads one frame; an error or end of file means the server is gone.
-fn read_frame(s: &mut TcpStream) -> io::Result<(u16, Vec<u32>)> {
-    let mut head = [0u8; 2];
-    s.read_exact(&mut head)?;
-    let len = usize::from(u16::from_be_bytes(head));
-    if !(8..=44).contains(&len) {
-        return Err(io::Error::other(format!("frame length {len}")));
-    }
-    let mut rest = vec![0u8; len - 2];
-    s.read_exact(&mut rest)?;
-    let cmd = u16::from_be_bytes([rest[0], rest[1]]);
-    let fields = rest[10..]
-        .chunks(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((cmd, fields))
-}
 
 /// One user's closed loop: shake, read until the shake's answer, claim
 /// every packet pushed. Acknowledgements go to `acks` in the flooder's

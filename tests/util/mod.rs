@@ -70,6 +70,22 @@ pub fn config() -> ServerConfig {
     }
 }
 
+/// Reads one whole frame from `stream`; returns its cmd and body fields. An
+/// error or end of file (the server went away) is returned, not a panic.
+pub fn read_frame(stream: &mut TcpStream) -> io::Result<(u16, Vec<u32>)> {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head)?;
+    let len = usize::from(u16::from_be_bytes(head));
+    if !(8..=44).contains(&len) {
+        return Err(io::Error::other(format!("frame length {len}")));
+    }
+    let mut rest = vec![0u8; len - 2];
+    stream.read_exact(&mut rest)?;
+    let cmd = u16::from_be_bytes([rest[0], rest[1]]);
+    let fields = rest[10..].chunks(4).map(|c| be32(c, 0)).collect();
+    Ok((cmd, fields))
+}
+
 /// A claim (cmd 5) of `packet`, with user 0 as the original client sends.
 pub fn claim_request(packet: u32) -> Vec<u8> {
     frame(5, unix_now(), &[0, packet])
@@ -255,13 +271,7 @@ impl Client {
     /// Reads one whole frame; returns its cmd and body fields.
     #[track_caller]
     pub fn frame(&mut self) -> (u16, Vec<u32>) {
-        let head = self.recv(2);
-        let len = usize::from(u16::from_be_bytes([head[0], head[1]]));
-        assert!((8..=44).contains(&len), "frame length {len}");
-        let rest = self.recv(len - 2);
-        let cmd = u16::from_be_bytes([rest[0], rest[1]]);
-        let fields = rest[10..].chunks(4).map(|c| be32(c, 0)).collect();
-        (cmd, fields)
+        read_frame(&mut self.stream).unwrap_or_else(|e| panic!("reading a frame: {e}"))
     }
 
     /// Expects the server to have closed the connection: a read returns
