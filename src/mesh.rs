@@ -168,10 +168,10 @@ impl Effects {
         user.0 as usize % self.cores
     }
 
-    /// True when entry `seq` (if any) is durable already.
+    /// True when this core's ledger entry `seq` is durable already.
     #[inline]
-    pub fn is_durable(&self, seq: Option<u64>) -> bool {
-        seq.is_none_or(|s| s <= self.ledger.durable())
+    pub fn is_durable(&self, seq: u64) -> bool {
+        seq <= self.ledger.durable()
     }
 }
 

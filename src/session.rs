@@ -311,7 +311,7 @@ impl Hongbao {
             }
         };
         match seq {
-            Some(seq) if !fx.is_durable(Some(seq)) => {
+            Some(seq) if !fx.is_durable(seq) => {
                 fx.after(
                     seq,
                     Waiting::Claim {
