@@ -457,6 +457,59 @@ fn round_up(digits: &mut Vec<u8>) {
     digits.insert(0, 1);
 }
 
+/// One interval read back from an interval log.
+#[derive(Debug)]
+pub struct Interval {
+    /// When it started, seconds since the epoch: the log's `BaseTime` (or
+    /// `StartTime`) plus the interval's own timestamp.
+    pub start_unix: f64,
+    /// Its length, seconds.
+    pub length: f64,
+    /// What it recorded, in the log's unit (ours: nanoseconds).
+    pub histogram: Histogram<u64>,
+}
+
+/// Reads every interval of an interval log, ours or Java's. `Err` names
+/// what could not be read.
+pub fn read_intervals(text: &[u8]) -> Result<Vec<Interval>, String> {
+    use base64::Engine as _;
+    use hdrhistogram::serialization::Deserializer;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+
+    /// Java's rule: without a base time, timestamps over a year are
+    /// absolute, smaller ones are offsets from the start time.
+    const ABSOLUTE_AFTER_SECS: f64 = 365.0 * 86_400.0;
+    let mut deserializer = Deserializer::new();
+    let (mut start, mut base) = (None, None);
+    let mut out = Vec::new();
+    for entry in IntervalLogIterator::new(text) {
+        match entry.map_err(|e| format!("an unreadable line: {e:?}"))? {
+            LogEntry::StartTime(t) => start = Some(t.as_secs_f64()),
+            LogEntry::BaseTime(t) => base = Some(t.as_secs_f64()),
+            LogEntry::Interval(i) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(i.encoded_histogram())
+                    .map_err(|e| format!("an interval is not base64: {e}"))?;
+                let histogram: Histogram<u64> = deserializer
+                    .deserialize(&mut bytes.as_slice())
+                    .map_err(|e| format!("an interval's histogram: {e:?}"))?;
+                let at = i.start_timestamp().as_secs_f64();
+                let origin = match (base, start) {
+                    (Some(b), _) => b,
+                    (None, Some(s)) if at < ABSOLUTE_AFTER_SECS => s,
+                    _ => 0.0,
+                };
+                out.push(Interval {
+                    start_unix: origin + at,
+                    length: i.duration().as_secs_f64(),
+                    histogram,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Java's `new Date(ms).toString()` for a UTC time zone, e.g.
 /// `Tue Nov 14 22:13:20 UTC 2023`, for the `StartTime` line (which readers
 /// skip: the seconds before it are what they parse).
@@ -481,7 +534,7 @@ fn java_date_utc(secs_since_epoch: u64) -> String {
 
 /// Days since 1970-01-01 to (year, month 1..=12, day 1..=31) in the
 /// proleptic Gregorian calendar (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let z = days + 719_468;
     let era = z / 146_097;
     let day_of_era = z % 146_097;
@@ -670,5 +723,33 @@ mod tests {
             IntervalLog::new(Vec::new(), before),
             Err(HlogError::BeforeEpoch)
         ));
+    }
+
+    #[test]
+    fn intervals_read_back_at_their_absolute_time() {
+        let start = UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
+        let mut log = IntervalLog::new(Vec::new(), start).expect("header");
+        let mut hists = Vec::new();
+        for (k, value) in [(0u64, 1_000u64), (1, 250_000)] {
+            let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("bounds");
+            h.record_n(value, 10 + k).expect("in range");
+            log.append(Duration::from_secs(k), Duration::from_secs(1), &h)
+                .expect("append");
+            hists.push(h);
+        }
+        let text = log.finish().expect("flush");
+        let read = read_intervals(&text).expect("readable");
+        assert_eq!(read.len(), 2);
+        for (k, (i, h)) in read.iter().zip(&hists).enumerate() {
+            assert!(
+                (i.start_unix - (1_700_000_000.5 + k as f64)).abs() < 1e-6,
+                "{}",
+                i.start_unix
+            );
+            assert!((i.length - 1.0).abs() < 1e-9);
+            assert_eq!(i.histogram.len(), h.len());
+            assert_eq!(i.histogram.max(), h.max());
+        }
+        assert!(read_intervals(b"0.000,1.000,0.001,not-base64!\n").is_err());
     }
 }

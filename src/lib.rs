@@ -2,9 +2,11 @@
 //! and the toolkit that proves it under load. See `docs/ARCHITECTURE.md`.
 
 pub mod audit;
+pub mod demo;
 pub mod flood;
 pub mod generator;
 pub mod hlog;
+pub mod host;
 pub mod http;
 pub mod ids;
 pub mod ledger;

@@ -31,6 +31,10 @@ enum Command {
     /// Collect per-second series from servers and flooders; charts, a live
     /// dashboard, a static report.
     Monitor(Box<hongbao::monitor::MonitorArgs>),
+    /// The seed experiment on this machine in one command: a server, a
+    /// monitor and flooders as children; connect, shake at 30k/s with
+    /// envelopes and packets, shake at 60k/s; then the report and the audit.
+    Demo(Box<hongbao::demo::DemoArgs>),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,6 +43,7 @@ fn main() -> std::process::ExitCode {
         Command::Flood(args) => hongbao::flood::run(&args),
         Command::Audit(args) => hongbao::audit::run(&args).map(|_| ()),
         Command::Monitor(args) => monitor(&args),
+        Command::Demo(args) => return demo(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -61,6 +66,27 @@ fn monitor(args: &hongbao::monitor::MonitorArgs) -> anyhow::Result<()> {
             .context("installing the SIGINT/SIGTERM handlers")?;
     }
     hongbao::monitor::run(args, &stop)
+}
+
+fn demo(args: &hongbao::demo::DemoArgs) -> std::process::ExitCode {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    // Ctrl-C reaches the demo alone (its children have their own process
+    // groups); it then stops them in order and still writes what it has.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+            eprintln!("hongbao: installing the SIGINT/SIGTERM handlers: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    match hongbao::demo::run(args, &stop) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("hongbao demo: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {

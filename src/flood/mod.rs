@@ -26,7 +26,7 @@
 
 mod control;
 mod options;
-mod procfs;
+pub mod procfs;
 pub mod report;
 pub mod schedule;
 pub mod stats;

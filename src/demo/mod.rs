@@ -1,0 +1,816 @@
+//! `hongbao demo`: the seed experiment on one machine, in one command.
+//!
+//! Owns: the run from start to report — check the machine and plan the run
+//! to it ([`plan`]); start a server, a monitor and flooder processes as
+//! children ([`child`]: this same binary, pinned, each in its own process
+//! group); send packets when the shaking starts; show progress once a
+//! second; then stop the children in order, audit the ledger against the
+//! flooders' acknowledgements and write the summary ([`summary`]). Every
+//! child is stopped on every path out, Ctrl-C included. Must not: serve,
+//! flood or monitor anything itself (the children do), or touch a process
+//! it did not start.
+//!
+//! The phases are the seed's: connect every user; shake at 30,000/s with
+//! the generator's 200 envelopes/s and packets being sent and claimed; shake
+//! at 60,000/s.
+
+pub mod child;
+pub mod plan;
+pub mod summary;
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use crate::audit::{AuditArgs, audit};
+use crate::flood::procfs;
+use crate::monitor::collect;
+use child::{Child, describe};
+use plan::{Machine, Plan, Wish};
+use summary::{AuditOutcome, ChildSummary, CpuSample, Inputs, Summary};
+
+/// `hongbao demo` options.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Simulated users, one connection each. Default: what the open-file
+    /// limit allows one process (the server holds every connection),
+    /// rounded down to a thousand; the pre-flight check states it.
+    #[arg(long)]
+    pub users: Option<u32>,
+
+    /// The shaking phases after the connect phase: global rates, each
+    /// optionally with its length (`30000x50s`). Steps without a length share
+    /// `--duration`.
+    #[arg(long, default_value = "30000,60000")]
+    pub phases: String,
+
+    /// Seconds of shaking, shared evenly by the phases given without a
+    /// length. With the connect phase and the wrap-up the demo takes about
+    /// 20 s more.
+    #[arg(long, default_value_t = 100)]
+    pub duration: u64,
+
+    /// Server worker threads, pinned to the first cores; the flooders get
+    /// the rest. Default: half the cores (at least one).
+    #[arg(long)]
+    pub threads: Option<usize>,
+
+    /// Flooder processes sharing the users, as the seed's client machines
+    /// did (each its own slot-rule share of the global rate).
+    #[arg(long, default_value_t = 2)]
+    pub flooders: usize,
+
+    /// Envelopes per second from the generator.
+    #[arg(long, default_value_t = 200)]
+    pub envelopes_per_sec: u64,
+
+    /// Packets sent per second while shaking (the original's
+    /// `/fahongbao`: 3 users each, 10..=309 cents); 0 for none.
+    #[arg(long, default_value_t = 20)]
+    pub packets_per_sec: u64,
+
+    /// Where the report and every file of the run go. Default:
+    /// `hongbao-demo-YYYYMMDD-HHMMSS` in the current directory.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+
+    /// Check the machine and print the plan, then exit without starting
+    /// anything.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// The demo's preferred local ports: the original's server port, the
+/// server's, monitor's and first flooder's default control ports.
+const PREFERRED_PORTS: [u16; 4] = [1025, 8989, 9100, 9090];
+/// How long a child may take to start answering.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a child may take to stop after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+/// Seconds past the planned end before the demo gives up on a flooder.
+const OVERRUN_SECS: u64 = 90;
+/// The flooders' warmup at the first phase's rate, not counted in it.
+const FLOOD_WARMUP_SECS: u64 = 2;
+/// Fetch timeout for the progress polls.
+const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Why a run ended early.
+#[derive(Debug)]
+enum Ended {
+    /// All flooders finished their phases.
+    Done,
+    /// Ctrl-C or SIGTERM.
+    Interrupted,
+    /// A child failed; the message says which and how.
+    Failed(String),
+}
+
+/// The running children and what the run collects about them.
+struct Run {
+    out: PathBuf,
+    server: Child,
+    monitor: Option<Child>,
+    flooders: Vec<Child>,
+    server_http: String,
+    flooder_http: Vec<String>,
+    cpu: Vec<CpuSample>,
+    rss_before: Option<u64>,
+    rss_after: Option<u64>,
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// `YYYYMMDD-HHMMSS`, UTC.
+fn stamp(secs: u64) -> String {
+    let (y, m, d) = crate::hlog::civil_from_days(secs / 86_400);
+    let t = secs % 86_400;
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
+/// Runs the demo. Returns the process exit code: 0 when the run completed
+/// and the audit passed, 1 when something failed, 130 when interrupted.
+pub fn run(args: &DemoArgs, stop: &AtomicBool) -> anyhow::Result<u8> {
+    let machine = Machine::read()?;
+    let plan = plan::plan(
+        &machine,
+        &Wish {
+            users: args.users,
+            phases: args.phases.clone(),
+            duration: args.duration,
+            threads: args.threads,
+            flooders: args.flooders,
+        },
+    )?;
+    println!("hongbao demo: checking the machine");
+    print!("{}", summary::checks_table(&plan.checks));
+    println!(
+        "plan: {} users over {} flooder(s); then {}; {} envelopes/s, {} packets/s",
+        plan.users,
+        plan.flooders.len(),
+        plan.phases
+            .iter()
+            .map(|p| format!("{}/s for {} s", p.qps, p.secs))
+            .collect::<Vec<_>>()
+            .join(", "),
+        args.envelopes_per_sec,
+        args.packets_per_sec,
+    );
+    if args.check {
+        return Ok(0);
+    }
+
+    let started = unix_now() as u64;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("hongbao-demo-{}", stamp(started))));
+    std::fs::create_dir_all(out.join("logs"))
+        .with_context(|| format!("creating the output directory {}", out.display()))?;
+    let exe =
+        std::env::current_exe().context("finding this program's path to start the children")?;
+    let mut ports = plan::pick_ports(
+        &[
+            PREFERRED_PORTS.as_slice(),
+            &(1..plan.flooders.len() as u16)
+                .map(|i| PREFERRED_PORTS[3] + i)
+                .collect::<Vec<_>>(),
+        ]
+        .concat(),
+        machine.ephemeral_ports.map(|(low, _)| low),
+    )?
+    .into_iter();
+    let mut next_port = || ports.next().expect("one port per process was picked");
+    let (listen, server_http, monitor_http) = (next_port(), next_port(), next_port());
+    let flooder_ports: Vec<u16> = plan.flooders.iter().map(|_| next_port()).collect();
+
+    let mut run = start(
+        args,
+        &plan,
+        &exe,
+        &out,
+        (listen, server_http, monitor_http, &flooder_ports),
+        stop,
+    )?;
+    let ended = watch(args, &plan, &mut run, stop);
+    finish(&machine, &plan, run, started, ended)
+}
+
+fn loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+/// Starts the server, the monitor and the flooders, each once the previous
+/// answers. On error every child started so far is stopped (by `Drop`).
+fn start(
+    args: &DemoArgs,
+    plan: &Plan,
+    exe: &Path,
+    out: &Path,
+    (listen, server_http, monitor_http, flooder_ports): (u16, u16, u16, &[u16]),
+    stop: &AtomicBool,
+) -> anyhow::Result<Run> {
+    let s = |p: &Path| p.display().to_string();
+    let server_args: Vec<String> = [
+        "server",
+        "--listen",
+        &loopback(listen),
+        "--http",
+        &loopback(server_http),
+        "--threads",
+        &plan.server_threads.to_string(),
+        "--envelopes-per-sec",
+        &args.envelopes_per_sec.to_string(),
+        "--data-dir",
+        &s(&out.join("data")),
+        "--hlog",
+        &s(&out.join("server.hlog")),
+        "--stats-jsonl",
+        &s(&out.join("server-seconds.jsonl")),
+        "--conns-max",
+        &plan.users.to_string(),
+        "--quiet",
+    ]
+    .map(String::from)
+    .to_vec();
+    println!(
+        "starting the server on {} (logs in {})",
+        loopback(listen),
+        out.join("logs").display()
+    );
+    let mut server = Child::spawn(
+        "server",
+        exe,
+        &server_args,
+        &plan.server_cores,
+        out.join("logs/server.log"),
+    )?;
+    wait_answering(&mut server, &loopback(server_http), "/status", stop)?;
+    let rss_before = procfs::process_rss_bytes(server.pid()).ok();
+
+    let mut monitor_args: Vec<String> = [
+        "monitor",
+        "--source",
+        &loopback(server_http),
+        "--http",
+        &loopback(monitor_http),
+        "--jsonl",
+        &s(&out.join("series.jsonl")),
+        "--csv",
+        &s(&out.join("series.csv")),
+        "--report",
+        &s(&out.join("report.html")),
+        "--charts-dir",
+        &s(&out.join("charts")),
+        "--hlog",
+        &format!("server={}", s(&out.join("server.hlog"))),
+        "--quiet",
+    ]
+    .map(String::from)
+    .to_vec();
+    for i in 0..plan.flooders.len() {
+        monitor_args.push("--hlog".into());
+        monitor_args.push(format!(
+            "client-{i}={}",
+            s(&out.join(format!("flood-{i}.hlog")))
+        ));
+    }
+    let mut monitor = Child::spawn(
+        "monitor",
+        exe,
+        &monitor_args,
+        &plan.flooder_cores,
+        out.join("logs/monitor.log"),
+    )?;
+    wait_answering(&mut monitor, &loopback(monitor_http), "/", stop)?;
+    println!("live dashboard: http://{}/", loopback(monitor_http));
+
+    let mut flooders = Vec::with_capacity(plan.flooders.len());
+    for (i, (f, port)) in plan.flooders.iter().zip(flooder_ports).enumerate() {
+        let flood_args: Vec<String> = [
+            "flood",
+            "--server",
+            &loopback(listen),
+            "--total",
+            &plan.users.to_string(),
+            "--min",
+            &f.min.to_string(),
+            "--max",
+            &f.max.to_string(),
+            "--threads",
+            &f.threads.to_string(),
+            "--bind",
+            &f.bind_arg(),
+            "--phases",
+            &plan.phases_arg(),
+            "--http",
+            &loopback(*port),
+            "--monitor",
+            &loopback(monitor_http),
+            "--json",
+            &s(&out.join(format!("flood-{i}.json"))),
+            "--hlog",
+            &s(&out.join(format!("flood-{i}.hlog"))),
+            "--ack-log",
+            &s(&out.join(format!("acks-{i}.log"))),
+            "--login-timeout",
+            "60",
+            "--warmup",
+            &FLOOD_WARMUP_SECS.to_string(),
+            "--quiet",
+        ]
+        .map(String::from)
+        .to_vec();
+        flooders.push(Child::spawn(
+            &format!("flood-{i}"),
+            exe,
+            &flood_args,
+            &plan.flooder_cores,
+            out.join(format!("logs/flood-{i}.log")),
+        )?);
+    }
+    Ok(Run {
+        out: out.to_path_buf(),
+        server,
+        monitor: Some(monitor),
+        flooders,
+        server_http: loopback(server_http),
+        flooder_http: flooder_ports.iter().map(|&p| loopback(p)).collect(),
+        cpu: Vec::new(),
+        rss_before,
+        rss_after: None,
+    })
+}
+
+/// Waits until `child` answers `GET target` on `addr`, or fails naming why.
+fn wait_answering(
+    child: &mut Child,
+    addr: &str,
+    target: &str,
+    stop: &AtomicBool,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(status) = child.exited() {
+            bail!(
+                "the {} {} at start:\n{}",
+                child.name,
+                describe(status),
+                child.log_tail(8)
+            );
+        }
+        if collect::get(addr, target, POLL_TIMEOUT).is_ok_and(|(code, _)| code == 200) {
+            return Ok(());
+        }
+        if stop.load(Ordering::Relaxed) {
+            bail!("interrupted while the {} was starting", child.name);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the {} did not answer on http://{addr}{target} within {} s; its log ({}) ends:\n{}",
+                child.name,
+                START_TIMEOUT.as_secs(),
+                child.log.display(),
+                child.log_tail(8)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the flooders report right now, summed.
+#[derive(Default)]
+struct Live {
+    connecting: usize,
+    shaking: usize,
+    done: usize,
+    logged_in: u64,
+    phase: String,
+    step_second: Option<u64>,
+    qps: u64,
+    sent: u64,
+    answered: u64,
+    got: u64,
+    overload: u64,
+    claims: u64,
+    errors: u64,
+    p99_us: f64,
+}
+
+fn poll_flooders(run: &Run) -> Live {
+    let mut live = Live::default();
+    for addr in &run.flooder_http {
+        let Ok((200, body)) = collect::get(addr, "/status", POLL_TIMEOUT) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&body) else {
+            continue;
+        };
+        let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+        match v["state"].as_str() {
+            Some("connecting") => {
+                live.connecting += 1;
+                live.logged_in += n(&v, "logged_in");
+            }
+            Some("shaking") => {
+                live.shaking += 1;
+                live.logged_in += n(&v, "connections");
+                live.phase = v["phase"].as_str().unwrap_or("").to_owned();
+                live.step_second = v["second"].as_u64();
+                live.qps = n(&v, "qps");
+                let c = &v["last_second"]["counters"];
+                live.sent += n(c, "sent");
+                live.answered += n(c, "answered");
+                live.got += n(c, "got");
+                live.overload += n(c, "overload");
+                live.claims += n(c, "claim_answers");
+                live.errors += n(c, "conn_errors") + n(c, "bad_frames");
+                let p99 = v["last_second"]["latency_us"]["p99_us"]
+                    .as_f64()
+                    .unwrap_or(0.0);
+                live.p99_us = live.p99_us.max(p99);
+            }
+            Some("done") => live.done += 1,
+            _ => {}
+        }
+    }
+    live
+}
+
+/// Where run second `second` falls: `(phase number from 2, seconds into
+/// it, its length)`, or None in the warmup.
+fn phase_at(plan: &Plan, second: u64, warmup: u64) -> Option<(usize, u64, u64)> {
+    let mut from = warmup;
+    for (i, p) in plan.phases.iter().enumerate() {
+        if second < from + p.secs {
+            return (second >= from).then(|| (i + 2, second - from, p.secs));
+        }
+        from += p.secs;
+    }
+    None
+}
+
+/// Watches the run once a second until the flooders are done, a child
+/// fails, or a signal asks to stop; shows progress and sends the packets.
+fn watch(args: &DemoArgs, plan: &Plan, run: &mut Run, stop: &AtomicBool) -> Ended {
+    let started = Instant::now();
+    let phases_total = plan.phases.len() + 1;
+    let tty = std::io::stderr().is_terminal();
+    let mut packets_sent = false;
+    let mut last_line = Instant::now() - Duration::from_secs(60);
+    let mut shaking_since: Option<Instant> = None;
+    let budget = Duration::from_secs(60 + plan.shaking_secs() + OVERRUN_SECS);
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            if tty {
+                eprintln!();
+            }
+            return Ended::Interrupted;
+        }
+        if let Some(status) = run.server.exited() {
+            return Ended::Failed(format!(
+                "the server {} during the run; its log ends:\n{}",
+                describe(status),
+                run.server.log_tail(8)
+            ));
+        }
+        if let Some(m) = run.monitor.as_mut()
+            && let Some(status) = m.exited()
+        {
+            return Ended::Failed(format!(
+                "the monitor {} during the run; its log ends:\n{}",
+                describe(status),
+                m.log_tail(8)
+            ));
+        }
+        let mut all_done = true;
+        for f in &mut run.flooders {
+            match f.exited() {
+                None => all_done = false,
+                Some(s) if s.success() => {}
+                Some(s) => {
+                    return Ended::Failed(format!(
+                        "{} {}; its log ends:\n{}",
+                        f.name,
+                        describe(s),
+                        f.log_tail(8)
+                    ));
+                }
+            }
+        }
+        if all_done {
+            if tty {
+                eprintln!();
+            }
+            return Ended::Done;
+        }
+        if started.elapsed() > budget {
+            return Ended::Failed(format!(
+                "the flooders had not finished {} s after their planned end",
+                OVERRUN_SECS
+            ));
+        }
+
+        if let Ok(cpu_us) = procfs::process_cpu_us(run.server.pid()) {
+            run.cpu.push(CpuSample {
+                unix: unix_now(),
+                cpu_us,
+            });
+        }
+        let live = poll_flooders(run);
+        if live.shaking > 0 && shaking_since.is_none() {
+            shaking_since = Some(Instant::now());
+        }
+        // Every flooder shaking: every user is in; the server's memory now
+        // holds every connection.
+        if live.shaking == run.flooders.len() && run.rss_after.is_none() {
+            run.rss_after = procfs::process_rss_bytes(run.server.pid()).ok();
+        }
+        if live.shaking > 0 && !packets_sent && args.packets_per_sec > 0 {
+            packets_sent = true;
+            let target = format!(
+                "/fahongbao?qps={}&sum={}&min=0&max={}",
+                args.packets_per_sec,
+                args.packets_per_sec * plan.shaking_secs(),
+                plan.users.saturating_sub(1)
+            );
+            if let Err(e) = collect::get(&run.server_http, &target, Duration::from_secs(2)) {
+                eprintln!("hongbao demo: warning: starting the packets failed: {e}");
+            }
+        }
+
+        let elapsed = started.elapsed().as_secs();
+        let line = if live.shaking > 0 {
+            let where_ = live
+                .step_second
+                .and_then(|s| phase_at(plan, s, FLOOD_WARMUP_SECS))
+                .map_or_else(
+                    || format!("phase 2/{phases_total} warming up"),
+                    |(n, at, len)| {
+                        format!(
+                            "phase {n}/{phases_total} shake {}/s {at:>3}/{len} s",
+                            live.qps
+                        )
+                    },
+                );
+            format!(
+                "{elapsed:>4}s  {where_}  sent {:>6}/s  answered {:>6}/s  got {:>3}/s  over {:>5}/s  claims {:>3}/s  errors {}  p99 {:.2} ms  users {}",
+                live.sent,
+                live.answered,
+                live.got,
+                live.overload,
+                live.claims,
+                live.errors,
+                live.p99_us / 1e3,
+                live.logged_in,
+            )
+        } else if live.done > 0 {
+            format!("{elapsed:>4}s  finishing")
+        } else {
+            format!(
+                "{elapsed:>4}s  phase 1/{phases_total} connect  logged in {:>6}/{}",
+                live.logged_in, plan.users
+            )
+        };
+        if tty {
+            eprint!("\r{line:<150}");
+        } else if last_line.elapsed() >= Duration::from_secs(5) {
+            eprintln!("{line}");
+            last_line = Instant::now();
+        }
+        // Poll just after each whole second, when the flooders have closed
+        // the previous one.
+        let frac = unix_now().fract();
+        let wait = (1.3 - frac).rem_euclid(1.0).max(0.2);
+        std::thread::sleep(Duration::from_secs_f64(wait));
+    }
+}
+
+/// Stops the children in order, audits, writes and prints the summary.
+fn finish(
+    machine: &Machine,
+    plan: &Plan,
+    mut run: Run,
+    started: u64,
+    ended: Ended,
+) -> anyhow::Result<u8> {
+    let out = run.out.clone();
+    if !matches!(ended, Ended::Done) {
+        for f in &mut run.flooders {
+            f.stop(STOP_GRACE);
+        }
+    }
+    // The flooders keep their control up 1.5 s after their run so the
+    // monitor collects their last seconds; give it those and one tick.
+    if matches!(ended, Ended::Done) {
+        std::thread::sleep(Duration::from_millis(2_500));
+    }
+    println!("stopping: monitor (writing the report), then server");
+    let mut children = Vec::new();
+    if let Some(mut m) = run.monitor.take() {
+        let status = m.stop(Duration::from_secs(120));
+        children.push((m, status));
+    }
+    let server_status = run.server.stop(STOP_GRACE);
+    let mut failure = match &ended {
+        Ended::Done => None,
+        Ended::Interrupted => Some("interrupted".to_owned()),
+        Ended::Failed(why) => Some(why.clone()),
+    };
+    if failure.is_none() && !server_status.success() {
+        failure = Some(format!(
+            "the server {} at shutdown; its log ends:\n{}",
+            describe(server_status),
+            run.server.log_tail(8)
+        ));
+    }
+
+    let acks: Vec<PathBuf> = (0..plan.flooders.len())
+        .map(|i| out.join(format!("acks-{i}.log")))
+        .filter(|p| p.exists())
+        .collect();
+    let audit = match audit(&AuditArgs {
+        data_dir: out.join("data"),
+        ack_log: acks,
+        json: false,
+    }) {
+        Ok(report) => AuditOutcome {
+            ok: true,
+            error: None,
+            report: Some(report),
+        },
+        Err(e) => AuditOutcome {
+            ok: false,
+            error: Some(format!("{e:#}")),
+            report: None,
+        },
+    };
+
+    let flooder_json: Vec<PathBuf> = (0..plan.flooders.len())
+        .map(|i| out.join(format!("flood-{i}.json")))
+        .collect();
+    let flooder_hlogs: Vec<PathBuf> = (0..plan.flooders.len())
+        .map(|i| out.join(format!("flood-{i}.hlog")))
+        .collect();
+    let measured = if flooder_json.iter().all(|p| p.exists()) {
+        summary::measure(
+            plan,
+            &Inputs {
+                out: &out,
+                flooder_json: &flooder_json,
+                flooder_hlogs: &flooder_hlogs,
+                server_stats: &out.join("server-seconds.jsonl"),
+                server_hlog: &out.join("server.hlog"),
+                cpu: &run.cpu,
+                rss: (run.rss_before, run.rss_after),
+            },
+        )
+        .map_err(|e| eprintln!("hongbao demo: the results could not be read: {e:#}"))
+        .ok()
+    } else {
+        None
+    };
+    let (connect, phases, money) = measured.unwrap_or_default();
+
+    let mut child_summaries = vec![ChildSummary {
+        name: run.server.name.clone(),
+        pid: run.server.pid(),
+        ended: describe(server_status),
+        log: run.server.log.clone(),
+    }];
+    for f in &mut run.flooders {
+        let status = f.stop(STOP_GRACE);
+        child_summaries.push(ChildSummary {
+            name: f.name.clone(),
+            pid: f.pid(),
+            ended: describe(status),
+            log: f.log.clone(),
+        });
+    }
+    for (m, status) in &children {
+        child_summaries.push(ChildSummary {
+            name: m.name.clone(),
+            pid: m.pid(),
+            ended: describe(*status),
+            log: m.log.clone(),
+        });
+    }
+    let files: Vec<(String, String)> = [
+        ("report", "report.html"),
+        ("summary", "summary.json"),
+        ("series", "series.jsonl"),
+        ("series (CSV)", "series.csv"),
+        ("charts", "charts"),
+        ("server latency log", "server.hlog"),
+        ("server seconds", "server-seconds.jsonl"),
+        ("ledger", "data/ledger.log"),
+        ("logs", "logs"),
+    ]
+    .iter()
+    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+    .chain((0..plan.flooders.len()).flat_map(|i| {
+        [
+            (format!("flooder {i} results"), format!("flood-{i}.json")),
+            (
+                format!("flooder {i} latency log"),
+                format!("flood-{i}.hlog"),
+            ),
+            (
+                format!("flooder {i} acknowledgements"),
+                format!("acks-{i}.log"),
+            ),
+        ]
+    }))
+    .filter(|(_, v)| out.join(v).exists())
+    .collect();
+
+    let completed = failure.is_none();
+    let summary = Summary {
+        schema: summary::SCHEMA_VERSION,
+        started_unix: started,
+        completed,
+        failure: failure.clone(),
+        machine: machine.clone(),
+        plan: plan.clone(),
+        connect,
+        phases,
+        money,
+        audit,
+        children: child_summaries,
+        files,
+    };
+    let summary_path = out.join("summary.json");
+    std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary)?)
+        .with_context(|| format!("writing {}", summary_path.display()))?;
+
+    println!();
+    print!("{}", summary::table(&summary));
+    println!();
+    let report = out.join("report.html");
+    if report.exists() {
+        println!("report:  {}", report.display());
+    } else {
+        println!(
+            "report:  not written (the monitor's log: {})",
+            out.join("logs/monitor.log").display()
+        );
+    }
+    println!("summary: {}", summary_path.display());
+    if let Some(why) = &failure {
+        eprintln!("hongbao demo: the run did not complete: {why}");
+    }
+    Ok(match (&ended, summary.audit.ok && completed) {
+        (Ended::Interrupted, _) => 130,
+        (_, true) => 0,
+        _ => 1,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_names_the_phase_and_the_second_in_it() {
+        let machine = Machine {
+            cores: vec![0, 1],
+            nofile_hard: 20_000,
+            file_max: None,
+            ephemeral_ports: None,
+            somaxconn: None,
+        };
+        let wish = Wish {
+            users: Some(100),
+            phases: "10x3s,20x4s".into(),
+            duration: 0,
+            threads: None,
+            flooders: 1,
+        };
+        let plan = plan::plan(&machine, &wish).unwrap();
+        // Two warmup seconds, then phase 2 (the first shaking one) for 3 s.
+        assert_eq!(phase_at(&plan, 1, 2), None);
+        assert_eq!(phase_at(&plan, 2, 2), Some((2, 0, 3)));
+        assert_eq!(phase_at(&plan, 5, 2), Some((3, 0, 4)));
+        assert_eq!(phase_at(&plan, 8, 2), Some((3, 3, 4)));
+        assert_eq!(phase_at(&plan, 9, 2), None);
+    }
+
+    #[test]
+    fn stamps_are_utc_calendar_times() {
+        assert_eq!(stamp(0), "19700101-000000");
+        assert_eq!(stamp(1_795_331_164), "20261122-070604");
+    }
+}
