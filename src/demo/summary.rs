@@ -474,7 +474,7 @@ pub fn table(s: &Summary) -> String {
     );
     let _ = writeln!(
         out,
-        "\n{:<14} {:>9} {:>9} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>8} {:>9} {:>9} {:>7}",
+        "\n{:<16} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>10} {:>10} {:>10} {:>6}",
         "phase",
         "sent/s",
         "answer/s",
@@ -484,7 +484,7 @@ pub fn table(s: &Summary) -> String {
         "p50 ms",
         "p99 ms",
         "p99.9 ms",
-        "srv p99",
+        "srv p99 µs",
         "srv shk/s",
         "cpu µs/sh",
         "cpu %",
@@ -492,7 +492,7 @@ pub fn table(s: &Summary) -> String {
     for p in &s.phases {
         let _ = writeln!(
             out,
-            "{:<14} {:>9.0} {:>9.0} {:>8.1} {:>8.0} {:>8} {:>7.3} {:>8.3} {:>8.3} {:>8.3} {:>9.0} {:>9} {:>7}",
+            "{:<16} {:>9.0} {:>9.0} {:>8.1} {:>8.0} {:>7} {:>8.3} {:>8.3} {:>9.3} {:>10.1} {:>10.0} {:>10} {:>6}",
             format!("shake {}x{}s", p.qps, p.secs),
             p.client.sent_per_sec,
             p.client.answered_per_sec,
@@ -502,7 +502,7 @@ pub fn table(s: &Summary) -> String {
             p.client.latency.p50_ms,
             p.client.latency.p99_ms,
             p.client.latency.p999_ms,
-            p.server.service.p99_ms,
+            p.server.service.p99_ms * 1e3,
             p.server.shakes_per_sec,
             opt(p.server.cpu_us_per_shake, 2),
             opt(p.server.cpu_pct, 0),
