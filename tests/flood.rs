@@ -206,8 +206,17 @@ fn every_request_to_our_server_is_answered_and_each_second_carries_its_rate() {
         ],
     );
     let w = &report["window"];
-    assert_eq!(u(w, "sent"), 4_000, "{w}");
-    assert_eq!(u(w, "answered"), u(w, "sent"), "{w}");
+    // A request is counted sent in the second it left; on a loaded host the
+    // last of one second can leave just after it ends, so the window's own
+    // count may trade one with the warmup or the drain. The whole run's
+    // counts are exact: every scheduled request was sent and answered.
+    let seconds = report["per_second"].as_array().expect("per_second");
+    let total = |key: &str| seconds.iter().map(|s| u(s, key)).sum::<u64>();
+    assert_eq!(total("scheduled"), 6_000, "{seconds:?}");
+    assert_eq!(total("sent"), 6_000, "{seconds:?}");
+    assert_eq!(total("answered"), 6_000, "{seconds:?}");
+    assert!(u(w, "sent").abs_diff(4_000) <= 2, "{w}");
+    assert!(u(w, "answered").abs_diff(4_000) <= 2, "{w}");
     for key in [
         "unsent",
         "conn_errors",
@@ -220,17 +229,17 @@ fn every_request_to_our_server_is_answered_and_each_second_carries_its_rate() {
     }
     assert_eq!(
         u(w, "got") + u(w, "none") + u(w, "gone") + u(w, "overload"),
-        4_000
+        u(w, "answered")
     );
     // By the slot rule, every run second of one process holding every user
     // carries exactly the global rate, at most... here 2000/s over 1500
     // users: each fires once or twice.
-    let seconds = report["per_second"].as_array().expect("per_second");
     let shaking: Vec<&Value> = seconds.iter().filter(|s| s["phase"] != "drain").collect();
     assert_eq!(shaking.len(), 3, "{seconds:?}");
     for s in shaking {
         assert_eq!(u(s, "scheduled"), 2_000, "{s}");
     }
+    // Latency is kept by intended time: exactly the window's requests.
     assert_eq!(report["latency_corrected"]["count"], 4_000);
     assert_eq!(u(&report["connect"], "logged_in"), 1_500);
     drop(server);
