@@ -215,6 +215,7 @@ pub fn run(setup: GeneratorSetup) {
             let now = Instant::now();
             setup.outstanding.into_iter().map(|e| (now, e)).collect()
         },
+        stalled: false,
         counters: GeneratorCounters::default(),
         ledger: setup.ledger,
         producer: setup.producer,
@@ -251,7 +252,9 @@ pub fn run(setup: GeneratorSetup) {
             // The next envelope to push and the next refill; while a due
             // envelope finds every ring full, only a retry 1 ms later (no
             // refill: the schedule waits for room).
-            let stalled = g.held.front().is_some_and(|&(due, _)| due <= now);
+            // (An envelope that fell due during the last refill's sync is
+            // not a stall: it is pushed at once.)
+            let stalled = g.stalled && g.held.front().is_some_and(|&(due, _)| due <= now);
             let envelopes = if stalled {
                 Some(now + Duration::from_millis(1))
             } else {
@@ -488,6 +491,8 @@ struct Generator {
     /// Envelopes made (and durable) that no ring has taken yet, with the
     /// time each is due; pushed in order once due.
     held: VecDeque<(Instant, Envelope)>,
+    /// The last push found every ring full: retry in 1 ms, make nothing new.
+    stalled: bool,
     counters: GeneratorCounters,
     ledger: Ledger,
     producer: u16,
@@ -524,7 +529,9 @@ impl Generator {
             return;
         }
         batch.emitted += n;
-        self.push_held(now);
+        // A fresh clock: the sync took time, and what fell due meanwhile
+        // goes now rather than at the next wake-up.
+        self.push_held(Instant::now());
     }
 
     /// Makes one envelope due at `due`, records it (not yet synced) and
@@ -567,10 +574,12 @@ impl Generator {
                 break;
             }
             if !self.emit_one(envelope) {
+                self.stalled = true;
                 return false;
             }
             self.held.pop_front();
         }
+        self.stalled = false;
         true
     }
 
@@ -678,6 +687,7 @@ mod tests {
             next_id: EnvelopeId::FIRST.0,
             next_core: 0,
             held: VecDeque::new(),
+            stalled: false,
             counters: GeneratorCounters::default(),
             ledger: Ledger::disabled(),
             producer: 0,
