@@ -650,6 +650,8 @@ impl Coordinator {
                                 latency_us: summary.corrected,
                                 send_lag_us: summary.send_lag,
                                 thread_cpu_max_pct: summary.thread_cpu_max_pct,
+                                // Encoded by `push` from the histogram below.
+                                latency_ns_histogram: None,
                             },
                             &p.hists.corrected,
                             &p.hists.send_lag,
