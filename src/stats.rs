@@ -241,6 +241,32 @@ pub struct SecondStats {
     pub service_ns_p999: u64,
     /// See `service_ns_p50`.
     pub service_ns_max: u64,
+    /// The second's service times as an HdrHistogram (nanoseconds, V2
+    /// deflate, base64: [`crate::monitor::source::encode_histogram`]), so
+    /// that a monitor adds several servers' seconds up exactly instead of
+    /// bounding their percentiles. Encoded by the stats thread as the
+    /// second closes; None from a server older than this field, in totals
+    /// and in a monitor's sums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_ns_histogram: Option<String>,
+}
+
+impl SecondStats {
+    /// Sets the service-time percentiles from the second's histogram
+    /// (nanoseconds): all zero when it is empty.
+    pub fn set_service_percentiles(&mut self, h: &LatencyHistogram) {
+        if h.is_empty() {
+            self.service_ns_p50 = 0;
+            self.service_ns_p99 = 0;
+            self.service_ns_p999 = 0;
+            self.service_ns_max = 0;
+            return;
+        }
+        self.service_ns_p50 = h.value_at_quantile(0.50);
+        self.service_ns_p99 = h.value_at_quantile(0.99);
+        self.service_ns_p999 = h.value_at_quantile(0.999);
+        self.service_ns_max = h.max();
+    }
 }
 
 struct Pending {
@@ -404,12 +430,9 @@ impl Aggregator {
 
     fn close(&mut self, p: Pending) -> SecondStats {
         let mut s = p.stats;
-        if !p.latency.is_empty() {
-            s.service_ns_p50 = p.latency.value_at_quantile(0.50);
-            s.service_ns_p99 = p.latency.value_at_quantile(0.99);
-            s.service_ns_p999 = p.latency.value_at_quantile(0.999);
-            s.service_ns_max = p.latency.max();
-        }
+        s.set_service_percentiles(&p.latency);
+        // Once a second, on the stats thread: what the monitor merges.
+        s.service_ns_histogram = crate::monitor::source::encode_histogram(&p.latency);
         let _ = self.total_latency.add(&p.latency);
         if let Some(kept) = self.kept_latency.as_mut() {
             kept.push((s.second, p.latency));
@@ -525,5 +548,15 @@ mod tests {
             "{}",
             s.service_ns_p99
         );
+        // The second's histogram travels with it, for a monitor to merge.
+        let text = s.service_ns_histogram.as_deref().expect("encoded");
+        let h = crate::monitor::source::decode_histogram(
+            &mut hdrhistogram::serialization::Deserializer::new(),
+            text,
+        )
+        .expect("decodes");
+        assert_eq!(h.len(), 200);
+        assert_eq!(h.value_at_quantile(0.99), s.service_ns_p99);
+        assert_eq!(a.total.service_ns_histogram, None, "totals carry none");
     }
 }

@@ -5,7 +5,8 @@
 //! Owns: the round trip (what we write is what a reader gets) and the shape
 //! of the distribution text. Must not: need Java or the network; the check
 //! against the Java tools is `tools/check_hlog.sh`, which runs
-//! `sample_for_java` below with `HONGBAO_HLOG_SAMPLE` set to a directory.
+//! `sample_for_java` below with `HONGBAO_HLOG_SAMPLE` set to a directory,
+//! and `hgrm_of_a_log` with `HONGBAO_HLOG_READ` set to a real run's log.
 
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
@@ -389,4 +390,61 @@ fn sample_for_java() {
     if !keep {
         std::fs::remove_dir_all(&dir).expect("removing the sample dir");
     }
+}
+
+/// Every interval of a log added up, as Java's `HistogramLogProcessor`
+/// accumulates them: into a copy of the first interval's histogram (so the
+/// sum keeps the bounds the log was written with); None when it has none.
+#[track_caller]
+fn sum_of_log(text: &[u8]) -> Option<Histogram<u64>> {
+    let (_, intervals) = read_log(text);
+    let mut intervals = intervals.into_iter();
+    let mut sum = intervals.next()?.hist;
+    for interval in intervals {
+        sum.add(&interval.hist)
+            .expect("intervals share their bounds");
+    }
+    Some(sum)
+}
+
+/// Reads the interval log `$HONGBAO_HLOG_READ` with the crate's reader,
+/// adds its intervals up and writes their distribution in milliseconds
+/// beside it as `NAME.read.hgrm`: what `tools/check_hlog.sh` requires Java's
+/// `HistogramLogProcessor` to print for a real server's and flooder's log.
+/// Without the variable it reads back a log it writes itself, and checks
+/// that what it would write is the distribution of what went in.
+#[test]
+fn hgrm_of_a_log() {
+    if let Some(path) = std::env::var_os("HONGBAO_HLOG_READ") {
+        let path = PathBuf::from(path);
+        let text = std::fs::read(&path).expect("reading $HONGBAO_HLOG_READ");
+        let sum = sum_of_log(&text).expect("the log holds at least one interval");
+        let mut hgrm =
+            std::fs::File::create(path.with_extension("read.hgrm")).expect("creating .read.hgrm");
+        hlog::write_hgrm(&mut hgrm, &sum, MAX_VALUE_DIVISOR).expect("writing .read.hgrm");
+        return;
+    }
+    let start = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
+    let mut log = IntervalLog::new(Vec::new(), start).expect("header");
+    let mut total = latency_histogram();
+    for second in 0..4_u64 {
+        // An idle second in the middle, as a real log has them.
+        let hist = if second == 2 {
+            latency_histogram()
+        } else {
+            latencies(200 + second, 2_000)
+        };
+        total.add(&hist).expect("same bounds");
+        log.append(Duration::from_secs(second), Duration::from_secs(1), &hist)
+            .expect("appending");
+    }
+    let text = log.finish().expect("flushing");
+    let sum = sum_of_log(&text).expect("four intervals");
+    let hgrm = |h: &Histogram<u64>| {
+        let mut out = Vec::new();
+        hlog::write_hgrm(&mut out, h, MAX_VALUE_DIVISOR).expect("writing");
+        String::from_utf8(out).expect("utf-8")
+    };
+    assert_eq!(hgrm(&sum), hgrm(&total));
+    assert_eq!(sum.len(), 6_000);
 }

@@ -21,8 +21,10 @@ use clap::Parser;
 use hongbao::flood::stats::{Counters, Percentiles};
 use hongbao::http::{self, Request, Response};
 use hongbao::monitor::collect::{Collector, get};
-use hongbao::monitor::series::{self, KindSum, NetSecond, Row};
-use hongbao::monitor::source::{ClientSecond, FloodSeconds, Seconds};
+use hongbao::monitor::series::{self, KindSum, LatencyAcross, NetSecond, Row};
+use hongbao::monitor::source::{
+    ClientSecond, FloodSeconds, Seconds, decode_histogram, encode_histogram,
+};
 use hongbao::monitor::{MonitorArgs, chart, report};
 use hongbao::stats::SecondStats;
 use util::{Client, unix_now, wait_for};
@@ -184,6 +186,142 @@ fn seconds_align_by_label_across_skewed_clocks_and_a_missing_source_is_missing()
         assert_eq!(r.unreached, ["x:1"]);
         assert_eq!((&r.servers.sum, &r.clients.sum), (&None, &None));
     }
+}
+
+/// Two latency distributions of one second (nanoseconds), from a fixed
+/// seed: `fast` is 1,000 samples of 50..150 µs; `slow` is 985 samples of
+/// 150..250 µs and 15 (1.5 %) of 9.5..10.5 ms, so its own p99 is in the
+/// slow tail while the union's (0.75 % slow) is not.
+fn two_distributions() -> (hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>) {
+    let mut rng = fastrand::Rng::with_seed(99);
+    let mut fast = hongbao::stats::latency_histogram();
+    let mut slow = hongbao::stats::latency_histogram();
+    for _ in 0..1_000 {
+        fast.record(rng.u64(50_000..150_000)).expect("in bounds");
+    }
+    for _ in 0..985 {
+        slow.record(rng.u64(150_000..250_000)).expect("in bounds");
+    }
+    for _ in 0..15 {
+        slow.record(rng.u64(9_500_000..10_500_000))
+            .expect("in bounds");
+    }
+    (fast, slow)
+}
+
+/// A server's second `t` whose service times are `h`, as a server serves
+/// it: percentiles and the encoded histogram (or none, as an older server).
+fn server_second_of(t: u64, h: &hdrhistogram::Histogram<u64>, with_histogram: bool) -> SecondStats {
+    let mut s = server_second(t, h.len());
+    s.set_service_percentiles(h);
+    s.service_ns_histogram = with_histogram.then(|| encode_histogram(h).expect("encodes"));
+    s
+}
+
+/// A flooder's second `t` whose latencies are `h`, as a flooder serves it.
+fn client_second_of(
+    t: u64,
+    h: &hdrhistogram::Histogram<u64>,
+    with_histogram: bool,
+) -> ClientSecond {
+    ClientSecond {
+        latency_us: Percentiles::of(h),
+        latency_ns_histogram: with_histogram.then(|| encode_histogram(h).expect("encodes")),
+        ..client_second(t, h.len())
+    }
+}
+
+#[test]
+fn latency_across_sources_is_the_merged_histograms_not_the_worst_or_the_mean() {
+    let (fast, slow) = two_distributions();
+    let mut union = hongbao::stats::latency_histogram();
+    union.add(&fast).expect("same bounds");
+    union.add(&slow).expect("same bounds");
+    let q = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q);
+    let union_p99 = q(&union, 0.99);
+    // The case this is about: the union's p99 is neither source's worst
+    // nor their mean.
+    let worst_p99 = q(&fast, 0.99).max(q(&slow, 0.99));
+    let mean_p99 = (q(&fast, 0.99) + q(&slow, 0.99)) / 2;
+    assert!(q(&slow, 0.99) > 9_000_000, "slow's own p99 is in its tail");
+    assert!(union_p99 < 300_000, "the union's is not: {union_p99}");
+    assert_ne!(union_p99, worst_p99);
+    assert_ne!(union_p99, mean_p99);
+
+    let t = 1_700_000_000;
+    let addrs: Vec<String> = ["a:1", "b:2", "c:3", "d:4"].map(String::from).to_vec();
+    let mut c = Collector::new(&addrs, 3, 300);
+    let server = |h, with| {
+        Ok(Seconds::Server {
+            seconds: vec![server_second_of(t, h, with)],
+        })
+    };
+    let client = |h, with| {
+        Ok(Seconds::Flooder {
+            seconds: vec![client_second_of(t, h, with)],
+        })
+    };
+    c.take(0, server(&fast, true), t + 1);
+    c.take(1, server(&slow, true), t + 1);
+    c.take(2, client(&fast, true), t + 1);
+    c.take(3, client(&slow, true), t + 1);
+    let rows = c.close_ready(t + 1);
+    assert_eq!(rows.len(), 1);
+    let row = &rows[0];
+    let s = row.servers.sum.as_ref().expect("two servers");
+    assert_eq!(row.servers.latency_across, Some(LatencyAcross::Exact));
+    assert_eq!(s.service_ns_p50, q(&union, 0.50));
+    assert_eq!(s.service_ns_p99, union_p99);
+    assert_eq!(s.service_ns_p999, q(&union, 0.999));
+    assert_eq!(s.service_ns_max, union.max());
+    assert_eq!(s.service_ns_histogram, None, "a row carries no histogram");
+    let cl = row.clients.sum.as_ref().expect("two flooders");
+    assert_eq!(row.clients.latency_across, Some(LatencyAcross::Exact));
+    assert_eq!(cl.latency_us, Percentiles::of(&union));
+    assert_eq!(cl.latency_us.p99_us, union_p99 as f64 / 1_000.0);
+    assert_eq!(cl.latency_ns_histogram, None);
+    // The series file keeps the exact figures and no histogram.
+    let mut jsonl = Vec::new();
+    series::write_jsonl(&mut jsonl, row).expect("written");
+    let text = String::from_utf8(jsonl).expect("utf-8");
+    assert!(!text.contains("histogram"), "{text}");
+    assert!(text.contains(r#""latency_across":"exact""#), "{text}");
+    let back = series::read_jsonl(text.as_bytes()).expect("read back");
+    assert_eq!(back[0].servers, row.servers);
+    assert_eq!(back[0].clients.latency_across, Some(LatencyAcross::Exact));
+
+    // A source without histograms (an older version): the worst source's
+    // percentiles, marked as the bound they are.
+    let mut c = Collector::new(&addrs, 3, 300);
+    c.take(0, server(&fast, true), t + 1);
+    c.take(1, server(&slow, false), t + 1);
+    c.take(2, client(&fast, false), t + 1);
+    c.take(3, client(&slow, true), t + 1);
+    let row = &c.close_ready(t + 1)[0];
+    let s = row.servers.sum.as_ref().expect("two servers");
+    assert_eq!(
+        row.servers.latency_across,
+        Some(LatencyAcross::WorstSourceBound)
+    );
+    assert_eq!(s.service_ns_p99, worst_p99);
+    assert_eq!(s.server.shakes, 2_000, "counters still add up");
+    let cl = row.clients.sum.as_ref().expect("two flooders");
+    assert_eq!(
+        row.clients.latency_across,
+        Some(LatencyAcross::WorstSourceBound)
+    );
+    assert_eq!(cl.latency_us.p99_us, worst_p99 as f64 / 1_000.0);
+    assert_eq!(cl.latency_us.count, 2_000);
+
+    // One source alone is exact either way: its own percentiles.
+    let mut c = Collector::new(&["a:1".into()], 3, 300);
+    c.take(0, server(&slow, false), t + 1);
+    let row = &c.close_ready(t + 1)[0];
+    assert_eq!(row.servers.latency_across, Some(LatencyAcross::Exact));
+    assert_eq!(
+        row.servers.sum.as_ref().map(|s| s.service_ns_p99),
+        Some(q(&slow, 0.99))
+    );
 }
 
 /// A fake source on 127.0.0.1:0 serving `/seconds` for the last few
@@ -411,12 +549,14 @@ fn fixed_rows() -> Vec<Row> {
                     idle: vec![],
                     missing,
                     sum: Some(server_second(t, 1000 + i)),
+                    latency_across: Some(LatencyAcross::Exact),
                 },
                 clients: KindSum {
                     reporting: 1,
                     idle: vec![],
                     missing: vec![],
                     sum: Some(client_second(t, 1000)),
+                    latency_across: Some(LatencyAcross::Exact),
                 },
                 unreached: vec![],
                 net: Some(NetSecond {
@@ -747,6 +887,27 @@ fn the_monitor_sums_a_real_flooder_and_server_by_second() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = drain.join();
+    // Each of the server's seconds carries its histogram, which is what
+    // its percentiles were taken from.
+    let (status, body) = get(&server_http, "/seconds", Duration::from_secs(5)).expect("GET");
+    assert_eq!(status, 200);
+    let Ok(Seconds::Server { seconds }) = serde_json::from_str(&body) else {
+        panic!("not a server's seconds: {body}");
+    };
+    let mut deserializer = hdrhistogram::serialization::Deserializer::new();
+    let mut service_times = 0;
+    for s in &seconds {
+        let text = s.service_ns_histogram.as_deref().expect("a histogram");
+        let h = decode_histogram(&mut deserializer, text).expect("decodes");
+        let p99 = if h.is_empty() {
+            0
+        } else {
+            h.value_at_quantile(0.99)
+        };
+        assert_eq!(p99, s.service_ns_p99, "second {}", s.second);
+        service_times += h.len();
+    }
+    assert!(service_times >= 600, "{service_times} service times");
     server.shutdown();
     monitored.expect("the monitor run");
 
@@ -766,6 +927,14 @@ fn the_monitor_sums_a_real_flooder_and_server_by_second() {
         .map(|s| s.server.shakes)
         .sum();
     assert_eq!(shakes, 600, "the server answered each one");
+    for r in &rows {
+        if r.servers.sum.is_some() {
+            assert_eq!(r.servers.latency_across, Some(LatencyAcross::Exact));
+        }
+        if r.clients.sum.is_some() {
+            assert_eq!(r.clients.latency_across, Some(LatencyAcross::Exact));
+        }
+    }
     // After its run the flooder exits: from then on it is missing, not zero.
     let last = rows.last().expect("rows");
     if last.clients.sum.is_none() {

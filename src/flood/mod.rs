@@ -650,6 +650,8 @@ impl Coordinator {
                                 latency_us: summary.corrected,
                                 send_lag_us: summary.send_lag,
                                 thread_cpu_max_pct: summary.thread_cpu_max_pct,
+                                // Encoded by `push` from the histogram below.
+                                latency_ns_histogram: None,
                             },
                             &p.hists.corrected,
                             &p.hists.send_lag,
@@ -775,14 +777,17 @@ impl Coordinator {
     }
 
     fn sample_edge(&self) -> anyhow::Result<EdgeSample> {
+        // The per-CPU times first, at `at`: their busy time is the elapsed
+        // time less what they count as idle, so `at` must be when they
+        // were read.
         let at = Instant::now();
+        let cpus = procfs::cpu_times()?;
         let server_cpu_us = self
             .args
             .server_pid
             .map(procfs::process_cpu_us)
             .transpose()?;
         let self_cpu_us = procfs::self_cpu_us()?;
-        let cpus = procfs::cpu_times()?;
         Ok(EdgeSample {
             at,
             self_cpu_us,
@@ -866,7 +871,8 @@ fn build_report(
         .collect();
     let [start, end] = &shaking.edges;
     let secs = r.plan.window_secs() as f64;
-    let sampled_secs = end.at.saturating_duration_since(start.at).as_secs_f64();
+    let sampled = end.at.saturating_duration_since(start.at);
+    let sampled_secs = sampled.as_secs_f64();
     let self_cpu_us = end.self_cpu_us.saturating_sub(start.self_cpu_us);
     let server_cpu_us = match (start.server_cpu_us, end.server_cpu_us) {
         (Some(a), Some(b)) => b.saturating_sub(a),
@@ -878,7 +884,8 @@ fn build_report(
         .iter()
         .filter_map(|a| {
             let b = end.cpus.iter().find(|b| b.cpu == a.cpu)?;
-            let busy_us = b.busy_us.saturating_sub(a.busy_us);
+            // Not the tick-sampled user/system: see `procfs::busy_us`.
+            let busy_us = procfs::busy_us(a, b, sampled.as_micros() as u64);
             busy_us_total += busy_us;
             let pct = |us: u64| us as f64 / 1e4 / sampled_secs.max(1e-9);
             Some(CpuReport {

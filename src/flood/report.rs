@@ -51,11 +51,13 @@ pub struct Report {
     pub cpus: Vec<CpuReport>,
     /// CPU time over the window of everything but the flooder and the server
     /// (other processes, kernel threads): near 0 on a quiet machine. A large
-    /// value means the figures were disturbed. Only a rough signal: the
-    /// per-CPU figures are sampled at clock ticks while the processes' are
-    /// exact run time, and a process that wakes in step with the tick is
-    /// under-sampled, so a few percent of a core either way (even negative)
-    /// is noise. Without `--server-pid` it includes the server.
+    /// value means the figures were disturbed. The CPUs' busy time is the
+    /// window less their measured idle, iowait and stolen time, not their
+    /// tick-sampled user and system time, which misses most of a flooder's
+    /// and server's CPU (they run in step with the tick; see
+    /// `procfs::busy_us`) and made this about −1 s per 10 s. Within some
+    /// 10 ms per CPU (`/proc/stat`'s unit), so a small negative value is
+    /// rounding. Without `--server-pid` it includes the server.
     pub foreign_cpu_us: i64,
     /// Events between the last login and the start of shaking (drops, stray
     /// frames); all zero in a healthy run.
@@ -195,8 +197,8 @@ pub struct ServerReport {
 pub struct CpuReport {
     /// The CPU's number.
     pub cpu: usize,
-    /// Share of the window it spent running anything (user, system, irq,
-    /// softirq), in percent.
+    /// Share of the window it spent running anything (tasks, interrupts):
+    /// the window less its idle, iowait and stolen time, in percent.
     pub busy_pct: f64,
     /// Share of the window the hypervisor took from it, in percent.
     pub steal_pct: f64,

@@ -16,20 +16,31 @@
 //! counted as late and dropped: rows already written are never changed.
 //! A source whose clock is off by more than the lag shows as idle and late;
 //! its skew (its latest second against the monitor's) is shown beside it.
+//!
+//! Latency across sources: each bucket carries its second's histogram; at
+//! the close a kind's histograms are decoded and added up, and the row's
+//! percentiles are those of the sum (`latency_across: exact`). A bucket
+//! without one (an older source, or one that does not decode) leaves the
+//! row at the worst source's percentiles, an upper bound, and says so
+//! (`worst_source_bound`).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::Deserializer;
 use serde::Serialize;
 
-use super::series::{KindSum, NetSecond, Row, add_client, add_server};
-use super::source::{ClientSecond, Seconds};
+use super::series::{KindSum, LatencyAcross, NetSecond, Row, add_client, add_server};
+use super::source::{ClientSecond, Seconds, decode_histogram};
+use crate::flood::stats::Percentiles;
 use crate::stats::SecondStats;
 
-/// The largest answer read from a source: 300 seconds of buckets are about
-/// 300 KB; anything past this is not a source of ours.
+/// The largest answer read from a source: 300 seconds of buckets with
+/// their histograms are about 1 MB (and a fetch with `?since=` holds a
+/// few); anything past this is not a source of ours.
 const ANSWER_MAX: usize = 16 << 20;
 
 /// GETs `target` from `addr` (`host:port`) within `timeout` for the
@@ -74,9 +85,15 @@ pub fn get(addr: &str, target: &str, timeout: Duration) -> Result<(u16, String),
     Ok((status, body))
 }
 
-/// Fetches a source's `/seconds`.
-pub fn fetch_seconds(addr: &str, timeout: Duration) -> Result<Seconds, String> {
-    let (status, body) = get(addr, "/seconds", timeout)?;
+/// Fetches a source's `/seconds`: those after Unix second `since` when
+/// given (a source older than `?since=` answers all it keeps, which
+/// [`Collector::take`] sorts out the same way).
+pub fn fetch_seconds(addr: &str, since: Option<u64>, timeout: Duration) -> Result<Seconds, String> {
+    let target = match since {
+        Some(t) => format!("/seconds?since={t}"),
+        None => "/seconds".to_owned(),
+    };
+    let (status, body) = get(addr, &target, timeout)?;
     if status != 200 {
         return Err(format!(
             "GET /seconds from {addr}: status {status} (is it a hongbao server or flooder of this version?)"
@@ -273,6 +290,9 @@ impl Collector {
             net: self.net.remove(&t),
             ..Row::default()
         };
+        let mut deserializer = Deserializer::new();
+        let mut servers_latency = Merge::default();
+        let mut clients_latency = Merge::default();
         for s in &mut self.sources {
             // Anything older than t is late by now; t itself is taken.
             let mut later = s.buckets.split_off(&t);
@@ -280,12 +300,17 @@ impl Collector {
             s.buckets = later;
             let addr = s.addr.clone();
             match (bucket, s.kind) {
-                (Some(Bucket::Server(b)), _) => {
+                (Some(Bucket::Server(mut b)), _) => {
                     s.reported += 1;
+                    // Taken out first, so that no row carries one.
+                    let h = b.service_ns_histogram.take();
+                    servers_latency.add(&mut deserializer, h.as_deref());
                     add_to(&mut row.servers, &b, add_server);
                 }
-                (Some(Bucket::Client(b)), _) => {
+                (Some(Bucket::Client(mut b)), _) => {
                     s.reported += 1;
+                    let h = b.latency_ns_histogram.take();
+                    clients_latency.add(&mut deserializer, h.as_deref());
                     add_to(&mut row.clients, &b, add_client);
                 }
                 (None, None) => {
@@ -306,7 +331,81 @@ impl Collector {
                 }
             }
         }
+        let reporting = row.servers.reporting;
+        if let Some(sum) = row.servers.sum.as_mut() {
+            row.servers.latency_across = Some(match servers_latency.merged() {
+                Some(h) => {
+                    sum.set_service_percentiles(h);
+                    LatencyAcross::Exact
+                }
+                None => LatencyAcross::bound_of(reporting),
+            });
+        }
+        let reporting = row.clients.reporting;
+        if let Some(sum) = row.clients.sum.as_mut() {
+            row.clients.latency_across = Some(match clients_latency.merged() {
+                Some(h) => {
+                    // As a flooder summarises its own second.
+                    sum.latency_us = Percentiles::of(h);
+                    LatencyAcross::Exact
+                }
+                None => LatencyAcross::bound_of(reporting),
+            });
+        }
         row
+    }
+}
+
+impl LatencyAcross {
+    /// Without every source's histogram: the worst source's percentiles,
+    /// which are exact when it is the only one.
+    fn bound_of(reporting: u32) -> LatencyAcross {
+        if reporting > 1 {
+            LatencyAcross::WorstSourceBound
+        } else {
+            LatencyAcross::Exact
+        }
+    }
+}
+
+/// One kind's latency histograms of the second being closed, added up.
+#[derive(Default)]
+struct Merge {
+    sum: Option<Histogram<u64>>,
+    /// Reporting sources whose bucket had no histogram that decodes and
+    /// adds.
+    lacking: u32,
+}
+
+impl Merge {
+    /// Adds one reporting source's encoded histogram (None: it sent none).
+    fn add(&mut self, deserializer: &mut Deserializer, encoded: Option<&str>) {
+        let Some(h) = encoded.and_then(|text| decode_histogram(deserializer, text).ok()) else {
+            self.lacking += 1;
+            return;
+        };
+        match self.sum.as_mut() {
+            None => {
+                let mut h = h;
+                // Sources of other versions may differ in bounds: grow
+                // rather than fail.
+                h.auto(true);
+                self.sum = Some(h);
+            }
+            Some(sum) => {
+                if sum.add(&h).is_err() {
+                    self.lacking += 1;
+                }
+            }
+        }
+    }
+
+    /// The sum, when every reporting source's histogram is in it.
+    fn merged(&self) -> Option<&Histogram<u64>> {
+        if self.lacking > 0 {
+            return None;
+        }
+        self.sum.as_ref()
     }
 }
 

@@ -20,7 +20,8 @@ use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 
 use super::chart::{self, Chart};
 use super::collect::SourceState;
-use super::series::Row;
+use super::series::{LatencyAcross, Row};
+use super::source::base64_decode;
 
 /// An interval log read whole: its label and every interval merged.
 pub struct Hlog {
@@ -65,36 +66,6 @@ impl Hlog {
             intervals,
         })
     }
-}
-
-/// Standard base64 with padding, as interval logs carry histograms.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes = text.trim().trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let n = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        out.extend_from_slice(&acc.to_be_bytes()[1..=n]);
-    }
-    Some(out)
 }
 
 /// What the report is made of.
@@ -188,8 +159,9 @@ pre {{ background: #f4f4f4; padding: 0.5em; overflow-x: auto; font-size: 12px; }
 <p>{span}.</p>
 <p>Each second is what the sources reported for it, summed by kind (servers, clients).
 A second where a source did not answer is <b>missing</b>: it is left out of the charts
-(a gap), never drawn as zero. Latency percentiles per second are the worst source's
-(an upper bound of the merged percentile).</p>
+(a gap), never drawn as zero. Latency percentiles per second are those of every
+source's histogram of that second added up (exact); where a source sent no histogram
+(an older version) they are the worst source's, an upper bound, counted below.</p>
 "#
     );
 
@@ -203,17 +175,24 @@ A second where a source did not answer is <b>missing</b>: it is left out of the 
         .filter(|r| !r.clients.missing.is_empty())
         .count();
     let unreached = rows.iter().filter(|r| !r.unreached.is_empty()).count();
+    let bound = |across: Option<LatencyAcross>| across == Some(LatencyAcross::WorstSourceBound);
+    let latency_bound = rows
+        .iter()
+        .filter(|r| bound(r.servers.latency_across) || bound(r.clients.latency_across))
+        .count();
     let _ = write!(
         h,
         "<h2>Completeness</h2><table><tr><th>what</th><th>seconds</th></tr>\
          <tr><td>seconds collected</td><td>{}</td></tr>\
          <tr><td>with a server missing</td><td{}>{missing_servers}</td></tr>\
          <tr><td>with a client missing</td><td{}>{missing_clients}</td></tr>\
-         <tr><td>with a source never reached</td><td{}>{unreached}</td></tr></table>",
+         <tr><td>with a source never reached</td><td{}>{unreached}</td></tr>\
+         <tr><td>with latency only bounded (a source sent no histogram)</td><td{}>{latency_bound}</td></tr></table>",
         rows.len(),
         warn(missing_servers),
         warn(missing_clients),
         warn(unreached),
+        warn(latency_bound),
     );
 
     let charts = chart::charts();
@@ -431,17 +410,4 @@ pub fn machine() -> Vec<(String, String)> {
         out.push((key.into(), read(&path)));
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn base64_decodes_padded_and_unpadded() {
-        assert_eq!(base64_decode("aGk=").as_deref(), Some(&b"hi"[..]));
-        assert_eq!(base64_decode("aGV5").as_deref(), Some(&b"hey"[..]));
-        assert_eq!(base64_decode("a"), None);
-        assert_eq!(base64_decode("a*b="), None);
-    }
 }

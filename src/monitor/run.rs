@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 
 use super::collect::{Collector, SourceState, fetch_seconds};
-use super::series::{self, NetSecond, Row};
+use super::series::{self, LatencyAcross, NetSecond, Row};
 use super::{dashboard, net, report};
 
 /// `hongbao monitor` options.
@@ -238,7 +238,12 @@ pub fn run_with(
         let fetched: Vec<Result<_, String>> = std::thread::scope(|scope| {
             let handles: Vec<_> = sources
                 .iter()
-                .map(|a| scope.spawn(move || fetch_seconds(a, FETCH_TIMEOUT)))
+                .zip(&collector.sources)
+                .map(|(a, s)| {
+                    // Only the seconds it has not served yet.
+                    let since = s.latest;
+                    scope.spawn(move || fetch_seconds(a, since, FETCH_TIMEOUT))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -347,12 +352,21 @@ fn finish(
     Ok(())
 }
 
-/// One line per closed second, for a terminal.
+/// `<=` before a percentile that is only the worst source's bound.
+fn bound_mark(across: Option<LatencyAcross>) -> &'static str {
+    match across {
+        Some(LatencyAcross::WorstSourceBound) => "<=",
+        _ => "",
+    }
+}
+
+/// One line per closed second, for a terminal; a latency that is only
+/// an upper bound (a source sent no histogram) shows as `p99 <=…`.
 pub fn line(r: &Row) -> String {
     let mut out = format!("{} ", r.second);
     match &r.servers.sum {
         Some(s) => out.push_str(&format!(
-            "servers {}/{} shakes {} got {} none {} over {} conns {} gen {} svc p99 {:.1}us",
+            "servers {}/{} shakes {} got {} none {} over {} conns {} gen {} svc p99 {}{:.1}us",
             r.servers.reporting,
             r.servers.reporting as usize + r.servers.idle.len() + r.servers.missing.len(),
             s.server.shakes,
@@ -361,6 +375,7 @@ pub fn line(r: &Row) -> String {
             s.server.overload,
             s.conns_open,
             s.generator.generated,
+            bound_mark(r.servers.latency_across),
             s.service_ns_p99 as f64 / 1e3
         )),
         None => out.push_str("servers -"),
@@ -368,11 +383,12 @@ pub fn line(r: &Row) -> String {
     out.push_str(" | ");
     match &r.clients.sum {
         Some(c) => out.push_str(&format!(
-            "clients {}/{} sent {} answered {} p99 {:.0}us",
+            "clients {}/{} sent {} answered {} p99 {}{:.0}us",
             r.clients.reporting,
             r.clients.reporting as usize + r.clients.idle.len() + r.clients.missing.len(),
             c.counters.sent,
             c.counters.answered,
+            bound_mark(r.clients.latency_across),
             c.latency_us.p99_us
         )),
         None => out.push_str("clients -"),

@@ -45,6 +45,12 @@ pub struct KindSum<T> {
     pub missing: Vec<String>,
     /// The reporting sources summed; None when none reported.
     pub sum: Option<T>,
+    /// How the sum's latency percentiles (servers' service time, clients'
+    /// latency) were taken across its sources; None when none reported,
+    /// and in rows of a monitor older than this field (which took the
+    /// worst source's).
+    #[serde(default)]
+    pub latency_across: Option<LatencyAcross>,
 }
 
 impl<T> Default for KindSum<T> {
@@ -54,8 +60,23 @@ impl<T> Default for KindSum<T> {
             idle: Vec::new(),
             missing: Vec::new(),
             sum: None,
+            latency_across: None,
         }
     }
+}
+
+/// How a second's latency percentiles were taken across a kind's sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencyAcross {
+    /// Exact: the percentiles of every reporting source's histogram of the
+    /// second added up (one source: its own).
+    Exact,
+    /// An upper bound: some reporting source sent no histogram (an older
+    /// version), so each percentile is the worst source's. If every source
+    /// has at most 1 % of its samples above x, so does their union; the
+    /// merged figure can be far lower.
+    WorstSourceBound,
 }
 
 /// The monitor host's interface counters over one second.
@@ -77,7 +98,9 @@ pub struct NetSecond {
 /// server has its own connections and rings); service-time percentiles
 /// take the worst server's, an upper bound of the merged percentile
 /// (if each server has at most 1 % of its samples above x, so does their
-/// union).
+/// union), which the collector replaces with the percentiles of the
+/// servers' histograms added up when every server sent one. The
+/// histogram itself is not summed here: the collector takes it out first.
 ///
 /// The struct is destructured exhaustively, so a field added to it fails to
 /// compile here until it is given its rule, instead of being taken from
@@ -94,6 +117,7 @@ pub fn add_server(sum: &mut SecondStats, s: &SecondStats) {
         service_ns_p99,
         service_ns_p999,
         service_ns_max,
+        service_ns_histogram: _,
     } = s;
     sum.server.add(server);
     sum.generator.add(generator);
@@ -108,8 +132,10 @@ pub fn add_server(sum: &mut SecondStats, s: &SecondStats) {
 
 /// Adds a flooder's second into a sum. Counters and connections add up;
 /// `qps` is the global plan every flooder shares (the largest seen);
-/// percentiles take the worst flooder's (an upper bound, as for servers),
-/// sample counts add up. Exhaustive, as [`add_server`].
+/// percentiles take the worst flooder's (an upper bound, as for servers;
+/// for latency the collector replaces it with the merged histograms'
+/// when every flooder sent one; send lag stays the bound), sample counts
+/// add up. Exhaustive, as [`add_server`].
 pub fn add_client(sum: &mut ClientSecond, c: &ClientSecond) {
     let ClientSecond {
         second: _,
@@ -120,6 +146,7 @@ pub fn add_client(sum: &mut ClientSecond, c: &ClientSecond) {
         latency_us,
         send_lag_us,
         thread_cpu_max_pct,
+        latency_ns_histogram: _,
     } = c;
     sum.counters.add(counters);
     sum.connections += connections;

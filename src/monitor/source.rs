@@ -1,17 +1,23 @@
 //! What a server or a flooder serves to the monitor: its last minutes of
-//! complete per-second buckets (`GET /seconds`) and Prometheus text
-//! (`GET /metrics`).
+//! complete per-second buckets (`GET /seconds`, `?since=T` for the ones
+//! after Unix second T) and Prometheus text (`GET /metrics`).
 //!
 //! Owns: the wire schema of a source's seconds ([`Seconds`], [`ClientSecond`]),
-//! the flooder's bucket store ([`FloodSeconds`], filled by its coordinator
-//! once a second), and the two route helpers the control servers call.
-//! Must not: sit on a request path. The server's buckets are the ones its
-//! stats thread already publishes; the flooder's are written by its
-//! coordinator once a second, after every thread has reported the second.
+//! the form a second's latency histogram travels in ([`encode_histogram`],
+//! [`decode_histogram`]: HdrHistogram V2 + deflate, base64, as an interval
+//! log's histogram column), the flooder's bucket store ([`FloodSeconds`],
+//! filled by its coordinator once a second), and the two route helpers the
+//! control servers call. Must not: sit on a request path. The server's
+//! buckets are the ones its stats thread already publishes (their histogram
+//! encoded there, once a second); the flooder's are written by its
+//! coordinator once a second, after every thread has reported the second,
+//! and their histogram is encoded then.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
+use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use serde::{Deserialize, Serialize};
 
 use crate::flood::stats::{Counters, Percentiles};
@@ -62,18 +68,139 @@ pub struct ClientSecond {
     pub send_lag_us: Percentiles,
     /// The busiest thread's CPU over the second, percent.
     pub thread_cpu_max_pct: f64,
+    /// The second's latency histogram (nanoseconds from the intended send
+    /// time, the one `latency_us` summarises), [`encode_histogram`]d, so
+    /// that a monitor adds several flooders' seconds up exactly. None from
+    /// a flooder older than this field, and in a monitor's sums.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ns_histogram: Option<String>,
+}
+
+/// The longest encoded histogram [`decode_histogram`] takes: a second of
+/// ours is a few KiB (V2 writes only the counts up to the largest value and
+/// deflate shrinks the runs); anything near this is not one of ours.
+pub const HISTOGRAM_TEXT_MAX: usize = 1 << 20;
+
+/// A latency histogram as a source serves it: HdrHistogram's V2 encoding,
+/// deflated, in standard base64 with padding: the histogram column of an
+/// interval log, so Java's `Histogram.decodeFromCompressedByteBuffer` reads
+/// it too. None only if the crate cannot encode it (counts past what V2
+/// holds). Once a second per source, never per request: the encoding
+/// allocates and deflates.
+pub fn encode_histogram(h: &Histogram<u64>) -> Option<String> {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new().serialize(h, &mut bytes).ok()?;
+    Some(base64_encode(&bytes))
+}
+
+/// Reads what [`encode_histogram`] wrote; `Err` says why not.
+pub fn decode_histogram(
+    deserializer: &mut Deserializer,
+    text: &str,
+) -> Result<Histogram<u64>, String> {
+    if text.len() > HISTOGRAM_TEXT_MAX {
+        return Err(format!(
+            "an encoded histogram of {} bytes (at most {HISTOGRAM_TEXT_MAX})",
+            text.len()
+        ));
+    }
+    let bytes = base64_decode(text).ok_or("a histogram that is not base64")?;
+    deserializer
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("a histogram that does not decode: {e:?}"))
+}
+
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding (RFC 4648), as interval logs carry
+/// histograms.
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let mut acc = 0u32;
+        for (i, &b) in chunk.iter().enumerate() {
+            acc |= u32::from(b) << (16 - 8 * i);
+        }
+        // A chunk of n bytes gives n + 1 characters, then padding.
+        for i in 0..4 {
+            if i <= chunk.len() {
+                let sextet = (acc >> (18 - 6 * i)) & 0x3f;
+                out.push(char::from(BASE64_ALPHABET[sextet as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Standard base64, padded or not; None on any other character or a
+/// length no encoding gives.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let value = |c: u8| -> Option<u32> {
+        Some(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return None,
+        } as u32)
+    };
+    let bytes = text.trim().trim_end_matches('=').as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for chunk in bytes.chunks(4) {
+        let mut acc = 0u32;
+        for (i, &c) in chunk.iter().enumerate() {
+            acc |= value(c)? << (18 - 6 * i);
+        }
+        let n = match chunk.len() {
+            4 => 3,
+            3 => 2,
+            2 => 1,
+            _ => return None,
+        };
+        out.extend_from_slice(&acc.to_be_bytes()[1..=n]);
+    }
+    Some(out)
+}
+
+/// The `since` of a `/seconds?since=T` request: only seconds after Unix
+/// second T are served (a monitor asks for those it has not seen, rather
+/// than 300 each second). None without it; `Err` when it is not a number.
+fn since(req: &Request) -> Result<Option<u64>, Response> {
+    match req.param("since") {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
+            Response::error(
+                400,
+                format!("since must be a Unix second (whole number), not {v:?}"),
+            )
+        }),
+    }
 }
 
 /// The server's `/metrics` (Prometheus text) and, for any other path it is
 /// given, `/seconds`: the closed seconds its stats thread published.
 pub fn server_route(req: &Request, published: &Mutex<Published>) -> Response {
-    let p = Published::lock(published);
-    match req.path() {
-        "/metrics" => Response::text(metrics::CONTENT_TYPE, metrics::server(&p.total, &p.service)),
-        _ => Response::ok(seconds_json(&Seconds::Server {
-            seconds: p.recent.iter().cloned().collect(),
-        })),
+    if req.path() == "/metrics" {
+        let p = Published::lock(published);
+        return Response::text(metrics::CONTENT_TYPE, metrics::server(&p.total, &p.service));
     }
+    let since = match since(req) {
+        Ok(since) => since,
+        Err(bad) => return bad,
+    };
+    let seconds = {
+        let p = Published::lock(published);
+        p.recent
+            .iter()
+            .filter(|s| since.is_none_or(|t| s.second > t))
+            .cloned()
+            .collect()
+    };
+    Response::ok(seconds_json(&Seconds::Server { seconds }))
 }
 
 fn seconds_json(s: &Seconds) -> serde_json::Value {
@@ -118,13 +245,18 @@ impl FloodSeconds {
     }
 
     /// Keeps one complete second; its histograms (nanoseconds) go into the
-    /// run's latency summaries.
+    /// run's latency summaries, and its latency histogram, encoded, into
+    /// the second (unless the caller put one there).
     pub fn push(
         &self,
-        second: ClientSecond,
-        latency: &hdrhistogram::Histogram<u64>,
-        send_lag: &hdrhistogram::Histogram<u64>,
+        mut second: ClientSecond,
+        latency: &Histogram<u64>,
+        send_lag: &Histogram<u64>,
     ) {
+        if second.latency_ns_histogram.is_none() {
+            // Encoded before the lock: the HTTP thread never waits on it.
+            second.latency_ns_histogram = encode_histogram(latency);
+        }
         let mut g = self.lock();
         // Same bounds or wider; a value past ours saturates rather than
         // being lost, and adding cannot otherwise fail.
@@ -151,15 +283,29 @@ impl FloodSeconds {
 
     /// The kept seconds, oldest first.
     pub fn seconds(&self) -> Vec<ClientSecond> {
-        self.lock().seconds.iter().cloned().collect()
+        self.seconds_after(None)
+    }
+
+    /// The kept seconds after Unix second `since` (all when None), oldest
+    /// first.
+    pub fn seconds_after(&self, since: Option<u64>) -> Vec<ClientSecond> {
+        self.lock()
+            .seconds
+            .iter()
+            .filter(|s| since.is_none_or(|t| s.second > t))
+            .cloned()
+            .collect()
     }
 
     /// Answers `/seconds` and `/metrics`; None for any other path.
     pub fn route(&self, req: &Request) -> Option<Response> {
         match req.path() {
-            "/seconds" => Some(Response::ok(seconds_json(&Seconds::Flooder {
-                seconds: self.seconds(),
-            }))),
+            "/seconds" => Some(match since(req) {
+                Ok(since) => Response::ok(seconds_json(&Seconds::Flooder {
+                    seconds: self.seconds_after(since),
+                })),
+                Err(bad) => bad,
+            }),
             "/metrics" => Some(Response::text(
                 metrics::CONTENT_TYPE,
                 metrics::flooder(&self.lock().metrics),
@@ -172,6 +318,114 @@ impl FloodSeconds {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hdrhistogram::serialization::interval_log::{
+        IntervalLogIterator, IntervalLogWriterBuilder, LogEntry,
+    };
+
+    #[test]
+    fn base64_decodes_padded_and_unpadded() {
+        assert_eq!(base64_decode("aGk=").as_deref(), Some(&b"hi"[..]));
+        assert_eq!(base64_decode("aGV5").as_deref(), Some(&b"hey"[..]));
+        assert_eq!(base64_decode("a"), None);
+        assert_eq!(base64_decode("a*b="), None);
+    }
+
+    #[test]
+    fn base64_encodes_with_padding_and_round_trips() {
+        assert_eq!(base64_encode(b""), "");
+        assert_eq!(base64_encode(b"h"), "aA==");
+        assert_eq!(base64_encode(b"hi"), "aGk=");
+        assert_eq!(base64_encode(b"hey"), "aGV5");
+        let all: Vec<u8> = (0..=255).collect();
+        for len in 0..all.len() {
+            let text = base64_encode(&all[..len]);
+            assert_eq!(base64_decode(&text).as_deref(), Some(&all[..len]));
+        }
+    }
+
+    /// What a source serves is exactly an interval log's histogram column
+    /// (so any HdrHistogram reader takes it), and decodes to the same
+    /// counts.
+    #[test]
+    fn a_histogram_encodes_as_an_interval_log_column_and_decodes_back() {
+        let mut h = latency_histogram();
+        for v in [1_u64, 900, 45_000, 45_001, 2_000_000, 59_000_000_000] {
+            h.record_n(v, v % 7 + 1).expect("in bounds");
+        }
+        let text = encode_histogram(&h).expect("encodes");
+        let mut log = Vec::new();
+        let mut serializer = V2DeflateSerializer::new();
+        IntervalLogWriterBuilder::new()
+            .begin_log_with(&mut log, &mut serializer)
+            .expect("header")
+            .write_histogram(
+                &h,
+                std::time::Duration::ZERO,
+                std::time::Duration::from_secs(1),
+                None,
+            )
+            .expect("interval");
+        let column = IntervalLogIterator::new(&log)
+            .find_map(|e| match e.expect("parses") {
+                LogEntry::Interval(i) => Some(i.encoded_histogram().to_owned()),
+                _ => None,
+            })
+            .expect("one interval");
+        assert_eq!(text, column);
+        let back = decode_histogram(&mut Deserializer::new(), &text).expect("decodes");
+        assert_eq!(back, h);
+        assert!(decode_histogram(&mut Deserializer::new(), "not base64!").is_err());
+        assert!(decode_histogram(&mut Deserializer::new(), "aGV5").is_err());
+    }
+
+    #[test]
+    fn seconds_since_t_are_the_later_ones() {
+        let s = FloodSeconds::default();
+        let h = latency_histogram();
+        for t in 100..110 {
+            s.push(
+                ClientSecond {
+                    second: t,
+                    ..ClientSecond::default()
+                },
+                &h,
+                &h,
+            );
+        }
+        let served = |target: &str| -> Vec<u64> {
+            let r = s.route(&Request::new(target)).expect("served");
+            r.body["seconds"]
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|b| b["second"].as_u64().expect("a second"))
+                .collect()
+        };
+        assert_eq!(served("/seconds").len(), 10);
+        assert_eq!(served("/seconds?since=107"), [108, 109]);
+        assert_eq!(served("/seconds?since=200"), Vec::<u64>::new());
+        let bad = s
+            .route(&Request::new("/seconds?since=x"))
+            .expect("answered");
+        assert_eq!(bad.status, 400);
+
+        let published = Mutex::new(Published::default());
+        Published::lock(&published)
+            .recent
+            .extend((5..9).map(|t| SecondStats {
+                second: t,
+                ..SecondStats::default()
+            }));
+        let r = server_route(&Request::new("/seconds?since=6"), &published);
+        let seconds: Vec<u64> = r.body["seconds"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|b| b["second"].as_u64().expect("a second"))
+            .collect();
+        assert_eq!(seconds, [7, 8]);
+        assert_eq!(r.body["kind"], "server");
+    }
 
     #[test]
     fn a_flooder_keeps_its_last_seconds_and_their_totals() {
