@@ -49,27 +49,10 @@ fn temp_dir(test: &str) -> PathBuf {
 /// Standard base64 (with padding) to bytes; the log's histogram column.
 #[track_caller]
 fn base64_decode(text: &str) -> Vec<u8> {
-    fn sextet(c: u8) -> u32 {
-        match c {
-            b'A'..=b'Z' => u32::from(c - b'A'),
-            b'a'..=b'z' => u32::from(c - b'a') + 26,
-            b'0'..=b'9' => u32::from(c - b'0') + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => panic!("not base64: {:?}", char::from(c)),
-        }
-    }
-    let bytes = text.trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0_u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= sextet(c) << (18 - 6 * i);
-        }
-        let bytes = acc.to_be_bytes();
-        out.extend_from_slice(&bytes[1..chunk.len()]);
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .unwrap_or_else(|e| panic!("not base64: {e}"))
 }
 
 /// One interval as a reader sees it.

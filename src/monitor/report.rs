@@ -15,13 +15,10 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use hdrhistogram::serialization::Deserializer;
-use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 
 use super::chart::{self, Chart};
 use super::collect::SourceState;
 use super::series::{LatencyAcross, Row};
-use super::source::base64_decode;
 
 /// An interval log read whole: its label and every interval merged.
 pub struct Hlog {
@@ -43,27 +40,18 @@ impl Hlog {
             .with_context(|| format!("--hlog {spec:?}: expected LABEL=FILE"))?;
         let text = std::fs::read(path).with_context(|| format!("reading --hlog {label}={path}"))?;
         let mut histogram = Histogram::<u64>::new(3).context("a histogram of 3 digits")?;
-        let mut deserializer = Deserializer::new();
-        let mut intervals = 0;
-        for entry in IntervalLogIterator::new(&text) {
-            let entry = entry.map_err(|e| anyhow::anyhow!("--hlog {path}: {e:?}"))?;
-            if let LogEntry::Interval(i) = entry {
-                let bytes = base64_decode(i.encoded_histogram())
-                    .with_context(|| format!("--hlog {path}: an interval is not base64"))?;
-                let h: Histogram<u64> = deserializer
-                    .deserialize(&mut bytes.as_slice())
-                    .map_err(|e| anyhow::anyhow!("--hlog {path}: {e:?}"))?;
-                histogram
-                    .add(&h)
-                    .map_err(|e| anyhow::anyhow!("--hlog {path}: {e:?}"))?;
-                intervals += 1;
-            }
+        let intervals = crate::hlog::read_intervals(&text)
+            .map_err(|e| anyhow::anyhow!("--hlog {path}: {e}"))?;
+        for i in &intervals {
+            histogram
+                .add(&i.histogram)
+                .map_err(|e| anyhow::anyhow!("--hlog {path}: {e:?}"))?;
         }
         Ok(Hlog {
             label: label.to_owned(),
             path: PathBuf::from(path),
             histogram,
-            intervals,
+            intervals: intervals.len(),
         })
     }
 }

@@ -16,6 +16,7 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
+use base64::Engine as _;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use serde::{Deserialize, Serialize};
@@ -90,7 +91,7 @@ pub const HISTOGRAM_TEXT_MAX: usize = 1 << 20;
 pub fn encode_histogram(h: &Histogram<u64>) -> Option<String> {
     let mut bytes = Vec::new();
     V2DeflateSerializer::new().serialize(h, &mut bytes).ok()?;
-    Some(base64_encode(&bytes))
+    Some(base64::engine::general_purpose::STANDARD.encode(&bytes))
 }
 
 /// Reads what [`encode_histogram`] wrote; `Err` says why not.
@@ -104,66 +105,12 @@ pub fn decode_histogram(
             text.len()
         ));
     }
-    let bytes = base64_decode(text).ok_or("a histogram that is not base64")?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("a histogram that is not base64: {e}"))?;
     deserializer
         .deserialize(&mut bytes.as_slice())
         .map_err(|e| format!("a histogram that does not decode: {e:?}"))
-}
-
-const BASE64_ALPHABET: &[u8; 64] =
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/// Standard base64 with padding (RFC 4648), as interval logs carry
-/// histograms.
-pub fn base64_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let mut acc = 0u32;
-        for (i, &b) in chunk.iter().enumerate() {
-            acc |= u32::from(b) << (16 - 8 * i);
-        }
-        // A chunk of n bytes gives n + 1 characters, then padding.
-        for i in 0..4 {
-            if i <= chunk.len() {
-                let sextet = (acc >> (18 - 6 * i)) & 0x3f;
-                out.push(char::from(BASE64_ALPHABET[sextet as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// Standard base64, padded or not; None on any other character or a
-/// length no encoding gives.
-pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let bytes = text.trim().trim_end_matches('=').as_bytes();
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for chunk in bytes.chunks(4) {
-        let mut acc = 0u32;
-        for (i, &c) in chunk.iter().enumerate() {
-            acc |= value(c)? << (18 - 6 * i);
-        }
-        let n = match chunk.len() {
-            4 => 3,
-            3 => 2,
-            2 => 1,
-            _ => return None,
-        };
-        out.extend_from_slice(&acc.to_be_bytes()[1..=n]);
-    }
-    Some(out)
 }
 
 /// The `since` of a `/seconds?since=T` request: only seconds after Unix
@@ -321,27 +268,6 @@ mod tests {
     use hdrhistogram::serialization::interval_log::{
         IntervalLogIterator, IntervalLogWriterBuilder, LogEntry,
     };
-
-    #[test]
-    fn base64_decodes_padded_and_unpadded() {
-        assert_eq!(base64_decode("aGk=").as_deref(), Some(&b"hi"[..]));
-        assert_eq!(base64_decode("aGV5").as_deref(), Some(&b"hey"[..]));
-        assert_eq!(base64_decode("a"), None);
-        assert_eq!(base64_decode("a*b="), None);
-    }
-
-    #[test]
-    fn base64_encodes_with_padding_and_round_trips() {
-        assert_eq!(base64_encode(b""), "");
-        assert_eq!(base64_encode(b"h"), "aA==");
-        assert_eq!(base64_encode(b"hi"), "aGk=");
-        assert_eq!(base64_encode(b"hey"), "aGV5");
-        let all: Vec<u8> = (0..=255).collect();
-        for len in 0..all.len() {
-            let text = base64_encode(&all[..len]);
-            assert_eq!(base64_decode(&text).as_deref(), Some(&all[..len]));
-        }
-    }
 
     /// What a source serves is exactly an interval log's histogram column
     /// (so any HdrHistogram reader takes it), and decodes to the same
