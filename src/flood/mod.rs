@@ -261,7 +261,7 @@ fn ensure_open_files(needed: u64) -> anyhow::Result<()> {
 /// users from one address took 4.4 s, from two 0.5 s) and the connect rate
 /// measures the port search, not the server.
 fn warn_if_ports_scarce(r: &Resolved) {
-    let Some(ports) = ephemeral_port_count() else {
+    let Some(ports) = crate::host::ephemeral_port_count() else {
         return;
     };
     // Users are spread over the servers; each source address gives its own
@@ -285,16 +285,6 @@ fn warn_if_ports_scarce(r: &Resolved) {
             ports / 2
         );
     }
-}
-
-/// The size of `net.ipv4.ip_local_port_range`, if readable.
-fn ephemeral_port_count() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
-    let mut parts = text.split_ascii_whitespace().map(str::parse::<u64>);
-    let (Some(Ok(low)), Some(Ok(high))) = (parts.next(), parts.next()) else {
-        return None;
-    };
-    Some(high.saturating_sub(low) + 1)
 }
 
 /// The coordinator's handle on one worker thread.
