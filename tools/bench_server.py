@@ -64,8 +64,9 @@ verdict of its lowest not-ok rate. Only a "server" bound makes the maximum
 the server's: with "flooder" or "host" (or no failing step below --sat-to)
 it is a lower bound, and the table says so (">="). Either way the server's
 capacity from its CPU at its highest ok step (answered/s / share of its core
-used) is reported beside it: a lower bound too, as per-shake cost falls with
-rate (more frames per wake-up).
+used) is reported beside it: an estimate, not a measurement, since the cost
+per shake moves with the arrival pattern (it rose past 6 us at 120k/s with
+the flooder saturated, against 5.3 us at 105k/s, on this machine).
 
 Figures are medians over rounds with min..max beside them: p99 near
 saturation varies 2-4x between runs on a 2-vCPU VM, throughput much less.
@@ -73,8 +74,8 @@ A ratio hongbao / reference (or burst / smooth) is taken per round, from runs
 side by side, then the median.
 
 Usage:
-  tools/bench_server.py                # 3 rounds, 10 s windows, all parts (~20 min)
-  tools/bench_server.py --quick        # 1 round, 3 s windows, coarse saturation: smoke run (~3 min)
+  tools/bench_server.py                # 3 rounds, 10 s windows, all parts (~17 min)
+  tools/bench_server.py --quick        # 1 round, 3 s windows, coarse saturation: smoke run (~2 min)
   tools/bench_server.py --parts rates,memory --rates 60000 --repeats 5 --out /tmp/bench.json
 """
 
@@ -624,7 +625,7 @@ def search_result(steps):
             send_lag_p99_us_at_max=r["send_lag"]["p99_us"],
             flooder_thread_max_pct_at_max=r["flooder"]["thread_cpu_max_pct"],
             # What one core would answer at this per-shake cost, were it all
-            # the server's: a lower bound, per-shake cost falls with rate.
+            # the server's: an estimate; the cost moves with the arrivals.
             capacity_from_cpu_per_sec=r["window"]["answered_per_sec"] / (core / 100) if core > 0 else None,
         )
     return out
