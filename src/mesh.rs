@@ -186,12 +186,35 @@ pub enum Route {
     Dropped,
 }
 
+/// Where one user is. A directory entry per online user is the one thing
+/// a logged-in connection adds beyond its slab slot, so the common case (one
+/// connection, no mail) is kept inline: 16 bytes, no allocation.
+#[derive(Debug)]
+enum Presence {
+    /// Online on one connection, no mail waiting.
+    One(ConnAddr),
+    /// Several connections, or mail waiting (then usually none): rare.
+    More(Box<Crowd>),
+}
+
 #[derive(Debug, Default)]
-struct Presence {
-    /// The user's connections, latest last. Usually one.
+struct Crowd {
+    /// The user's connections, latest last.
     conns: Vec<ConnAddr>,
     /// Pushes waiting for a login, oldest first.
     mail: Vec<Frame>,
+}
+
+impl Crowd {
+    /// The entry this crowd should become: itself, one connection inline,
+    /// or none at all.
+    fn settle(self: Box<Crowd>) -> Option<Presence> {
+        match (self.conns.as_slice(), self.mail.is_empty()) {
+            ([], true) => None,
+            ([one], true) => Some(Presence::One(*one)),
+            _ => Some(Presence::More(self)),
+        }
+    }
 }
 
 /// The users whose home is this core: where they are online, and the pushes
@@ -223,32 +246,65 @@ impl Directory {
 
     /// `user` logged in on `addr`; returns the mail to deliver there now.
     pub fn online(&mut self, user: UserId, addr: ConnAddr) -> Vec<Frame> {
-        let p = self.users.entry(user).or_default();
-        p.conns.push(addr);
-        std::mem::take(&mut p.mail)
+        let (presence, mail) = match self.users.remove(&user) {
+            None => (Presence::One(addr), Vec::new()),
+            Some(Presence::One(before)) => (
+                Presence::More(Box::new(Crowd {
+                    conns: vec![before, addr],
+                    mail: Vec::new(),
+                })),
+                Vec::new(),
+            ),
+            Some(Presence::More(mut crowd)) => {
+                crowd.conns.push(addr);
+                let mail = std::mem::take(&mut crowd.mail);
+                let settled = crowd.settle().unwrap_or(Presence::One(addr));
+                (settled, mail)
+            }
+        };
+        self.users.insert(user, presence);
+        mail
     }
 
     /// The connection `addr` of `user` closed.
     pub fn offline(&mut self, user: UserId, addr: ConnAddr) {
-        if let Some(p) = self.users.get_mut(&user) {
-            p.conns.retain(|&a| a != addr);
-            if p.conns.is_empty() && p.mail.is_empty() {
-                self.users.remove(&user);
+        match self.users.remove(&user) {
+            None => {}
+            Some(Presence::One(a)) if a == addr => {}
+            Some(one @ Presence::One(_)) => {
+                self.users.insert(user, one);
+            }
+            Some(Presence::More(mut crowd)) => {
+                crowd.conns.retain(|&a| a != addr);
+                if let Some(p) = crowd.settle() {
+                    self.users.insert(user, p);
+                }
             }
         }
     }
 
     /// Decides where a push for `user` goes; keeps it if they are offline.
     pub fn route(&mut self, user: UserId, push: Frame) -> Route {
-        let p = self.users.entry(user).or_default();
-        if let Some(&addr) = p.conns.last() {
-            return Route::To(addr);
+        match self.users.get_mut(&user) {
+            Some(Presence::One(addr)) => Route::To(*addr),
+            Some(Presence::More(crowd)) => match crowd.conns.last() {
+                Some(&addr) => Route::To(addr),
+                None if crowd.mail.len() >= self.mailbox_max => Route::Dropped,
+                None => {
+                    crowd.mail.push(push);
+                    Route::Queued
+                }
+            },
+            None if self.mailbox_max == 0 => Route::Dropped,
+            None => {
+                let crowd = Crowd {
+                    conns: Vec::new(),
+                    mail: vec![push],
+                };
+                self.users.insert(user, Presence::More(Box::new(crowd)));
+                Route::Queued
+            }
         }
-        if p.mail.len() >= self.mailbox_max {
-            return Route::Dropped;
-        }
-        p.mail.push(push);
-        Route::Queued
     }
 }
 
@@ -262,6 +318,62 @@ mod tests {
             amount: Cents(10),
             claimants: 1,
             users: [UserId(1), UserId(0), UserId(0)],
+        }
+    }
+
+    #[test]
+    fn an_online_user_costs_sixteen_bytes_inline() {
+        assert!(std::mem::size_of::<Presence>() <= 16);
+    }
+
+    /// The directory against the obvious model (every user's connections
+    /// in a Vec, mail in a Vec) over random logins, logouts and pushes.
+    #[test]
+    fn the_directory_behaves_as_a_list_of_connections_and_a_mailbox() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut d = Directory::new(3);
+        let mut model: HashMap<u32, (Vec<ConnAddr>, Vec<Frame>)> = HashMap::new();
+        let mut serial = 0;
+        for step in 0..20_000 {
+            let user = rng.u32(0..8);
+            let (conns, mail) = model.entry(user).or_default();
+            match rng.u8(0..3) {
+                0 => {
+                    serial += 1;
+                    let a = ConnAddr {
+                        core: rng.u16(0..2),
+                        key: rng.u32(0..4),
+                        serial,
+                    };
+                    conns.push(a);
+                    assert_eq!(
+                        d.online(UserId(user), a),
+                        std::mem::take(mail),
+                        "step {step}"
+                    );
+                }
+                1 if !conns.is_empty() => {
+                    let a = conns.remove(rng.usize(0..conns.len()));
+                    d.offline(UserId(user), a);
+                }
+                _ => {
+                    let f = push(step);
+                    let want = match conns.last() {
+                        Some(&a) => Route::To(a),
+                        None if mail.len() >= 3 => Route::Dropped,
+                        None => {
+                            mail.push(f);
+                            Route::Queued
+                        }
+                    };
+                    assert_eq!(d.route(UserId(user), f), want, "step {step}");
+                }
+            }
+            let live = model
+                .values()
+                .filter(|(c, m)| !c.is_empty() || !m.is_empty())
+                .count();
+            assert_eq!(d.len(), live, "step {step}: no entry kept for nothing");
         }
     }
 
