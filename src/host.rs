@@ -1,9 +1,11 @@
 //! What this host allows: kernel settings and process limits, read-only.
 //!
 //! Owns: reading the sysctls and the open-file limit that bound how many
-//! connections one machine holds, for the start-up checks of the demo and the
-//! flooder. Must not: change any of them (`sysctl/hongbao-tune.sh` does,
-//! with the operator's consent), or decide what a value means for a run.
+//! connections one machine holds, for the start-up checks of the server, the
+//! demo, the flooder and the monitor's report; raising this process's own
+//! soft open-file limit. Must not: change anything beyond this process
+//! (`sysctl/hongbao-tune.sh` does, with the operator's consent), or decide
+//! what a value means for a run.
 
 /// A sysctl's whitespace-separated numbers (`net.ipv4.tcp_mem` has three),
 /// or `None` when it cannot be read here (absent, or a container hides it).
@@ -45,12 +47,19 @@ pub fn nofile() -> std::io::Result<(u64, u64)> {
     Ok((limit.rlim_cur, limit.rlim_max))
 }
 
-/// `MemAvailable` from `/proc/meminfo`, in bytes.
-pub fn mem_available_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_ascii_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+/// Sets this process's soft open-file limit to `soft` (at most the hard
+/// limit, which only root may raise).
+pub fn set_nofile_soft(soft: u64) -> std::io::Result<()> {
+    let (_, hard) = nofile()?;
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit reads the struct we own and has no other effects.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

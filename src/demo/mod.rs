@@ -20,6 +20,7 @@ pub mod summary;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -608,22 +609,23 @@ fn finish(
     ended: Ended,
 ) -> anyhow::Result<u8> {
     let out = run.out.clone();
-    if !matches!(ended, Ended::Done) {
-        for f in &mut run.flooders {
-            f.stop(STOP_GRACE);
-        }
-    }
+    // Flooders first (after a finished run they have exited: this only
+    // reads how), so that the report covers everything they sent.
+    let flooder_ends: Vec<ExitStatus> = run
+        .flooders
+        .iter_mut()
+        .map(|f| f.stop(STOP_GRACE))
+        .collect();
     // The flooders keep their control up 1.5 s after their run so the
     // monitor collects their last seconds; give it those and one tick.
     if matches!(ended, Ended::Done) {
         std::thread::sleep(Duration::from_millis(2_500));
     }
     println!("stopping: monitor (writing the report), then server");
-    let mut children = Vec::new();
-    if let Some(mut m) = run.monitor.take() {
-        let status = m.stop(Duration::from_secs(120));
-        children.push((m, status));
-    }
+    let monitor_end = run
+        .monitor
+        .as_mut()
+        .map(|m| m.stop(Duration::from_secs(120)));
     let server_status = run.server.stop(STOP_GRACE);
     let mut failure = match &ended {
         Ended::Done => None,
@@ -669,7 +671,6 @@ fn finish(
         summary::measure(
             plan,
             &Inputs {
-                out: &out,
                 flooder_json: &flooder_json,
                 flooder_hlogs: &flooder_hlogs,
                 server_stats: &out.join("server-seconds.jsonl"),
@@ -685,29 +686,18 @@ fn finish(
     };
     let (connect, phases, money) = measured.unwrap_or_default();
 
-    let mut child_summaries = vec![ChildSummary {
-        name: run.server.name.clone(),
-        pid: run.server.pid(),
-        ended: describe(server_status),
-        log: run.server.log.clone(),
-    }];
-    for f in &mut run.flooders {
-        let status = f.stop(STOP_GRACE);
-        child_summaries.push(ChildSummary {
-            name: f.name.clone(),
-            pid: f.pid(),
+    let mut ends: Vec<(&Child, ExitStatus)> = vec![(&run.server, server_status)];
+    ends.extend(run.flooders.iter().zip(flooder_ends));
+    ends.extend(run.monitor.iter().zip(monitor_end));
+    let child_summaries: Vec<ChildSummary> = ends
+        .into_iter()
+        .map(|(c, status)| ChildSummary {
+            name: c.name.clone(),
+            pid: c.pid(),
             ended: describe(status),
-            log: f.log.clone(),
-        });
-    }
-    for (m, status) in &children {
-        child_summaries.push(ChildSummary {
-            name: m.name.clone(),
-            pid: m.pid(),
-            ended: describe(*status),
-            log: m.log.clone(),
-        });
-    }
+            log: c.log.clone(),
+        })
+        .collect();
     let files: Vec<(String, String)> = [
         ("report", "report.html"),
         ("summary", "summary.json"),

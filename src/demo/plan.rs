@@ -11,7 +11,6 @@ use std::net::{Ipv4Addr, TcpListener};
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use crate::flood::schedule::Phase;
 use crate::host;
 use crate::server::limits::FDS_RESERVED;
 
@@ -142,7 +141,7 @@ pub struct Plan {
     pub checks: Vec<Check>,
 }
 
-/// A shaking phase (serializable form of the flooder's [`Phase`]).
+/// A shaking phase (what the flooder's `--phases` steps say).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct PhaseSpec {
     /// Global shakes per second.
@@ -160,17 +159,6 @@ impl Plan {
             .map(|p| format!("{}x{}s", p.qps, p.secs))
             .collect();
         steps.join(",")
-    }
-
-    /// The flooder's own form of the phases.
-    pub fn flood_phases(&self) -> Vec<Phase> {
-        self.phases
-            .iter()
-            .map(|p| Phase {
-                qps: p.qps,
-                secs: p.secs,
-            })
-            .collect()
     }
 
     /// Seconds of shaking in all.

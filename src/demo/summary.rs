@@ -211,8 +211,6 @@ pub struct CpuSample {
 
 /// What the summary is built from.
 pub struct Inputs<'a> {
-    /// The output directory.
-    pub out: &'a Path,
     /// The flooders' `--json` files.
     pub flooder_json: &'a [PathBuf],
     /// The flooders' `--hlog` files.

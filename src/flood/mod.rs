@@ -228,14 +228,7 @@ impl HlogOut {
 /// limit, and fails early with the numbers when even that is too low, rather
 /// than failing thousands of connects later.
 fn ensure_open_files(needed: u64) -> anyhow::Result<()> {
-    // SAFETY: an all-zero rlimit is a valid value; getrlimit fills it in.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: RLIMIT_NOFILE is a valid resource; `limit` is a valid out pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("getrlimit(RLIMIT_NOFILE)");
-    }
-    let soft = limit.rlim_cur as u64;
-    let hard = limit.rlim_max as u64;
+    let (soft, hard) = crate::host::nofile().context("getrlimit(RLIMIT_NOFILE)")?;
     if soft >= needed {
         return Ok(());
     }
@@ -245,13 +238,8 @@ fn ensure_open_files(needed: u64) -> anyhow::Result<()> {
              (ulimit -Hn) is {hard}: use fewer users per process (--min/--max) or raise the limit"
         );
     }
-    limit.rlim_cur = needed as libc::rlim_t;
-    // SAFETY: `limit` is a valid rlimit with cur <= max.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("raising the open-files limit from {soft} to {needed}"));
-    }
-    Ok(())
+    crate::host::set_nofile_soft(needed)
+        .with_context(|| format!("raising the open-files limit from {soft} to {needed}"))
 }
 
 /// Warns when one source address would carry more connections to the server

@@ -372,14 +372,10 @@ pub fn machine() -> Vec<(String, String)> {
             total.trim_start_matches("MemTotal:").trim().to_owned(),
         ));
     }
-    // SAFETY: an all-zero rlimit is valid; getrlimit fills it in.
-    let mut limit: libc::rlimit = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid resource and a valid out pointer.
-    let nofile = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
-        format!("soft {} hard {}", limit.rlim_cur, limit.rlim_max)
-    } else {
-        "(unreadable)".into()
-    };
+    let nofile = crate::host::nofile().map_or_else(
+        |e| format!("(unreadable: {e})"),
+        |(soft, hard)| format!("soft {soft} hard {hard}"),
+    );
     out.push(("open files (RLIMIT_NOFILE)".into(), nofile));
     for key in [
         "fs.file-max",

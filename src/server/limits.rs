@@ -32,30 +32,13 @@ impl FdLimit {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit and returns both.
 pub fn raise_fd_limit() -> io::Result<FdLimit> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own; it has no other effects.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(io::Error::last_os_error());
+    let (mut soft, hard) = crate::host::nofile()?;
+    // Should a sandbox refuse even this, the soft limit stands and
+    // `fd_limit_advice` says what to change.
+    if soft < hard && crate::host::set_nofile_soft(hard).is_ok() {
+        soft = hard;
     }
-    if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: lim.rlim_max,
-            rlim_max: lim.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own; raising the soft limit
-        // up to the hard one is permitted. Should a sandbox refuse it anyway,
-        // the soft limit stands and `fd_limit_advice` says what to change.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            lim = raised;
-        }
-    }
-    Ok(FdLimit {
-        soft: lim.rlim_cur,
-        hard: lim.rlim_max,
-    })
+    Ok(FdLimit { soft, hard })
 }
 
 /// The warning printed when the limit is below `conns_max`, with the fix.
