@@ -15,12 +15,12 @@ both sides go, 2 s warmup, then a window in which the flooder samples its own
 CPU and the server's (--server-pid) at the window's exact edges.
 
   * Efficiency, at each rate (default 30k, 60k, 120k/s) for each flooder
-    --send-interval-us (default 50, 200): flooder CPU µs per request sent,
+    --send-interval-us (default 200, 500): flooder CPU µs per request sent,
     server CPU µs per request answered, and their ratio taken per run (both
     measured over the same window, so drift between runs cancels), then
     medians over --repeats rounds. Target: the flooder at 60k/s costs at most
     1.5 x the reference server.
-  * Max rate, for each --search-intervals value (default 50, 200): rates from
+  * Max rate, for each --search-intervals value (default 200, 500): rates from
     --search-from up to --search-to in --search-step steps, --search-repeats
     rounds. A rate is driven on time when its median send-lag p99 (actual -
     intended send time) is <= 1 ms and every round was clean: nothing unsent
@@ -75,11 +75,11 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rates", default="30000,60000,120000",
                    help="efficiency rates, shakes/s, comma separated (default 30000,60000,120000)")
-    p.add_argument("--send-intervals", default="50,200",
-                   help="flooder --send-interval-us values for the efficiency table (default 50,200)")
+    p.add_argument("--send-intervals", default="200,500",
+                   help="flooder --send-interval-us values for the efficiency table (default 200,500)")
     p.add_argument("--repeats", type=int, default=5, help="efficiency rounds (default 5)")
-    p.add_argument("--search-intervals", default="50,200",
-                   help="--send-interval-us values for the max-rate search (default 50,200; '' = no search)")
+    p.add_argument("--search-intervals", default="200,500",
+                   help="--send-interval-us values for the max-rate search (default 200,500; '' = no search)")
     p.add_argument("--search-from", type=int, default=60000, help="first rate of the search (default 60000)")
     p.add_argument("--search-step", type=int, default=30000, help="rate step of the search (default 30000)")
     p.add_argument("--search-to", type=int, default=300000, help="last rate of the search (default 300000)")

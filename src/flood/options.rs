@@ -171,9 +171,15 @@ pub struct FloodArgs {
     pub login_timeout: u64,
 
     /// Shortest sleep between two sends of a thread, in microseconds:
-    /// requests falling due within it leave together. Smaller is smoother
-    /// pacing and less send lag, at more wake-ups for flooder and server.
-    #[arg(long, default_value_t = 50, value_name = "US")]
+    /// requests falling due within it leave together, each up to this late
+    /// (measured: send lag). Smaller is smoother pacing and less send lag,
+    /// at more wake-ups: on loopback each one costs the flooder its own
+    /// timer wake-up and the server's. Default 500: at 60k/s on one core
+    /// the flooder then costs ~1.47 x the reference server per request
+    /// (1.58 x at 200, ~1.9 x at 50) with send-lag p99 ~0.55 ms; use 50
+    /// when the latency figure must carry as little of the flooder as
+    /// possible (docs/BENCHMARKS.md, "The flooder's own cost")
+    #[arg(long, default_value_t = 500, value_name = "US")]
     pub send_interval_us: u64,
 
     /// Never sleep while shaking: poll without blocking between sends. For a
