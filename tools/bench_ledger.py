@@ -68,6 +68,9 @@ def one_run(args, workdir, run_id, ledger_on, port, http_port):
         "taskset", "-c", bs.FLOODER_CORE, str(bs.BINARY), "flood",
         "--server", f"127.0.0.1:{port}", "--server-pid", "PID",
         "--users", str(args.users), "--qps", str(args.rate), "--threads", "1", "--no-http",
+        # The least send lag, as tools/bench_server.py: the latency compared
+        # on and off is the server's as far as one flooder core allows.
+        "--send-interval-us", "50",
         "--duration", str(args.duration), "--warmup", str(args.warmup),
         "--login-timeout", str(bs.LOGIN_TIMEOUT_S), "--json", str(json_path), "--quiet",
     ]
