@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
@@ -392,9 +392,7 @@ impl Packets {
         let id = PacketId(self.next_id);
         self.next_id = self.next_id.checked_add(1).unwrap_or(PacketId::FIRST.0);
         let amount = Cents(self.rng.u64(spec.cents_min..=spec.cents_max));
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = crate::clock::unix_now();
         let until_s = (now.as_secs() + self.ttl_s).min(u64::from(u32::MAX)) as u32;
         let created = Record::PacketCreated {
             id,
@@ -541,9 +539,7 @@ impl Generator {
         // Ids wrap only after 4 billion envelopes; a server that lives that
         // long restarts its numbering at FIRST.
         self.next_id = self.next_id.checked_add(1).unwrap_or(EnvelopeId::FIRST.0);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
+        let now = crate::clock::unix_now();
         let amount = Cents(self.rng.u64(self.spec.cents_min..=self.spec.cents_max));
         let until_s = (now.as_secs() + self.envelope_ttl_s).min(u64::from(u32::MAX)) as u32;
         if self.ledger.is_enabled() {
@@ -605,7 +601,7 @@ impl Generator {
 
 /// Whole seconds since the Unix epoch (0 for a clock before it).
 pub fn unix_second(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    crate::clock::since_epoch(t).as_secs()
 }
 
 #[cfg(test)]

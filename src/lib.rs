@@ -2,6 +2,7 @@
 //! and the toolkit that proves it under load. See `docs/ARCHITECTURE.md`.
 
 pub mod audit;
+pub mod clock;
 pub mod demo;
 pub mod flood;
 pub mod generator;

@@ -36,7 +36,7 @@ use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::event::Event;
@@ -1551,9 +1551,7 @@ fn nanos_since(start: Instant, now: Instant) -> u64 {
 
 /// The wall clock in Unix nanoseconds.
 pub(crate) fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    crate::clock::unix_now().as_nanos() as u64
 }
 
 /// The frame timestamp: Unix seconds, as the original client sends.

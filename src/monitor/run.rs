@@ -13,13 +13,14 @@ use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use super::collect::{Collector, SourceState, fetch_seconds};
 use super::series::{self, LatencyAcross, NetSecond, Row};
 use super::{dashboard, net, report};
+use crate::clock::unix_now;
 
 /// `hongbao monitor` options.
 #[derive(Clone, Debug, clap::Args)]
@@ -118,12 +119,6 @@ impl Board {
     pub fn lock(board: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
         board.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-fn unix_now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
 }
 
 /// Runs the monitor until `--duration` or until `stop` is set.

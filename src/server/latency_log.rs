@@ -14,7 +14,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use crate::hlog::{IntervalLog, MAX_VALUE_DIVISOR, write_hgrm};
 use crate::stats::LatencyHistogram;
@@ -32,9 +32,7 @@ impl LatencyLog {
     /// Creates the log at `path` (truncating it); intervals count from the
     /// current whole Unix second.
     pub fn create(path: &Path) -> std::io::Result<LatencyLog> {
-        let start_second = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let start_second = crate::clock::unix_now().as_secs();
         let log = IntervalLog::create(path, UNIX_EPOCH + Duration::from_secs(start_second))
             .map_err(std::io::Error::other)?;
         Ok(LatencyLog {

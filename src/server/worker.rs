@@ -38,7 +38,7 @@
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
@@ -1110,9 +1110,7 @@ fn hold_answer(
 
 /// The wall clock now, in seconds and milliseconds.
 fn wall_now() -> Now {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let ms = crate::clock::unix_now().as_millis() as u64;
     Now {
         secs: ms / 1000,
         ms,
