@@ -32,9 +32,10 @@ use hongbao::generator::{self, EnvelopeSpec, GeneratorSetup, Schedule};
 use hongbao::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
 use hongbao::ledger::{self, Books, Ledger};
 use hongbao::mesh::CoreMsg;
+use hongbao::mesh::Peers;
 use hongbao::packets::NewPacket;
 use hongbao::ring::EnvelopeRings;
-use hongbao::server::worker::{Peers, poll_and_waker};
+use hongbao::server::worker::poll_and_waker;
 
 /// The generator's own `LOOKAHEAD` (private there): envelopes are made this
 /// far ahead, and a refill happens when less than half of it is left.

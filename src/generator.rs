@@ -31,10 +31,9 @@ use serde::Serialize;
 
 use crate::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
 use crate::ledger::{Entry, Ledger, Record};
-use crate::mesh::CoreMsg;
+use crate::mesh::{CoreMsg, Peers};
 use crate::packets::NewPacket;
 use crate::ring::{Envelope, EnvelopeRings};
-use crate::server::worker::Peers;
 use crate::stats::{GeneratorCounters, Report};
 
 /// Envelopes or packets made per round before they are synced and handed

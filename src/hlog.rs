@@ -31,9 +31,12 @@ use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use hdrhistogram::Histogram;
 use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, IntervalLogWriterError};
-use hdrhistogram::serialization::{V2DeflateSerializeError, V2DeflateSerializer};
+use hdrhistogram::serialization::{
+    Deserializer, Serializer, V2DeflateSerializeError, V2DeflateSerializer,
+};
 
 /// The interval log format version we write, as Java's
 /// `HistogramLogWriter` 2.1 and later write it.
@@ -204,6 +207,61 @@ impl<W: Write> IntervalLog<W> {
         self.out.flush()?;
         Ok(self.out)
     }
+}
+
+/// A latency histogram as every process records it: nanoseconds, 1 ns to
+/// 60 s at 3 significant digits (a minute is far beyond any run's deadline,
+/// so nothing real saturates). The server's service time, the flooder's
+/// latencies and the monitor's sums are all of this shape, so any two add
+/// up exactly.
+pub type LatencyHistogram = Histogram<u64>;
+
+/// The slowest latency a [`LatencyHistogram`] holds: anything slower is
+/// recorded as this.
+pub const LATENCY_NS_MAX: u64 = 60 * 1_000_000_000;
+
+/// An empty [`LatencyHistogram`], allocated once here (about 200 KiB) so
+/// that recording never allocates.
+pub fn latency_histogram() -> LatencyHistogram {
+    // A valid configuration, so creation cannot fail; if it ever did, that
+    // is a bug here.
+    Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3).expect("valid histogram bounds")
+}
+
+/// The longest encoded histogram [`decode_histogram`] takes: a second of
+/// ours is a few KiB (V2 writes only the counts up to the largest value and
+/// deflate shrinks the runs); anything near this is not one of ours.
+pub const HISTOGRAM_TEXT_MAX: usize = 1 << 20;
+
+/// A latency histogram as a source serves it: HdrHistogram's V2 encoding,
+/// deflated, in standard base64 with padding: the histogram column of an
+/// interval log, so Java's `Histogram.decodeFromCompressedByteBuffer` reads
+/// it too. None only if the crate cannot encode it (counts past what V2
+/// holds). Once a second per source, never per request: the encoding
+/// allocates and deflates.
+pub fn encode_histogram(h: &Histogram<u64>) -> Option<String> {
+    let mut bytes = Vec::new();
+    V2DeflateSerializer::new().serialize(h, &mut bytes).ok()?;
+    Some(base64::engine::general_purpose::STANDARD.encode(&bytes))
+}
+
+/// Reads what [`encode_histogram`] wrote; `Err` says why not.
+pub fn decode_histogram(
+    deserializer: &mut Deserializer,
+    text: &str,
+) -> Result<Histogram<u64>, String> {
+    if text.len() > HISTOGRAM_TEXT_MAX {
+        return Err(format!(
+            "an encoded histogram of {} bytes (at most {HISTOGRAM_TEXT_MAX})",
+            text.len()
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| format!("a histogram that is not base64: {e}"))?;
+    deserializer
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|e| format!("a histogram that does not decode: {e:?}"))
 }
 
 /// Writes `hist`'s percentile distribution exactly as Java's
@@ -555,6 +613,7 @@ pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 
     /// Each expected string is what Java 17's
     /// `String.format(Locale.US, "%.Nf", x)` printed for the same double.
@@ -751,5 +810,40 @@ mod tests {
             assert_eq!(i.histogram.max(), h.max());
         }
         assert!(read_intervals(b"0.000,1.000,0.001,not-base64!\n").is_err());
+    }
+
+    /// What a source serves is exactly an interval log's histogram column
+    /// (so any HdrHistogram reader takes it), and decodes to the same
+    /// counts.
+    #[test]
+    fn a_histogram_encodes_as_an_interval_log_column_and_decodes_back() {
+        let mut h = latency_histogram();
+        for v in [1_u64, 900, 45_000, 45_001, 2_000_000, 59_000_000_000] {
+            h.record_n(v, v % 7 + 1).expect("in bounds");
+        }
+        let text = encode_histogram(&h).expect("encodes");
+        let mut log = Vec::new();
+        let mut serializer = V2DeflateSerializer::new();
+        IntervalLogWriterBuilder::new()
+            .begin_log_with(&mut log, &mut serializer)
+            .expect("header")
+            .write_histogram(
+                &h,
+                std::time::Duration::ZERO,
+                std::time::Duration::from_secs(1),
+                None,
+            )
+            .expect("interval");
+        let column = IntervalLogIterator::new(&log)
+            .find_map(|e| match e.expect("parses") {
+                LogEntry::Interval(i) => Some(i.encoded_histogram().to_owned()),
+                _ => None,
+            })
+            .expect("one interval");
+        assert_eq!(text, column);
+        let back = decode_histogram(&mut Deserializer::new(), &text).expect("decodes");
+        assert_eq!(back, h);
+        assert!(decode_histogram(&mut Deserializer::new(), "not base64!").is_err());
+        assert!(decode_histogram(&mut Deserializer::new(), "aGV5").is_err());
     }
 }

@@ -37,7 +37,7 @@
 //! ```
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -435,6 +435,53 @@ fn drain(stream: &mut std::net::TcpStream) {
             Ok(n) => drained += n,
         }
     }
+}
+
+/// The largest answer [`get`] reads: 300 seconds of buckets with
+/// their histograms are about 1 MB (and a fetch with `?since=` holds a
+/// few); anything past this is not a source of ours.
+const ANSWER_MAX: usize = 16 << 20;
+
+/// GETs `target` from `addr` (`host:port`) within `timeout` for the
+/// connect and as long again for the answer; returns the status and body.
+pub fn get(addr: &str, target: &str, timeout: Duration) -> Result<(u16, String), String> {
+    let sockaddr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("resolving {addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))?;
+    let mut stream = TcpStream::connect_timeout(&sockaddr, timeout)
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let io = |e: std::io::Error| format!("GET {target} from {addr}: {e}");
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    stream.set_write_timeout(Some(timeout)).map_err(io)?;
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(io)?;
+    let mut answer = Vec::new();
+    stream
+        .take(ANSWER_MAX as u64 + 1)
+        .read_to_end(&mut answer)
+        .map_err(io)?;
+    if answer.len() > ANSWER_MAX {
+        return Err(format!(
+            "GET {target} from {addr}: answer over {ANSWER_MAX} bytes"
+        ));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(&answer) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            return Err(format!("GET {target} from {addr}: answer cut short"));
+        }
+        Err(e) => return Err(format!("GET {target} from {addr}: bad answer: {e}")),
+    };
+    let status = response.code.unwrap_or(0);
+    let body = String::from_utf8_lossy(&answer[head..]).into_owned();
+    Ok((status, body))
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! its `mio::Waker`; [`ConnAddr`], a connection's address across cores;
 //! [`Effects`], what a session step asks of its core beyond its own answer
 //! (messages to send, answers to release once the ledger is durable); and
-//! the [`Directory`] in which a user's home core tracks where the user is
+//! [`Peers`], every core's inbox and waker, for whoever sends to a core
+//! (the cores, the generator); and the [`Directory`] in which a user's home core tracks where the user is
 //! online and keeps pushes for users who are not. Must not: do I/O.
 //!
 //! Routing: a packet lives on its owner core (`id mod cores`), so its
@@ -15,11 +16,24 @@
 //! destination core, so their cost is per turn, not per message.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use mio::Waker;
 
 use crate::ids::{Cents, CoreId, PacketId, UserId};
 use crate::ledger::Producer;
 use crate::packets::NewPacket;
 use crate::wire::Frame;
+
+/// Every core's inbox and waker, for sending messages between cores.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    /// Each core's inbox.
+    pub inboxes: Vec<Sender<CoreMsg>>,
+    /// Each core's waker.
+    pub wakers: Vec<Arc<Waker>>,
+}
 
 /// A connection's address: its core, slab key and the serial number it got
 /// at accept, so an answer never reaches a later connection in the same slot.

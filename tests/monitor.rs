@@ -18,15 +18,15 @@ use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hongbao::flood::stats::{Counters, Percentiles};
-use hongbao::http::{self, Request, Response};
-use hongbao::monitor::collect::{Collector, get};
+use hongbao::flood::published::FloodSeconds;
+use hongbao::hlog::{decode_histogram, encode_histogram};
+use hongbao::http::{self, Request, Response, get};
+use hongbao::monitor::collect::Collector;
 use hongbao::monitor::series::{self, KindSum, LatencyAcross, NetSecond, Row};
-use hongbao::monitor::source::{
-    ClientSecond, FloodSeconds, Seconds, decode_histogram, encode_histogram,
-};
 use hongbao::monitor::{MonitorArgs, chart, report};
+use hongbao::seconds::{ClientSecond, Seconds};
 use hongbao::stats::SecondStats;
+use hongbao::stats::client::{Counters, Percentiles};
 use util::{Client, unix_now, wait_for};
 
 /// A monitor's options as its command line gives them.
@@ -194,8 +194,8 @@ fn seconds_align_by_label_across_skewed_clocks_and_a_missing_source_is_missing()
 /// slow tail while the union's (0.75 % slow) is not.
 fn two_distributions() -> (hdrhistogram::Histogram<u64>, hdrhistogram::Histogram<u64>) {
     let mut rng = fastrand::Rng::with_seed(99);
-    let mut fast = hongbao::stats::latency_histogram();
-    let mut slow = hongbao::stats::latency_histogram();
+    let mut fast = hongbao::hlog::latency_histogram();
+    let mut slow = hongbao::hlog::latency_histogram();
     for _ in 0..1_000 {
         fast.record(rng.u64(50_000..150_000)).expect("in bounds");
     }
@@ -234,7 +234,7 @@ fn client_second_of(
 #[test]
 fn latency_across_sources_is_the_merged_histograms_not_the_worst_or_the_mean() {
     let (fast, slow) = two_distributions();
-    let mut union = hongbao::stats::latency_histogram();
+    let mut union = hongbao::hlog::latency_histogram();
     union.add(&fast).expect("same bounds");
     union.add(&slow).expect("same bounds");
     let q = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q);
@@ -498,7 +498,7 @@ fn server_and_flooder_metrics_parse_with_a_prometheus_parser() {
         .expect("the service-time summary");
     match &summary.value {
         prometheus_parse::Value::Summary(qs) => {
-            assert_eq!(qs.len(), hongbao::metrics::QUANTILES.len());
+            assert_eq!(qs.len(), hongbao::prom::QUANTILES.len());
             assert!(qs.iter().all(|q| q.count > 0.0 && q.count < 1.0), "{qs:?}");
         }
         other => panic!("not a summary: {other:?}"),
@@ -519,7 +519,7 @@ fn server_and_flooder_metrics_parse_with_a_prometheus_parser() {
 
     // The flooder's document, from its bucket store.
     let store = FloodSeconds::default();
-    let mut h = hongbao::stats::latency_histogram();
+    let mut h = hongbao::hlog::latency_histogram();
     h.record_n(250_000, 10).expect("in bounds");
     store.push(client_second(1000, 10), &h, &h);
     let answer = store.route(&Request::new("/metrics")).expect("served");
@@ -972,7 +972,7 @@ fn a_source_that_registers_itself_is_collected() {
     )
     .expect("GET /register");
     assert_eq!(status, 400);
-    hongbao::monitor::register(&dashboard.to_string(), source.addr()).expect("registered");
+    hongbao::seconds::register(&dashboard.to_string(), source.addr()).expect("registered");
     monitor
         .join()
         .expect("the monitor thread")

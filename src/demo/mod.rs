@@ -29,7 +29,6 @@ use serde_json::Value;
 
 use crate::audit::{AuditArgs, audit};
 use crate::flood::procfs;
-use crate::monitor::collect;
 use child::{Child, describe};
 use plan::{Machine, Plan, Wish};
 use summary::{AuditOutcome, ChildSummary, CpuSample, Inputs, Summary};
@@ -370,7 +369,7 @@ fn wait_answering(
                 child.log_tail(8)
             );
         }
-        if collect::get(addr, target, POLL_TIMEOUT).is_ok_and(|(code, _)| code == 200) {
+        if crate::http::get(addr, target, POLL_TIMEOUT).is_ok_and(|(code, _)| code == 200) {
             return Ok(());
         }
         if stop.load(Ordering::Relaxed) {
@@ -411,7 +410,7 @@ struct Live {
 fn poll_flooders(run: &Run) -> Live {
     let mut live = Live::default();
     for addr in &run.flooder_http {
-        let Ok((200, body)) = collect::get(addr, "/status", POLL_TIMEOUT) else {
+        let Ok((200, body)) = crate::http::get(addr, "/status", POLL_TIMEOUT) else {
             continue;
         };
         let Ok(v) = serde_json::from_str::<Value>(&body) else {
@@ -545,7 +544,7 @@ fn watch(args: &DemoArgs, plan: &Plan, run: &mut Run, stop: &AtomicBool) -> Ende
                 args.packets_per_sec * plan.shaking_secs(),
                 plan.users.saturating_sub(1)
             );
-            if let Err(e) = collect::get(&run.server_http, &target, Duration::from_secs(2)) {
+            if let Err(e) = crate::http::get(&run.server_http, &target, Duration::from_secs(2)) {
                 eprintln!("hongbao demo: warning: starting the packets failed: {e}");
             }
         }

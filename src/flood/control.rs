@@ -30,7 +30,7 @@ pub struct Live {
     pub status: Mutex<Value>,
     /// The last complete seconds and the metrics, for `/seconds` and
     /// `/metrics` (the monitor and Prometheus).
-    pub seconds: crate::monitor::source::FloodSeconds,
+    pub seconds: super::published::FloodSeconds,
 }
 
 impl Live {
@@ -42,7 +42,7 @@ impl Live {
             rate_override: Arc::new(AtomicU64::new(NO_OVERRIDE)),
             start_unix: AtomicU64::new(0),
             status: Mutex::new(json!({ "state": "connecting" })),
-            seconds: crate::monitor::source::FloodSeconds::default(),
+            seconds: super::published::FloodSeconds::default(),
         }
     }
 

@@ -27,6 +27,7 @@
 mod control;
 mod options;
 pub mod procfs;
+pub mod published;
 pub mod report;
 pub mod schedule;
 pub mod stats;
@@ -46,6 +47,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::{Poll, Waker};
 use serde_json::json;
 
+use crate::stats::client::{Counters, Percentiles};
 pub use options::FloodArgs;
 use options::Resolved;
 pub use report::Report;
@@ -53,7 +55,7 @@ use report::{
     ConnectReport, CpuReport, FlooderReport, RunConfig, SecondReport, ServerReport, WindowReport,
 };
 use schedule::{NANOS_PER_SEC, SlotRule};
-use stats::{Counters, Latency, Percentiles, SecondHists};
+use stats::{Latency, SecondHists};
 use worker::{Control, SecondOut, ToMain, WorkerConfig};
 
 /// How long the threads wait for answers after the last request is due.
@@ -112,7 +114,7 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
                 );
             }
             if let Some(monitor) = &args.monitor
-                && let Err(e) = crate::monitor::register(monitor, server.addr())
+                && let Err(e) = crate::seconds::register(monitor, server.addr())
             {
                 eprintln!("warning: registering with the monitor at {monitor}: {e}");
             }
@@ -619,7 +621,7 @@ impl Coordinator {
                         totals.add(&summary.counters);
                         self.publish(at as u64, &summary, &totals, start_unix);
                         self.live.seconds.push(
-                            crate::monitor::source::ClientSecond {
+                            crate::seconds::ClientSecond {
                                 second: start_unix + at as u64,
                                 run_second: at as u64,
                                 qps: summary.qps,

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::schedule::Plan;
-use super::stats::{Counters, Percentiles};
+use crate::stats::client::{Counters, Percentiles};
 
 /// Version of the JSON layout below; bump it when a field changes meaning or
 /// goes away (adding a field does not need it).

@@ -45,8 +45,9 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::schedule::{self, NANOS_PER_SEC, Plan, Share, SlotRule};
-use super::stats::{Counters, Latency, SecondHists};
+use super::stats::{Latency, SecondHists};
 use crate::ids::{PacketId, UserId};
+use crate::stats::client::Counters;
 use crate::wire::{self, DecodeError, Frame, ShakeOutcome};
 
 /// The token of each thread's `mio::Waker`; connections use tokens `0..users`.

@@ -20,7 +20,7 @@ use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 use super::series::Row;
-use super::source::ClientSecond;
+use crate::seconds::ClientSecond;
 use crate::stats::SecondStats;
 
 /// Width of every chart, pixels.

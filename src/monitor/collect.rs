@@ -1,6 +1,6 @@
 //! Fetching every source's seconds and aligning them into rows.
 //!
-//! Owns: the HTTP GET a monitor sends ([`get`]), each source's state (up or
+//! Owns: each source's state (up or
 //! down, its kind, the buckets not yet closed, its apparent clock skew), and
 //! the rule that closes a second ([`Collector`]). Must not: read a clock or
 //! a socket inside the rule: `take` and `close_ready` are given the fetch
@@ -25,8 +25,6 @@
 //! (`worst_source_bound`).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -34,56 +32,10 @@ use hdrhistogram::serialization::Deserializer;
 use serde::Serialize;
 
 use super::series::{KindSum, LatencyAcross, NetSecond, Row, add_client, add_server};
-use super::source::{ClientSecond, Seconds, decode_histogram};
-use crate::flood::stats::Percentiles;
+use crate::hlog::decode_histogram;
+use crate::seconds::{ClientSecond, Seconds};
 use crate::stats::SecondStats;
-
-/// The largest answer read from a source: 300 seconds of buckets with
-/// their histograms are about 1 MB (and a fetch with `?since=` holds a
-/// few); anything past this is not a source of ours.
-const ANSWER_MAX: usize = 16 << 20;
-
-/// GETs `target` from `addr` (`host:port`) within `timeout` for the
-/// connect and as long again for the answer; returns the status and body.
-pub fn get(addr: &str, target: &str, timeout: Duration) -> Result<(u16, String), String> {
-    let sockaddr = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("resolving {addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr} resolves to no address"))?;
-    let mut stream = TcpStream::connect_timeout(&sockaddr, timeout)
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
-    let io = |e: std::io::Error| format!("GET {target} from {addr}: {e}");
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    stream.set_write_timeout(Some(timeout)).map_err(io)?;
-    write!(
-        stream,
-        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(io)?;
-    let mut answer = Vec::new();
-    stream
-        .take(ANSWER_MAX as u64 + 1)
-        .read_to_end(&mut answer)
-        .map_err(io)?;
-    if answer.len() > ANSWER_MAX {
-        return Err(format!(
-            "GET {target} from {addr}: answer over {ANSWER_MAX} bytes"
-        ));
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let head = match response.parse(&answer) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            return Err(format!("GET {target} from {addr}: answer cut short"));
-        }
-        Err(e) => return Err(format!("GET {target} from {addr}: bad answer: {e}")),
-    };
-    let status = response.code.unwrap_or(0);
-    let body = String::from_utf8_lossy(&answer[head..]).into_owned();
-    Ok((status, body))
-}
+use crate::stats::client::Percentiles;
 
 /// Fetches a source's `/seconds`: those after Unix second `since` when
 /// given (a source older than `?since=` answers all it keeps, which
@@ -93,7 +45,7 @@ pub fn fetch_seconds(addr: &str, since: Option<u64>, timeout: Duration) -> Resul
         Some(t) => format!("/seconds?since={t}"),
         None => "/seconds".to_owned(),
     };
-    let (status, body) = get(addr, &target, timeout)?;
+    let (status, body) = crate::http::get(addr, &target, timeout)?;
     if status != 200 {
         return Err(format!(
             "GET /seconds from {addr}: status {status} (is it a hongbao server or flooder of this version?)"

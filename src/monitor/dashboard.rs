@@ -6,22 +6,42 @@
 //! (rows after Unix second T, JSON), `/sources` (each source's state) and
 //! `/register?source=ADDR` (a source adding itself, as `flood --monitor`
 //! does).
-//! Must not: keep state of its own; it reads the `Board` the loop writes
-//! once a second. The page's script only fetches and swaps in what the
+//! Must not: keep state of its own beyond the [`Board`], which the
+//! monitor's loop (`run`) writes once a second and the routes only read. The page's script only fetches and swaps in what the
 //! routes answer, so the dashboard and the report draw the same charts.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::json;
 
 use super::chart;
-use super::run::Board;
+use super::collect::SourceState;
+use super::series::Row;
 use crate::http::{self, Request, Response};
 
 /// Seconds of rows a dashboard chart shows: the last ten minutes, so a
 /// long run stays readable and cheap to draw.
 pub const WINDOW_SECS: usize = 600;
+
+/// What the dashboard reads and the loop writes, once a second.
+#[derive(Debug, Default)]
+pub struct Board {
+    /// Every closed row, oldest first.
+    pub rows: Vec<Row>,
+    /// The sources' state after the last fetch.
+    pub sources: Vec<SourceState>,
+    /// Sources that registered since the last tick (`/register`).
+    pub registered: Vec<String>,
+}
+
+impl Board {
+    /// Locks the board; each write replaces whole values, so a poisoned
+    /// lock is still consistent.
+    pub fn lock(board: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
+        board.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 /// Starts serving the dashboard for `board` on `addr`.
 pub fn start(addr: SocketAddr, board: Arc<Mutex<Board>>) -> std::io::Result<http::Server> {

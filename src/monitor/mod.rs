@@ -16,21 +16,5 @@ pub mod net;
 pub mod report;
 pub mod run;
 pub mod series;
-pub mod source;
 
 pub use run::{MonitorArgs, run, run_with};
-
-/// Registers a source's HTTP control (`source`) with the monitor whose
-/// dashboard listens at `monitor`: `GET /register?source=ADDR`.
-pub fn register(monitor: &str, source: std::net::SocketAddr) -> Result<(), String> {
-    if source.ip().is_unspecified() {
-        return Err(format!(
-            "{source} is not an address the monitor can reach; give --http a specific address"
-        ));
-    }
-    let target = format!("/register?source={source}");
-    match collect::get(monitor, &target, std::time::Duration::from_secs(2))? {
-        (200, _) => Ok(()),
-        (status, body) => Err(format!("status {status}: {body}")),
-    }
-}

@@ -12,14 +12,15 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use super::collect::{Collector, SourceState, fetch_seconds};
+use super::dashboard::{self, Board};
 use super::series::{self, LatencyAcross, NetSecond, Row};
-use super::{dashboard, net, report};
+use super::{net, report};
 use crate::clock::unix_now;
 
 /// `hongbao monitor` options.
@@ -101,25 +102,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_millis(800);
 /// have closed the second just ended (a server's idle core closes its
 /// second within one 100 ms tick).
 const TICK_OFFSET: Duration = Duration::from_millis(150);
-
-/// What the dashboard reads and the loop writes, once a second.
-#[derive(Debug, Default)]
-pub struct Board {
-    /// Every closed row, oldest first.
-    pub rows: Vec<Row>,
-    /// The sources' state after the last fetch.
-    pub sources: Vec<SourceState>,
-    /// Sources that registered since the last tick (`/register`).
-    pub registered: Vec<String>,
-}
-
-impl Board {
-    /// Locks the board; each write replaces whole values, so a poisoned
-    /// lock is still consistent.
-    pub fn lock(board: &Mutex<Board>) -> std::sync::MutexGuard<'_, Board> {
-        board.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 /// Runs the monitor until `--duration` or until `stop` is set.
 pub fn run(args: &MonitorArgs, stop: &AtomicBool) -> anyhow::Result<()> {
@@ -285,11 +267,12 @@ pub fn run_with(
         if stopping {
             // The sources' own view of the run, for the report's settings.
             for a in &sources {
-                let status = super::collect::get(a, "/status", FETCH_TIMEOUT)
-                    .ok()
-                    .and_then(|(code, body)| {
-                        (code == 200).then(|| serde_json::from_str(&body).ok())?
-                    });
+                let status =
+                    crate::http::get(a, "/status", FETCH_TIMEOUT)
+                        .ok()
+                        .and_then(|(code, body)| {
+                            (code == 200).then(|| serde_json::from_str(&body).ok())?
+                        });
                 statuses.push((a.clone(), status));
             }
             break;

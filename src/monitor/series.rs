@@ -11,7 +11,7 @@ use std::io::{self, BufRead, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::source::ClientSecond;
+use crate::seconds::ClientSecond;
 use crate::stats::SecondStats;
 
 /// Version of the row layout; bump when a field changes meaning or goes.

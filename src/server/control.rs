@@ -23,11 +23,11 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use serde_json::json;
 
+use super::published::{self, Published};
 use crate::generator::{Command, PacketSpec, PacketUsers, Schedule};
 use crate::http::{self, Listener, Request, Response};
 use crate::ids::UserId;
 use crate::ledger::books::CLAIMANTS_MAX;
-use crate::server::Published;
 
 /// Largest batch rate accepted: a million envelopes a second is far past any
 /// real use and keeps a typo from flooding the rings at once.
@@ -95,7 +95,7 @@ fn route(req: &Request, generator: &Sender<Command>, published: &Mutex<Published
             let p = Published::lock(published);
             Response::ok(json!({ "seconds": p.recent }))
         }
-        "/seconds" | "/metrics" => crate::monitor::source::server_route(req, published),
+        "/seconds" | "/metrics" => published::route(req, published),
         "/status" => {
             let (reply, answer) = crossbeam_channel::bounded(1);
             let batch = generator

@@ -16,8 +16,8 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::hlog::LatencyHistogram;
 use crate::hlog::{IntervalLog, MAX_VALUE_DIVISOR, write_hgrm};
-use crate::stats::LatencyHistogram;
 
 /// An open `--hlog`.
 pub struct LatencyLog {

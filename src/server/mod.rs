@@ -11,12 +11,12 @@ pub mod config;
 pub mod control;
 pub mod latency_log;
 pub mod limits;
+pub mod published;
 pub mod worker;
 
-use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,45 +26,23 @@ use serde::Serialize;
 pub use config::ServerConfig;
 
 use crate::generator::{self, EnvelopeSpec, GeneratorSetup, Schedule};
+use crate::hlog::LatencyHistogram;
 use crate::ids::{CoreId, EnvelopeId, PacketId};
 use crate::ledger::{self, Books, Ledger};
-use crate::mesh::CoreMsg;
+use crate::mesh::{CoreMsg, Peers};
 use crate::packets::NewPacket;
 use crate::ring::{Envelope, EnvelopeRings};
+use crate::seconds::SECONDS_KEPT;
 use crate::session::{Hongbao, HongbaoSettings, Reference};
-use crate::stats::{Aggregator, LatencyHistogram, Report, SecondStats};
+use crate::stats::{Aggregator, Report, SecondStats};
 use control::ControlServer;
 use limits::FdLimit;
-use worker::{Peers, WorkerLimits, WorkerSetup};
+use published::Published;
+use worker::{WorkerLimits, WorkerSetup};
 
 /// Entries a core's inbox holds; a sender that finds it full keeps its
 /// messages and offers them again on its next turn.
 const INBOX_LEN: usize = 1 << 16;
-
-/// Closed seconds kept for `/stats` and the monitor: five minutes.
-const RECENT_SECONDS: usize = 300;
-
-/// What the aggregator publishes once a second for the HTTP control and the
-/// handle. Read under a mutex by readers that are not on the request path.
-#[derive(Debug, Default, Serialize)]
-pub struct Published {
-    /// The last closed seconds, oldest first.
-    pub recent: VecDeque<SecondStats>,
-    /// Every closed second summed; `second` is the last closed one.
-    pub total: SecondStats,
-    /// Service time over every closed second, for `/metrics`.
-    pub service: crate::metrics::LatencySummary,
-}
-
-impl Published {
-    /// Locks the published stats. A panic while the lock was held cannot
-    /// leave them half-written in a way that matters (each field is replaced
-    /// whole), so a poisoned lock is used as it is rather than spreading the
-    /// panic to the HTTP control or the owner.
-    pub fn lock(published: &Mutex<Published>) -> MutexGuard<'_, Published> {
-        published.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
 
 /// Why the server did not start: the step that failed, and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -586,13 +564,13 @@ fn aggregate(
         }
         let mut p = Published::lock(&published);
         for s in closed {
-            if p.recent.len() == RECENT_SECONDS {
+            if p.recent.len() == SECONDS_KEPT {
                 p.recent.pop_front();
             }
             p.recent.push_back(s);
         }
         p.total = agg.total.clone();
-        p.service = crate::metrics::LatencySummary::of_ns(agg.total_latency());
+        p.service = crate::prom::LatencySummary::of_ns(agg.total_latency());
     };
     while let Ok(report) = reports.recv() {
         let core = match &report {

@@ -45,11 +45,12 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::hlog::{LatencyHistogram, latency_histogram};
 use crate::ids::{Cents, CoreId, PacketId};
 use crate::ledger::Producer;
-use crate::mesh::{ConnAddr, CoreMsg, Effects, Waiting};
+use crate::mesh::{ConnAddr, CoreMsg, Effects, Peers, Waiting};
 use crate::session::{Hold, Now, Service, SessionState};
-use crate::stats::{CoreCounters, LatencyHistogram, Report, latency_histogram};
+use crate::stats::{CoreCounters, Report};
 use crate::wire::{self, DecodeError, FRAME_LEN_MAX, Frame};
 
 /// The listener's token.
@@ -88,15 +89,6 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const RETRY_SOON: Duration = Duration::from_millis(1);
 /// The longest answer a connection can hold back: a shake answer.
 const HELD_FRAME_MAX: usize = 28;
-
-/// Every core's inbox and waker, for sending messages between cores.
-#[derive(Clone, Debug)]
-pub struct Peers {
-    /// Each core's inbox.
-    pub inboxes: Vec<Sender<CoreMsg>>,
-    /// Each core's waker.
-    pub wakers: Vec<Arc<Waker>>,
-}
 
 /// Limits a core enforces.
 #[derive(Clone, Copy, Debug)]

@@ -1,10 +1,12 @@
-//! Prometheus text exposition (format 0.0.4) for the server and the flooder.
+//! Prometheus text exposition (format 0.0.4), the helpers every process's
+//! `/metrics` document is written with.
 //!
-//! Owns: writing the text (`# HELP`, `# TYPE`, samples, label escaping),
+//! Owns: writing the text (`# HELP`, `# TYPE`, samples, label escaping) and
 //! the cumulative latency summary a process publishes beside its counters
-//! ([`LatencySummary`]), and the two documents served at `GET /metrics`:
-//! [`server`] and [`flooder`]. Must not: read a clock, lock anything, or
-//! know HTTP. The callers hand in what they already publish once a second.
+//! ([`LatencySummary`]). Must not: read a clock, lock anything, know HTTP,
+//! or know a counter struct: each program writes its own document
+//! (`server::published`, `flood::published`) from what it already
+//! publishes once a second.
 //!
 //! Names follow Prometheus' conventions: a prefix per process kind
 //! (`hongbao_server_`, `hongbao_flood_`), counters end in `_total`,
@@ -154,120 +156,6 @@ fn escape_label(text: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The server's `/metrics`: cumulative counters of every core and of the
-/// generator, the gauges of the last closed second, and the service-time
-/// summary over the run. `total` is the server's published total (its
-/// `second` the last closed second).
-pub fn server(total: &crate::stats::SecondStats, service: &LatencySummary) -> String {
-    let mut e = Exposition::new();
-    e.counters_of(
-        "hongbao_server_",
-        "events counted by the worker cores since start",
-        &total.server,
-    );
-    e.counters_of(
-        "hongbao_server_generator_",
-        "events counted by the envelope generator since start",
-        &total.generator,
-    );
-    e.gauge(
-        "hongbao_server_conns_open",
-        "connections open at the close of the last second",
-        total.conns_open as f64,
-    );
-    e.gauge(
-        "hongbao_server_envelopes_in_rings",
-        "envelopes waiting in the cores' rings at the close of the last second",
-        total.envelopes_in_rings as f64,
-    );
-    e.gauge(
-        "hongbao_server_last_second",
-        "the last closed Unix second these figures include (0 before the first)",
-        total.second as f64,
-    );
-    e.summary(
-        "hongbao_server_service_seconds",
-        "service time, a frame read to its answer handed to write, over the run",
-        service,
-    );
-    e.finish()
-}
-
-/// What the flooder publishes for `/metrics`: its cumulative counters over
-/// the shaking phase, the last complete second's gauges and the latency
-/// summaries over the run.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct FloodMetrics {
-    /// `connecting`, `shaking` or `done`.
-    pub state: &'static str,
-    /// Every complete second's counters summed.
-    pub totals: crate::flood::stats::Counters,
-    /// The last complete Unix second (0 before the first).
-    pub last_second: u64,
-    /// Global shakes per second the plan asked in that second.
-    pub qps: u64,
-    /// This process's users logged in at that second.
-    pub connections: u64,
-    /// The busiest thread's CPU over that second, percent.
-    pub thread_cpu_max_pct: f64,
-    /// Latency from intended send time (corrected), every complete second.
-    pub latency: LatencySummary,
-    /// The flooder's own lateness, every complete second.
-    pub send_lag: LatencySummary,
-}
-
-/// The flooder's `/metrics`.
-pub fn flooder(m: &FloodMetrics) -> String {
-    let mut e = Exposition::new();
-    e.counters_of(
-        "hongbao_flood_",
-        "events counted by the flooder's threads since shaking started",
-        &m.totals,
-    );
-    let states = ["connecting", "shaking", "done"];
-    let samples: Vec<(&str, f64)> = states
-        .iter()
-        .map(|s| (*s, f64::from(u8::from(*s == m.state))))
-        .collect();
-    e.gauge_labelled(
-        "hongbao_flood_state",
-        "1 for the phase the flooder is in",
-        "state",
-        &samples,
-    );
-    e.gauge(
-        "hongbao_flood_qps_target",
-        "global shakes per second the plan asked in the last complete second",
-        m.qps as f64,
-    );
-    e.gauge(
-        "hongbao_flood_connections",
-        "this process's users logged in during the last complete second",
-        m.connections as f64,
-    );
-    e.gauge(
-        "hongbao_flood_thread_cpu_max_ratio",
-        "the busiest flooder thread's CPU over the last complete second, 1 = a whole core",
-        m.thread_cpu_max_pct / 100.0,
-    );
-    e.gauge(
-        "hongbao_flood_last_second",
-        "the last complete Unix second these figures include (0 before the first)",
-        m.last_second as f64,
-    );
-    e.summary(
-        "hongbao_flood_latency_seconds",
-        "shake latency from the intended send time to the answer's arrival (corrected for coordinated omission)",
-        &m.latency,
-    );
-    e.summary(
-        "hongbao_flood_send_lag_seconds",
-        "how late the flooder handed requests to the kernel against their intended time",
-        &m.send_lag,
-    );
-    e.finish()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,7 +172,7 @@ mod tests {
 
     #[test]
     fn an_empty_summary_has_no_quantiles_but_a_count() {
-        let s = LatencySummary::of_ns(&crate::stats::latency_histogram());
+        let s = LatencySummary::of_ns(&crate::hlog::latency_histogram());
         let mut e = Exposition::new();
         e.summary("x_seconds", "help", &s);
         assert_eq!(
@@ -295,7 +183,7 @@ mod tests {
 
     #[test]
     fn a_summary_is_in_seconds() {
-        let mut h = crate::stats::latency_histogram();
+        let mut h = crate::hlog::latency_histogram();
         for ns in [1_000, 2_000, 3_000, 1_000_000] {
             h.record(ns).expect("in bounds");
         }

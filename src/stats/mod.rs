@@ -15,11 +15,13 @@
 //! closed with nothing from it, and are marked incomplete for no source,
 //! because it was alive and counted nothing there.
 
+pub mod client;
+
 use std::collections::VecDeque;
 
-use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::hlog::{LatencyHistogram, latency_histogram};
 use crate::ledger::LedgerCounters;
 
 /// Implements `add` (field by field) for a struct of plain counters. The
@@ -171,15 +173,6 @@ impl_add!(GeneratorCounters {
     cents_packets,
 });
 
-/// Service-time histogram: nanoseconds from a frame's read to its answer
-/// being handed to `write`, 1 ns to 60 s at 3 significant digits.
-pub type LatencyHistogram = Histogram<u64>;
-
-/// A fresh service-time histogram.
-pub fn latency_histogram() -> LatencyHistogram {
-    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
-}
-
 /// What a source sends when it closes a second.
 // Once a second per source, by value through a channel: the size of the
 // counters costs nothing there, and boxing them would allocate each second.
@@ -242,7 +235,7 @@ pub struct SecondStats {
     /// See `service_ns_p50`.
     pub service_ns_max: u64,
     /// The second's service times as an HdrHistogram (nanoseconds, V2
-    /// deflate, base64: [`crate::monitor::source::encode_histogram`]), so
+    /// deflate, base64: [`crate::hlog::encode_histogram`]), so
     /// that a monitor adds several servers' seconds up exactly instead of
     /// bounding their percentiles. Encoded by the stats thread as the
     /// second closes; None from a server older than this field, in totals
@@ -432,7 +425,7 @@ impl Aggregator {
         let mut s = p.stats;
         s.set_service_percentiles(&p.latency);
         // Once a second, on the stats thread: what the monitor merges.
-        s.service_ns_histogram = crate::monitor::source::encode_histogram(&p.latency);
+        s.service_ns_histogram = crate::hlog::encode_histogram(&p.latency);
         let _ = self.total_latency.add(&p.latency);
         if let Some(kept) = self.kept_latency.as_mut() {
             kept.push((s.second, p.latency));
@@ -550,7 +543,7 @@ mod tests {
         );
         // The second's histogram travels with it, for a monitor to merge.
         let text = s.service_ns_histogram.as_deref().expect("encoded");
-        let h = crate::monitor::source::decode_histogram(
+        let h = crate::hlog::decode_histogram(
             &mut hdrhistogram::serialization::Deserializer::new(),
             text,
         )

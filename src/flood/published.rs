@@ -1,0 +1,271 @@
+//! What a flooder publishes: its last complete seconds for the monitor
+//! (`GET /seconds`) and its Prometheus document (`GET /metrics`).
+//!
+//! Owns: the flooder's bucket store ([`FloodSeconds`], filled by its
+//! coordinator once a second, after every thread has reported the second;
+//! each second's latency histogram is encoded then), its `/metrics`
+//! document ([`FloodMetrics`], [`flooder`]), and the two routes. Must not:
+//! sit on a request path.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, PoisonError};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::hlog::{LatencyHistogram, encode_histogram, latency_histogram};
+use crate::http::{Request, Response};
+use crate::prom::{self, Exposition, LatencySummary};
+use crate::seconds::{self, ClientSecond, SECONDS_KEPT, Seconds};
+use crate::stats::client::Counters;
+
+/// A flooder's complete seconds and its metrics, shared between its
+/// coordinator (one write a second) and its HTTP thread.
+#[derive(Debug, Default)]
+pub struct FloodSeconds {
+    inner: Mutex<FloodInner>,
+}
+
+#[derive(Debug)]
+struct FloodInner {
+    seconds: VecDeque<ClientSecond>,
+    metrics: FloodMetrics,
+    latency: LatencyHistogram,
+    send_lag: LatencyHistogram,
+}
+
+impl Default for FloodInner {
+    fn default() -> Self {
+        FloodInner {
+            seconds: VecDeque::with_capacity(SECONDS_KEPT),
+            metrics: FloodMetrics {
+                state: "connecting",
+                ..FloodMetrics::default()
+            },
+            latency: latency_histogram(),
+            send_lag: latency_histogram(),
+        }
+    }
+}
+
+impl FloodSeconds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FloodInner> {
+        // Each field is replaced whole under the lock, so a panic elsewhere
+        // cannot leave it half-written.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps one complete second; its histograms (nanoseconds) go into the
+    /// run's latency summaries, and its latency histogram, encoded, into
+    /// the second (unless the caller put one there).
+    pub fn push(
+        &self,
+        mut second: ClientSecond,
+        latency: &Histogram<u64>,
+        send_lag: &Histogram<u64>,
+    ) {
+        if second.latency_ns_histogram.is_none() {
+            // Encoded before the lock: the HTTP thread never waits on it.
+            second.latency_ns_histogram = encode_histogram(latency);
+        }
+        let mut g = self.lock();
+        // Same bounds or wider; a value past ours saturates rather than
+        // being lost, and adding cannot otherwise fail.
+        let _ = g.latency.add(latency);
+        let _ = g.send_lag.add(send_lag);
+        g.metrics.state = "shaking";
+        g.metrics.totals.add(&second.counters);
+        g.metrics.last_second = second.second;
+        g.metrics.qps = second.qps;
+        g.metrics.connections = second.connections;
+        g.metrics.thread_cpu_max_pct = second.thread_cpu_max_pct;
+        g.metrics.latency = LatencySummary::of_ns(&g.latency);
+        g.metrics.send_lag = LatencySummary::of_ns(&g.send_lag);
+        if g.seconds.len() == SECONDS_KEPT {
+            g.seconds.pop_front();
+        }
+        g.seconds.push_back(second);
+    }
+
+    /// Marks the run finished (for `/metrics`' state).
+    pub fn done(&self) {
+        self.lock().metrics.state = "done";
+    }
+
+    /// The kept seconds, oldest first.
+    pub fn seconds(&self) -> Vec<ClientSecond> {
+        self.seconds_after(None)
+    }
+
+    /// The kept seconds after Unix second `since` (all when None), oldest
+    /// first.
+    pub fn seconds_after(&self, since: Option<u64>) -> Vec<ClientSecond> {
+        self.lock()
+            .seconds
+            .iter()
+            .filter(|s| since.is_none_or(|t| s.second > t))
+            .cloned()
+            .collect()
+    }
+
+    /// Answers `/seconds` and `/metrics`; None for any other path.
+    pub fn route(&self, req: &Request) -> Option<Response> {
+        match req.path() {
+            "/seconds" => Some(match seconds::since(req) {
+                Ok(since) => Response::ok(seconds::to_json(&Seconds::Flooder {
+                    seconds: self.seconds_after(since),
+                })),
+                Err(bad) => bad,
+            }),
+            "/metrics" => Some(Response::text(
+                prom::CONTENT_TYPE,
+                flooder(&self.lock().metrics),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// What the flooder publishes for `/metrics`: its cumulative counters over
+/// the shaking phase, the last complete second's gauges and the latency
+/// summaries over the run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FloodMetrics {
+    /// `connecting`, `shaking` or `done`.
+    pub state: &'static str,
+    /// Every complete second's counters summed.
+    pub totals: Counters,
+    /// The last complete Unix second (0 before the first).
+    pub last_second: u64,
+    /// Global shakes per second the plan asked in that second.
+    pub qps: u64,
+    /// This process's users logged in at that second.
+    pub connections: u64,
+    /// The busiest thread's CPU over that second, percent.
+    pub thread_cpu_max_pct: f64,
+    /// Latency from intended send time (corrected), every complete second.
+    pub latency: LatencySummary,
+    /// The flooder's own lateness, every complete second.
+    pub send_lag: LatencySummary,
+}
+
+/// The flooder's `/metrics`.
+pub fn flooder(m: &FloodMetrics) -> String {
+    let mut e = Exposition::new();
+    e.counters_of(
+        "hongbao_flood_",
+        "events counted by the flooder's threads since shaking started",
+        &m.totals,
+    );
+    let states = ["connecting", "shaking", "done"];
+    let samples: Vec<(&str, f64)> = states
+        .iter()
+        .map(|s| (*s, f64::from(u8::from(*s == m.state))))
+        .collect();
+    e.gauge_labelled(
+        "hongbao_flood_state",
+        "1 for the phase the flooder is in",
+        "state",
+        &samples,
+    );
+    e.gauge(
+        "hongbao_flood_qps_target",
+        "global shakes per second the plan asked in the last complete second",
+        m.qps as f64,
+    );
+    e.gauge(
+        "hongbao_flood_connections",
+        "this process's users logged in during the last complete second",
+        m.connections as f64,
+    );
+    e.gauge(
+        "hongbao_flood_thread_cpu_max_ratio",
+        "the busiest flooder thread's CPU over the last complete second, 1 = a whole core",
+        m.thread_cpu_max_pct / 100.0,
+    );
+    e.gauge(
+        "hongbao_flood_last_second",
+        "the last complete Unix second these figures include (0 before the first)",
+        m.last_second as f64,
+    );
+    e.summary(
+        "hongbao_flood_latency_seconds",
+        "shake latency from the intended send time to the answer's arrival (corrected for coordinated omission)",
+        &m.latency,
+    );
+    e.summary(
+        "hongbao_flood_send_lag_seconds",
+        "how late the flooder handed requests to the kernel against their intended time",
+        &m.send_lag,
+    );
+    e.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seconds_since_t_are_the_later_ones() {
+        let s = FloodSeconds::default();
+        let h = latency_histogram();
+        for t in 100..110 {
+            s.push(
+                ClientSecond {
+                    second: t,
+                    ..ClientSecond::default()
+                },
+                &h,
+                &h,
+            );
+        }
+        let served = |target: &str| -> Vec<u64> {
+            let r = s.route(&Request::new(target)).expect("served");
+            r.body["seconds"]
+                .as_array()
+                .expect("a list")
+                .iter()
+                .map(|b| b["second"].as_u64().expect("a second"))
+                .collect()
+        };
+        assert_eq!(served("/seconds").len(), 10);
+        assert_eq!(served("/seconds?since=107"), [108, 109]);
+        assert_eq!(served("/seconds?since=200"), Vec::<u64>::new());
+        let bad = s
+            .route(&Request::new("/seconds?since=x"))
+            .expect("answered");
+        assert_eq!(bad.status, 400);
+    }
+
+    #[test]
+    fn a_flooder_keeps_its_last_seconds_and_their_totals() {
+        let s = FloodSeconds::default();
+        let mut h = latency_histogram();
+        h.record(2_000).expect("in bounds");
+        for t in 0..(SECONDS_KEPT as u64 + 5) {
+            s.push(
+                ClientSecond {
+                    second: 1000 + t,
+                    run_second: t,
+                    counters: Counters {
+                        sent: 3,
+                        ..Counters::default()
+                    },
+                    ..ClientSecond::default()
+                },
+                &h,
+                &h,
+            );
+        }
+        let kept = s.seconds();
+        assert_eq!(kept.len(), SECONDS_KEPT);
+        assert_eq!(kept[0].second, 1005);
+        let m = s.lock().metrics.clone();
+        assert_eq!(m.totals.sent, 3 * (SECONDS_KEPT as u64 + 5));
+        assert_eq!(m.latency.count, SECONDS_KEPT as u64 + 5);
+        let r = s.route(&Request::new("/seconds")).expect("served");
+        assert_eq!(r.body["kind"], "flooder");
+        assert_eq!(r.body["seconds"].as_array().map(Vec::len), Some(300));
+        assert!(s.route(&Request::new("/other")).is_none());
+    }
+}
