@@ -1210,6 +1210,7 @@ fn run_config(args: &FloodArgs, r: &Resolved) -> RunConfig {
     }
 }
 
+/// The connect phase, as reported.
 fn connect_report(login: &LoginOutcome) -> ConnectReport {
     ConnectReport {
         users: login.users,

@@ -150,6 +150,7 @@ pub fn scan(path: &Path, books: &mut Books) -> Result<ScanEnd, ScanError> {
     }
 }
 
+/// A read of the ledger at `path` failed.
 fn io_error(path: &Path, error: io::Error) -> ScanError {
     ScanError::Io {
         path: path.to_path_buf(),
