@@ -30,7 +30,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 
 use crate::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
-use crate::ledger::{Entry, Ledger, Record};
+use crate::ledger::{Entry, Ledger, LedgerCounters, Record};
 use crate::mesh::{CoreMsg, Peers};
 use crate::packets::NewPacket;
 use crate::ring::{Envelope, EnvelopeRings};
@@ -44,6 +44,21 @@ const MADE_PER_ROUND_MAX: u64 = 4096;
 /// envelopes instead of one sync per wake-up. A refill happens when less than
 /// half of it is left.
 const LOOKAHEAD: Duration = Duration::from_millis(100);
+/// The generator wakes at least this often, to close seconds and retry held
+/// envelopes, even when nothing falls due.
+const TICK: Duration = Duration::from_millis(100);
+/// While a due envelope finds every ring full, it is offered again this soon:
+/// short next to a ring's drain time, long enough not to spin.
+const STALL_RETRY: Duration = Duration::from_millis(1);
+/// Packets draw their amounts and targets from a stream of their own, seeded
+/// from the same `--seed` turned by this many bits, so that making packets
+/// does not shift the envelopes' amounts and a run still replays.
+const PACKET_SEED_ROTATION: u32 = 17;
+/// How long handing a packet to its owner core may wait on a full inbox
+/// before the core counts as gone (the server is stopping).
+const INBOX_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Nanoseconds in a second, for the schedule's integer arithmetic.
+const NANOS_PER_SEC: u128 = 1_000_000_000;
 
 /// A batch's pacing: how many envelopes are due by a given time since start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,7 +73,7 @@ impl Schedule {
     /// Envelopes due by `elapsed` since the batch started: `floor(elapsed *
     /// rate)`, capped at the total.
     pub fn due_by(&self, elapsed: Duration) -> u64 {
-        let due = (elapsed.as_nanos() * u128::from(self.rate) / 1_000_000_000) as u64;
+        let due = (elapsed.as_nanos() * u128::from(self.rate) / NANOS_PER_SEC) as u64;
         self.total.map_or(due, |t| due.min(t))
     }
 
@@ -69,7 +84,7 @@ impl Schedule {
             return None;
         }
         // The smallest t with floor(t * rate) >= emitted + 1, in whole ns.
-        let ns = (u128::from(emitted + 1) * 1_000_000_000).div_ceil(u128::from(self.rate));
+        let ns = (u128::from(emitted + 1) * NANOS_PER_SEC).div_ceil(u128::from(self.rate));
         Some(Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
     }
 
@@ -204,158 +219,208 @@ pub struct GeneratorSetup {
 ///
 /// Reports its counters for each closed second through `reports`.
 pub fn run(setup: GeneratorSetup) {
-    let mut g = Generator {
-        rings: setup.rings,
-        spec: setup.spec,
-        rng: fastrand::Rng::with_seed(setup.spec.seed),
-        next_id: setup.next_envelope_id.0,
-        next_core: 0,
-        held: {
-            let now = Instant::now();
-            setup.outstanding.into_iter().map(|e| (now, e)).collect()
-        },
-        stalled: false,
-        counters: GeneratorCounters::default(),
-        ledger: setup.ledger,
-        producer: setup.producer,
-        envelope_ttl_s: setup.envelope_ttl_s,
-    };
-    let mut packets = Packets {
-        peers: setup.peers,
-        next_id: setup.next_packet_id.0,
-        ttl_s: setup.packet_ttl_s,
-        batch: Batch::new(
-            Schedule {
-                rate: 0,
-                total: Some(0),
-            },
-            Instant::now(),
-        ),
-        spec: None,
-        rng: fastrand::Rng::with_seed(setup.spec.seed.rotate_left(17)),
-        made: Vec::new(),
-    };
-    let commands = setup.commands;
-    let reports = setup.reports;
-    let initial = setup.initial;
-    let mut batch = Batch::new(initial, Instant::now());
-    g.rings
-        .set_exhausted(batch.schedule.is_done(0) && initial.total.is_some() && g.held.is_empty());
-    let mut second = unix_second(SystemTime::now());
-    let mut ledger_seen = g.ledger.counters();
-    // Wake at least this often to close seconds and retry held envelopes.
-    let tick = Duration::from_millis(100);
+    let mut run = Run::new(setup);
     loop {
         let now = Instant::now();
-        let next_due = {
-            // The next envelope to push and the next refill; while a due
-            // envelope finds every ring full, only a retry 1 ms later (no
-            // refill: the schedule waits for room).
-            // (An envelope that fell due during the last refill's sync is
-            // not a stall: it is pushed at once.)
-            let stalled = g.stalled && g.held.front().is_some_and(|&(due, _)| due <= now);
-            let envelopes = if stalled {
-                Some(now + Duration::from_millis(1))
-            } else {
-                let refill = batch
-                    .schedule
-                    .due_at(batch.emitted)
-                    .map(|d| (batch.start + d).checked_sub(LOOKAHEAD / 2).unwrap_or(now));
-                g.held
-                    .front()
-                    .map(|&(due, _)| due)
-                    .into_iter()
-                    .chain(refill)
-                    .min()
-            };
-            let pkts = packets
-                .batch
-                .schedule
-                .due_at(packets.batch.emitted)
-                .map(|d| packets.batch.start + d);
-            envelopes
-                .into_iter()
-                .chain(pkts)
-                .min()
-                .unwrap_or(now + tick)
-        };
-        let wake = next_due.min(now + tick).max(now);
-        match commands.recv_deadline(wake) {
-            Ok(Command::StartBatch { schedule, reply }) => {
-                let replaced = batch.status();
-                batch = Batch::new(schedule, Instant::now());
-                g.rings.set_exhausted(false);
-                let _ = reply.send(BatchStarted { replaced });
-            }
-            Ok(Command::StartPackets {
-                schedule,
-                spec,
-                reply,
-            }) => {
-                let replaced = packets.batch.status();
-                packets.batch = Batch::new(schedule, Instant::now());
-                packets.spec = Some(spec);
-                let _ = reply.send(replaced);
-            }
-            Ok(Command::CreatePacket { spec, reply }) => {
-                let id = packets.make(&spec, &mut g);
-                let _ = reply.send(id.filter(|_| packets.hand_over(&mut g)));
-            }
-            Ok(Command::Status(reply)) => {
-                let _ = reply.send((batch.status(), packets.batch.status()));
-            }
+        let wake = run.next_due(now).min(now + TICK).max(now);
+        match run.commands.recv_deadline(wake) {
+            Ok(command) => run.on_command(command),
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => {
                 // The server is stopping: report the second in progress so
                 // the final totals hold every envelope generated.
-                let _ = reports.send(Report::Generator {
-                    second,
-                    counters: g.counters,
-                    in_rings: g.rings.len() as u64,
-                    ledger: g.ledger.take_counters().since(&ledger_seen),
+                let _ = run.reports.send(Report::Generator {
+                    second: run.second,
+                    counters: run.g.counters,
+                    in_rings: run.g.rings.len() as u64,
+                    ledger: run.g.ledger.take_counters().since(&run.ledger_seen),
                 });
                 return;
             }
         }
-        g.emit_due(&mut batch);
-        if let Some(spec) = packets.spec.clone() {
-            let due = packets.batch.schedule.due_by(packets.batch.start.elapsed());
-            let mut made = 0;
-            while packets.batch.emitted < due && made < MADE_PER_ROUND_MAX {
-                if packets.make(&spec, &mut g).is_none() {
-                    break;
-                }
-                packets.batch.emitted += 1;
-                made += 1;
-            }
-            packets.hand_over(&mut g);
-        }
-        if batch.schedule.is_done(batch.emitted)
-            && g.held.is_empty()
-            && batch.schedule.total.is_some()
+        run.g.emit_due(&mut run.batch);
+        run.make_due_packets();
+        if run.batch.schedule.is_done(run.batch.emitted)
+            && run.g.held.is_empty()
+            && run.batch.schedule.total.is_some()
         {
-            g.rings.set_exhausted(true);
+            run.g.rings.set_exhausted(true);
         }
-        let now_second = unix_second(SystemTime::now());
-        if now_second != second {
-            let counters = std::mem::take(&mut g.counters);
-            let in_rings = g.rings.len() as u64;
-            let ledger_now = g.ledger.take_counters();
-            let ledger = ledger_now.since(&ledger_seen);
-            ledger_seen = ledger_now;
-            if reports
-                .send(Report::Generator {
-                    second,
-                    counters,
-                    in_rings,
-                    ledger,
-                })
-                .is_err()
-            {
-                return;
+        if !run.close_second() {
+            return;
+        }
+    }
+}
+
+/// The generator thread's state between wake-ups.
+struct Run {
+    g: Generator,
+    packets: Packets,
+    /// The running envelope batch.
+    batch: Batch,
+    commands: Receiver<Command>,
+    reports: Sender<Report>,
+    /// The Unix second being counted.
+    second: u64,
+    /// The ledger's counters at the last report.
+    ledger_seen: LedgerCounters,
+}
+
+impl Run {
+    fn new(setup: GeneratorSetup) -> Run {
+        let g = Generator {
+            rings: setup.rings,
+            spec: setup.spec,
+            rng: fastrand::Rng::with_seed(setup.spec.seed),
+            next_id: setup.next_envelope_id.0,
+            next_core: 0,
+            held: {
+                let now = Instant::now();
+                setup.outstanding.into_iter().map(|e| (now, e)).collect()
+            },
+            stalled: false,
+            counters: GeneratorCounters::default(),
+            ledger: setup.ledger,
+            producer: setup.producer,
+            envelope_ttl_s: setup.envelope_ttl_s,
+        };
+        let packets = Packets {
+            peers: setup.peers,
+            next_id: setup.next_packet_id.0,
+            ttl_s: setup.packet_ttl_s,
+            batch: Batch::new(
+                Schedule {
+                    rate: 0,
+                    total: Some(0),
+                },
+                Instant::now(),
+            ),
+            spec: None,
+            rng: fastrand::Rng::with_seed(setup.spec.seed.rotate_left(PACKET_SEED_ROTATION)),
+            made: Vec::new(),
+        };
+        let initial = setup.initial;
+        let batch = Batch::new(initial, Instant::now());
+        g.rings.set_exhausted(
+            batch.schedule.is_done(0) && initial.total.is_some() && g.held.is_empty(),
+        );
+        let second = unix_second(SystemTime::now());
+        let ledger_seen = g.ledger.counters();
+        Run {
+            g,
+            packets,
+            batch,
+            commands: setup.commands,
+            reports: setup.reports,
+            second,
+            ledger_seen,
+        }
+    }
+
+    /// When something next falls due: the next envelope to push, the next
+    /// refill, the next packet; [`TICK`] from now when nothing is due.
+    fn next_due(&self, now: Instant) -> Instant {
+        let (g, batch, packets) = (&self.g, &self.batch, &self.packets);
+        // The next envelope to push and the next refill; while a due
+        // envelope finds every ring full, only a retry shortly after (no
+        // refill: the schedule waits for room).
+        // (An envelope that fell due during the last refill's sync is
+        // not a stall: it is pushed at once.)
+        let stalled = g.stalled && g.held.front().is_some_and(|&(due, _)| due <= now);
+        let envelopes = if stalled {
+            Some(now + STALL_RETRY)
+        } else {
+            let refill = batch
+                .schedule
+                .due_at(batch.emitted)
+                .map(|d| (batch.start + d).checked_sub(LOOKAHEAD / 2).unwrap_or(now));
+            g.held
+                .front()
+                .map(|&(due, _)| due)
+                .into_iter()
+                .chain(refill)
+                .min()
+        };
+        let pkts = packets
+            .batch
+            .schedule
+            .due_at(packets.batch.emitted)
+            .map(|d| packets.batch.start + d);
+        envelopes
+            .into_iter()
+            .chain(pkts)
+            .min()
+            .unwrap_or(now + TICK)
+    }
+
+    /// Does what the control asks and answers it.
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::StartBatch { schedule, reply } => {
+                let replaced = self.batch.status();
+                self.batch = Batch::new(schedule, Instant::now());
+                self.g.rings.set_exhausted(false);
+                let _ = reply.send(BatchStarted { replaced });
             }
-            second = now_second;
+            Command::StartPackets {
+                schedule,
+                spec,
+                reply,
+            } => {
+                let replaced = self.packets.batch.status();
+                self.packets.batch = Batch::new(schedule, Instant::now());
+                self.packets.spec = Some(spec);
+                let _ = reply.send(replaced);
+            }
+            Command::CreatePacket { spec, reply } => {
+                let id = self.packets.make(&spec, &mut self.g);
+                let _ = reply.send(id.filter(|_| self.packets.hand_over(&mut self.g)));
+            }
+            Command::Status(reply) => {
+                let _ = reply.send((self.batch.status(), self.packets.batch.status()));
+            }
         }
+    }
+
+    /// Makes the packets of the running packet batch that are due (at most
+    /// [`MADE_PER_ROUND_MAX`]), then makes them durable and hands them over.
+    fn make_due_packets(&mut self) {
+        let Some(spec) = self.packets.spec.clone() else {
+            return;
+        };
+        let packets = &mut self.packets;
+        let due = packets.batch.schedule.due_by(packets.batch.start.elapsed());
+        let mut made = 0;
+        while packets.batch.emitted < due && made < MADE_PER_ROUND_MAX {
+            if packets.make(&spec, &mut self.g).is_none() {
+                break;
+            }
+            packets.batch.emitted += 1;
+            made += 1;
+        }
+        packets.hand_over(&mut self.g);
+    }
+
+    /// Reports the second just ended, if one has. False when nobody takes
+    /// reports any more (the server is stopping).
+    fn close_second(&mut self) -> bool {
+        let now_second = unix_second(SystemTime::now());
+        if now_second == self.second {
+            return true;
+        }
+        let counters = std::mem::take(&mut self.g.counters);
+        let in_rings = self.g.rings.len() as u64;
+        let ledger_now = self.g.ledger.take_counters();
+        let ledger = ledger_now.since(&self.ledger_seen);
+        self.ledger_seen = ledger_now;
+        let sent = self.reports.send(Report::Generator {
+            second: self.second,
+            counters,
+            in_rings,
+            ledger,
+        });
+        self.second = now_second;
+        sent.is_ok()
     }
 }
 
@@ -441,7 +506,7 @@ impl Packets {
             // server is stopping; the packet is in the ledger and is rebuilt
             // at the next start.
             ok &= self.peers.inboxes[owner]
-                .send_timeout(CoreMsg::Packet(Box::new(p)), Duration::from_secs(1))
+                .send_timeout(CoreMsg::Packet(Box::new(p)), INBOX_SEND_TIMEOUT)
                 .is_ok();
             woken[owner] = true;
         }

@@ -28,6 +28,9 @@ use crate::ledger::{PacketBook, Producer, Record};
 /// When `left` is 0 or `remaining < left`: a packet is created with at least
 /// a cent per claimant, and each share leaves a cent for everyone after.
 pub fn share(remaining: u64, left: u64, rng: &mut fastrand::Rng) -> u64 {
+    // The "double" of the double-average method: a draw up to twice the fair
+    // share keeps the fair share as the mean.
+    const MEAN_SHARE_MULTIPLE: u64 = 2;
     assert!(
         left >= 1 && remaining >= left,
         "{remaining} cents for {left} claimants"
@@ -35,7 +38,9 @@ pub fn share(remaining: u64, left: u64, rng: &mut fastrand::Rng) -> u64 {
     if left == 1 {
         return remaining;
     }
-    let hi = (remaining / left * 2).min(remaining - (left - 1)).max(1);
+    let hi = (remaining / left * MEAN_SHARE_MULTIPLE)
+        .min(remaining - (left - 1))
+        .max(1);
     rng.u64(1..=hi)
 }
 

@@ -18,6 +18,11 @@ use super::schedule::{NANOS_PER_SEC, Plan};
 use super::worker::{NO_OVERRIDE, unix_nanos};
 use crate::http::{Request, Response};
 
+/// The rate override word holds the plan step id above this bit and the rate
+/// below it (`worker::rate_for` reads it so): a rate fits in 32 bits, as
+/// `QPS_MAX` is far below 2^32.
+const OVERRIDE_STEP_SHIFT: u32 = 32;
+
 /// What the HTTP thread and the coordinator share.
 #[derive(Debug)]
 pub struct Live {
@@ -65,8 +70,10 @@ impl Live {
             .plan
             .at(next)
             .map_or(self.plan.phases().len() as u32, |(step, _)| step);
-        self.rate_override
-            .store((u64::from(step) << 32) | qps, Ordering::Relaxed);
+        self.rate_override.store(
+            (u64::from(step) << OVERRIDE_STEP_SHIFT) | qps,
+            Ordering::Relaxed,
+        );
         (next, step)
     }
 }

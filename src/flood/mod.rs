@@ -88,6 +88,31 @@ const THREAD_BUSY_PCT: f64 = 90.0;
 /// Send lag p99 above this means the flooder, not the server, set the pace.
 const SEND_LAG_P99_MAX_US: f64 = 1_000.0;
 
+/// The `.hgrm` shows milliseconds, as the interval log does; the histograms
+/// hold nanoseconds.
+const HGRM_NS_PER_UNIT: f64 = 1e6;
+
+/// Messages a thread's control channel holds: the coordinator sends a thread
+/// at most a go and a stop, so it never waits on a full one.
+const CONTROL_QUEUE_LEN: usize = 4;
+
+/// Emptied second histograms on their way back to a thread: a few seconds'
+/// worth covers a thread that reports several seconds at once; a full channel
+/// only means the thread allocates a new pair.
+const RECYCLE_QUEUE_LEN: usize = 4;
+
+/// How long past the login deadline the coordinator waits for the threads'
+/// connect-phase reports: they report by the deadline themselves; the margin
+/// covers a report sent just then.
+const LOGIN_REPORT_MARGIN_SECS: u64 = 5;
+
+/// The wait from the go signal for the next whole Unix second, at most.
+const WHOLE_SECOND_WAIT: Duration = Duration::from_secs(1);
+
+/// Microseconds in one percent of a second: a CPU time over a span in
+/// seconds, divided by this, is a percentage of that span.
+const US_PER_PCT_OF_SEC: f64 = 1e4;
+
 /// Runs the flooder: connect, log in, shake, report.
 pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
     let resolved = options::resolve(args)?;
@@ -95,86 +120,31 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
     warn_if_ports_scarce(&resolved);
     let live = Arc::new(control::Live::new(resolved.plan.clone()));
     let http = match resolved.http {
-        Some(addr) => {
-            let listener = crate::http::bind(addr).with_context(|| {
-                format!(
-                    "binding the flooder's HTTP control on {addr} (--http): is another flooder \
-                     running here? Give each its own --http port, or --no-http"
-                )
-            })?;
-            let live = live.clone();
-            let server = crate::http::Server::start(listener, "flood-http", move |req| {
-                control::route(&live, req)
-            })
-            .context("starting the flooder's HTTP control thread")?;
-            if !args.quiet {
-                eprintln!(
-                    "hongbao flood: control on http://{} (GET /qps?qps=N, GET /status)",
-                    server.addr()
-                );
-            }
-            if let Some(monitor) = &args.monitor
-                && let Err(e) = crate::seconds::register(monitor, server.addr())
-            {
-                eprintln!("warning: registering with the monitor at {monitor}: {e}");
-            }
-            Some(server)
-        }
+        Some(addr) => Some(start_http(args, addr, live.clone())?),
         None => None,
     };
-    let ack_log = match &args.ack_log {
-        Some(path) => Some(Arc::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening --ack-log {}", path.display()))?,
-        )),
-        None => None,
-    };
+    let ack_log = open_ack_log(args)?;
 
-    let rss_before = match args.server_pid {
-        Some(pid) => Some(
-            procfs::process_rss_bytes(pid)
-                .context("sampling the server's RSS before connecting")?,
-        ),
-        None => None,
-    };
+    let rss_before = server_rss(args, "before connecting")?;
     // The server's CPU over the connect phase: its cost per accepted and
     // logged-in connection, which bounds its accept rate whatever the
     // flooder's own connect speed.
-    let server_cpu = |when: &str| -> anyhow::Result<Option<u64>> {
-        args.server_pid
-            .map(|pid| {
-                procfs::process_cpu_us(pid)
-                    .with_context(|| format!("sampling the server's CPU {when} connecting"))
-            })
-            .transpose()
-    };
-    let connect_cpu_before = server_cpu("before")?;
+    let connect_cpu_before = server_cpu(args, "before")?;
     let mut coordinator = Coordinator::spawn(args, &resolved, live.clone(), ack_log)?;
     let login = coordinator.connect_phase()?;
-    let connect_cpu = connect_cpu_before.zip(server_cpu("after")?);
+    let connect_cpu = connect_cpu_before.zip(server_cpu(args, "after")?);
 
     coordinator.wait(Instant::now() + Duration::from_secs(args.settle_secs))?;
-    let rss_after = match args.server_pid {
-        Some(pid) => {
-            Some(procfs::process_rss_bytes(pid).context("sampling the server's RSS after login")?)
-        }
-        None => None,
-    };
+    let rss_after = server_rss(args, "after login")?;
 
     let (shaking, hlog) = coordinator.shake_phase(args.hlog.as_deref())?;
     coordinator.join();
 
-    let report = build_report(
-        args,
-        &resolved,
-        &login,
-        rss_before.zip(rss_after),
+    let samples = ServerSamples {
+        rss: rss_before.zip(rss_after),
         connect_cpu,
-        &shaking,
-    );
+    };
+    let report = build_report(args, &resolved, &login, &samples, &shaking);
     print!("{}", report::summary(&report));
     if let Some(hlog) = hlog {
         hlog.finish(&shaking.latency.corrected)?;
@@ -191,6 +161,79 @@ pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
         http.stop();
     }
     Ok(())
+}
+
+/// Starts the HTTP control on `addr` and registers it with `--monitor`
+/// (a failure to register is only a warning).
+fn start_http(
+    args: &FloodArgs,
+    addr: std::net::SocketAddr,
+    live: Arc<control::Live>,
+) -> anyhow::Result<crate::http::Server> {
+    let listener = crate::http::bind(addr).with_context(|| {
+        format!(
+            "binding the flooder's HTTP control on {addr} (--http): is another flooder \
+             running here? Give each its own --http port, or --no-http"
+        )
+    })?;
+    let server = crate::http::Server::start(listener, "flood-http", move |req| {
+        control::route(&live, req)
+    })
+    .context("starting the flooder's HTTP control thread")?;
+    if !args.quiet {
+        eprintln!(
+            "hongbao flood: control on http://{} (GET /qps?qps=N, GET /status)",
+            server.addr()
+        );
+    }
+    if let Some(monitor) = &args.monitor
+        && let Err(e) = crate::seconds::register(monitor, server.addr())
+    {
+        eprintln!("warning: registering with the monitor at {monitor}: {e}");
+    }
+    Ok(server)
+}
+
+/// `--ack-log`, opened for appending, shared by the threads.
+fn open_ack_log(args: &FloodArgs) -> anyhow::Result<Option<Arc<File>>> {
+    let Some(path) = &args.ack_log else {
+        return Ok(None);
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening --ack-log {}", path.display()))?;
+    Ok(Some(Arc::new(file)))
+}
+
+/// The `--server-pid` process's RSS, sampled `when`; None without it.
+fn server_rss(args: &FloodArgs, when: &str) -> anyhow::Result<Option<u64>> {
+    args.server_pid
+        .map(|pid| {
+            procfs::process_rss_bytes(pid)
+                .with_context(|| format!("sampling the server's RSS {when}"))
+        })
+        .transpose()
+}
+
+/// The `--server-pid` process's CPU so far, sampled `when` connecting; None
+/// without it.
+fn server_cpu(args: &FloodArgs, when: &str) -> anyhow::Result<Option<u64>> {
+    args.server_pid
+        .map(|pid| {
+            procfs::process_cpu_us(pid)
+                .with_context(|| format!("sampling the server's CPU {when} connecting"))
+        })
+        .transpose()
+}
+
+/// What was sampled from the `--server-pid` process outside the window.
+struct ServerSamples {
+    /// RSS before the first connect and `--settle-secs` after the last login.
+    rss: Option<(u64, u64)>,
+    /// CPU so far, before the connect phase and after it.
+    connect_cpu: Option<(u64, u64)>,
 }
 
 /// `--hlog`: the interval log being written, and where its `.hgrm` goes.
@@ -219,7 +262,7 @@ impl HlogOut {
         let hgrm = path.with_extension("hgrm");
         let file = File::create(&hgrm).with_context(|| format!("creating {}", hgrm.display()))?;
         let mut out = BufWriter::new(file);
-        crate::hlog::write_hgrm(&mut out, window, 1e6)
+        crate::hlog::write_hgrm(&mut out, window, HGRM_NS_PER_UNIT)
             .with_context(|| format!("writing {}", hgrm.display()))?;
         std::io::Write::flush(&mut out).with_context(|| format!("writing {}", hgrm.display()))?;
         Ok(())
@@ -347,6 +390,101 @@ struct EdgeSample {
     cpus: Vec<procfs::CpuTimes>,
 }
 
+/// The shaking phase's clock: run second 0 is a whole Unix second, so that
+/// flooders on NTP-synced machines agree on which users fire when.
+struct RunClock {
+    /// Unix second of run second 0.
+    start_unix: u64,
+    /// The wall clock, Unix nanoseconds, read at `now`.
+    now_wall: u64,
+    now: Instant,
+}
+
+impl RunClock {
+    /// Run second 0 at the first whole Unix second at least [`GO_LEAD`] away.
+    fn next_second() -> RunClock {
+        let now_wall = worker::unix_nanos();
+        let now = Instant::now();
+        let start_unix = (now_wall + GO_LEAD.as_nanos() as u64).div_ceil(NANOS_PER_SEC);
+        RunClock {
+            start_unix,
+            now_wall,
+            now,
+        }
+    }
+
+    /// The instant run second `run_second` starts at.
+    fn instant_of(&self, run_second: u64) -> Instant {
+        let at = (self.start_unix + run_second) * NANOS_PER_SEC;
+        self.now + Duration::from_nanos(at.saturating_sub(self.now_wall))
+    }
+}
+
+/// What the shaking phase gathers while the threads run.
+struct Gathering {
+    /// Unix second of run second 0.
+    start_unix: u64,
+    hlog: Option<HlogOut>,
+    /// The window's edges sampled so far: start, then end.
+    edges: Vec<EdgeSample>,
+    /// Seconds being merged, by run second; those below `seconds.len()` are
+    /// closed.
+    pending: Vec<Pending>,
+    /// The seconds closed, in order.
+    seconds: Vec<SecondSummary>,
+    /// Counts summed over the closed seconds.
+    totals: Counters,
+    /// Each finished thread's results.
+    results: Vec<worker::ThreadResult>,
+}
+
+impl Shaking {
+    /// The phase's outcome: the seconds as closed, and the threads' results
+    /// summed (by thread order).
+    fn merge(
+        edges: [EdgeSample; 2],
+        seconds: Vec<SecondSummary>,
+        mut results: Vec<worker::ThreadResult>,
+        start_unix: u64,
+    ) -> Shaking {
+        let mut shaking = Shaking {
+            edges,
+            seconds,
+            per_second: Vec::new(),
+            before_start: Counters::default(),
+            latency: Latency::new(),
+            lost_in_window: 0,
+            lost_outside_window: 0,
+            claims_lost: 0,
+            scheduled: Vec::new(),
+            start_unix,
+        };
+        results.sort_by_key(|r| r.thread);
+        for r in &results {
+            if shaking.per_second.len() < r.per_second.len() {
+                shaking
+                    .per_second
+                    .resize(r.per_second.len(), Counters::default());
+            }
+            for (sum, c) in shaking.per_second.iter_mut().zip(&r.per_second) {
+                sum.add(c);
+            }
+            shaking.before_start.add(&r.before_start);
+            shaking.latency.add(&r.latency);
+            shaking.lost_in_window += r.lost_in_window;
+            shaking.lost_outside_window += r.lost_outside_window;
+            shaking.claims_lost += r.claims_lost;
+            if shaking.scheduled.len() < r.scheduled.len() {
+                shaking.scheduled.resize(r.scheduled.len(), 0);
+            }
+            for (sum, n) in shaking.scheduled.iter_mut().zip(&r.scheduled) {
+                *sum += n;
+            }
+        }
+        shaking
+    }
+}
+
 struct Coordinator {
     args: FloodArgs,
     users: u64,
@@ -357,6 +495,95 @@ struct Coordinator {
     hard_deadline: Instant,
 }
 
+/// When the phases must be over, counted from the start of the connect phase.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    connect_start: Instant,
+    login_deadline: Instant,
+    /// Past this the run is hung: every phase's own bound plus slack.
+    hard_deadline: Instant,
+}
+
+impl Deadlines {
+    /// The deadlines of a run whose connect phase starts now.
+    fn from_now(args: &FloodArgs, plan: &schedule::Plan) -> Deadlines {
+        let connect_start = Instant::now();
+        let login_deadline = connect_start + Duration::from_secs(args.login_timeout);
+        let hard_deadline = login_deadline
+            + Duration::from_secs(args.settle_secs + plan.end_secs())
+            + WHOLE_SECOND_WAIT
+            + GO_LEAD
+            + DRAIN
+            + DEADLINE_SLACK;
+        Deadlines {
+            connect_start,
+            login_deadline,
+            hard_deadline,
+        }
+    }
+}
+
+/// What every thread's configuration shares.
+struct WorkerCommon {
+    servers: Arc<[std::net::SocketAddr]>,
+    binds: Arc<[IpAddr]>,
+    rule: SlotRule,
+    live: Arc<control::Live>,
+    ack_log: Option<Arc<File>>,
+    deadlines: Deadlines,
+    to_main: Sender<ToMain>,
+}
+
+/// Starts thread `index` of `r.threads` on its share of the users and of the
+/// connect rate.
+fn spawn_worker(
+    args: &FloodArgs,
+    r: &Resolved,
+    index: usize,
+    common: &WorkerCommon,
+) -> anyhow::Result<WorkerHandle> {
+    let users = schedule::split(r.users(), r.threads, index);
+    let poll = Poll::new().context("creating a poll (epoll) instance")?;
+    let waker =
+        Arc::new(Waker::new(poll.registry(), worker::WAKER).context("creating a poll waker")?);
+    let (control, control_rx) = crossbeam_channel::bounded(CONTROL_QUEUE_LEN);
+    let (recycle, recycle_rx) = crossbeam_channel::bounded(RECYCLE_QUEUE_LEN);
+    // Each thread connects its share of the connect rate.
+    let connect_rate = schedule::split(args.connect_rate, r.threads, index);
+    let cfg = WorkerConfig {
+        index,
+        servers: common.servers.clone(),
+        binds: common.binds.clone(),
+        first_user: r.min + users.start as u32,
+        users: (users.end - users.start) as u32,
+        rule: common.rule,
+        plan: r.plan.clone(),
+        burst: args.burst,
+        push_answers_shake: args.push_answers_shake,
+        rate_override: common.live.rate_override.clone(),
+        connect_rate_per_sec: connect_rate.end - connect_rate.start,
+        drain_ns: DRAIN.as_nanos() as u64,
+        connect_start: common.deadlines.connect_start,
+        login_deadline: common.deadlines.login_deadline,
+        hard_deadline: common.deadlines.hard_deadline,
+        send_interval: Duration::from_micros(args.send_interval_us),
+        spin: args.spin,
+        ack_log: common.ack_log.clone(),
+        recycle: recycle_rx,
+    };
+    let to_main = common.to_main.clone();
+    let join = std::thread::Builder::new()
+        .name(format!("flood-{index}"))
+        .spawn(move || worker::run(cfg, poll, control_rx, to_main))
+        .context("spawning a flooder thread")?;
+    Ok(WorkerHandle {
+        control,
+        waker,
+        recycle,
+        join: Some(join),
+    })
+}
+
 impl Coordinator {
     fn spawn(
         args: &FloodArgs,
@@ -365,70 +592,28 @@ impl Coordinator {
         ack_log: Option<Arc<File>>,
     ) -> anyhow::Result<Coordinator> {
         let (to_main, from_workers) = crossbeam_channel::unbounded();
-        let binds: Arc<[IpAddr]> = r.binds.clone().into();
-        let servers: Arc<[std::net::SocketAddr]> = r.servers.clone().into();
-        let login_timeout = Duration::from_secs(args.login_timeout);
-        let connect_start = Instant::now();
-        let login_deadline = connect_start + login_timeout;
-        let hard_deadline = login_deadline
-            + Duration::from_secs(args.settle_secs + r.plan.end_secs())
-            + Duration::from_secs(1) // the wait for a whole second
-            + GO_LEAD
-            + DRAIN
-            + DEADLINE_SLACK;
-        let rule = SlotRule::new(r.total);
+        let deadlines = Deadlines::from_now(args, &r.plan);
+        let common = WorkerCommon {
+            servers: r.servers.clone().into(),
+            binds: r.binds.clone().into(),
+            rule: SlotRule::new(r.total),
+            live,
+            ack_log,
+            deadlines,
+            to_main,
+        };
         let mut workers = Vec::with_capacity(r.threads);
         for index in 0..r.threads {
-            let users = schedule::split(r.users(), r.threads, index);
-            let poll = Poll::new().context("creating a poll (epoll) instance")?;
-            let waker = Arc::new(
-                Waker::new(poll.registry(), worker::WAKER).context("creating a poll waker")?,
-            );
-            let (control, control_rx) = crossbeam_channel::bounded(4);
-            let (recycle, recycle_rx) = crossbeam_channel::bounded(4);
-            // Each thread connects its share of the connect rate.
-            let connect_rate = schedule::split(args.connect_rate, r.threads, index);
-            let cfg = WorkerConfig {
-                index,
-                servers: servers.clone(),
-                binds: binds.clone(),
-                first_user: r.min + users.start as u32,
-                users: (users.end - users.start) as u32,
-                rule,
-                plan: r.plan.clone(),
-                burst: args.burst,
-                push_answers_shake: args.push_answers_shake,
-                rate_override: live.rate_override.clone(),
-                connect_rate_per_sec: connect_rate.end - connect_rate.start,
-                drain_ns: DRAIN.as_nanos() as u64,
-                connect_start,
-                login_deadline,
-                hard_deadline,
-                send_interval: Duration::from_micros(args.send_interval_us),
-                spin: args.spin,
-                ack_log: ack_log.clone(),
-                recycle: recycle_rx,
-            };
-            let to_main = to_main.clone();
-            let join = std::thread::Builder::new()
-                .name(format!("flood-{index}"))
-                .spawn(move || worker::run(cfg, poll, control_rx, to_main))
-                .context("spawning a flooder thread")?;
-            workers.push(WorkerHandle {
-                control,
-                waker,
-                recycle,
-                join: Some(join),
-            });
+            workers.push(spawn_worker(args, r, index, &common)?);
         }
         Ok(Coordinator {
             args: args.clone(),
             users: r.users(),
-            live,
+            live: common.live,
             workers,
             from_workers,
-            login_deadline,
-            hard_deadline,
+            login_deadline: deadlines.login_deadline,
+            hard_deadline: deadlines.hard_deadline,
         })
     }
 
@@ -464,6 +649,13 @@ impl Coordinator {
     /// Gathers every thread's connect-phase report, printing progress once a
     /// second. Fails only if no user at all logged in.
     fn connect_phase(&mut self) -> anyhow::Result<LoginOutcome> {
+        let summaries = self.gather_logins()?;
+        self.login_outcome(&summaries)
+    }
+
+    /// Every thread's login summary, printing the summed progress each time
+    /// every thread has reported a further second.
+    fn gather_logins(&self) -> anyhow::Result<Vec<worker::LoginSummary>> {
         let threads = self.workers.len();
         let mut latest = vec![worker::ConnectProgress::default(); threads];
         // The last second each thread reported; a finished thread counts as
@@ -471,9 +663,7 @@ impl Coordinator {
         let mut reached = vec![0u64; threads];
         let mut printed = 0;
         let mut summaries: Vec<Option<worker::LoginSummary>> = (0..threads).map(|_| None).collect();
-        // Threads report by the login deadline themselves; the margin covers
-        // a report sent just then.
-        let give_up = self.login_deadline + Duration::from_secs(5);
+        let give_up = self.login_deadline + Duration::from_secs(LOGIN_REPORT_MARGIN_SECS);
         while summaries.iter().any(Option::is_none) {
             match self.recv_until(give_up)? {
                 Some(ToMain::ConnectProgress {
@@ -492,32 +682,43 @@ impl Coordinator {
                 Some(_) => {}
                 None => bail!(
                     "no connect-phase report from some flooder threads within {} s",
-                    self.args.login_timeout + 5
+                    self.args.login_timeout + LOGIN_REPORT_MARGIN_SECS
                 ),
             }
             let all_reached = reached.iter().copied().min().unwrap_or(0);
             if all_reached != u64::MAX && all_reached > printed {
                 printed = all_reached;
-                let mut sum = worker::ConnectProgress::default();
-                latest.iter().for_each(|p| sum.add(p));
-                let line = format!(
-                    "[connect {printed:>3}s] opened {:>7}  connected {:>7}  logged in {:>7}  failed {} (retrying)",
-                    sum.opened, sum.connected, sum.logged_in, sum.failed
-                );
-                self.live.set_status(json!({
-                    "state": "connecting",
-                    "second": printed,
-                    "opened": sum.opened,
-                    "connected": sum.connected,
-                    "logged_in": sum.logged_in,
-                    "failed": sum.failed,
-                }));
-                if !self.args.quiet {
-                    eprintln!("{line}");
-                }
+                self.publish_connect(printed, &latest);
             }
         }
-        let summaries: Vec<worker::LoginSummary> = summaries.into_iter().flatten().collect();
+        Ok(summaries.into_iter().flatten().collect())
+    }
+
+    /// Prints connect second `second`'s line and rewrites the status
+    /// document, from each thread's latest counts.
+    fn publish_connect(&self, second: u64, latest: &[worker::ConnectProgress]) {
+        let mut sum = worker::ConnectProgress::default();
+        latest.iter().for_each(|p| sum.add(p));
+        let line = format!(
+            "[connect {second:>3}s] opened {:>7}  connected {:>7}  logged in {:>7}  failed {} (retrying)",
+            sum.opened, sum.connected, sum.logged_in, sum.failed
+        );
+        self.live.set_status(json!({
+            "state": "connecting",
+            "second": second,
+            "opened": sum.opened,
+            "connected": sum.connected,
+            "logged_in": sum.logged_in,
+            "failed": sum.failed,
+        }));
+        if !self.args.quiet {
+            eprintln!("{line}");
+        }
+    }
+
+    /// The connect phase summed over the threads; fails when nobody logged
+    /// in, warns when some did not.
+    fn login_outcome(&self, summaries: &[worker::LoginSummary]) -> anyhow::Result<LoginOutcome> {
         let mut total = worker::ConnectProgress::default();
         summaries.iter().for_each(|s| total.add(&s.progress));
         let ready: u64 = summaries.iter().map(|s| s.ready).sum();
@@ -562,18 +763,10 @@ impl Coordinator {
         hlog_path: Option<&Path>,
     ) -> anyhow::Result<(Shaking, Option<HlogOut>)> {
         let threads = self.workers.len();
-        let plan = self.live.plan.clone();
-        // Run second 0 is a whole Unix second, so that flooders on
-        // NTP-synced machines agree on which users fire when.
-        let now_wall = worker::unix_nanos();
-        let now = Instant::now();
-        let start_unix = (now_wall + GO_LEAD.as_nanos() as u64).div_ceil(NANOS_PER_SEC);
-        let instant_of = |run_second: u64| {
-            let at = (start_unix + run_second) * NANOS_PER_SEC;
-            now + Duration::from_nanos(at.saturating_sub(now_wall))
-        };
+        let clock = RunClock::next_second();
+        let start_unix = clock.start_unix;
         self.live.start_unix.store(start_unix, Ordering::Relaxed);
-        let mut hlog = match hlog_path {
+        let hlog = match hlog_path {
             Some(path) => Some(HlogOut::create(
                 path,
                 SystemTime::UNIX_EPOCH + Duration::from_secs(start_unix),
@@ -585,117 +778,102 @@ impl Coordinator {
                 start_unix_secs: start_unix,
             });
         }
-        let window = plan.window();
-        let edges_at = [instant_of(window.start), instant_of(window.end)];
-        let mut edges: Vec<EdgeSample> = Vec::with_capacity(2);
-        let mut pending: Vec<Pending> = Vec::new();
-        let mut seconds: Vec<SecondSummary> = Vec::new();
-        let mut totals = Counters::default();
-        let mut results: Vec<worker::ThreadResult> = Vec::with_capacity(threads);
-        while results.len() < threads {
-            let next_edge = edges_at.get(edges.len()).copied();
+        let window = self.live.plan.window();
+        let edges_at = [clock.instant_of(window.start), clock.instant_of(window.end)];
+        let mut g = Gathering {
+            start_unix,
+            hlog,
+            edges: Vec::with_capacity(2),
+            pending: Vec::new(),
+            seconds: Vec::new(),
+            totals: Counters::default(),
+            results: Vec::with_capacity(threads),
+        };
+        while g.results.len() < threads {
+            let next_edge = edges_at.get(g.edges.len()).copied();
             let message = self.recv_until(next_edge.unwrap_or(self.hard_deadline))?;
             if next_edge.is_some_and(|edge| Instant::now() >= edge) {
-                edges.push(self.sample_edge().with_context(|| {
-                    let which = if edges.is_empty() { "start" } else { "end" };
+                g.edges.push(self.sample_edge().with_context(|| {
+                    let which = if g.edges.is_empty() { "start" } else { "end" };
                     format!("sampling CPU at the window's {which}")
                 })?);
             }
             match message {
                 Some(ToMain::Second(out)) => {
-                    self.merge_second(*out, &mut pending);
-                    // Seconds close in order once every thread has reported.
-                    while pending
-                        .get(seconds.len())
-                        .is_some_and(|p| p.reported == threads)
-                    {
-                        let at = seconds.len();
-                        let p = &mut pending[at];
-                        let summary = close_second(p);
-                        if let Some(h) = hlog.as_mut() {
-                            let offset = Duration::from_secs(at as u64);
-                            h.log
-                                .append(offset, Duration::from_secs(1), &p.hists.corrected)
-                                .with_context(|| format!("writing --hlog {}", h.path.display()))?;
-                        }
-                        totals.add(&summary.counters);
-                        self.publish(at as u64, &summary, &totals, start_unix);
-                        self.live.seconds.push(
-                            crate::seconds::ClientSecond {
-                                second: start_unix + at as u64,
-                                run_second: at as u64,
-                                qps: summary.qps,
-                                connections: summary.ready,
-                                counters: summary.counters,
-                                latency_us: summary.corrected,
-                                send_lag_us: summary.send_lag,
-                                thread_cpu_max_pct: summary.thread_cpu_max_pct,
-                                // Encoded by `push` from the histogram below.
-                                latency_ns_histogram: None,
-                            },
-                            &p.hists.corrected,
-                            &p.hists.send_lag,
-                        );
-                        seconds.push(summary);
-                    }
+                    self.merge_second(*out, &mut g.pending);
+                    self.close_complete_seconds(&mut g)?;
                 }
-                Some(ToMain::Done(result)) => results.push(*result),
+                Some(ToMain::Done(result)) => g.results.push(*result),
                 Some(_) | None => {}
             }
         }
-        // Threads that ended early (drain done) leave trailing seconds that
-        // not every thread reported; show them as they are.
-        let closed = seconds.len();
-        for (at, p) in pending.iter_mut().enumerate().skip(closed) {
-            let summary = close_second(p);
-            totals.add(&summary.counters);
-            self.publish(at as u64, &summary, &totals, start_unix);
-            seconds.push(summary);
-        }
+        self.close_trailing_seconds(&mut g);
         self.live.seconds.done();
         self.live.set_status(json!({
             "state": "done",
             "start_unix": start_unix,
-            "totals": totals,
+            "totals": g.totals,
         }));
-        let Ok(edges) = <[EdgeSample; 2]>::try_from(edges) else {
+        let Ok(edges) = <[EdgeSample; 2]>::try_from(g.edges) else {
             bail!("the threads finished before the window ended");
         };
-        let mut shaking = Shaking {
-            edges,
-            seconds,
-            per_second: Vec::new(),
-            before_start: Counters::default(),
-            latency: Latency::new(),
-            lost_in_window: 0,
-            lost_outside_window: 0,
-            claims_lost: 0,
-            scheduled: Vec::new(),
-            start_unix,
-        };
-        results.sort_by_key(|r| r.thread);
-        for r in &results {
-            if shaking.per_second.len() < r.per_second.len() {
-                shaking
-                    .per_second
-                    .resize(r.per_second.len(), Counters::default());
+        let shaking = Shaking::merge(edges, g.seconds, g.results, start_unix);
+        Ok((shaking, g.hlog))
+    }
+
+    /// Closes, in order, the pending seconds every thread has reported:
+    /// each goes to the `--hlog`, the progress line, the status document and
+    /// the published seconds.
+    fn close_complete_seconds(&self, g: &mut Gathering) -> anyhow::Result<()> {
+        let threads = self.workers.len();
+        while g
+            .pending
+            .get(g.seconds.len())
+            .is_some_and(|p| p.reported == threads)
+        {
+            let at = g.seconds.len();
+            let p = &mut g.pending[at];
+            let summary = close_second(p);
+            if let Some(h) = g.hlog.as_mut() {
+                let offset = Duration::from_secs(at as u64);
+                h.log
+                    .append(offset, Duration::from_secs(1), &p.hists.corrected)
+                    .with_context(|| format!("writing --hlog {}", h.path.display()))?;
             }
-            for (sum, c) in shaking.per_second.iter_mut().zip(&r.per_second) {
-                sum.add(c);
-            }
-            shaking.before_start.add(&r.before_start);
-            shaking.latency.add(&r.latency);
-            shaking.lost_in_window += r.lost_in_window;
-            shaking.lost_outside_window += r.lost_outside_window;
-            shaking.claims_lost += r.claims_lost;
-            if shaking.scheduled.len() < r.scheduled.len() {
-                shaking.scheduled.resize(r.scheduled.len(), 0);
-            }
-            for (sum, n) in shaking.scheduled.iter_mut().zip(&r.scheduled) {
-                *sum += n;
-            }
+            g.totals.add(&summary.counters);
+            self.publish(at as u64, &summary, &g.totals, g.start_unix);
+            self.live.seconds.push(
+                crate::seconds::ClientSecond {
+                    second: g.start_unix + at as u64,
+                    run_second: at as u64,
+                    qps: summary.qps,
+                    connections: summary.ready,
+                    counters: summary.counters,
+                    latency_us: summary.corrected,
+                    send_lag_us: summary.send_lag,
+                    thread_cpu_max_pct: summary.thread_cpu_max_pct,
+                    // Encoded by `push` from the histogram below.
+                    latency_ns_histogram: None,
+                },
+                &p.hists.corrected,
+                &p.hists.send_lag,
+            );
+            g.seconds.push(summary);
         }
-        Ok((shaking, hlog))
+        Ok(())
+    }
+
+    /// Threads that ended early (drain done) leave trailing seconds that
+    /// not every thread reported; they are shown as they are (neither logged
+    /// to `--hlog` nor published).
+    fn close_trailing_seconds(&self, g: &mut Gathering) {
+        let closed = g.seconds.len();
+        for (at, p) in g.pending.iter_mut().enumerate().skip(closed) {
+            let summary = close_second(p);
+            g.totals.add(&summary.counters);
+            self.publish(at as u64, &summary, &g.totals, g.start_unix);
+            g.seconds.push(summary);
+        }
     }
 
     /// Adds one thread's second into its pending merge, and hands the
@@ -806,23 +984,79 @@ impl Drop for Coordinator {
     }
 }
 
+/// The run's report from what the phases measured.
 fn build_report(
     args: &FloodArgs,
     r: &Resolved,
     login: &LoginOutcome,
-    rss: Option<(u64, u64)>,
-    connect_cpu: Option<(u64, u64)>,
+    samples: &ServerSamples,
     shaking: &Shaking,
 ) -> Report {
-    let window_range = r.plan.window();
-    let mut window = Counters::default();
-    let mut scheduled = 0;
-    let mut thread_cpu_max_pct: f64 = 0.0;
-    let per_second: Vec<SecondReport> = shaking
-        .per_second
-        .iter()
-        .enumerate()
-        .map(|(second, counters)| {
+    let seconds = WindowSeconds::of(r, shaking);
+    let window = seconds.counters;
+    let host = HostCpu::over(&shaking.edges);
+    let secs = r.plan.window_secs() as f64;
+    let send_lag = Percentiles::of(&shaking.latency.send_lag);
+    let warnings = flooder_warnings(args, &send_lag, seconds.thread_cpu_max_pct);
+    Report {
+        schema: report::SCHEMA_VERSION,
+        start_unix: shaking.start_unix,
+        config: run_config(args, r),
+        connect: connect_report(login),
+        window: WindowReport {
+            secs,
+            sampled_secs: host.sampled_secs,
+            scheduled: seconds.scheduled,
+            counters: window,
+            sent_per_sec: window.sent as f64 / secs,
+            answered_per_sec: window.answered as f64 / secs,
+            lost: shaking.lost_in_window,
+            lost_in_warmup: shaking.lost_outside_window,
+            claims_lost: shaking.claims_lost,
+        },
+        latency_corrected: Percentiles::of(&shaking.latency.corrected),
+        latency_service: Percentiles::of(&shaking.latency.service),
+        latency_no_money: Percentiles::of(&shaking.latency.no_money),
+        send_lag,
+        flooder: FlooderReport {
+            cpu_us: host.self_cpu_us,
+            cpu_us_per_request: report::per(host.self_cpu_us as f64, window.sent),
+            thread_cpu_max_pct: seconds.thread_cpu_max_pct,
+            warnings,
+        },
+        server: args
+            .server_pid
+            .map(|pid| server_report(pid, host.server_cpu_us, samples, login, &window)),
+        foreign_cpu_us: host.busy_us_total as i64
+            - host.self_cpu_us as i64
+            - host.server_cpu_us as i64,
+        cpus: host.cpus,
+        before_start: shaking.before_start,
+        per_second: seconds.reports,
+    }
+}
+
+/// Every second of the shaking phase as reported, and the window's sums.
+struct WindowSeconds {
+    reports: Vec<SecondReport>,
+    /// Counts summed over the window's seconds.
+    counters: Counters,
+    /// The window seconds' global rates, summed.
+    scheduled: u64,
+    /// The busiest thread in the busiest window second, percent.
+    thread_cpu_max_pct: f64,
+}
+
+impl WindowSeconds {
+    fn of(r: &Resolved, shaking: &Shaking) -> WindowSeconds {
+        let window_range = r.plan.window();
+        let mut sums = WindowSeconds {
+            reports: Vec::with_capacity(shaking.per_second.len()),
+            counters: Counters::default(),
+            scheduled: 0,
+            thread_cpu_max_pct: 0.0,
+        };
+        for (second, counters) in shaking.per_second.iter().enumerate() {
             let second = second as u64;
             let s = shaking
                 .seconds
@@ -830,11 +1064,11 @@ fn build_report(
                 .cloned()
                 .unwrap_or_default();
             if window_range.contains(&second) {
-                window.add(counters);
-                scheduled += s.qps;
-                thread_cpu_max_pct = thread_cpu_max_pct.max(s.thread_cpu_max_pct);
+                sums.counters.add(counters);
+                sums.scheduled += s.qps;
+                sums.thread_cpu_max_pct = sums.thread_cpu_max_pct.max(s.thread_cpu_max_pct);
             }
-            SecondReport {
+            sums.reports.push(SecondReport {
                 second,
                 unix: shaking.start_unix + second,
                 phase: report::phase_of(second, &r.plan),
@@ -846,52 +1080,90 @@ fn build_report(
                 send_lag_p99_us: s.send_lag.p99_us,
                 thread_cpu_max_pct: s.thread_cpu_max_pct,
                 counters: *counters,
-            }
-        })
-        .collect();
-    let [start, end] = &shaking.edges;
-    let secs = r.plan.window_secs() as f64;
-    let sampled = end.at.saturating_duration_since(start.at);
-    let sampled_secs = sampled.as_secs_f64();
-    let self_cpu_us = end.self_cpu_us.saturating_sub(start.self_cpu_us);
-    let server_cpu_us = match (start.server_cpu_us, end.server_cpu_us) {
-        (Some(a), Some(b)) => b.saturating_sub(a),
-        _ => 0,
-    };
-    let mut busy_us_total = 0;
-    let cpus: Vec<CpuReport> = start
-        .cpus
-        .iter()
-        .filter_map(|a| {
-            let b = end.cpus.iter().find(|b| b.cpu == a.cpu)?;
-            // Not the tick-sampled user/system: see `procfs::busy_us`.
-            let busy_us = procfs::busy_us(a, b, sampled.as_micros() as u64);
-            busy_us_total += busy_us;
-            let pct = |us: u64| us as f64 / 1e4 / sampled_secs.max(1e-9);
-            Some(CpuReport {
-                cpu: a.cpu,
-                busy_pct: pct(busy_us),
-                steal_pct: pct(b.steal_us.saturating_sub(a.steal_us)),
-            })
-        })
-        .collect();
-    let server_report = args.server_pid.map(|pid| {
-        let cpu_us = server_cpu_us;
-        let (rss_before, rss_after) = rss.unwrap_or_default();
-        let connect_cpu_us = connect_cpu.map_or(0, |(a, b)| b.saturating_sub(a));
-        ServerReport {
-            pid,
-            cpu_us,
-            cpu_us_per_answered: report::per(cpu_us as f64, window.answered),
-            connect_cpu_us,
-            connect_cpu_us_per_login: report::per(connect_cpu_us as f64, login.logged_in),
-            rss_before_bytes: rss_before,
-            rss_after_bytes: rss_after,
-            rss_bytes_per_conn: (rss_after as f64 - rss_before as f64)
-                / login.logged_in.max(1) as f64,
+            });
         }
-    });
-    let send_lag = Percentiles::of(&shaking.latency.send_lag);
+        sums
+    }
+}
+
+/// The host's CPU over the window, from the two edge samples.
+struct HostCpu {
+    /// The time between the samples, seconds.
+    sampled_secs: f64,
+    /// The flooder's own CPU.
+    self_cpu_us: u64,
+    /// The `--server-pid` process's CPU; 0 without it.
+    server_cpu_us: u64,
+    /// Every CPU's busy time, summed.
+    busy_us_total: u64,
+    cpus: Vec<CpuReport>,
+}
+
+impl HostCpu {
+    fn over([start, end]: &[EdgeSample; 2]) -> HostCpu {
+        let sampled = end.at.saturating_duration_since(start.at);
+        let sampled_secs = sampled.as_secs_f64();
+        let server_cpu_us = match (start.server_cpu_us, end.server_cpu_us) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        let mut busy_us_total = 0;
+        let cpus = start
+            .cpus
+            .iter()
+            .filter_map(|a| {
+                let b = end.cpus.iter().find(|b| b.cpu == a.cpu)?;
+                // Not the tick-sampled user/system: see `procfs::busy_us`.
+                let busy_us = procfs::busy_us(a, b, sampled.as_micros() as u64);
+                busy_us_total += busy_us;
+                // A floor on the span so that two samples taken at once
+                // give 0 %, not a division by zero.
+                let pct = |us: u64| us as f64 / US_PER_PCT_OF_SEC / sampled_secs.max(1e-9);
+                Some(CpuReport {
+                    cpu: a.cpu,
+                    busy_pct: pct(busy_us),
+                    steal_pct: pct(b.steal_us.saturating_sub(a.steal_us)),
+                })
+            })
+            .collect();
+        HostCpu {
+            sampled_secs,
+            self_cpu_us: end.self_cpu_us.saturating_sub(start.self_cpu_us),
+            server_cpu_us,
+            busy_us_total,
+            cpus,
+        }
+    }
+}
+
+/// The `--server-pid` process's cost: over the window, per connection.
+fn server_report(
+    pid: u32,
+    cpu_us: u64,
+    samples: &ServerSamples,
+    login: &LoginOutcome,
+    window: &Counters,
+) -> ServerReport {
+    let (rss_before, rss_after) = samples.rss.unwrap_or_default();
+    let connect_cpu_us = samples.connect_cpu.map_or(0, |(a, b)| b.saturating_sub(a));
+    ServerReport {
+        pid,
+        cpu_us,
+        cpu_us_per_answered: report::per(cpu_us as f64, window.answered),
+        connect_cpu_us,
+        connect_cpu_us_per_login: report::per(connect_cpu_us as f64, login.logged_in),
+        rss_before_bytes: rss_before,
+        rss_after_bytes: rss_after,
+        rss_bytes_per_conn: (rss_after as f64 - rss_before as f64) / login.logged_in.max(1) as f64,
+    }
+}
+
+/// Why the flooder itself may have limited the run.
+fn flooder_warnings(
+    args: &FloodArgs,
+    send_lag: &Percentiles,
+    thread_cpu_max_pct: f64,
+) -> Vec<String> {
     let mut warnings = Vec::new();
     if send_lag.p99_us > SEND_LAG_P99_MAX_US {
         warnings.push(format!(
@@ -906,71 +1178,50 @@ fn build_report(
              (> {THREAD_BUSY_PCT:.0}%); use more --threads or spread the load over more processes"
         ));
     }
-    Report {
-        schema: report::SCHEMA_VERSION,
-        start_unix: shaking.start_unix,
-        config: RunConfig {
-            servers: r.servers.iter().map(ToString::to_string).collect(),
-            min: r.min,
-            max: r.max,
-            total: r.total,
-            users: r.users(),
-            threads: r.threads,
-            phases: r
-                .plan
-                .phases()
-                .iter()
-                .map(|p| report::PhaseReport {
-                    qps: p.qps,
-                    secs: p.secs,
-                })
-                .collect(),
-            warmup_secs: r.plan.warmup_secs(),
-            burst: args.burst,
-            connect_rate_per_sec: args.connect_rate,
-            binds: r.binds.len(),
-            settle_secs: args.settle_secs,
-            server_pid: args.server_pid,
-            send_interval_us: args.send_interval_us,
-            spin: args.spin,
+    warnings
+}
+
+/// The options the run used, as reported.
+fn run_config(args: &FloodArgs, r: &Resolved) -> RunConfig {
+    RunConfig {
+        servers: r.servers.iter().map(ToString::to_string).collect(),
+        min: r.min,
+        max: r.max,
+        total: r.total,
+        users: r.users(),
+        threads: r.threads,
+        phases: r
+            .plan
+            .phases()
+            .iter()
+            .map(|p| report::PhaseReport {
+                qps: p.qps,
+                secs: p.secs,
+            })
+            .collect(),
+        warmup_secs: r.plan.warmup_secs(),
+        burst: args.burst,
+        connect_rate_per_sec: args.connect_rate,
+        binds: r.binds.len(),
+        settle_secs: args.settle_secs,
+        server_pid: args.server_pid,
+        send_interval_us: args.send_interval_us,
+        spin: args.spin,
+    }
+}
+
+/// The connect phase, as reported.
+fn connect_report(login: &LoginOutcome) -> ConnectReport {
+    ConnectReport {
+        users: login.users,
+        logged_in: login.logged_in,
+        failures: login.failures,
+        first_error: login.first_error.clone(),
+        secs: login.secs,
+        logins_per_sec: if login.secs > 0.0 {
+            login.logged_in as f64 / login.secs
+        } else {
+            0.0
         },
-        connect: ConnectReport {
-            users: login.users,
-            logged_in: login.logged_in,
-            failures: login.failures,
-            first_error: login.first_error.clone(),
-            secs: login.secs,
-            logins_per_sec: if login.secs > 0.0 {
-                login.logged_in as f64 / login.secs
-            } else {
-                0.0
-            },
-        },
-        window: WindowReport {
-            secs,
-            sampled_secs,
-            scheduled,
-            counters: window,
-            sent_per_sec: window.sent as f64 / secs,
-            answered_per_sec: window.answered as f64 / secs,
-            lost: shaking.lost_in_window,
-            lost_in_warmup: shaking.lost_outside_window,
-            claims_lost: shaking.claims_lost,
-        },
-        latency_corrected: Percentiles::of(&shaking.latency.corrected),
-        latency_service: Percentiles::of(&shaking.latency.service),
-        latency_no_money: Percentiles::of(&shaking.latency.no_money),
-        send_lag,
-        flooder: FlooderReport {
-            cpu_us: self_cpu_us,
-            cpu_us_per_request: report::per(self_cpu_us as f64, window.sent),
-            thread_cpu_max_pct,
-            warnings,
-        },
-        server: server_report,
-        cpus,
-        foreign_cpu_us: busy_us_total as i64 - self_cpu_us as i64 - server_cpu_us as i64,
-        before_start: shaking.before_start,
-        per_second,
     }
 }

@@ -19,6 +19,18 @@ pub const QPS_MAX: u64 = 10_000_000;
 /// any machine needs (each gives ~28,000 connections per server address).
 const BIND_ADDRESSES_MAX: usize = 65_536;
 
+/// Users one process holds when neither `--max` nor `--users` says: the
+/// per-core benchmarks' population, under one process's 20,000 open files and
+/// one source address's ports.
+const USERS_DEFAULT: u32 = 10_000;
+
+/// User ids the wire can carry: its user field is 32 bits.
+const USER_IDS_MAX: u64 = 1 << 32;
+
+/// The longest `--send-interval-us`: a second, past which a thread would sleep
+/// through whole seconds of its schedule.
+const SEND_INTERVAL_US_MAX: u64 = 1_000_000;
+
 /// A day bounds every run (runs must stop by themselves) and keeps the
 /// nanosecond arithmetic far from overflow.
 const DAY_SECS: u64 = 86_400;
@@ -215,12 +227,52 @@ impl Resolved {
     }
 }
 
-/// Checks the options and resolves defaults and addresses.
+/// Checks the options and resolves defaults and addresses, in the order
+/// the options are named here (the first bad one is the error).
 pub fn resolve(args: &FloodArgs) -> anyhow::Result<Resolved> {
     let mut servers = Vec::with_capacity(args.server.len());
     for s in &args.server {
         servers.push(resolve_addr(s, "--server")?);
     }
+    let (min, max, total) = resolve_users(args)?;
+    let users = u64::from(max - min) + 1;
+    let threads = match args.threads {
+        Some(0) => bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    let threads = threads.min(usize::try_from(users).unwrap_or(usize::MAX));
+    let plan = resolve_plan(args)?;
+    if args.send_interval_us > SEND_INTERVAL_US_MAX {
+        bail!("--send-interval-us must be at most 1,000,000 (one second)");
+    }
+    let binds: Vec<IpAddr> = args.bind.iter().flatten().copied().collect();
+    if binds.len() > BIND_ADDRESSES_MAX {
+        bail!(
+            "--bind names {} addresses; at most {BIND_ADDRESSES_MAX}",
+            binds.len()
+        );
+    }
+    let http = if args.no_http {
+        None
+    } else {
+        Some(resolve_addr(&args.http, "--http")?)
+    };
+    Ok(Resolved {
+        servers,
+        min,
+        max,
+        total,
+        threads,
+        plan,
+        binds,
+        http,
+    })
+}
+
+/// This process's users `min..=max` and the experiment's `total`, checked
+/// against each other and the wire's 32-bit user ids.
+fn resolve_users(args: &FloodArgs) -> anyhow::Result<(u32, u32, u64)> {
     let min = args.min;
     let max = match (args.max, args.users) {
         (Some(max), _) => max,
@@ -228,7 +280,7 @@ pub fn resolve(args: &FloodArgs) -> anyhow::Result<Resolved> {
         (None, Some(n)) => min.checked_add(n - 1).ok_or_else(|| {
             anyhow::anyhow!("--min {min} + --users {n} overflows the wire's 32-bit user id")
         })?,
-        (None, None) => min.saturating_add(9_999),
+        (None, None) => min.saturating_add(USERS_DEFAULT - 1),
     };
     if max < min {
         bail!("--max {max} is below --min {min}");
@@ -239,17 +291,15 @@ pub fn resolve(args: &FloodArgs) -> anyhow::Result<Resolved> {
             "--total {total} must be above --max {max}: user ids run 0..total over every flooder process"
         );
     }
-    if total > 1 << 32 {
+    if total > USER_IDS_MAX {
         bail!("--total {total} exceeds the wire's 2^32 user ids");
     }
-    let users = u64::from(max - min) + 1;
-    let threads = match args.threads {
-        Some(0) => bail!("--threads must be at least 1"),
-        Some(n) => n,
-        None => std::thread::available_parallelism().map_or(1, usize::from),
-    };
-    let threads = threads.min(usize::try_from(users).unwrap_or(usize::MAX));
+    Ok((min, max, total))
+}
 
+/// The warmup and the steps (`--phases`, or `--qps` for `--duration`), each
+/// rate at most [`QPS_MAX`] and every span at most a day.
+fn resolve_plan(args: &FloodArgs) -> anyhow::Result<Plan> {
     let phases = match &args.phases {
         Some(text) => parse_phases(text)?,
         None => {
@@ -281,31 +331,7 @@ pub fn resolve(args: &FloodArgs) -> anyhow::Result<Resolved> {
             bail!("{name} of {secs} s is more than a day ({DAY_SECS} s)");
         }
     }
-    if args.send_interval_us > 1_000_000 {
-        bail!("--send-interval-us must be at most 1,000,000 (one second)");
-    }
-    let binds: Vec<IpAddr> = args.bind.iter().flatten().copied().collect();
-    if binds.len() > BIND_ADDRESSES_MAX {
-        bail!(
-            "--bind names {} addresses; at most {BIND_ADDRESSES_MAX}",
-            binds.len()
-        );
-    }
-    let http = if args.no_http {
-        None
-    } else {
-        Some(resolve_addr(&args.http, "--http")?)
-    };
-    Ok(Resolved {
-        servers,
-        min,
-        max,
-        total,
-        threads,
-        plan,
-        binds,
-        http,
-    })
+    Ok(plan)
 }
 
 fn resolve_addr(text: &str, option: &str) -> anyhow::Result<SocketAddr> {

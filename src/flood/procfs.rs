@@ -10,6 +10,21 @@ use std::fs;
 
 use anyhow::Context;
 
+/// Nanoseconds in a microsecond.
+const NS_PER_US: u64 = 1_000;
+/// Microseconds in a second.
+const US_PER_SEC: u64 = 1_000_000;
+/// Bytes in the kernel's "kB" (a KiB).
+const BYTES_PER_KIB: u64 = 1024;
+/// Clock ticks per second when `sysconf(_SC_CLK_TCK)` fails: 100 is what
+/// Linux reports on every architecture we run on, and sysconf does not fail
+/// there, so this is only a fallback.
+const CLOCK_TICKS_PER_SEC_FALLBACK: u64 = 100;
+/// `/proc/PID/stat`'s utime is field 14 (stime follows); counting starts
+/// after the command name, at field 3 (state).
+const STAT_UTIME_FIELD: usize = 14;
+const STAT_FIRST_FIELD_AFTER_COMM: usize = 3;
+
 /// CPU time consumed so far by process `pid`, in microseconds.
 ///
 /// Summed over its threads from `/proc/PID/task/*/schedstat` (nanoseconds on
@@ -19,7 +34,7 @@ use anyhow::Context;
 /// live as long as it does. Falls back to the ticks when schedstat is absent.
 pub fn process_cpu_us(pid: u32) -> anyhow::Result<u64> {
     if let Some(ns) = schedstat_ns(pid) {
-        return Ok(ns / 1_000);
+        return Ok(ns / NS_PER_US);
     }
     let path = format!("/proc/{pid}/stat");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -71,7 +86,7 @@ pub fn self_cpu_us() -> anyhow::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("getrusage(RUSAGE_SELF)");
     }
-    let us = |tv: libc::timeval| (tv.tv_sec as u64) * 1_000_000 + tv.tv_usec as u64;
+    let us = |tv: libc::timeval| (tv.tv_sec as u64) * US_PER_SEC + tv.tv_usec as u64;
     Ok(us(usage.ru_utime) + us(usage.ru_stime))
 }
 
@@ -170,13 +185,15 @@ fn parse_cpu_times(text: &str, ticks_per_sec: u64) -> anyhow::Result<Vec<CpuTime
 fn clock_ticks_per_sec() -> u64 {
     // SAFETY: sysconf only reads a configuration value.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    // 100 is what Linux reports on every architecture we run on; it is only
-    // a fallback for a sysconf that fails, which it does not on Linux.
-    if ticks > 0 { ticks as u64 } else { 100 }
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        CLOCK_TICKS_PER_SEC_FALLBACK
+    }
 }
 
 fn ticks_to_us(ticks: u64, per_sec: u64) -> u64 {
-    ticks.saturating_mul(1_000_000) / per_sec.max(1)
+    ticks.saturating_mul(US_PER_SEC) / per_sec.max(1)
 }
 
 /// utime + stime in clock ticks from the text of `/proc/PID/stat`.
@@ -189,7 +206,9 @@ fn parse_stat_cpu_ticks(text: &str) -> anyhow::Result<u64> {
         .rfind(')')
         .map(|at| &text[at + 1..])
         .context("no ')' closing the command name")?;
-    let mut fields = after.split_ascii_whitespace().skip(14 - 3);
+    let mut fields = after
+        .split_ascii_whitespace()
+        .skip(STAT_UTIME_FIELD - STAT_FIRST_FIELD_AFTER_COMM);
     let mut next = |name: &str| -> anyhow::Result<u64> {
         fields
             .next()
@@ -221,7 +240,7 @@ fn parse_kib_field(text: &str, name: &str) -> anyhow::Result<u64> {
         .parse()
         .with_context(|| format!("{name} is not a number"))?;
     match parts.next() {
-        Some("kB") => Ok(value * 1024),
+        Some("kB") => Ok(value * BYTES_PER_KIB),
         other => anyhow::bail!("{name} unit is {other:?}, expected kB"),
     }
 }

@@ -301,6 +301,18 @@ pub fn summary(r: &Report) -> String {
 }
 
 fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
+    write_run(r, out)?;
+    write_counts(r, out)?;
+    write_latency(r, out)?;
+    write_costs(r, out)?;
+    for w in &r.flooder.warnings {
+        writeln!(out, "  WARNING        {w}")?;
+    }
+    Ok(())
+}
+
+/// The run's shape: its options, the connect phase, the window and its rates.
+fn write_run(r: &Report, out: &mut String) -> std::fmt::Result {
     let c = &r.config;
     let w = &r.window;
     let steps: Vec<String> = c
@@ -340,6 +352,13 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
         "  rate           sent {} = {:.1}/s   answered {} = {:.1}/s",
         k.sent, w.sent_per_sec, k.answered, w.answered_per_sec
     )?;
+    Ok(())
+}
+
+/// What the answers were, the packets, and everything that went wrong.
+fn write_counts(r: &Report, out: &mut String) -> std::fmt::Result {
+    let w = &r.window;
+    let k = &w.counters;
     writeln!(
         out,
         "  answers        got {} ({} cents)  none {}  gone {}  overload {}  other results {}",
@@ -370,6 +389,11 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
             b.conn_errors, b.bad_frames, b.unexpected_frames
         )?;
     }
+    Ok(())
+}
+
+/// The latency table: corrected, no money, service, send lag.
+fn write_latency(r: &Report, out: &mut String) -> std::fmt::Result {
     writeln!(
         out,
         "  latency µs     {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
@@ -387,10 +411,16 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
             name, p.p50_us, p.p90_us, p.p99_us, p.p999_us, p.max_us, p.mean_us, p.count
         )?;
     }
+    Ok(())
+}
+
+/// What the run cost: the flooder's CPU, the host's CPUs, and the server's
+/// CPU and memory when sampled.
+fn write_costs(r: &Report, out: &mut String) -> std::fmt::Result {
     writeln!(
         out,
         "  flooder CPU    {:.3} s = {} µs/request; busiest thread {:.0}% of a core",
-        r.flooder.cpu_us as f64 / 1e6,
+        r.flooder.cpu_us as f64 / US_PER_SEC,
         fmt_opt(r.flooder.cpu_us_per_request),
         r.flooder.thread_cpu_max_pct
     )?;
@@ -408,24 +438,24 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
         out,
         "  host CPUs      {}; others used {:.3} s",
         cpus.join(", "),
-        r.foreign_cpu_us as f64 / 1e6
+        r.foreign_cpu_us as f64 / US_PER_SEC
     )?;
     if let Some(s) = &r.server {
         writeln!(
             out,
             "  server CPU     pid {}: {:.3} s = {} µs/answered",
             s.pid,
-            s.cpu_us as f64 / 1e6,
+            s.cpu_us as f64 / US_PER_SEC,
             fmt_opt(s.cpu_us_per_answered)
         )?;
         writeln!(
             out,
             "  server accept  {:.3} s CPU over the connect phase = {} µs/login ({} logins/s per server core)",
-            s.connect_cpu_us as f64 / 1e6,
+            s.connect_cpu_us as f64 / US_PER_SEC,
             fmt_opt(s.connect_cpu_us_per_login),
             s.connect_cpu_us_per_login
                 .filter(|us| *us > 0.0)
-                .map_or_else(|| "-".to_string(), |us| format!("{:.0}", 1e6 / us))
+                .map_or_else(|| "-".to_string(), |us| format!("{:.0}", US_PER_SEC / us))
         )?;
         writeln!(
             out,
@@ -435,12 +465,13 @@ fn write_summary(r: &Report, out: &mut String) -> std::fmt::Result {
             s.rss_bytes_per_conn
         )?;
     }
-    for w in &r.flooder.warnings {
-        writeln!(out, "  WARNING        {w}")?;
-    }
     Ok(())
 }
 
+/// Microseconds in a second, for CPU times shown in seconds.
+const US_PER_SEC: f64 = 1e6;
+
+/// Bytes in a mebibyte, for RSS shown in MiB.
 const MIB: f64 = 1024.0 * 1024.0;
 
 fn fmt_opt(v: Option<f64>) -> String {

@@ -200,11 +200,6 @@ impl Plan {
         }
         None
     }
-
-    /// The rate of the first second: the warmup's, or the first step's.
-    pub fn first_qps(&self) -> u64 {
-        self.phases[0].qps
-    }
 }
 
 /// Nanoseconds in a second.

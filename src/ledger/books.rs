@@ -148,7 +148,8 @@ impl Books {
     }
 
     /// Applies one money record (not a commit). On a violation the books are
-    /// unchanged.
+    /// unchanged: each step below checks everything before it changes
+    /// anything.
     pub fn apply(&mut self, record: Record) -> Result<(), Violation> {
         if let Some(p) = &self.pending {
             let Record::PacketTarget { id, index, user } = record else {
@@ -163,145 +164,189 @@ impl Books {
         }
         match record {
             Record::EnvelopeGenerated { id, cents, at_ms } => {
-                if cents.0 == 0 {
-                    return violation(format!("envelope {id} generated with 0 cents"));
-                }
-                if self.outstanding.contains_key(&id) {
-                    return violation(format!("envelope {id} generated twice"));
-                }
-                self.outstanding.insert(id, (cents, at_ms));
-                self.envelope_id_max = Some(self.envelope_id_max.map_or(id.0, |m| m.max(id.0)));
-                self.totals.envelopes_generated += 1;
-                self.totals.cents_generated += cents.0;
+                self.generate_envelope(id, cents, at_ms)
             }
-            Record::EnvelopeGranted { id, cents, .. }
-            | Record::EnvelopeReturned { id, cents, .. } => {
-                let granted = matches!(record, Record::EnvelopeGranted { .. });
-                let verb = if granted { "granted" } else { "returned" };
-                match self.outstanding.get(&id) {
-                    None => {
-                        return violation(format!(
-                            "envelope {id} {verb} but it is not outstanding (never generated, or already granted or returned)"
-                        ));
-                    }
-                    Some(&(have, _)) if have != cents => {
-                        return violation(format!(
-                            "envelope {id} {verb} for {cents} but was generated for {have}"
-                        ));
-                    }
-                    Some(_) => {}
-                }
-                self.outstanding.remove(&id);
-                if let (Some(h), Record::EnvelopeGranted { user, .. }) = (&mut self.history, record)
-                {
-                    h.grants.insert(id, (user, cents));
-                }
-                if granted {
-                    self.totals.envelopes_granted += 1;
-                    self.totals.cents_granted += cents.0;
-                } else {
-                    self.totals.envelopes_returned += 1;
-                    self.totals.cents_returned += cents.0;
-                }
-            }
+            Record::EnvelopeGranted {
+                id, user, cents, ..
+            } => self.close_envelope(id, cents, Some(user)),
+            Record::EnvelopeReturned { id, cents, .. } => self.close_envelope(id, cents, None),
             Record::PacketCreated {
                 id,
                 cents,
                 claimants,
                 at_ms,
                 until_s,
-            } => {
-                if self.packets.contains_key(&id) || self.closed.contains(&id) {
-                    return violation(format!("packet {id} created twice"));
-                }
-                if !(1..=CLAIMANTS_MAX).contains(&claimants) {
-                    return violation(format!(
-                        "packet {id} has {claimants} claimants (1..={CLAIMANTS_MAX})"
-                    ));
-                }
-                if cents.0 < u64::from(claimants) {
-                    return violation(format!(
-                        "packet {id} of {cents} cannot give each of {claimants} claimants a cent"
-                    ));
-                }
-                self.pending = Some(PendingPacket {
-                    book: PacketBook {
-                        id,
-                        amount: cents,
-                        targets: Vec::with_capacity(usize::from(claimants)),
-                        claims: Vec::new(),
-                        claimed: Cents(0),
-                        created_ms: at_ms,
-                        until_s,
-                    },
-                    claimants,
-                });
-            }
+            } => self.create_packet(id, cents, claimants, at_ms, until_s),
             Record::PacketTarget { id, .. } => {
-                return violation(format!("target of packet {id} outside a packet's creation"));
+                violation(format!("target of packet {id} outside a packet's creation"))
             }
             Record::Claim {
                 id, user, cents, ..
-            } => {
-                let Some(p) = self.packets.get(&id) else {
-                    let why = if self.closed.contains(&id) {
-                        "it was refunded"
-                    } else {
-                        "it was never created"
-                    };
-                    return violation(format!("claim of packet {id} by user {user}, but {why}"));
-                };
-                if !p.targets.contains(&user) {
-                    return violation(format!(
-                        "claim of packet {id} by user {user}, who is not one of its targets"
-                    ));
-                }
-                if p.claims.iter().any(|&(u, _)| u == user) {
-                    return violation(format!("user {user} claimed packet {id} a second time"));
-                }
-                if cents.0 == 0 {
-                    return violation(format!("claim of packet {id} by user {user} for 0 cents"));
-                }
-                let claimed = p.claimed.0 + cents.0;
-                // Every claimant after this one still needs a cent, and the
-                // last takes exactly the rest.
-                let after = (p.targets.len() - p.claims.len() - 1) as u64;
-                if claimed + after > p.amount.0 || (after == 0 && claimed != p.amount.0) {
-                    return violation(format!(
-                        "claims of packet {id} reach {claimed} cents of its {} after user {user}",
-                        p.amount
-                    ));
-                }
-                let p = self.packets.get_mut(&id).expect("checked above");
-                p.claims.push((user, cents));
-                p.claimed = Cents(claimed);
-                if let Some(h) = &mut self.history {
-                    h.claims.insert((id, user), cents);
-                }
-                self.totals.claims += 1;
-                self.totals.cents_claimed += cents.0;
-            }
-            Record::Refund { id, cents, .. } => {
-                let Some(p) = self.packets.get(&id) else {
-                    return violation(format!(
-                        "refund of packet {id}, which is not live (never created, or refunded already)"
-                    ));
-                };
-                if p.claimed.0 + cents.0 != p.amount.0 || cents.0 == 0 {
-                    return violation(format!(
-                        "refund of {cents} for packet {id}: claims {} + refund != amount {}",
-                        p.claimed, p.amount
-                    ));
-                }
-                self.packets.remove(&id);
-                self.closed.insert(id);
-                self.totals.refunds += 1;
-                self.totals.cents_refunded += cents.0;
-            }
-            Record::Commit { .. } => {
-                return violation("a commit record reached the books".to_string());
-            }
+            } => self.claim(id, user, cents),
+            Record::Refund { id, cents, .. } => self.refund(id, cents),
+            Record::Commit { .. } => violation("a commit record reached the books".to_string()),
         }
+    }
+
+    /// An envelope generated: money enters.
+    fn generate_envelope(
+        &mut self,
+        id: EnvelopeId,
+        cents: Cents,
+        at_ms: u64,
+    ) -> Result<(), Violation> {
+        if cents.0 == 0 {
+            return violation(format!("envelope {id} generated with 0 cents"));
+        }
+        if self.outstanding.contains_key(&id) {
+            return violation(format!("envelope {id} generated twice"));
+        }
+        self.outstanding.insert(id, (cents, at_ms));
+        self.envelope_id_max = Some(self.envelope_id_max.map_or(id.0, |m| m.max(id.0)));
+        self.totals.envelopes_generated += 1;
+        self.totals.cents_generated += cents.0;
+        Ok(())
+    }
+
+    /// An outstanding envelope granted to `granted_to`, or returned unclaimed
+    /// when that is `None`: either way it must be outstanding, for the very
+    /// amount it was generated with.
+    fn close_envelope(
+        &mut self,
+        id: EnvelopeId,
+        cents: Cents,
+        granted_to: Option<UserId>,
+    ) -> Result<(), Violation> {
+        let verb = if granted_to.is_some() {
+            "granted"
+        } else {
+            "returned"
+        };
+        match self.outstanding.get(&id) {
+            None => {
+                return violation(format!(
+                    "envelope {id} {verb} but it is not outstanding (never generated, or already granted or returned)"
+                ));
+            }
+            Some(&(have, _)) if have != cents => {
+                return violation(format!(
+                    "envelope {id} {verb} for {cents} but was generated for {have}"
+                ));
+            }
+            Some(_) => {}
+        }
+        self.outstanding.remove(&id);
+        if let (Some(h), Some(user)) = (&mut self.history, granted_to) {
+            h.grants.insert(id, (user, cents));
+        }
+        if granted_to.is_some() {
+            self.totals.envelopes_granted += 1;
+            self.totals.cents_granted += cents.0;
+        } else {
+            self.totals.envelopes_returned += 1;
+            self.totals.cents_returned += cents.0;
+        }
+        Ok(())
+    }
+
+    /// A packet's creation: it waits in `pending` until its targets follow.
+    fn create_packet(
+        &mut self,
+        id: PacketId,
+        cents: Cents,
+        claimants: u16,
+        at_ms: u64,
+        until_s: u32,
+    ) -> Result<(), Violation> {
+        if self.packets.contains_key(&id) || self.closed.contains(&id) {
+            return violation(format!("packet {id} created twice"));
+        }
+        if !(1..=CLAIMANTS_MAX).contains(&claimants) {
+            return violation(format!(
+                "packet {id} has {claimants} claimants (1..={CLAIMANTS_MAX})"
+            ));
+        }
+        if cents.0 < u64::from(claimants) {
+            return violation(format!(
+                "packet {id} of {cents} cannot give each of {claimants} claimants a cent"
+            ));
+        }
+        self.pending = Some(PendingPacket {
+            book: PacketBook {
+                id,
+                amount: cents,
+                targets: Vec::with_capacity(usize::from(claimants)),
+                claims: Vec::new(),
+                claimed: Cents(0),
+                created_ms: at_ms,
+                until_s,
+            },
+            claimants,
+        });
+        Ok(())
+    }
+
+    /// A claim paid: by a target, once, for at least a cent, leaving every
+    /// later claimant a cent, the last taking exactly the rest.
+    fn claim(&mut self, id: PacketId, user: UserId, cents: Cents) -> Result<(), Violation> {
+        let Some(p) = self.packets.get(&id) else {
+            let why = if self.closed.contains(&id) {
+                "it was refunded"
+            } else {
+                "it was never created"
+            };
+            return violation(format!("claim of packet {id} by user {user}, but {why}"));
+        };
+        if !p.targets.contains(&user) {
+            return violation(format!(
+                "claim of packet {id} by user {user}, who is not one of its targets"
+            ));
+        }
+        if p.claims.iter().any(|&(u, _)| u == user) {
+            return violation(format!("user {user} claimed packet {id} a second time"));
+        }
+        if cents.0 == 0 {
+            return violation(format!("claim of packet {id} by user {user} for 0 cents"));
+        }
+        let claimed = p.claimed.0 + cents.0;
+        // Every claimant after this one still needs a cent, and the
+        // last takes exactly the rest.
+        let after = (p.targets.len() - p.claims.len() - 1) as u64;
+        if claimed + after > p.amount.0 || (after == 0 && claimed != p.amount.0) {
+            return violation(format!(
+                "claims of packet {id} reach {claimed} cents of its {} after user {user}",
+                p.amount
+            ));
+        }
+        let p = self.packets.get_mut(&id).expect("checked above");
+        p.claims.push((user, cents));
+        p.claimed = Cents(claimed);
+        if let Some(h) = &mut self.history {
+            h.claims.insert((id, user), cents);
+        }
+        self.totals.claims += 1;
+        self.totals.cents_claimed += cents.0;
+        Ok(())
+    }
+
+    /// A live packet's refund at expiry: exactly what its claims left, never
+    /// 0; the packet closes for good.
+    fn refund(&mut self, id: PacketId, cents: Cents) -> Result<(), Violation> {
+        let Some(p) = self.packets.get(&id) else {
+            return violation(format!(
+                "refund of packet {id}, which is not live (never created, or refunded already)"
+            ));
+        };
+        if p.claimed.0 + cents.0 != p.amount.0 || cents.0 == 0 {
+            return violation(format!(
+                "refund of {cents} for packet {id}: claims {} + refund != amount {}",
+                p.claimed, p.amount
+            ));
+        }
+        self.packets.remove(&id);
+        self.closed.insert(id);
+        self.totals.refunds += 1;
+        self.totals.cents_refunded += cents.0;
         Ok(())
     }
 

@@ -116,95 +116,30 @@ impl std::fmt::Display for Stop {
     }
 }
 
+/// The scan's read buffer: large reads keep a replay of a multi-gigabyte
+/// ledger at disk speed, and a megabyte is nothing next to the books it fills.
+const SCAN_BUFFER_BYTES: usize = 1 << 20;
+
 /// Reads the ledger at `path` (a missing file is an empty ledger), applying
 /// every record of every intact batch to `books` in order. Records of a
 /// torn final batch are not applied. Returns where the valid part ends.
 pub fn scan(path: &Path, books: &mut Books) -> Result<ScanEnd, ScanError> {
-    let io_err = |error| ScanError::Io {
-        path: path.to_path_buf(),
-        error,
-    };
     let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(ScanEnd::default()),
-        Err(e) => return Err(io_err(e)),
+        Err(e) => return Err(io_error(path, e)),
     };
-    let file_len = file.metadata().map_err(io_err)?.len();
-    let mut reader = io::BufReader::with_capacity(1 << 20, &mut file);
+    let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
+    let mut reader = io::BufReader::with_capacity(SCAN_BUFFER_BYTES, &mut file);
     let mut end = ScanEnd {
         file_len,
         ..ScanEnd::default()
     };
-    // The current batch's records wait here until its commit proves them.
-    let mut batch: Vec<(u64, Record)> = Vec::new();
-    let mut offset = 0u64;
-    let mut buf = [0u8; RECORD_LEN];
-    let stop = loop {
-        if !read_record(&mut reader, &mut buf).map_err(io_err)? {
-            break None;
-        }
-        let record = match Record::decode(&buf) {
-            Ok(r) => r,
-            Err(e) => break Some((offset, Stop::Record(e))),
-        };
-        match record {
-            Record::Commit { batch: n, records } => {
-                if n != end.batches + 1 || records != batch.len() as u64 {
-                    break Some((
-                        offset,
-                        Stop::Structure(format!(
-                            "commit {n} of {records} records where commit {} of {} was due",
-                            end.batches + 1,
-                            batch.len()
-                        )),
-                    ));
-                }
-                for (at, r) in batch.drain(..) {
-                    books.apply(r).map_err(|violation| ScanError::Violation {
-                        path: path.to_path_buf(),
-                        offset: at,
-                        violation,
-                    })?;
-                }
-                if books.mid_packet() {
-                    return Err(ScanError::Violation {
-                        path: path.to_path_buf(),
-                        offset,
-                        violation: Violation(
-                            "a group commit ends inside a packet's targets".into(),
-                        ),
-                    });
-                }
-                end.batches = n;
-                end.records += records;
-                end.valid_len = offset + RECORD_LEN as u64;
-            }
-            r => batch.push((offset, r)),
-        }
-        offset += RECORD_LEN as u64;
-    };
-    let Some((bad, why)) = stop else {
+    let Some((bad, why)) = apply_batches(path, &mut reader, books, &mut end)? else {
         // End of file: a partial record or an uncommitted batch is torn.
         return Ok(end);
     };
-    // Damage at `bad`: look for intact commits after it.
-    let mut commits = Vec::new();
-    let mut at = bad + RECORD_LEN as u64;
-    while read_record(&mut reader, &mut buf).map_err(io_err)? {
-        if let Ok(Record::Commit { records, .. }) = Record::decode(&buf) {
-            commits.push((at, records));
-            if commits.len() > 1 {
-                break;
-            }
-        }
-        at += RECORD_LEN as u64;
-    }
-    let torn = match commits.as_slice() {
-        [] => true,
-        [(c, records)] => c.checked_sub(records * RECORD_LEN as u64) == Some(end.valid_len),
-        _ => false,
-    };
-    if torn {
+    if is_torn_tail(&mut reader, bad, end.valid_len).map_err(|e| io_error(path, e))? {
         Ok(end)
     } else {
         Err(ScanError::Damaged {
@@ -213,6 +148,105 @@ pub fn scan(path: &Path, books: &mut Books) -> Result<ScanEnd, ScanError> {
             why: why.to_string(),
         })
     }
+}
+
+/// A read of the ledger at `path` failed.
+fn io_error(path: &Path, error: io::Error) -> ScanError {
+    ScanError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// Applies every intact batch from the reader's position (offset 0) to
+/// `books`, advancing `end` past each. Returns where and why the scan stopped
+/// before the end of the file, or None at the end of the file.
+fn apply_batches(
+    path: &Path,
+    reader: &mut impl Read,
+    books: &mut Books,
+    end: &mut ScanEnd,
+) -> Result<Option<(u64, Stop)>, ScanError> {
+    // The current batch's records wait here until its commit proves them.
+    let mut batch: Vec<(u64, Record)> = Vec::new();
+    let mut offset = 0u64;
+    let mut buf = [0u8; RECORD_LEN];
+    loop {
+        if !read_record(reader, &mut buf).map_err(|e| io_error(path, e))? {
+            return Ok(None);
+        }
+        let record = match Record::decode(&buf) {
+            Ok(r) => r,
+            Err(e) => return Ok(Some((offset, Stop::Record(e)))),
+        };
+        match record {
+            Record::Commit { batch: n, records } => {
+                if n != end.batches + 1 || records != batch.len() as u64 {
+                    let why = format!(
+                        "commit {n} of {records} records where commit {} of {} was due",
+                        end.batches + 1,
+                        batch.len()
+                    );
+                    return Ok(Some((offset, Stop::Structure(why))));
+                }
+                apply_batch(path, books, &mut batch, offset)?;
+                end.batches = n;
+                end.records += records;
+                end.valid_len = offset + RECORD_LEN as u64;
+            }
+            r => batch.push((offset, r)),
+        }
+        offset += RECORD_LEN as u64;
+    }
+}
+
+/// Applies a batch its commit (at `commit_offset`) has proven, emptying it.
+/// A batch must not end inside a packet's targets.
+fn apply_batch(
+    path: &Path,
+    books: &mut Books,
+    batch: &mut Vec<(u64, Record)>,
+    commit_offset: u64,
+) -> Result<(), ScanError> {
+    for (at, r) in batch.drain(..) {
+        books.apply(r).map_err(|violation| ScanError::Violation {
+            path: path.to_path_buf(),
+            offset: at,
+            violation,
+        })?;
+    }
+    if books.mid_packet() {
+        return Err(ScanError::Violation {
+            path: path.to_path_buf(),
+            offset: commit_offset,
+            violation: Violation("a group commit ends inside a packet's targets".into()),
+        });
+    }
+    Ok(())
+}
+
+/// After damage at `bad`, reads on for intact commits: none, or exactly one
+/// closing a batch that starts at `valid_len` (the end of the last intact
+/// commit), means the damage lies in the final batch: a torn tail. More
+/// than that means a synced batch follows the damage.
+fn is_torn_tail(reader: &mut impl Read, bad: u64, valid_len: u64) -> io::Result<bool> {
+    let mut buf = [0u8; RECORD_LEN];
+    let mut commits = Vec::new();
+    let mut at = bad + RECORD_LEN as u64;
+    while read_record(reader, &mut buf)? {
+        if let Ok(Record::Commit { records, .. }) = Record::decode(&buf) {
+            commits.push((at, records));
+            if commits.len() > 1 {
+                break;
+            }
+        }
+        at += RECORD_LEN as u64;
+    }
+    Ok(match commits.as_slice() {
+        [] => true,
+        [(c, records)] => c.checked_sub(records * RECORD_LEN as u64) == Some(valid_len),
+        _ => false,
+    })
 }
 
 /// Reads one whole record; false at end of file (a partial record counts

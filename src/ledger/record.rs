@@ -201,7 +201,9 @@ impl Record {
         out.extend_from_slice(&b);
     }
 
-    /// Reads a record, checking magic, checksum, kind and fields.
+    /// Reads a record, checking magic, checksum, kind and fields, in that
+    /// order: the reserved byte before the kind, then the fields the kind
+    /// leaves unused, in layout order.
     pub fn decode(b: &[u8; RECORD_LEN]) -> Result<Record, RecordError> {
         if b[0..4] != MAGIC {
             return Err(RecordError::Magic);
@@ -210,27 +212,70 @@ impl Record {
         if crc32fast::hash(&b[..36]) != crc {
             return Err(RecordError::Crc);
         }
-        let kind = b[4];
-        let index = u16::from_le_bytes([b[6], b[7]]);
-        let id = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
-        let user = u32::from_le_bytes(b[12..16].try_into().expect("4 bytes"));
-        let cents = u64::from_le_bytes(b[16..24].try_into().expect("8 bytes"));
-        let at_ms = u64::from_le_bytes(b[24..32].try_into().expect("8 bytes"));
-        let until_s = u32::from_le_bytes(b[32..36].try_into().expect("4 bytes"));
-        let zero = |v: u64, name: &'static str| {
-            if v == 0 {
-                Ok(())
-            } else {
-                Err(RecordError::Field(name))
+        if b[5] != 0 {
+            return Err(RecordError::Field("reserved"));
+        }
+        Fields::read(b).into_record(b[4])
+    }
+}
+
+/// A field a kind may leave unused, which must then be 0; in layout order.
+#[derive(Clone, Copy)]
+enum Field {
+    Index,
+    User,
+    Cents,
+    AtMs,
+    UntilS,
+}
+
+/// A record's fields as read, before its kind says which of them it uses.
+struct Fields {
+    index: u16,
+    id: u32,
+    user: u32,
+    cents: u64,
+    at_ms: u64,
+    until_s: u32,
+}
+
+impl Fields {
+    /// The fields at their offsets (see the table at the top of the file).
+    fn read(b: &[u8; RECORD_LEN]) -> Fields {
+        Fields {
+            index: u16::from_le_bytes([b[6], b[7]]),
+            id: u32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+            user: u32::from_le_bytes(b[12..16].try_into().expect("4 bytes")),
+            cents: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+            at_ms: u64::from_le_bytes(b[24..32].try_into().expect("8 bytes")),
+            until_s: u32::from_le_bytes(b[32..36].try_into().expect("4 bytes")),
+        }
+    }
+
+    /// Refuses the record, naming the first of `fields` (which its kind does
+    /// not use) that is not 0.
+    fn unused(&self, fields: &[Field]) -> Result<(), RecordError> {
+        for &field in fields {
+            let (value, name) = match field {
+                Field::Index => (u64::from(self.index), "index"),
+                Field::User => (u64::from(self.user), "user"),
+                Field::Cents => (self.cents, "cents"),
+                Field::AtMs => (self.at_ms, "at_ms"),
+                Field::UntilS => (u64::from(self.until_s), "until_s"),
+            };
+            if value != 0 {
+                return Err(RecordError::Field(name));
             }
-        };
-        zero(u64::from(b[5]), "reserved")?;
+        }
+        Ok(())
+    }
+
+    /// The record of kind `kind`, once the fields it does not use are 0.
+    fn into_record(self, kind: u8) -> Result<Record, RecordError> {
         let record = match kind {
             KIND_ENVELOPE_GENERATED | KIND_ENVELOPE_RETURNED => {
-                zero(index.into(), "index")?;
-                zero(user.into(), "user")?;
-                zero(until_s.into(), "until_s")?;
-                let (id, cents) = (EnvelopeId(id), Cents(cents));
+                self.unused(&[Field::Index, Field::User, Field::UntilS])?;
+                let (id, cents, at_ms) = (EnvelopeId(self.id), Cents(self.cents), self.at_ms);
                 if kind == KIND_ENVELOPE_GENERATED {
                     Record::EnvelopeGenerated { id, cents, at_ms }
                 } else {
@@ -238,63 +283,54 @@ impl Record {
                 }
             }
             KIND_ENVELOPE_GRANTED => {
-                zero(index.into(), "index")?;
-                zero(until_s.into(), "until_s")?;
+                self.unused(&[Field::Index, Field::UntilS])?;
                 Record::EnvelopeGranted {
-                    id: EnvelopeId(id),
-                    user: UserId(user),
-                    cents: Cents(cents),
-                    at_ms,
+                    id: EnvelopeId(self.id),
+                    user: UserId(self.user),
+                    cents: Cents(self.cents),
+                    at_ms: self.at_ms,
                 }
             }
             KIND_PACKET_CREATED => {
-                zero(user.into(), "user")?;
+                self.unused(&[Field::User])?;
                 Record::PacketCreated {
-                    id: PacketId(id),
-                    cents: Cents(cents),
-                    claimants: index,
-                    at_ms,
-                    until_s,
+                    id: PacketId(self.id),
+                    cents: Cents(self.cents),
+                    claimants: self.index,
+                    at_ms: self.at_ms,
+                    until_s: self.until_s,
                 }
             }
             KIND_PACKET_TARGET => {
-                zero(cents, "cents")?;
-                zero(at_ms, "at_ms")?;
-                zero(until_s.into(), "until_s")?;
+                self.unused(&[Field::Cents, Field::AtMs, Field::UntilS])?;
                 Record::PacketTarget {
-                    id: PacketId(id),
-                    index,
-                    user: UserId(user),
+                    id: PacketId(self.id),
+                    index: self.index,
+                    user: UserId(self.user),
                 }
             }
             KIND_CLAIM => {
-                zero(index.into(), "index")?;
-                zero(until_s.into(), "until_s")?;
+                self.unused(&[Field::Index, Field::UntilS])?;
                 Record::Claim {
-                    id: PacketId(id),
-                    user: UserId(user),
-                    cents: Cents(cents),
-                    at_ms,
+                    id: PacketId(self.id),
+                    user: UserId(self.user),
+                    cents: Cents(self.cents),
+                    at_ms: self.at_ms,
                 }
             }
             KIND_REFUND => {
-                zero(index.into(), "index")?;
-                zero(user.into(), "user")?;
-                zero(until_s.into(), "until_s")?;
+                self.unused(&[Field::Index, Field::User, Field::UntilS])?;
                 Record::Refund {
-                    id: PacketId(id),
-                    cents: Cents(cents),
-                    at_ms,
+                    id: PacketId(self.id),
+                    cents: Cents(self.cents),
+                    at_ms: self.at_ms,
                 }
             }
             KIND_COMMIT => {
-                zero(index.into(), "index")?;
-                zero(user.into(), "user")?;
-                zero(at_ms, "at_ms")?;
-                zero(until_s.into(), "until_s")?;
+                self.unused(&[Field::Index, Field::User, Field::AtMs, Field::UntilS])?;
                 Record::Commit {
-                    batch: id,
-                    records: cents,
+                    batch: self.id,
+                    records: self.cents,
                 }
             }
             k => return Err(RecordError::Kind(k)),

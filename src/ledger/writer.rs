@@ -35,6 +35,10 @@ use crate::ids::UserId;
 const CHANNEL_LEN: usize = 1 << 16;
 /// Bytes one batch may hold before it is written: 100k records.
 const BATCH_BYTES_MAX: usize = 4 << 20;
+/// Room past [`BATCH_BYTES_MAX`] in the batch buffer: the entry that crosses
+/// the limit is still taken whole (a packet of up to `CLAIMANTS_MAX` targets
+/// is about 4 KiB), and the commit record follows, so the buffer never grows.
+const BATCH_SLACK_BYTES: usize = 64 * 1024;
 
 /// What producers send to the writer.
 #[derive(Debug)]
@@ -247,15 +251,6 @@ impl Producer {
         })
     }
 
-    /// Appends a packet's creation with its targets, as one entry.
-    pub fn append_packet(&mut self, created: Record, targets: Box<[UserId]>) -> Option<u64> {
-        self.push(Entry::Packet {
-            producer: self.id,
-            created,
-            targets,
-        })
-    }
-
     fn push(&mut self, entry: Entry) -> Option<u64> {
         self.ledger.tx.as_ref()?;
         self.appended += 1;
@@ -299,32 +294,67 @@ impl Producer {
     }
 }
 
+/// The writer thread: takes what the channel holds (up to
+/// [`BATCH_BYTES_MAX`]), writes it with its commit record, syncs, then
+/// publishes the producers' durable counts and answers the barriers.
 fn run(
     mut file: LedgerFile,
     rx: Receiver<Entry>,
     shared: &Shared,
     wakers: &[Option<Arc<mio::Waker>>],
 ) {
-    let producers = wakers.len();
-    let mut counts = vec![0u64; producers];
-    let mut moved = vec![false; producers];
-    let mut barriers: Vec<Sender<()>> = Vec::new();
-    let mut buf: Vec<u8> = Vec::with_capacity(BATCH_BYTES_MAX + 64 * 1024);
+    let mut batch = Batch {
+        buf: Vec::with_capacity(BATCH_BYTES_MAX + BATCH_SLACK_BYTES),
+        records: 0,
+        counts: vec![0u64; wakers.len()],
+        moved: vec![false; wakers.len()],
+        barriers: Vec::new(),
+    };
     while let Ok(first) = rx.recv() {
-        let mut records = 0u64;
-        let mut take = |entry: Entry, buf: &mut Vec<u8>| match entry {
+        batch.take(first);
+        while batch.buf.len() < BATCH_BYTES_MAX {
+            match rx.try_recv() {
+                Ok(e) => batch.take(e),
+                Err(_) => break,
+            }
+        }
+        if batch.records > 0 {
+            batch.commit(&mut file, shared);
+        }
+        batch.publish(shared, wakers);
+    }
+}
+
+/// The batch being gathered, and the producers' counts it moves.
+struct Batch {
+    /// The encoded records, then their commit.
+    buf: Vec<u8>,
+    /// Money records in `buf`.
+    records: u64,
+    /// Each producer's entries taken so far, all batches.
+    counts: Vec<u64>,
+    /// The producers with entries in this batch.
+    moved: Vec<bool>,
+    /// Who waits for this batch to be durable.
+    barriers: Vec<Sender<()>>,
+}
+
+impl Batch {
+    /// Encodes one entry into the batch (or keeps a barrier for its end).
+    fn take(&mut self, entry: Entry) {
+        match entry {
             Entry::Record { producer, record } => {
-                record.encode_to(buf);
-                records += 1;
-                counts[usize::from(producer)] += 1;
-                moved[usize::from(producer)] = true;
+                record.encode_to(&mut self.buf);
+                self.records += 1;
+                self.counts[usize::from(producer)] += 1;
+                self.moved[usize::from(producer)] = true;
             }
             Entry::Packet {
                 producer,
                 created,
                 targets,
             } => {
-                created.encode_to(buf);
+                created.encode_to(&mut self.buf);
                 let Record::PacketCreated { id, .. } = created else {
                     unreachable!("a packet entry starts with its creation");
                 };
@@ -334,46 +364,51 @@ fn run(
                         index: index as u16,
                         user,
                     }
-                    .encode_to(buf);
+                    .encode_to(&mut self.buf);
                 }
-                records += 1 + targets.len() as u64;
-                counts[usize::from(producer)] += 1;
-                moved[usize::from(producer)] = true;
+                self.records += 1 + targets.len() as u64;
+                self.counts[usize::from(producer)] += 1;
+                self.moved[usize::from(producer)] = true;
             }
-            Entry::Barrier(reply) => barriers.push(reply),
-        };
-        take(first, &mut buf);
-        while buf.len() < BATCH_BYTES_MAX {
-            match rx.try_recv() {
-                Ok(e) => take(e, &mut buf),
-                Err(_) => break,
-            }
+            Entry::Barrier(reply) => self.barriers.push(reply),
         }
-        if records > 0 {
-            Record::Commit {
-                batch: file.next_batch,
-                records,
-            }
-            .encode_to(&mut buf);
-            file.next_batch += 1;
-            if let Err(e) = file.file.write_all(&buf) {
-                fatal(&file, "write", &e);
-            }
-            let started = Instant::now();
-            if let Err(e) = file.file.sync_data() {
-                fatal(&file, "fdatasync", &e);
-            }
-            let ns = started.elapsed().as_nanos() as u64;
-            shared.records.fetch_add(records, Ordering::Relaxed);
-            shared.syncs.fetch_add(1, Ordering::Relaxed);
-            shared.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-            shared.sync_ns.fetch_add(ns, Ordering::Relaxed);
-            shared.sync_ns_max.fetch_max(ns, Ordering::Relaxed);
-            buf.clear();
+    }
+
+    /// Closes the batch with its commit record, writes it with one `write`
+    /// and makes it durable with one `fdatasync` (aborting on a failure of
+    /// either), and counts it.
+    fn commit(&mut self, file: &mut LedgerFile, shared: &Shared) {
+        Record::Commit {
+            batch: file.next_batch,
+            records: self.records,
         }
-        for p in 0..producers {
-            if std::mem::take(&mut moved[p]) {
-                shared.durable[p].store(counts[p], Ordering::Release);
+        .encode_to(&mut self.buf);
+        file.next_batch += 1;
+        if let Err(e) = file.file.write_all(&self.buf) {
+            fatal(file, "write", &e);
+        }
+        let started = Instant::now();
+        if let Err(e) = file.file.sync_data() {
+            fatal(file, "fdatasync", &e);
+        }
+        let ns = started.elapsed().as_nanos() as u64;
+        shared.records.fetch_add(self.records, Ordering::Relaxed);
+        shared.syncs.fetch_add(1, Ordering::Relaxed);
+        shared
+            .bytes
+            .fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+        shared.sync_ns.fetch_add(ns, Ordering::Relaxed);
+        shared.sync_ns_max.fetch_max(ns, Ordering::Relaxed);
+        self.buf.clear();
+        self.records = 0;
+    }
+
+    /// After the sync: stores the durable count of every producer the batch
+    /// moved and wakes it, then answers the barriers.
+    fn publish(&mut self, shared: &Shared, wakers: &[Option<Arc<mio::Waker>>]) {
+        for (p, moved) in self.moved.iter_mut().enumerate() {
+            if std::mem::take(moved) {
+                shared.durable[p].store(self.counts[p], Ordering::Release);
                 if let Some(w) = &wakers[p] {
                     // A core that cannot be woken is stopping; it reads the
                     // count on its next turn anyway.
@@ -381,7 +416,7 @@ fn run(
                 }
             }
         }
-        for reply in barriers.drain(..) {
+        for reply in self.barriers.drain(..) {
             let _ = reply.send(());
         }
     }
