@@ -28,6 +28,12 @@ pub const WIDTH: u32 = 900;
 /// Height of every chart, pixels.
 pub const HEIGHT: u32 = 360;
 
+/// Nanoseconds in a microsecond: servers and histograms count
+/// nanoseconds, the latency charts show microseconds.
+const NS_PER_US: f64 = 1e3;
+/// Bytes in the megabyte of the network chart's axis.
+const BYTES_PER_MB: f64 = 1e6;
+
 /// One line of a chart: its legend and how a row gives its value (None:
 /// no value that second).
 pub struct Line {
@@ -309,15 +315,15 @@ fn latency_chart() -> Chart {
             },
             Line {
                 name: "server p50",
-                value: |r| servers(r).and_then(|s| positive(s.service_ns_p50 as f64 / 1e3)),
+                value: |r| servers(r).and_then(|s| positive(s.service_ns_p50 as f64 / NS_PER_US)),
             },
             Line {
                 name: "server p99",
-                value: |r| servers(r).and_then(|s| positive(s.service_ns_p99 as f64 / 1e3)),
+                value: |r| servers(r).and_then(|s| positive(s.service_ns_p99 as f64 / NS_PER_US)),
             },
             Line {
                 name: "server p99.9",
-                value: |r| servers(r).and_then(|s| positive(s.service_ns_p999 as f64 / 1e3)),
+                value: |r| servers(r).and_then(|s| positive(s.service_ns_p999 as f64 / NS_PER_US)),
             },
         ],
     }
@@ -355,11 +361,11 @@ fn net_bytes_chart() -> Chart {
         lines: vec![
             Line {
                 name: "received",
-                value: |r| r.net.as_ref().map(|n| n.rx_bytes as f64 / 1e6),
+                value: |r| r.net.as_ref().map(|n| n.rx_bytes as f64 / BYTES_PER_MB),
             },
             Line {
                 name: "sent",
-                value: |r| r.net.as_ref().map(|n| n.tx_bytes as f64 / 1e6),
+                value: |r| r.net.as_ref().map(|n| n.tx_bytes as f64 / BYTES_PER_MB),
             },
         ],
     }
@@ -731,7 +737,7 @@ fn percentile_curves(
                 .map(|i| {
                     let x = i as f64 / POINTS_PER_NINE;
                     let q = 1.0 - 10f64.powf(-x);
-                    let latency_us = h.value_at_quantile(q) as f64 / 1e3;
+                    let latency_us = h.value_at_quantile(q) as f64 / NS_PER_US;
                     (x, latency_us.max(LATENCY_US_FLOOR))
                 })
                 .collect();
