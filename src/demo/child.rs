@@ -174,7 +174,8 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// The last `lines` lines of a file (at most its last [`TAIL_BYTES_MAX`]).
+/// The last `lines` lines of a file (at most its last 16 KiB,
+/// `TAIL_BYTES_MAX`).
 pub fn tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(path) else {
         return String::new();
