@@ -16,6 +16,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+/// How often a wait for a child's exit looks: short beside any grace.
+const EXIT_POLL: Duration = Duration::from_millis(50);
+/// The grace a child dropped while running gets before SIGKILL (the demo's
+/// own stops give their own).
+const DROP_GRACE: Duration = Duration::from_secs(5);
+/// Bytes read from the end of a log for its tail: far more than the few
+/// lines an error quotes, and never the whole of a long log.
+const TAIL_BYTES_MAX: u64 = 16 * 1024;
+
 /// A running child.
 #[derive(Debug)]
 pub struct Child {
@@ -112,7 +121,7 @@ impl Child {
             if Instant::now() >= deadline {
                 return None;
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(EXIT_POLL);
         }
     }
 
@@ -130,7 +139,12 @@ impl Child {
             return s;
         }
         let _ = self.child.kill();
-        let status = self.child.wait().unwrap_or(ExitStatus::from_raw(9));
+        // A wait status whose low bits are a signal number reads as killed
+        // by it: what SIGKILL left, should the wait itself fail.
+        let status = self
+            .child
+            .wait()
+            .unwrap_or(ExitStatus::from_raw(libc::SIGKILL));
         self.status = Some(status);
         status
     }
@@ -145,7 +159,7 @@ impl Drop for Child {
     /// A child is never left behind, whatever path the demo leaves by.
     fn drop(&mut self) {
         if self.exited().is_none() {
-            self.stop(Duration::from_secs(5));
+            self.stop(DROP_GRACE);
         }
     }
 }
@@ -160,13 +174,14 @@ pub fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// The last `lines` lines of a file (at most its last 16 KiB).
+/// The last `lines` lines of a file (at most its last 16 KiB,
+/// `TAIL_BYTES_MAX`).
 pub fn tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(path) else {
         return String::new();
     };
     let len = f.metadata().map_or(0, |m| m.len());
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(16 * 1024)));
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(TAIL_BYTES_MAX)));
     let mut text = String::new();
     let _ = f.read_to_string(&mut text);
     let all: Vec<&str> = text.lines().collect();

@@ -30,8 +30,11 @@ use serde_json::Value;
 use crate::audit::{AuditArgs, audit};
 use crate::flood::procfs;
 use child::{Child, describe};
-use plan::{Machine, Plan, Wish};
-use summary::{AuditOutcome, ChildSummary, CpuSample, Inputs, Summary};
+use plan::{FlooderPlan, Machine, Plan, Wish};
+use summary::{
+    AuditOutcome, ChildSummary, ConnectSummary, CpuSample, Inputs, MoneySummary, PhaseSummary,
+    Summary,
+};
 
 /// `hongbao demo` options.
 #[derive(Clone, Debug, clap::Args)]
@@ -97,6 +100,36 @@ const OVERRUN_SECS: u64 = 90;
 const FLOOD_WARMUP_SECS: u64 = 2;
 /// Fetch timeout for the progress polls.
 const POLL_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often a starting child is asked whether it answers yet.
+const START_POLL: Duration = Duration::from_millis(100);
+/// Seconds the flooders' connect phase may take (their `--login-timeout`),
+/// twice the flooder's default: here the server and the flooders share one
+/// machine's cores while every user connects. The watch's budget counts it.
+const FLOOD_LOGIN_TIMEOUT_SECS: u64 = 60;
+/// Lines of a failed child's log quoted in the error: its last words,
+/// short enough to read on a terminal.
+const LOG_TAIL_LINES: usize = 8;
+/// Width the progress line is padded to on a terminal, so that a shorter
+/// line overwrites all of a longer one before it.
+const PROGRESS_WIDTH: usize = 150;
+/// How often a progress line is printed when stderr is not a terminal (a
+/// log file): every second would flood it.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The progress polls run this long after the whole second, when the
+/// flooders have closed the previous one.
+const POLL_AFTER_SECOND_SECS: f64 = 0.3;
+/// The shortest sleep between progress polls, seconds, so that a poll
+/// that ran late does not run twice in a row.
+const POLL_WAIT_MIN_SECS: f64 = 0.2;
+/// Timeout of the request that starts the packets.
+const PACKETS_START_TIMEOUT: Duration = Duration::from_secs(2);
+/// The flooders keep their control up 1.5 s after their run so that the
+/// monitor collects their last seconds: the wait gives it those and one
+/// tick.
+const FLOODER_LINGER: Duration = Duration::from_millis(2_500);
+/// How long the monitor may take to stop: it draws every chart and writes
+/// the report first.
+const MONITOR_STOP_GRACE: Duration = Duration::from_secs(120);
 
 /// Why a run ended early.
 #[derive(Debug)]
@@ -152,6 +185,36 @@ pub fn run(args: &DemoArgs, stop: &AtomicBool) -> anyhow::Result<u8> {
             flooders: args.flooders,
         },
     )?;
+    print_plan(args, &plan);
+    if args.check {
+        return Ok(0);
+    }
+
+    let started = unix_now() as u64;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("hongbao-demo-{}", stamp(started))));
+    std::fs::create_dir_all(out.join("logs"))
+        .with_context(|| format!("creating the output directory {}", out.display()))?;
+    let exe =
+        std::env::current_exe().context("finding this program's path to start the children")?;
+    let ports = Ports::pick(&machine, &plan)?;
+    let mut run = Launch {
+        args,
+        plan: &plan,
+        exe: &exe,
+        out: &out,
+        ports: &ports,
+        stop,
+    }
+    .start()?;
+    let ended = watch(args, &plan, &mut run, stop);
+    finish(&machine, &plan, run, started, ended)
+}
+
+/// The pre-flight checks and the plan, as printed before the run.
+fn print_plan(args: &DemoArgs, plan: &Plan) {
     println!("hongbao demo: checking the machine");
     print!("{}", summary::checks_table(&plan.checks));
     println!(
@@ -166,143 +229,198 @@ pub fn run(args: &DemoArgs, stop: &AtomicBool) -> anyhow::Result<u8> {
         args.envelopes_per_sec,
         args.packets_per_sec,
     );
-    if args.check {
-        return Ok(0);
-    }
-
-    let started = unix_now() as u64;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("hongbao-demo-{}", stamp(started))));
-    std::fs::create_dir_all(out.join("logs"))
-        .with_context(|| format!("creating the output directory {}", out.display()))?;
-    let exe =
-        std::env::current_exe().context("finding this program's path to start the children")?;
-    let mut ports = plan::pick_ports(
-        &[
-            PREFERRED_PORTS.as_slice(),
-            &(1..plan.flooders.len() as u16)
-                .map(|i| PREFERRED_PORTS[3] + i)
-                .collect::<Vec<_>>(),
-        ]
-        .concat(),
-        machine.ephemeral_ports.map(|(low, _)| low),
-    )?
-    .into_iter();
-    let mut next_port = || ports.next().expect("one port per process was picked");
-    let (listen, server_http, monitor_http) = (next_port(), next_port(), next_port());
-    let flooder_ports: Vec<u16> = plan.flooders.iter().map(|_| next_port()).collect();
-
-    let mut run = start(
-        args,
-        &plan,
-        &exe,
-        &out,
-        (listen, server_http, monitor_http, &flooder_ports),
-        stop,
-    )?;
-    let ended = watch(args, &plan, &mut run, stop);
-    finish(&machine, &plan, run, started, ended)
 }
 
 fn loopback(port: u16) -> String {
     format!("127.0.0.1:{port}")
 }
 
-/// Starts the server, the monitor and the flooders, each once the previous
-/// answers. On error every child started so far is stopped (by `Drop`).
-fn start(
-    args: &DemoArgs,
-    plan: &Plan,
-    exe: &Path,
-    out: &Path,
-    (listen, server_http, monitor_http, flooder_ports): (u16, u16, u16, &[u16]),
-    stop: &AtomicBool,
-) -> anyhow::Result<Run> {
-    let s = |p: &Path| p.display().to_string();
-    let server_args: Vec<String> = [
-        "server",
-        "--listen",
-        &loopback(listen),
-        "--http",
-        &loopback(server_http),
-        "--threads",
-        &plan.server_threads.to_string(),
-        "--envelopes-per-sec",
-        &args.envelopes_per_sec.to_string(),
-        "--data-dir",
-        &s(&out.join("data")),
-        "--hlog",
-        &s(&out.join("server.hlog")),
-        "--stats-jsonl",
-        &s(&out.join("server-seconds.jsonl")),
-        "--conns-max",
-        &plan.users.to_string(),
-        "--quiet",
-    ]
-    .map(String::from)
-    .to_vec();
-    println!(
-        "starting the server on {} (logs in {})",
-        loopback(listen),
-        out.join("logs").display()
-    );
-    let mut server = Child::spawn(
-        "server",
-        exe,
-        &server_args,
-        &plan.server_cores,
-        out.join("logs/server.log"),
-    )?;
-    wait_answering(&mut server, &loopback(server_http), "/status", stop)?;
-    let rss_before = procfs::process_rss_bytes(server.pid()).ok();
+/// The local ports of the run's children.
+struct Ports {
+    /// The server's shakes (`--listen`).
+    listen: u16,
+    /// The server's HTTP control.
+    server_http: u16,
+    /// The monitor's dashboard.
+    monitor_http: u16,
+    /// Each flooder's HTTP control.
+    flooders: Vec<u16>,
+}
 
-    let mut monitor_args: Vec<String> = [
-        "monitor",
-        "--source",
-        &loopback(server_http),
-        "--http",
-        &loopback(monitor_http),
-        "--jsonl",
-        &s(&out.join("series.jsonl")),
-        "--csv",
-        &s(&out.join("series.csv")),
-        "--report",
-        &s(&out.join("report.html")),
-        "--charts-dir",
-        &s(&out.join("charts")),
-        "--hlog",
-        &format!("server={}", s(&out.join("server.hlog"))),
-        "--quiet",
-    ]
-    .map(String::from)
-    .to_vec();
-    for i in 0..plan.flooders.len() {
-        monitor_args.push("--hlog".into());
-        monitor_args.push(format!(
-            "client-{i}={}",
-            s(&out.join(format!("flood-{i}.hlog")))
-        ));
+impl Ports {
+    /// The preferred ports where free, the first flooder's default
+    /// counting up for the others.
+    fn pick(machine: &Machine, plan: &Plan) -> anyhow::Result<Ports> {
+        let first_flooder = PREFERRED_PORTS[PREFERRED_PORTS.len() - 1];
+        let preferred = [
+            PREFERRED_PORTS.as_slice(),
+            &(1..plan.flooders.len() as u16)
+                .map(|i| first_flooder + i)
+                .collect::<Vec<_>>(),
+        ]
+        .concat();
+        let mut ports =
+            plan::pick_ports(&preferred, machine.ephemeral_ports.map(|(low, _)| low))?.into_iter();
+        let mut next_port = || ports.next().expect("one port per process was picked");
+        let (listen, server_http, monitor_http) = (next_port(), next_port(), next_port());
+        let flooders = plan.flooders.iter().map(|_| next_port()).collect();
+        Ok(Ports {
+            listen,
+            server_http,
+            monitor_http,
+            flooders,
+        })
     }
-    let mut monitor = Child::spawn(
-        "monitor",
-        exe,
-        &monitor_args,
-        &plan.flooder_cores,
-        out.join("logs/monitor.log"),
-    )?;
-    wait_answering(&mut monitor, &loopback(monitor_http), "/", stop)?;
-    println!("live dashboard: http://{}/", loopback(monitor_http));
+}
 
-    let mut flooders = Vec::with_capacity(plan.flooders.len());
-    for (i, (f, port)) in plan.flooders.iter().zip(flooder_ports).enumerate() {
-        let flood_args: Vec<String> = [
+/// What starting the children needs.
+struct Launch<'a> {
+    args: &'a DemoArgs,
+    plan: &'a Plan,
+    /// This program, which every child runs.
+    exe: &'a Path,
+    /// The output directory.
+    out: &'a Path,
+    ports: &'a Ports,
+    stop: &'a AtomicBool,
+}
+
+impl Launch<'_> {
+    /// A path in the output directory, as a command-line argument.
+    fn file(&self, name: &str) -> String {
+        self.out.join(name).display().to_string()
+    }
+
+    /// Starts the server, the monitor and the flooders, each once the
+    /// previous answers. On error every child started so far is stopped
+    /// (by `Drop`).
+    fn start(&self) -> anyhow::Result<Run> {
+        let (plan, ports) = (self.plan, self.ports);
+        println!(
+            "starting the server on {} (logs in {})",
+            loopback(ports.listen),
+            self.out.join("logs").display()
+        );
+        let mut server = Child::spawn(
+            "server",
+            self.exe,
+            &self.server_args(),
+            &plan.server_cores,
+            self.out.join("logs/server.log"),
+        )?;
+        wait_answering(
+            &mut server,
+            &loopback(ports.server_http),
+            "/status",
+            self.stop,
+        )?;
+        let rss_before = procfs::process_rss_bytes(server.pid()).ok();
+
+        let mut monitor = Child::spawn(
+            "monitor",
+            self.exe,
+            &self.monitor_args(),
+            &plan.flooder_cores,
+            self.out.join("logs/monitor.log"),
+        )?;
+        wait_answering(&mut monitor, &loopback(ports.monitor_http), "/", self.stop)?;
+        println!("live dashboard: http://{}/", loopback(ports.monitor_http));
+
+        let flooders = plan
+            .flooders
+            .iter()
+            .zip(&ports.flooders)
+            .enumerate()
+            .map(|(i, (f, &port))| {
+                Child::spawn(
+                    &format!("flood-{i}"),
+                    self.exe,
+                    &self.flood_args(i, f, port),
+                    &plan.flooder_cores,
+                    self.out.join(format!("logs/flood-{i}.log")),
+                )
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Run {
+            out: self.out.to_path_buf(),
+            server,
+            monitor: Some(monitor),
+            flooders,
+            server_http: loopback(ports.server_http),
+            flooder_http: ports.flooders.iter().map(|&p| loopback(p)).collect(),
+            cpu: Vec::new(),
+            rss_before,
+            rss_after: None,
+        })
+    }
+
+    /// The server's command line.
+    fn server_args(&self) -> Vec<String> {
+        [
+            "server",
+            "--listen",
+            &loopback(self.ports.listen),
+            "--http",
+            &loopback(self.ports.server_http),
+            "--threads",
+            &self.plan.server_threads.to_string(),
+            "--envelopes-per-sec",
+            &self.args.envelopes_per_sec.to_string(),
+            "--data-dir",
+            &self.file("data"),
+            "--hlog",
+            &self.file("server.hlog"),
+            "--stats-jsonl",
+            &self.file("server-seconds.jsonl"),
+            "--conns-max",
+            &self.plan.users.to_string(),
+            "--quiet",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// The monitor's command line: the server as its source (the flooders
+    /// register themselves), every interval log for the report.
+    fn monitor_args(&self) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "monitor",
+            "--source",
+            &loopback(self.ports.server_http),
+            "--http",
+            &loopback(self.ports.monitor_http),
+            "--jsonl",
+            &self.file("series.jsonl"),
+            "--csv",
+            &self.file("series.csv"),
+            "--report",
+            &self.file("report.html"),
+            "--charts-dir",
+            &self.file("charts"),
+            "--hlog",
+            &format!("server={}", self.file("server.hlog")),
+            "--quiet",
+        ]
+        .map(String::from)
+        .to_vec();
+        for i in 0..self.plan.flooders.len() {
+            args.push("--hlog".into());
+            args.push(format!(
+                "client-{i}={}",
+                self.file(&format!("flood-{i}.hlog"))
+            ));
+        }
+        args
+    }
+
+    /// Flooder `i`'s command line.
+    fn flood_args(&self, i: usize, f: &FlooderPlan, port: u16) -> Vec<String> {
+        [
             "flood",
             "--server",
-            &loopback(listen),
+            &loopback(self.ports.listen),
             "--total",
-            &plan.users.to_string(),
+            &self.plan.users.to_string(),
             "--min",
             &f.min.to_string(),
             "--max",
@@ -312,44 +430,26 @@ fn start(
             "--bind",
             &f.bind_arg(),
             "--phases",
-            &plan.phases_arg(),
+            &self.plan.phases_arg(),
             "--http",
-            &loopback(*port),
+            &loopback(port),
             "--monitor",
-            &loopback(monitor_http),
+            &loopback(self.ports.monitor_http),
             "--json",
-            &s(&out.join(format!("flood-{i}.json"))),
+            &self.file(&format!("flood-{i}.json")),
             "--hlog",
-            &s(&out.join(format!("flood-{i}.hlog"))),
+            &self.file(&format!("flood-{i}.hlog")),
             "--ack-log",
-            &s(&out.join(format!("acks-{i}.log"))),
+            &self.file(&format!("acks-{i}.log")),
             "--login-timeout",
-            "60",
+            &FLOOD_LOGIN_TIMEOUT_SECS.to_string(),
             "--warmup",
             &FLOOD_WARMUP_SECS.to_string(),
             "--quiet",
         ]
         .map(String::from)
-        .to_vec();
-        flooders.push(Child::spawn(
-            &format!("flood-{i}"),
-            exe,
-            &flood_args,
-            &plan.flooder_cores,
-            out.join(format!("logs/flood-{i}.log")),
-        )?);
+        .to_vec()
     }
-    Ok(Run {
-        out: out.to_path_buf(),
-        server,
-        monitor: Some(monitor),
-        flooders,
-        server_http: loopback(server_http),
-        flooder_http: flooder_ports.iter().map(|&p| loopback(p)).collect(),
-        cpu: Vec::new(),
-        rss_before,
-        rss_after: None,
-    })
 }
 
 /// Waits until `child` answers `GET target` on `addr`, or fails naming why.
@@ -366,7 +466,7 @@ fn wait_answering(
                 "the {} {} at start:\n{}",
                 child.name,
                 describe(status),
-                child.log_tail(8)
+                child.log_tail(LOG_TAIL_LINES)
             );
         }
         if crate::http::get(addr, target, POLL_TIMEOUT).is_ok_and(|(code, _)| code == 200) {
@@ -381,21 +481,19 @@ fn wait_answering(
                 child.name,
                 START_TIMEOUT.as_secs(),
                 child.log.display(),
-                child.log_tail(8)
+                child.log_tail(LOG_TAIL_LINES)
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(START_POLL);
     }
 }
 
 /// What the flooders report right now, summed.
 #[derive(Default)]
 struct Live {
-    connecting: usize,
     shaking: usize,
     done: usize,
     logged_in: u64,
-    phase: String,
     step_second: Option<u64>,
     qps: u64,
     sent: u64,
@@ -407,6 +505,35 @@ struct Live {
     p99_us: f64,
 }
 
+impl Live {
+    /// Adds one flooder's `/status`.
+    fn add(&mut self, v: &Value) {
+        let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+        match v["state"].as_str() {
+            Some("connecting") => self.logged_in += n(v, "logged_in"),
+            Some("shaking") => {
+                self.shaking += 1;
+                self.logged_in += n(v, "connections");
+                self.step_second = v["second"].as_u64();
+                self.qps = n(v, "qps");
+                let c = &v["last_second"]["counters"];
+                self.sent += n(c, "sent");
+                self.answered += n(c, "answered");
+                self.got += n(c, "got");
+                self.overload += n(c, "overload");
+                self.claims += n(c, "claim_answers");
+                self.errors += n(c, "conn_errors") + n(c, "bad_frames");
+                let p99 = v["last_second"]["latency_us"]["p99_us"]
+                    .as_f64()
+                    .unwrap_or(0.0);
+                self.p99_us = self.p99_us.max(p99);
+            }
+            Some("done") => self.done += 1,
+            _ => {}
+        }
+    }
+}
+
 fn poll_flooders(run: &Run) -> Live {
     let mut live = Live::default();
     for addr in &run.flooder_http {
@@ -416,33 +543,7 @@ fn poll_flooders(run: &Run) -> Live {
         let Ok(v) = serde_json::from_str::<Value>(&body) else {
             continue;
         };
-        let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
-        match v["state"].as_str() {
-            Some("connecting") => {
-                live.connecting += 1;
-                live.logged_in += n(&v, "logged_in");
-            }
-            Some("shaking") => {
-                live.shaking += 1;
-                live.logged_in += n(&v, "connections");
-                live.phase = v["phase"].as_str().unwrap_or("").to_owned();
-                live.step_second = v["second"].as_u64();
-                live.qps = n(&v, "qps");
-                let c = &v["last_second"]["counters"];
-                live.sent += n(c, "sent");
-                live.answered += n(c, "answered");
-                live.got += n(c, "got");
-                live.overload += n(c, "overload");
-                live.claims += n(c, "claim_answers");
-                live.errors += n(c, "conn_errors") + n(c, "bad_frames");
-                let p99 = v["last_second"]["latency_us"]["p99_us"]
-                    .as_f64()
-                    .unwrap_or(0.0);
-                live.p99_us = live.p99_us.max(p99);
-            }
-            Some("done") => live.done += 1,
-            _ => {}
-        }
+        live.add(&v);
     }
     live
 }
@@ -464,12 +565,10 @@ fn phase_at(plan: &Plan, second: u64, warmup: u64) -> Option<(usize, u64, u64)> 
 /// fails, or a signal asks to stop; shows progress and sends the packets.
 fn watch(args: &DemoArgs, plan: &Plan, run: &mut Run, stop: &AtomicBool) -> Ended {
     let started = Instant::now();
-    let phases_total = plan.phases.len() + 1;
     let tty = std::io::stderr().is_terminal();
     let mut packets_sent = false;
-    let mut last_line = Instant::now() - Duration::from_secs(60);
-    let mut shaking_since: Option<Instant> = None;
-    let budget = Duration::from_secs(60 + plan.shaking_secs() + OVERRUN_SECS);
+    let mut last_line: Option<Instant> = None;
+    let budget = Duration::from_secs(FLOOD_LOGIN_TIMEOUT_SECS + plan.shaking_secs() + OVERRUN_SECS);
     loop {
         if stop.load(Ordering::Relaxed) {
             if tty {
@@ -477,42 +576,11 @@ fn watch(args: &DemoArgs, plan: &Plan, run: &mut Run, stop: &AtomicBool) -> Ende
             }
             return Ended::Interrupted;
         }
-        if let Some(status) = run.server.exited() {
-            return Ended::Failed(format!(
-                "the server {} during the run; its log ends:\n{}",
-                describe(status),
-                run.server.log_tail(8)
-            ));
-        }
-        if let Some(m) = run.monitor.as_mut()
-            && let Some(status) = m.exited()
-        {
-            return Ended::Failed(format!(
-                "the monitor {} during the run; its log ends:\n{}",
-                describe(status),
-                m.log_tail(8)
-            ));
-        }
-        let mut all_done = true;
-        for f in &mut run.flooders {
-            match f.exited() {
-                None => all_done = false,
-                Some(s) if s.success() => {}
-                Some(s) => {
-                    return Ended::Failed(format!(
-                        "{} {}; its log ends:\n{}",
-                        f.name,
-                        describe(s),
-                        f.log_tail(8)
-                    ));
-                }
-            }
-        }
-        if all_done {
-            if tty {
+        if let Some(ended) = children_ended(run) {
+            if tty && matches!(ended, Ended::Done) {
                 eprintln!();
             }
-            return Ended::Done;
+            return ended;
         }
         if started.elapsed() > budget {
             return Ended::Failed(format!(
@@ -528,9 +596,6 @@ fn watch(args: &DemoArgs, plan: &Plan, run: &mut Run, stop: &AtomicBool) -> Ende
             });
         }
         let live = poll_flooders(run);
-        if live.shaking > 0 && shaking_since.is_none() {
-            shaking_since = Some(Instant::now());
-        }
         // Every flooder shaking: every user is in; the server's memory now
         // holds every connection.
         if live.shaking == run.flooders.len() && run.rss_after.is_none() {
@@ -538,62 +603,119 @@ fn watch(args: &DemoArgs, plan: &Plan, run: &mut Run, stop: &AtomicBool) -> Ende
         }
         if live.shaking > 0 && !packets_sent && args.packets_per_sec > 0 {
             packets_sent = true;
-            let target = format!(
-                "/fahongbao?qps={}&sum={}&min=0&max={}",
-                args.packets_per_sec,
-                args.packets_per_sec * plan.shaking_secs(),
-                plan.users.saturating_sub(1)
-            );
-            if let Err(e) = crate::http::get(&run.server_http, &target, Duration::from_secs(2)) {
-                eprintln!("hongbao demo: warning: starting the packets failed: {e}");
-            }
+            start_packets(args, plan, run);
         }
 
-        let elapsed = started.elapsed().as_secs();
-        let line = if live.shaking > 0 {
-            let where_ = live
-                .step_second
-                .and_then(|s| phase_at(plan, s, FLOOD_WARMUP_SECS))
-                .map_or_else(
-                    || format!("phase 2/{phases_total} warming up"),
-                    |(n, at, len)| {
-                        format!(
-                            "phase {n}/{phases_total} shake {}/s {at:>3}/{len} s",
-                            live.qps
-                        )
-                    },
-                );
-            format!(
-                "{elapsed:>4}s  {where_}  sent {:>6}/s  answered {:>6}/s  got {:>3}/s  over {:>5}/s  claims {:>3}/s  errors {}  p99 {:.2} ms  users {}",
-                live.sent,
-                live.answered,
-                live.got,
-                live.overload,
-                live.claims,
-                live.errors,
-                live.p99_us / 1e3,
-                live.logged_in,
-            )
-        } else if live.done > 0 {
-            format!("{elapsed:>4}s  finishing")
-        } else {
-            format!(
-                "{elapsed:>4}s  phase 1/{phases_total} connect  logged in {:>6}/{}",
-                live.logged_in, plan.users
-            )
-        };
+        let line = progress_line(plan, &live, started.elapsed().as_secs());
         if tty {
-            eprint!("\r{line:<150}");
-        } else if last_line.elapsed() >= Duration::from_secs(5) {
+            eprint!("\r{line:<PROGRESS_WIDTH$}");
+        } else if last_line.is_none_or(|at| at.elapsed() >= PROGRESS_EVERY) {
             eprintln!("{line}");
-            last_line = Instant::now();
+            last_line = Some(Instant::now());
         }
         // Poll just after each whole second, when the flooders have closed
         // the previous one.
         let frac = unix_now().fract();
-        let wait = (1.3 - frac).rem_euclid(1.0).max(0.2);
+        let wait = (1.0 + POLL_AFTER_SECOND_SECS - frac)
+            .rem_euclid(1.0)
+            .max(POLL_WAIT_MIN_SECS);
         std::thread::sleep(Duration::from_secs_f64(wait));
     }
+}
+
+/// How the run ended, if a child's exit ended it: the server or the
+/// monitor exited, a flooder failed, or every flooder finished.
+fn children_ended(run: &mut Run) -> Option<Ended> {
+    if let Some(status) = run.server.exited() {
+        return Some(Ended::Failed(format!(
+            "the server {} during the run; its log ends:\n{}",
+            describe(status),
+            run.server.log_tail(LOG_TAIL_LINES)
+        )));
+    }
+    if let Some(m) = run.monitor.as_mut()
+        && let Some(status) = m.exited()
+    {
+        return Some(Ended::Failed(format!(
+            "the monitor {} during the run; its log ends:\n{}",
+            describe(status),
+            m.log_tail(LOG_TAIL_LINES)
+        )));
+    }
+    let mut all_done = true;
+    for f in &mut run.flooders {
+        match f.exited() {
+            None => all_done = false,
+            Some(s) if s.success() => {}
+            Some(s) => {
+                return Some(Ended::Failed(format!(
+                    "{} {}; its log ends:\n{}",
+                    f.name,
+                    describe(s),
+                    f.log_tail(LOG_TAIL_LINES)
+                )));
+            }
+        }
+    }
+    all_done.then_some(Ended::Done)
+}
+
+/// Asks the server to send packets over the shaking phases (the original's
+/// `/fahongbao`), to any of the users; a failure is only a warning.
+fn start_packets(args: &DemoArgs, plan: &Plan, run: &Run) {
+    let target = format!(
+        "/fahongbao?qps={}&sum={}&min=0&max={}",
+        args.packets_per_sec,
+        args.packets_per_sec * plan.shaking_secs(),
+        plan.users.saturating_sub(1)
+    );
+    if let Err(e) = crate::http::get(&run.server_http, &target, PACKETS_START_TIMEOUT) {
+        eprintln!("hongbao demo: warning: starting the packets failed: {e}");
+    }
+}
+
+/// The progress line at `elapsed` seconds into the run.
+fn progress_line(plan: &Plan, live: &Live, elapsed: u64) -> String {
+    let phases_total = plan.phases.len() + 1;
+    if live.shaking > 0 {
+        let where_ = live
+            .step_second
+            .and_then(|s| phase_at(plan, s, FLOOD_WARMUP_SECS))
+            .map_or_else(
+                || format!("phase 2/{phases_total} warming up"),
+                |(n, at, len)| {
+                    format!(
+                        "phase {n}/{phases_total} shake {}/s {at:>3}/{len} s",
+                        live.qps
+                    )
+                },
+            );
+        format!(
+            "{elapsed:>4}s  {where_}  sent {:>6}/s  answered {:>6}/s  got {:>3}/s  over {:>5}/s  claims {:>3}/s  errors {}  p99 {:.2} ms  users {}",
+            live.sent,
+            live.answered,
+            live.got,
+            live.overload,
+            live.claims,
+            live.errors,
+            live.p99_us / 1e3,
+            live.logged_in,
+        )
+    } else if live.done > 0 {
+        format!("{elapsed:>4}s  finishing")
+    } else {
+        format!(
+            "{elapsed:>4}s  phase 1/{phases_total} connect  logged in {:>6}/{}",
+            live.logged_in, plan.users
+        )
+    }
+}
+
+/// How each child ended, as stopping them found it.
+struct Ends {
+    flooders: Vec<ExitStatus>,
+    monitor: Option<ExitStatus>,
+    server: ExitStatus,
 }
 
 /// Stops the children in order, audits, writes and prints the summary.
@@ -605,42 +727,80 @@ fn finish(
     ended: Ended,
 ) -> anyhow::Result<u8> {
     let out = run.out.clone();
-    // Flooders first (after a finished run they have exited: this only
-    // reads how), so that the report covers everything they sent.
-    let flooder_ends: Vec<ExitStatus> = run
-        .flooders
-        .iter_mut()
-        .map(|f| f.stop(STOP_GRACE))
-        .collect();
-    // The flooders keep their control up 1.5 s after their run so the
-    // monitor collects their last seconds; give it those and one tick.
-    if matches!(ended, Ended::Done) {
-        std::thread::sleep(Duration::from_millis(2_500));
-    }
-    println!("stopping: monitor (writing the report), then server");
-    let monitor_end = run
-        .monitor
-        .as_mut()
-        .map(|m| m.stop(Duration::from_secs(120)));
-    let server_status = run.server.stop(STOP_GRACE);
+    let ends = stop_children(&mut run, &ended);
     let mut failure = match &ended {
         Ended::Done => None,
         Ended::Interrupted => Some("interrupted".to_owned()),
         Ended::Failed(why) => Some(why.clone()),
     };
-    if failure.is_none() && !server_status.success() {
+    if failure.is_none() && !ends.server.success() {
         failure = Some(format!(
             "the server {} at shutdown; its log ends:\n{}",
-            describe(server_status),
-            run.server.log_tail(8)
+            describe(ends.server),
+            run.server.log_tail(LOG_TAIL_LINES)
         ));
     }
+    let audit = audit_ledger(&out, plan);
+    let (connect, phases, money) = read_results(plan, &run).unwrap_or_default();
+    let completed = failure.is_none();
+    let summary = Summary {
+        schema: summary::SCHEMA_VERSION,
+        started_unix: started,
+        completed,
+        failure: failure.clone(),
+        machine: machine.clone(),
+        plan: plan.clone(),
+        connect,
+        phases,
+        money,
+        audit,
+        children: child_summaries(&run, ends),
+        files: files_written(&out, plan),
+    };
+    let summary_path = out.join("summary.json");
+    std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary)?)
+        .with_context(|| format!("writing {}", summary_path.display()))?;
+    print_end(&out, &summary, &summary_path);
+    if let Some(why) = &failure {
+        eprintln!("hongbao demo: the run did not complete: {why}");
+    }
+    Ok(match (&ended, summary.audit.ok && completed) {
+        (Ended::Interrupted, _) => 130,
+        (_, true) => 0,
+        _ => 1,
+    })
+}
 
+/// Stops the flooders, then the monitor (which writes the report), then
+/// the server.
+fn stop_children(run: &mut Run, ended: &Ended) -> Ends {
+    // Flooders first (after a finished run they have exited: this only
+    // reads how), so that the report covers everything they sent.
+    let flooders: Vec<ExitStatus> = run
+        .flooders
+        .iter_mut()
+        .map(|f| f.stop(STOP_GRACE))
+        .collect();
+    if matches!(ended, Ended::Done) {
+        std::thread::sleep(FLOODER_LINGER);
+    }
+    println!("stopping: monitor (writing the report), then server");
+    let monitor = run.monitor.as_mut().map(|m| m.stop(MONITOR_STOP_GRACE));
+    let server = run.server.stop(STOP_GRACE);
+    Ends {
+        flooders,
+        monitor,
+        server,
+    }
+}
+
+/// Audits the ledger against the flooders' acknowledgements.
+fn audit_ledger(out: &Path, plan: &Plan) -> AuditOutcome {
     let acks: Vec<PathBuf> = (0..plan.flooders.len())
         .map(|i| out.join(format!("acks-{i}.log")))
         .filter(|p| p.exists())
         .collect();
-    let audit = match audit(&AuditArgs {
+    match audit(&AuditArgs {
         data_dir: out.join("data"),
         ack_log: acks,
         json: false,
@@ -655,46 +815,60 @@ fn finish(
             error: Some(format!("{e:#}")),
             report: None,
         },
-    };
+    }
+}
 
+/// The connect phase, the shaking phases and the money from the files the
+/// children wrote; None (said on stderr) when they cannot be read, or when
+/// a flooder wrote no report.
+fn read_results(
+    plan: &Plan,
+    run: &Run,
+) -> Option<(ConnectSummary, Vec<PhaseSummary>, MoneySummary)> {
+    let out = &run.out;
     let flooder_json: Vec<PathBuf> = (0..plan.flooders.len())
         .map(|i| out.join(format!("flood-{i}.json")))
         .collect();
     let flooder_hlogs: Vec<PathBuf> = (0..plan.flooders.len())
         .map(|i| out.join(format!("flood-{i}.hlog")))
         .collect();
-    let measured = if flooder_json.iter().all(|p| p.exists()) {
-        summary::measure(
-            plan,
-            &Inputs {
-                flooder_json: &flooder_json,
-                flooder_hlogs: &flooder_hlogs,
-                server_stats: &out.join("server-seconds.jsonl"),
-                server_hlog: &out.join("server.hlog"),
-                cpu: &run.cpu,
-                rss: (run.rss_before, run.rss_after),
-            },
-        )
-        .map_err(|e| eprintln!("hongbao demo: the results could not be read: {e:#}"))
-        .ok()
-    } else {
-        None
-    };
-    let (connect, phases, money) = measured.unwrap_or_default();
+    if !flooder_json.iter().all(|p| p.exists()) {
+        return None;
+    }
+    summary::measure(
+        plan,
+        &Inputs {
+            flooder_json: &flooder_json,
+            flooder_hlogs: &flooder_hlogs,
+            server_stats: &out.join("server-seconds.jsonl"),
+            server_hlog: &out.join("server.hlog"),
+            cpu: &run.cpu,
+            rss: (run.rss_before, run.rss_after),
+        },
+    )
+    .map_err(|e| eprintln!("hongbao demo: the results could not be read: {e:#}"))
+    .ok()
+}
 
-    let mut ends: Vec<(&Child, ExitStatus)> = vec![(&run.server, server_status)];
-    ends.extend(run.flooders.iter().zip(flooder_ends));
-    ends.extend(run.monitor.iter().zip(monitor_end));
-    let child_summaries: Vec<ChildSummary> = ends
-        .into_iter()
+/// Each child's name, pid, end and log: the server, the flooders, the
+/// monitor.
+fn child_summaries(run: &Run, ends: Ends) -> Vec<ChildSummary> {
+    let mut all: Vec<(&Child, ExitStatus)> = vec![(&run.server, ends.server)];
+    all.extend(run.flooders.iter().zip(ends.flooders));
+    all.extend(run.monitor.iter().zip(ends.monitor));
+    all.into_iter()
         .map(|(c, status)| ChildSummary {
             name: c.name.clone(),
             pid: c.pid(),
             ended: describe(status),
             log: c.log.clone(),
         })
-        .collect();
-    let files: Vec<(String, String)> = [
+        .collect()
+}
+
+/// The run's files that exist, named, relative to the output directory.
+fn files_written(out: &Path, plan: &Plan) -> Vec<(String, String)> {
+    [
         ("report", "report.html"),
         ("summary", "summary.json"),
         ("series", "series.jsonl"),
@@ -721,29 +895,13 @@ fn finish(
         ]
     }))
     .filter(|(_, v)| out.join(v).exists())
-    .collect();
+    .collect()
+}
 
-    let completed = failure.is_none();
-    let summary = Summary {
-        schema: summary::SCHEMA_VERSION,
-        started_unix: started,
-        completed,
-        failure: failure.clone(),
-        machine: machine.clone(),
-        plan: plan.clone(),
-        connect,
-        phases,
-        money,
-        audit,
-        children: child_summaries,
-        files,
-    };
-    let summary_path = out.join("summary.json");
-    std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary)?)
-        .with_context(|| format!("writing {}", summary_path.display()))?;
-
+/// The summary table and where the report and the summary are.
+fn print_end(out: &Path, summary: &Summary, summary_path: &Path) {
     println!();
-    print!("{}", summary::table(&summary));
+    print!("{}", summary::table(summary));
     println!();
     let report = out.join("report.html");
     if report.exists() {
@@ -755,14 +913,6 @@ fn finish(
         );
     }
     println!("summary: {}", summary_path.display());
-    if let Some(why) = &failure {
-        eprintln!("hongbao demo: the run did not complete: {why}");
-    }
-    Ok(match (&ended, summary.audit.ok && completed) {
-        (Ended::Interrupted, _) => 130,
-        (_, true) => 0,
-        _ => 1,
-    })
 }
 
 #[cfg(test)]

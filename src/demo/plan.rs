@@ -209,26 +209,62 @@ pub fn parse_phases(text: &str, duration: u64) -> anyhow::Result<Vec<PhaseSpec>>
     Ok(phases)
 }
 
+/// Open files held back from `fs.file-max` for the rest of the host.
+const HOST_FILES_RESERVED: u64 = 10_000;
+/// Open files a user takes on the host: both ends of its connection, the
+/// server's and its flooder's.
+const HOST_FILES_PER_USER: u64 = 2;
+/// The default user count is rounded down to this: a margin below the
+/// limit, and a round number to read.
+const USERS_ROUNDING: u64 = 1_000;
+/// Connections per source address when the ephemeral range cannot be read
+/// (about half of Linux's default range).
+const CONNS_PER_ADDRESS_UNKNOWN: u64 = 10_000;
+/// The flooders' first source address: 127.0.0.1 is the server's.
+const FIRST_SOURCE_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
 /// Plans the run for `machine`. Refuses, naming the fix, what the machine
-/// cannot hold.
+/// cannot hold. Each resource is planned by its own step, which adds its
+/// line to the pre-flight checks.
 pub fn plan(machine: &Machine, wish: &Wish) -> anyhow::Result<Plan> {
     if wish.flooders == 0 {
         bail!("--flooders 0: the demo needs at least one flooder process");
     }
     let phases = parse_phases(&wish.phases, wish.duration)?;
     let mut checks = Vec::new();
+    let users = plan_users(machine, wish.users, &mut checks)?;
+    let cores = plan_cores(machine, wish.threads, &mut checks)?;
+    let flooders = plan_flooders(machine, users, wish.flooders, &cores, &mut checks);
+    check_accept_queue(machine, &flooders, &mut checks);
+    Ok(Plan {
+        users,
+        phases,
+        server_cores: cores.server,
+        server_threads: cores.server_threads,
+        flooder_cores: cores.flooders,
+        flooders,
+        checks,
+    })
+}
 
-    // Users: the server holds one descriptor per user, the flooders one per
-    // user they hold; every process has the same hard limit.
+/// Users: the server holds one descriptor per user, the flooders one per
+/// user they hold; every process has the same hard limit. Refuses more
+/// than fit; by default fills the limit, and says it is what bounds the
+/// run.
+fn plan_users(
+    machine: &Machine,
+    wished: Option<u32>,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<u32> {
     let fd_fit = machine.nofile_hard.saturating_sub(FDS_RESERVED);
-    let host_fit = machine
-        .file_max
-        .map_or(u64::MAX, |m| m.saturating_sub(10_000) / 2);
+    let host_fit = machine.file_max.map_or(u64::MAX, |m| {
+        m.saturating_sub(HOST_FILES_RESERVED) / HOST_FILES_PER_USER
+    });
     let fit = fd_fit.min(host_fit).min(u64::from(u32::MAX));
     let lift = "to lift it: `sudo sysctl/hongbao-tune.sh --apply` (fs.nr_open, fs.file-max and \
                 the nofile limits), then start a new login shell; or spread users over machines \
                 (README: several machines)";
-    let users = match wish.users {
+    let users = match wished {
         Some(0) => bail!("--users 0: the demo needs at least one user"),
         Some(u) if u64::from(u) > fit => bail!(
             "--users {u} needs {} open files in the server process, but this host allows {fit} \
@@ -240,13 +276,12 @@ pub fn plan(machine: &Machine, wish: &Wish) -> anyhow::Result<Plan> {
                 .map_or_else(|| "unreadable".to_owned(), |m| m.to_string()),
         ),
         Some(u) => u,
-        // A thousand's margin below the limit, and a round number to read.
-        None if fit >= 2_000 => (fit / 1_000 * 1_000) as u32,
+        None if fit >= 2 * USERS_ROUNDING => (fit / USERS_ROUNDING * USERS_ROUNDING) as u32,
         None => fit.max(1) as u32,
     };
     let fd_value = format!("hard {} per process", machine.nofile_hard);
-    if wish.users.is_none() {
-        checks.push(Check {
+    checks.push(if wished.is_none() {
+        Check {
             what: "open files",
             value: fd_value,
             verdict: Verdict::Limits,
@@ -254,15 +289,15 @@ pub fn plan(machine: &Machine, wish: &Wish) -> anyhow::Result<Plan> {
                 "{users} users: the server holds one descriptor per user and this limit leaves \
                  room for {fit}; {lift}"
             ),
-        });
+        }
     } else {
-        checks.push(Check {
+        Check {
             what: "open files",
             value: fd_value,
             verdict: Verdict::Ok,
             note: format!("room for {fit} connections per process; {users} asked"),
-        });
-    }
+        }
+    });
     if let Some(max) = machine.file_max {
         checks.push(Check {
             what: "fs.file-max",
@@ -274,15 +309,30 @@ pub fn plan(machine: &Machine, wish: &Wish) -> anyhow::Result<Plan> {
             },
             note: format!(
                 "the host's open files; the run needs about {} (both ends of every connection)",
-                2 * u64::from(users)
+                HOST_FILES_PER_USER * u64::from(users)
             ),
         });
     }
+    Ok(users)
+}
 
-    // Cores: the server on its own cores, the flooders on the rest, as the
-    // seed's server and clients were on separate machines.
+/// Which cores the server and the flooders get.
+struct Cores {
+    server_threads: usize,
+    server: Vec<usize>,
+    flooders: Vec<usize>,
+}
+
+/// Cores: the server on its own cores, the flooders on the rest, as the
+/// seed's server and clients were on separate machines; all share every
+/// core when the server's threads take them all.
+fn plan_cores(
+    machine: &Machine,
+    threads: Option<usize>,
+    checks: &mut Vec<Check>,
+) -> anyhow::Result<Cores> {
     let n = machine.cores.len();
-    let server_threads = wish.threads.unwrap_or((n / 2).max(1));
+    let server_threads = threads.unwrap_or((n / 2).max(1));
     if server_threads == 0 {
         bail!("--threads 0: the server needs at least one worker");
     }
@@ -311,20 +361,34 @@ pub fn plan(machine: &Machine, wish: &Wish) -> anyhow::Result<Plan> {
             )
         },
     });
+    Ok(Cores {
+        server_threads,
+        server: server_cores,
+        flooders: flooder_cores,
+    })
+}
 
-    // Flooders: contiguous user ranges, threads from the flooder cores.
-    let flooders_n = wish.flooders.min(users as usize);
-    let threads_each = (flooder_cores.len() / flooders_n).max(1);
+/// Flooders: contiguous user ranges, threads from the flooder cores, and
+/// source addresses of their own, each carrying at most half the ephemeral
+/// range.
+fn plan_flooders(
+    machine: &Machine,
+    users: u32,
+    wished: usize,
+    cores: &Cores,
+    checks: &mut Vec<Check>,
+) -> Vec<FlooderPlan> {
+    let flooders_n = wished.min(users as usize);
+    let threads_each = (cores.flooders.len() / flooders_n).max(1);
     let ports = machine
         .ephemeral_ports
         .map(|(low, high)| u64::from(high - low) + 1);
     // Past half the range, connect() scans for a free port and slows down
     // (see flood::warn_if_ports_scarce): each address carries at most that.
-    let per_address = ports.map_or(10_000, |p| (p / 2).max(1));
+    let per_address = ports.map_or(CONNS_PER_ADDRESS_UNKNOWN, |p| (p / 2).max(1));
     let mut flooders = Vec::with_capacity(flooders_n);
     let mut next_user = 0u32;
-    // 127.0.0.1 is the server's; source addresses start after it.
-    let mut next_addr = u32::from(Ipv4Addr::new(127, 0, 0, 2));
+    let mut next_addr = u32::from(FIRST_SOURCE_ADDRESS);
     for i in 0..flooders_n {
         let share = users / flooders_n as u32 + u32::from((i as u32) < users % flooders_n as u32);
         let addresses = u64::from(share).div_ceil(per_address).max(1) as u32;
@@ -340,7 +404,7 @@ pub fn plan(machine: &Machine, wish: &Wish) -> anyhow::Result<Plan> {
         });
         next_user += share;
     }
-    let addresses = next_addr - u32::from(Ipv4Addr::new(127, 0, 0, 2));
+    let addresses = next_addr - u32::from(FIRST_SOURCE_ADDRESS);
     checks.push(Check {
         what: "ephemeral ports",
         value: machine
@@ -356,50 +420,57 @@ pub fn plan(machine: &Machine, wish: &Wish) -> anyhow::Result<Plan> {
              connections each (half the range: past it connect() slows down)"
         ),
     });
-
-    // The accept queue must take every handshake the flooders have in flight.
-    let in_flight = HANDSHAKES_PER_FLOODER_THREAD * (threads_each * flooders_n) as u64;
-    if let Some(somaxconn) = machine.somaxconn {
-        checks.push(Check {
-            what: "net.core.somaxconn",
-            value: somaxconn.to_string(),
-            verdict: if somaxconn >= in_flight {
-                Verdict::Ok
-            } else {
-                Verdict::Warn
-            },
-            note: if somaxconn >= in_flight {
-                format!("the accept queue takes the {in_flight} handshakes the flooders keep in flight")
-            } else {
-                format!(
-                    "below the {in_flight} handshakes in flight: some connects time out and are retried \
-                     (counted), so the connect phase is slower; to lift it: \
-                     `sudo sysctl -w net.core.somaxconn=65535` (sysctl/hongbao-tune.sh --apply)"
-                )
-            },
-        });
-    }
-
-    Ok(Plan {
-        users,
-        phases,
-        server_cores,
-        server_threads,
-        flooder_cores,
-        flooders,
-        checks,
-    })
+    flooders
 }
+
+/// The accept queue must take every handshake the flooders have in flight.
+fn check_accept_queue(machine: &Machine, flooders: &[FlooderPlan], checks: &mut Vec<Check>) {
+    let threads: usize = flooders.iter().map(|f| f.threads).sum();
+    let in_flight = HANDSHAKES_PER_FLOODER_THREAD * threads as u64;
+    let Some(somaxconn) = machine.somaxconn else {
+        return;
+    };
+    checks.push(Check {
+        what: "net.core.somaxconn",
+        value: somaxconn.to_string(),
+        verdict: if somaxconn >= in_flight {
+            Verdict::Ok
+        } else {
+            Verdict::Warn
+        },
+        note: if somaxconn >= in_flight {
+            format!("the accept queue takes the {in_flight} handshakes the flooders keep in flight")
+        } else {
+            format!(
+                "below the {in_flight} handshakes in flight: some connects time out and are retried \
+                 (counted), so the connect phase is slower; to lift it: \
+                 `sudo sysctl -w net.core.somaxconn=65535` (sysctl/hongbao-tune.sh --apply)"
+            )
+        },
+    });
+}
+
+/// Where the scan for a free port starts when a preferred one is taken: a
+/// round number below Linux's default ephemeral range.
+const PORT_SCAN_FROM: u16 = 20_000;
+/// Ports the scan keeps below the ephemeral range, when that starts low.
+const PORT_SCAN_ROOM_MIN: u16 = 2_000;
+/// Ports below this need privileges to bind.
+const PORTS_PRIVILEGED_END: u16 = 1_024;
+/// Linux's default start of the ephemeral range, when it cannot be read.
+const EPHEMERAL_LOW_DEFAULT: u16 = 32_768;
 
 /// Local ports for the run: the preferred one when free, else the first
 /// free one scanning up from 20000. Every candidate is below the ephemeral
 /// range, so no client connection can be holding it by the time a child
 /// binds it.
 pub fn pick_ports(preferred: &[u16], ephemeral_low: Option<u16>) -> anyhow::Result<Vec<u16>> {
-    let ceiling = ephemeral_low.unwrap_or(32_768);
+    let ceiling = ephemeral_low.unwrap_or(EPHEMERAL_LOW_DEFAULT);
     let free = |port: u16| TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
     let mut chosen: Vec<u16> = Vec::with_capacity(preferred.len());
-    let mut scan = 20_000u16.min(ceiling.saturating_sub(2_000)).max(1_024);
+    let mut scan = PORT_SCAN_FROM
+        .min(ceiling.saturating_sub(PORT_SCAN_ROOM_MIN))
+        .max(PORTS_PRIVILEGED_END);
     for &want in preferred {
         if want != 0 && want < ceiling && !chosen.contains(&want) && free(want) {
             chosen.push(want);

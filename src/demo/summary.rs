@@ -274,8 +274,12 @@ fn read_hlog(path: &Path) -> Vec<hlog::Interval> {
         .unwrap_or_default()
 }
 
+/// Significant digits of a phase's histogram: those the children record
+/// with, so that adding their intervals loses nothing.
+const HISTOGRAM_DIGITS: u8 = 3;
+
 fn new_histogram() -> Histogram<u64> {
-    Histogram::new(3).expect("3 significant digits is valid")
+    Histogram::new(HISTOGRAM_DIGITS).expect("3 significant digits is valid")
 }
 
 /// Adds the intervals whose middle falls in `[from, to)` Unix seconds.
@@ -302,26 +306,75 @@ fn cpu_rate(samples: &[CpuSample], from: f64, to: f64) -> Option<f64> {
     (b.unix - a.unix >= 1.0).then(|| (b.cpu_us.saturating_sub(a.cpu_us)) as f64 / (b.unix - a.unix))
 }
 
+/// CPU-µs per second that make one percent of a core.
+const CPU_US_PER_SEC_PER_PCT: f64 = 1e4;
+
+/// The files the summary is built from, read.
+struct Files {
+    flooders: Vec<Flooder>,
+    /// Each flooder's interval log, in the flooders' order.
+    flooder_hlogs: Vec<Vec<hlog::Interval>>,
+    /// The server's closed seconds.
+    stats: Vec<SecondStats>,
+    server_hlog: Vec<hlog::Interval>,
+}
+
+impl Files {
+    /// Reads them; a flooder report that cannot be read is an error, a
+    /// missing log or stats file reads as empty.
+    fn read(inputs: &Inputs<'_>) -> anyhow::Result<Files> {
+        Ok(Files {
+            flooders: inputs
+                .flooder_json
+                .iter()
+                .map(|p| read_flooder(p))
+                .collect::<anyhow::Result<_>>()?,
+            flooder_hlogs: inputs.flooder_hlogs.iter().map(|p| read_hlog(p)).collect(),
+            stats: read_stats(inputs.server_stats),
+            server_hlog: read_hlog(inputs.server_hlog),
+        })
+    }
+}
+
 /// Builds the phases, the connect phase and the money from the files.
 pub fn measure(
     plan: &Plan,
     inputs: &Inputs<'_>,
 ) -> anyhow::Result<(ConnectSummary, Vec<PhaseSummary>, MoneySummary)> {
-    let flooders: Vec<Flooder> = inputs
-        .flooder_json
-        .iter()
-        .map(|p| read_flooder(p))
-        .collect::<anyhow::Result<_>>()?;
-    let flooder_hlogs: Vec<Vec<hlog::Interval>> =
-        inputs.flooder_hlogs.iter().map(|p| read_hlog(p)).collect();
-    let stats = read_stats(inputs.server_stats);
-    let server_hlog = read_hlog(inputs.server_hlog);
+    let files = Files::read(inputs)?;
+    let connect = connect_summary(plan, &files.flooders, inputs.rss);
+    let money = money_summary(&files.flooders);
+    let mut phases = Vec::with_capacity(plan.phases.len());
+    let first = files.flooders.first().context("no flooder report")?;
+    let mut unix_start = first.start_unix + first.plan.warmup_secs();
+    for (i, spec) in plan.phases.iter().enumerate() {
+        let step = i as u32 + 1;
+        let unix_end = unix_start + spec.secs;
+        phases.push(PhaseSummary {
+            qps: spec.qps,
+            secs: spec.secs,
+            unix_start,
+            client: client_phase(&files, step, spec.secs),
+            server: server_phase(&files, inputs.cpu, unix_start, unix_end),
+        });
+        unix_start = unix_end;
+    }
+    Ok((connect, phases, money))
+}
 
+/// The connect phase, all flooders summed; the server's memory per
+/// connection from its RSS before the first connect and after the last
+/// login.
+fn connect_summary(
+    plan: &Plan,
+    flooders: &[Flooder],
+    rss: (Option<u64>, Option<u64>),
+) -> ConnectSummary {
     let mut connect = ConnectSummary {
         users: u64::from(plan.users),
         ..ConnectSummary::default()
     };
-    for f in &flooders {
+    for f in flooders {
         connect.logged_in += u(&f.connect, "logged_in");
         connect.failures += u(&f.connect, "failures");
         connect.secs = connect.secs.max(f.connect["secs"].as_f64().unwrap_or(0.0));
@@ -329,15 +382,20 @@ pub fn measure(
     if connect.secs > 0.0 {
         connect.per_sec = connect.logged_in as f64 / connect.secs;
     }
-    if let (Some(before), Some(after)) = inputs.rss
+    if let (Some(before), Some(after)) = rss
         && connect.logged_in > 0
     {
         connect.server_rss_bytes_per_conn =
             Some(after.saturating_sub(before) as f64 / connect.logged_in as f64);
     }
+    connect
+}
 
+/// The money the flooders received, over every second they reported
+/// (before the start included).
+fn money_summary(flooders: &[Flooder]) -> MoneySummary {
     let mut money = MoneySummary::default();
-    for f in &flooders {
+    for f in flooders {
         for s in f.per_second.iter().chain(std::iter::once(&f.before_start)) {
             money.client_envelopes += u(s, "got");
             money.client_envelope_cents += u(s, "got_cents");
@@ -345,97 +403,101 @@ pub fn measure(
             money.client_claim_cents += u(s, "claim_cents");
         }
     }
+    money
+}
 
-    let mut phases = Vec::with_capacity(plan.phases.len());
-    let first = flooders.first().context("no flooder report")?;
-    let mut unix_start = first.start_unix + first.plan.warmup_secs();
-    for (i, spec) in plan.phases.iter().enumerate() {
-        let step = i as u32 + 1;
-        let unix_end = unix_start + spec.secs;
-        let secs = spec.secs as f64;
-        let mut client = ClientPhase::default();
-        let mut latency = new_histogram();
-        for (f, intervals) in flooders.iter().zip(&flooder_hlogs) {
-            // Each flooder's own seconds of this step, by its own clock.
-            let mut from = u64::MAX;
-            let mut to = 0;
-            for s in &f.per_second {
-                let second = u(s, "second");
-                if f.plan.at(second).map(|(st, _)| st) != Some(step) {
-                    continue;
-                }
-                let unix = u(s, "unix");
-                from = from.min(unix);
-                to = to.max(unix + 1);
-                client.sent_per_sec += u(s, "sent") as f64;
-                client.answered_per_sec += u(s, "answered") as f64;
-                client.got_per_sec += u(s, "got") as f64;
-                client.none_per_sec += u(s, "none") as f64;
-                client.overload_per_sec += u(s, "overload") as f64;
-                client.claims_per_sec += u(s, "claim_answers") as f64;
-                client.unsent += u(s, "unsent");
-                client.errors += u(s, "conn_errors")
-                    + u(s, "bad_frames")
-                    + u(s, "other_results")
-                    + u(s, "unexpected_frames");
+/// The flooders' side of phase `step` (from 1), `secs` long: every
+/// flooder's seconds of that step by its own clock, and the intervals of
+/// its log that fall in them.
+fn client_phase(files: &Files, step: u32, secs: u64) -> ClientPhase {
+    let mut client = ClientPhase::default();
+    let mut latency = new_histogram();
+    for (f, intervals) in files.flooders.iter().zip(&files.flooder_hlogs) {
+        let mut from = u64::MAX;
+        let mut to = 0;
+        for s in &f.per_second {
+            let second = u(s, "second");
+            if f.plan.at(second).map(|(st, _)| st) != Some(step) {
+                continue;
             }
-            if from < to {
-                add_intervals(&mut latency, intervals, from, to);
-            }
+            let unix = u(s, "unix");
+            from = from.min(unix);
+            to = to.max(unix + 1);
+            client.add_second(s);
         }
-        for rate in [
-            &mut client.sent_per_sec,
-            &mut client.answered_per_sec,
-            &mut client.got_per_sec,
-            &mut client.none_per_sec,
-            &mut client.overload_per_sec,
-            &mut client.claims_per_sec,
-        ] {
-            *rate /= secs;
+        if from < to {
+            add_intervals(&mut latency, intervals, from, to);
         }
-        client.latency = Percentiles::of(&latency);
-
-        let mut server = ServerPhase::default();
-        let mut shakes = 0u64;
-        for s in stats
-            .iter()
-            .filter(|s| (unix_start..unix_end).contains(&s.second))
-        {
-            server.seconds += 1;
-            shakes += s.server.shakes;
-            server.got_per_sec += s.server.got as f64;
-            server.overload_per_sec += s.server.overload as f64;
-            server.packets_created += s.generator.packets_created;
-            server.claims_paid += s.server.claims_paid;
-            server.bad_frames +=
-                s.server.bad_length + s.server.bad_cmd + s.server.bad_size + s.server.bad_session;
-            server.conns_open = s.conns_open;
-        }
-        if server.seconds > 0 {
-            let n = server.seconds as f64;
-            server.shakes_per_sec = shakes as f64 / n;
-            server.got_per_sec /= n;
-            server.overload_per_sec /= n;
-        }
-        let mut service = new_histogram();
-        add_intervals(&mut service, &server_hlog, unix_start, unix_end);
-        server.service = Percentiles::of(&service);
-        if let Some(rate) = cpu_rate(inputs.cpu, unix_start as f64, unix_end as f64) {
-            server.cpu_pct = Some(rate / 1e4);
-            if server.shakes_per_sec > 0.0 {
-                server.cpu_us_per_shake = Some(rate / server.shakes_per_sec);
-            }
-        }
-        phases.push(PhaseSummary {
-            qps: spec.qps,
-            secs: spec.secs,
-            unix_start,
-            client,
-            server,
-        });
-        unix_start = unix_end;
     }
-    Ok((connect, phases, money))
+    let secs = secs as f64;
+    for rate in [
+        &mut client.sent_per_sec,
+        &mut client.answered_per_sec,
+        &mut client.got_per_sec,
+        &mut client.none_per_sec,
+        &mut client.overload_per_sec,
+        &mut client.claims_per_sec,
+    ] {
+        *rate /= secs;
+    }
+    client.latency = Percentiles::of(&latency);
+    client
+}
+
+impl ClientPhase {
+    /// Adds one flooder second (its `per_second` entry); the rates are
+    /// totals until [`client_phase`] divides them.
+    fn add_second(&mut self, s: &Value) {
+        self.sent_per_sec += u(s, "sent") as f64;
+        self.answered_per_sec += u(s, "answered") as f64;
+        self.got_per_sec += u(s, "got") as f64;
+        self.none_per_sec += u(s, "none") as f64;
+        self.overload_per_sec += u(s, "overload") as f64;
+        self.claims_per_sec += u(s, "claim_answers") as f64;
+        self.unsent += u(s, "unsent");
+        self.errors += u(s, "conn_errors")
+            + u(s, "bad_frames")
+            + u(s, "other_results")
+            + u(s, "unexpected_frames");
+    }
+}
+
+/// The server's side of the phase over Unix seconds `[unix_start,
+/// unix_end)`: its stats, its service-time log and its CPU samples there.
+fn server_phase(files: &Files, cpu: &[CpuSample], unix_start: u64, unix_end: u64) -> ServerPhase {
+    let mut server = ServerPhase::default();
+    let mut shakes = 0u64;
+    for s in files
+        .stats
+        .iter()
+        .filter(|s| (unix_start..unix_end).contains(&s.second))
+    {
+        server.seconds += 1;
+        shakes += s.server.shakes;
+        server.got_per_sec += s.server.got as f64;
+        server.overload_per_sec += s.server.overload as f64;
+        server.packets_created += s.generator.packets_created;
+        server.claims_paid += s.server.claims_paid;
+        server.bad_frames +=
+            s.server.bad_length + s.server.bad_cmd + s.server.bad_size + s.server.bad_session;
+        server.conns_open = s.conns_open;
+    }
+    if server.seconds > 0 {
+        let n = server.seconds as f64;
+        server.shakes_per_sec = shakes as f64 / n;
+        server.got_per_sec /= n;
+        server.overload_per_sec /= n;
+    }
+    let mut service = new_histogram();
+    add_intervals(&mut service, &files.server_hlog, unix_start, unix_end);
+    server.service = Percentiles::of(&service);
+    if let Some(rate) = cpu_rate(cpu, unix_start as f64, unix_end as f64) {
+        server.cpu_pct = Some(rate / CPU_US_PER_SEC_PER_PCT);
+        if server.shakes_per_sec > 0.0 {
+            server.cpu_us_per_shake = Some(rate / server.shakes_per_sec);
+        }
+    }
+    server
 }
 
 /// The pre-flight table.
@@ -456,7 +518,8 @@ fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
 }
 
-/// The table printed at the end.
+/// The table printed at the end: the connect phase, a line per shaking
+/// phase, the money and the audit.
 pub fn table(s: &Summary) -> String {
     let mut out = String::new();
     let c = &s.connect;
@@ -470,6 +533,19 @@ pub fn table(s: &Summary) -> String {
         c.failures,
         opt(c.server_rss_bytes_per_conn, 0),
     );
+    write_phases(&mut out, &s.phases);
+    let m = &s.money;
+    let _ = writeln!(
+        out,
+        "\nmoney     clients got {} envelopes ({} cents) and {} claim answers ({} cents)",
+        m.client_envelopes, m.client_envelope_cents, m.client_claim_answers, m.client_claim_cents
+    );
+    write_audit(&mut out, &s.audit);
+    out
+}
+
+/// The phases' table: its header and a line per shaking phase.
+fn write_phases(out: &mut String, phases: &[PhaseSummary]) {
     let _ = writeln!(
         out,
         "\n{:<16} {:>9} {:>9} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>10} {:>10} {:>10} {:>6}",
@@ -487,7 +563,7 @@ pub fn table(s: &Summary) -> String {
         "cpu µs/sh",
         "cpu %",
     );
-    for p in &s.phases {
+    for p in phases {
         let _ = writeln!(
             out,
             "{:<16} {:>9.0} {:>9.0} {:>8.1} {:>8.0} {:>7} {:>8.3} {:>8.3} {:>9.3} {:>10.1} {:>10.0} {:>10} {:>6}",
@@ -506,13 +582,11 @@ pub fn table(s: &Summary) -> String {
             opt(p.server.cpu_pct, 0),
         );
     }
-    let m = &s.money;
-    let _ = writeln!(
-        out,
-        "\nmoney     clients got {} envelopes ({} cents) and {} claim answers ({} cents)",
-        m.client_envelopes, m.client_envelope_cents, m.client_claim_answers, m.client_claim_cents
-    );
-    match (&s.audit.report, &s.audit.error) {
+}
+
+/// The ledger's totals and the audit's verdict.
+fn write_audit(out: &mut String, audit: &AuditOutcome) {
+    match (&audit.report, &audit.error) {
         (Some(r), None) => {
             let t = &r.totals;
             let _ = writeln!(
@@ -539,7 +613,6 @@ pub fn table(s: &Summary) -> String {
         }
         (None, None) => {}
     }
-    out
 }
 
 #[cfg(test)]

@@ -236,56 +236,90 @@ impl Collector {
         rows
     }
 
+    /// Closes second `t`: each source's bucket into the row, then the
+    /// kinds' latencies from their histograms added up.
     fn close(&mut self, t: u64) -> Row {
         let mut row = Row {
             second: t,
             net: self.net.remove(&t),
             ..Row::default()
         };
-        let mut deserializer = Deserializer::new();
-        let mut servers_latency = Merge::default();
-        let mut clients_latency = Merge::default();
+        let mut latency = CloseLatency::new();
         for s in &mut self.sources {
-            // Anything older than t is late by now; t itself is taken.
-            let mut later = s.buckets.split_off(&t);
-            let bucket = later.remove(&t);
-            s.buckets = later;
-            let addr = s.addr.clone();
-            match (bucket, s.kind) {
-                (Some(Bucket::Server(mut b)), _) => {
-                    s.reported += 1;
-                    // Taken out first, so that no row carries one.
-                    let h = b.service_ns_histogram.take();
-                    servers_latency.add(&mut deserializer, h.as_deref());
-                    add_to(&mut row.servers, &b, add_server);
-                }
-                (Some(Bucket::Client(mut b)), _) => {
-                    s.reported += 1;
-                    let h = b.latency_ns_histogram.take();
-                    clients_latency.add(&mut deserializer, h.as_deref());
-                    add_to(&mut row.clients, &b, add_client);
-                }
-                (None, None) => {
-                    s.missed += 1;
-                    row.unreached.push(addr);
-                }
-                (None, Some(kind)) => {
-                    let group = match kind {
-                        Kind::Server => (&mut row.servers.idle, &mut row.servers.missing),
-                        Kind::Flooder => (&mut row.clients.idle, &mut row.clients.missing),
-                    };
-                    if s.up {
-                        group.0.push(addr);
-                    } else {
-                        s.missed += 1;
-                        group.1.push(addr);
-                    }
+            s.close_into(t, &mut row, &mut latency);
+        }
+        latency.set_percentiles(&mut row);
+        row
+    }
+}
+
+impl SourceState {
+    /// Puts this source's bucket of second `t` into `row` (its histogram
+    /// into `latency`), or names the source idle, missing or unreached for
+    /// `t`; its buckets older than `t` are dropped as late.
+    fn close_into(&mut self, t: u64, row: &mut Row, latency: &mut CloseLatency) {
+        // Anything older than t is late by now; t itself is taken.
+        let mut later = self.buckets.split_off(&t);
+        let bucket = later.remove(&t);
+        self.buckets = later;
+        let addr = self.addr.clone();
+        match (bucket, self.kind) {
+            (Some(Bucket::Server(mut b)), _) => {
+                self.reported += 1;
+                // Taken out first, so that no row carries one.
+                let h = b.service_ns_histogram.take();
+                latency.servers.add(&mut latency.deserializer, h.as_deref());
+                add_to(&mut row.servers, &b, add_server);
+            }
+            (Some(Bucket::Client(mut b)), _) => {
+                self.reported += 1;
+                let h = b.latency_ns_histogram.take();
+                latency.clients.add(&mut latency.deserializer, h.as_deref());
+                add_to(&mut row.clients, &b, add_client);
+            }
+            (None, None) => {
+                self.missed += 1;
+                row.unreached.push(addr);
+            }
+            (None, Some(kind)) => {
+                let group = match kind {
+                    Kind::Server => (&mut row.servers.idle, &mut row.servers.missing),
+                    Kind::Flooder => (&mut row.clients.idle, &mut row.clients.missing),
+                };
+                if self.up {
+                    group.0.push(addr);
+                } else {
+                    self.missed += 1;
+                    group.1.push(addr);
                 }
             }
         }
+    }
+}
+
+/// Both kinds' latency histograms of the second being closed, and the one
+/// decoder they share.
+struct CloseLatency {
+    deserializer: Deserializer,
+    servers: Merge,
+    clients: Merge,
+}
+
+impl CloseLatency {
+    fn new() -> CloseLatency {
+        CloseLatency {
+            deserializer: Deserializer::new(),
+            servers: Merge::default(),
+            clients: Merge::default(),
+        }
+    }
+
+    /// Sets each kind's percentiles in `row` from its histograms added up,
+    /// or marks them the worst source's bound when one was lacking.
+    fn set_percentiles(&self, row: &mut Row) {
         let reporting = row.servers.reporting;
         if let Some(sum) = row.servers.sum.as_mut() {
-            row.servers.latency_across = Some(match servers_latency.merged() {
+            row.servers.latency_across = Some(match self.servers.merged() {
                 Some(h) => {
                     sum.set_service_percentiles(h);
                     LatencyAcross::Exact
@@ -295,7 +329,7 @@ impl Collector {
         }
         let reporting = row.clients.reporting;
         if let Some(sum) = row.clients.sum.as_mut() {
-            row.clients.latency_across = Some(match clients_latency.merged() {
+            row.clients.latency_across = Some(match self.clients.merged() {
                 Some(h) => {
                     // As a flooder summarises its own second.
                     sum.latency_us = Percentiles::of(h);
@@ -304,7 +338,6 @@ impl Collector {
                 None => LatencyAcross::bound_of(reporting),
             });
         }
-        row
     }
 }
 

@@ -7,8 +7,9 @@
 //! `/register?source=ADDR` (a source adding itself, as `flood --monitor`
 //! does).
 //! Must not: keep state of its own beyond the [`Board`], which the
-//! monitor's loop (`run`) writes once a second and the routes only read. The page's script only fetches and swaps in what the
-//! routes answer, so the dashboard and the report draw the same charts.
+//! monitor's loop (`run`) writes once a second and the routes only read.
+//! The page's script only fetches and swaps in what the routes answer, so
+//! the dashboard and the report draw the same charts.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -53,47 +54,9 @@ pub fn start(addr: SocketAddr, board: Arc<Mutex<Board>>) -> std::io::Result<http
 pub fn route(req: &Request, board: &Mutex<Board>) -> Response {
     match req.path() {
         "/" => Response::text("text/html; charset=utf-8", page()),
-        "/chart" => {
-            let Some(name) = req.param("name") else {
-                return Response::error(400, "missing name: /chart?name=qps");
-            };
-            let Some(c) = chart::charts().into_iter().find(|c| c.name == name) else {
-                return Response::error(404, format!("no chart {name:?}"));
-            };
-            let rows = {
-                let b = Board::lock(board);
-                let from = b.rows.len().saturating_sub(WINDOW_SECS);
-                b.rows[from..].to_vec()
-            };
-            match chart::svg(&c, &rows) {
-                Ok(svg) => Response::text("image/svg+xml", svg),
-                Err(e) => Response::error(500, e.to_string()),
-            }
-        }
-        "/series" => {
-            let since = match req.param("since").map(str::parse::<u64>) {
-                None => 0,
-                Some(Ok(t)) => t,
-                Some(Err(_)) => {
-                    return Response::error(400, "since must be a Unix second: /series?since=T");
-                }
-            };
-            let b = Board::lock(board);
-            let rows: Vec<_> = b.rows.iter().filter(|r| r.second > since).collect();
-            Response::ok(json!({ "rows": rows }))
-        }
-        "/register" => {
-            let Some(source) = req.param("source") else {
-                return Response::error(400, "missing source: /register?source=HOST:PORT");
-            };
-            let resolves = std::net::ToSocketAddrs::to_socket_addrs(source)
-                .is_ok_and(|mut a| a.next().is_some());
-            if !resolves {
-                return Response::error(400, format!("{source:?} is not a HOST:PORT"));
-            }
-            Board::lock(board).registered.push(source.to_owned());
-            Response::ok(json!({ "ok": true, "source": source }))
-        }
+        "/chart" => chart_route(req, board),
+        "/series" => series_route(req, board),
+        "/register" => register_route(req, board),
         "/sources" => {
             let b = Board::lock(board);
             Response::ok(json!({
@@ -113,6 +76,55 @@ pub fn route(req: &Request, board: &Mutex<Board>) -> Response {
             ],
         ),
     }
+}
+
+/// `/chart?name=N`: one chart of the last [`WINDOW_SECS`] rows, as SVG.
+fn chart_route(req: &Request, board: &Mutex<Board>) -> Response {
+    let Some(name) = req.param("name") else {
+        return Response::error(400, "missing name: /chart?name=qps");
+    };
+    let Some(c) = chart::charts().into_iter().find(|c| c.name == name) else {
+        return Response::error(404, format!("no chart {name:?}"));
+    };
+    // Copied out, so that drawing does not hold the lock the loop needs.
+    let rows = {
+        let b = Board::lock(board);
+        let from = b.rows.len().saturating_sub(WINDOW_SECS);
+        b.rows[from..].to_vec()
+    };
+    match chart::svg(&c, &rows) {
+        Ok(svg) => Response::text("image/svg+xml", svg),
+        Err(e) => Response::error(500, e.to_string()),
+    }
+}
+
+/// `/series?since=T`: the rows after Unix second T (all without it).
+fn series_route(req: &Request, board: &Mutex<Board>) -> Response {
+    let since = match req.param("since").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(t)) => t,
+        Some(Err(_)) => {
+            return Response::error(400, "since must be a Unix second: /series?since=T");
+        }
+    };
+    let b = Board::lock(board);
+    let rows: Vec<_> = b.rows.iter().filter(|r| r.second > since).collect();
+    Response::ok(json!({ "rows": rows }))
+}
+
+/// `/register?source=ADDR`: a source adding itself, collected from the
+/// next tick.
+fn register_route(req: &Request, board: &Mutex<Board>) -> Response {
+    let Some(source) = req.param("source") else {
+        return Response::error(400, "missing source: /register?source=HOST:PORT");
+    };
+    let resolves =
+        std::net::ToSocketAddrs::to_socket_addrs(source).is_ok_and(|mut a| a.next().is_some());
+    if !resolves {
+        return Response::error(400, format!("{source:?} is not a HOST:PORT"));
+    }
+    Board::lock(board).registered.push(source.to_owned());
+    Response::ok(json!({ "ok": true, "source": source }))
 }
 
 /// The page: a status line, a sources table and one box per chart, all

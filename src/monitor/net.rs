@@ -21,27 +21,37 @@ pub struct IfaceCounters {
     pub tx_packets: u64,
 }
 
+/// Header lines at the top of `/proc/net/dev`, before the interfaces.
+const PROC_NET_DEV_HEADER_LINES: usize = 2;
+/// Columns of an interface's line in `/proc/net/dev`, after its name:
+/// receive bytes packets errs drop fifo frame compressed multicast, then
+/// transmit bytes packets ...
+const RX_BYTES: usize = 0;
+const RX_PACKETS: usize = 1;
+const TX_BYTES: usize = 8;
+const TX_PACKETS: usize = 9;
+
 /// Finds `iface` in the text of `/proc/net/dev`.
 pub fn parse_proc_net_dev(text: &str, iface: &str) -> Option<IfaceCounters> {
-    text.lines().skip(2).find_map(|line| {
-        let (name, rest) = line.split_once(':')?;
-        if name.trim() != iface {
-            return None;
-        }
-        let f: Vec<u64> = rest
-            .split_ascii_whitespace()
-            .map(str::parse)
-            .collect::<Result<_, _>>()
-            .ok()?;
-        // Receive: bytes packets errs drop fifo frame compressed multicast;
-        // then transmit: bytes packets ...
-        (f.len() >= 10).then(|| IfaceCounters {
-            rx_bytes: f[0],
-            rx_packets: f[1],
-            tx_bytes: f[8],
-            tx_packets: f[9],
+    text.lines()
+        .skip(PROC_NET_DEV_HEADER_LINES)
+        .find_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            if name.trim() != iface {
+                return None;
+            }
+            let f: Vec<u64> = rest
+                .split_ascii_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .ok()?;
+            (f.len() > TX_PACKETS).then(|| IfaceCounters {
+                rx_bytes: f[RX_BYTES],
+                rx_packets: f[RX_PACKETS],
+                tx_bytes: f[TX_BYTES],
+                tx_packets: f[TX_PACKETS],
+            })
         })
-    })
 }
 
 /// Reads `iface`'s counters now.

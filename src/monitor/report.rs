@@ -17,8 +17,12 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 
 use super::chart::{self, Chart};
-use super::collect::SourceState;
+use super::collect::{Kind, SourceState};
 use super::series::{LatencyAcross, Row};
+
+/// Significant digits of a whole-run histogram: those the sources record
+/// with, so that adding their intervals loses nothing.
+const HISTOGRAM_DIGITS: u8 = 3;
 
 /// An interval log read whole: its label and every interval merged.
 pub struct Hlog {
@@ -39,7 +43,8 @@ impl Hlog {
             .split_once('=')
             .with_context(|| format!("--hlog {spec:?}: expected LABEL=FILE"))?;
         let text = std::fs::read(path).with_context(|| format!("reading --hlog {label}={path}"))?;
-        let mut histogram = Histogram::<u64>::new(3).context("a histogram of 3 digits")?;
+        let mut histogram =
+            Histogram::<u64>::new(HISTOGRAM_DIGITS).context("a histogram of 3 digits")?;
         let intervals = crate::hlog::read_intervals(&text)
             .map_err(|e| anyhow::anyhow!("--hlog {path}: {e}"))?;
         for i in &intervals {
@@ -115,11 +120,34 @@ fn figures(c: &Chart, line: usize, rows: &[Row]) -> Option<Figures> {
     })
 }
 
-/// The report page.
+/// Nanoseconds in a microsecond: histograms hold nanoseconds, the report
+/// shows microseconds.
+const NS_PER_US: f64 = 1e3;
+/// The whole-run percentiles the interval-log table shows, as quantiles.
+const HLOG_QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 0.9999];
+
+/// The report page: one section after another, each written by its own
+/// function below, in the order a reader needs them (what the figures
+/// lack before the figures).
 pub fn html(input: &Input) -> anyhow::Result<String> {
     let rows = input.rows;
+    let charts = chart::charts();
     let mut h = String::new();
-    let span = match (rows.first(), rows.last()) {
+    write_head(&mut h, rows);
+    write_completeness(&mut h, rows);
+    write_summary(&mut h, &charts, rows);
+    write_latency(&mut h, &charts, rows);
+    write_hlogs(&mut h, input.hlogs)?;
+    write_charts(&mut h, &charts, rows)?;
+    write_sources(&mut h, input.sources);
+    write_settings(&mut h, &input.command, input.statuses);
+    write_machine(&mut h);
+    Ok(h)
+}
+
+/// The run's span in words.
+fn span(rows: &[Row]) -> String {
+    match (rows.first(), rows.last()) {
         (Some(a), Some(b)) => format!(
             "{} to {} UTC (Unix {}–{}), {} seconds",
             chart::clock(a.second),
@@ -129,7 +157,12 @@ pub fn html(input: &Input) -> anyhow::Result<String> {
             rows.len()
         ),
         _ => "no second was collected".into(),
-    };
+    }
+}
+
+/// The page's head, style, title, span and how to read it.
+fn write_head(h: &mut String, rows: &[Row]) {
+    let span = span(rows);
     let _ = write!(
         h,
         r#"<!doctype html>
@@ -152,8 +185,10 @@ source's histogram of that second added up (exact); where a source sent no histo
 (an older version) they are the worst source's, an upper bound, counted below.</p>
 "#
     );
+}
 
-    // Missing seconds first: a reader must know what the figures lack.
+/// Missing seconds first: a reader must know what the figures lack.
+fn write_completeness(h: &mut String, rows: &[Row]) {
     let missing_servers = rows
         .iter()
         .filter(|r| !r.servers.missing.is_empty())
@@ -182,8 +217,10 @@ source's histogram of that second added up (exact); where a source sent no histo
         warn(unreached),
         warn(latency_bound),
     );
+}
 
-    let charts = chart::charts();
+/// Totals, mean, peak and last of every line of the linear charts.
+fn write_summary(h: &mut String, charts: &[Chart], rows: &[Row]) {
     h.push_str("<h2>Summary</h2><table><tr><th>chart</th><th>line</th><th>seconds with data</th><th>total</th><th>mean / s</th><th>peak / s</th><th>last</th></tr>");
     for c in charts.iter().filter(|c| !c.log_y) {
         for (i, line) in c.lines.iter().enumerate() {
@@ -210,7 +247,10 @@ source's histogram of that second added up (exact); where a source sent no histo
         }
     }
     h.push_str("</table>");
+}
 
+/// The median and worst second of every line of the latency charts.
+fn write_latency(h: &mut String, charts: &[Chart], rows: &[Row]) {
     h.push_str("<h2>Latency per second</h2><table><tr><th>line</th><th>seconds</th><th>median second (µs)</th><th>worst second (µs)</th></tr>");
     for c in charts.iter().filter(|c| c.log_y) {
         for (i, line) in c.lines.iter().enumerate() {
@@ -236,41 +276,54 @@ source's histogram of that second added up (exact); where a source sent no histo
         }
     }
     h.push_str("</table>");
+}
 
-    if !input.hlogs.is_empty() {
-        h.push_str("<h2>Latency over the whole run (interval logs)</h2><table><tr><th>log</th><th>intervals</th><th>samples</th><th>p50 µs</th><th>p90 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>p99.99 µs</th><th>max µs</th></tr>");
-        for l in input.hlogs {
-            let q = |p: f64| num(l.histogram.value_at_quantile(p) as f64 / 1e3);
-            let _ = write!(
-                h,
-                "<tr><td>{} <small>{}</small></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&l.label),
-                esc(&l.path.display().to_string()),
-                l.intervals,
-                l.histogram.len(),
-                q(0.5),
-                q(0.9),
-                q(0.99),
-                q(0.999),
-                q(0.9999),
-                num(l.histogram.max() as f64 / 1e3)
-            );
-        }
-        h.push_str("</table>");
-        let hists: Vec<(String, &Histogram<u64>)> = input
-            .hlogs
-            .iter()
-            .map(|l| (l.label.clone(), &l.histogram))
-            .collect();
+/// The interval logs' whole-run percentiles and their distribution chart;
+/// nothing without `--hlog`.
+fn write_hlogs(h: &mut String, hlogs: &[Hlog]) -> anyhow::Result<()> {
+    if hlogs.is_empty() {
+        return Ok(());
+    }
+    h.push_str("<h2>Latency over the whole run (interval logs)</h2><table><tr><th>log</th><th>intervals</th><th>samples</th><th>p50 µs</th><th>p90 µs</th><th>p99 µs</th><th>p99.9 µs</th><th>p99.99 µs</th><th>max µs</th></tr>");
+    for l in hlogs {
         let _ = write!(
             h,
-            "<div class=chart>{}</div>",
-            chart::distribution_svg(&hists)?
+            "<tr><td>{} <small>{}</small></td><td>{}</td><td>{}</td>",
+            esc(&l.label),
+            esc(&l.path.display().to_string()),
+            l.intervals,
+            l.histogram.len(),
+        );
+        for q in HLOG_QUANTILES {
+            let _ = write!(
+                h,
+                "<td>{}</td>",
+                num(l.histogram.value_at_quantile(q) as f64 / NS_PER_US)
+            );
+        }
+        let _ = write!(
+            h,
+            "<td>{}</td></tr>",
+            num(l.histogram.max() as f64 / NS_PER_US)
         );
     }
+    h.push_str("</table>");
+    let hists: Vec<(String, &Histogram<u64>)> = hlogs
+        .iter()
+        .map(|l| (l.label.clone(), &l.histogram))
+        .collect();
+    let _ = write!(
+        h,
+        "<div class=chart>{}</div>",
+        chart::distribution_svg(&hists)?
+    );
+    Ok(())
+}
 
+/// Every chart, inline.
+fn write_charts(h: &mut String, charts: &[Chart], rows: &[Row]) -> anyhow::Result<()> {
     h.push_str("<h2>Charts</h2>");
-    for c in &charts {
+    for c in charts {
         let _ = write!(
             h,
             "<div class=chart id=\"chart-{}\">{}</div>",
@@ -278,39 +331,51 @@ source's histogram of that second added up (exact); where a source sent no histo
             chart::svg(c, rows)?
         );
     }
+    Ok(())
+}
 
+/// Each source's state at the end.
+fn write_sources(h: &mut String, sources: &[SourceState]) {
     h.push_str("<h2>Sources</h2>");
-    if input.sources.is_empty() {
+    if sources.is_empty() {
         h.push_str("<p>Replayed from a series file: the sources' state was not recorded.</p>");
-    } else {
-        h.push_str("<table><tr><th>source</th><th>kind</th><th>up at the end</th><th>seconds reported</th><th>seconds missing</th><th>late buckets</th><th>skew s</th><th>last error</th></tr>");
-        for s in input.sources {
-            let _ = write!(
-                h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{}>{}</td><td>{}</td><td>{}</td><td class=l>{}</td></tr>",
-                esc(&s.addr),
-                s.kind.map_or("unknown", |k| match k {
-                    super::collect::Kind::Server => "server",
-                    super::collect::Kind::Flooder => "flooder",
-                }),
-                if s.up { "yes" } else { "no" },
-                s.reported,
-                warn(s.missed as usize),
-                s.missed,
-                s.late,
-                s.skew_secs.map_or("–".into(), |k| k.to_string()),
-                esc(s.error.as_deref().unwrap_or(""))
-            );
-        }
-        h.push_str("</table>");
+        return;
     }
+    h.push_str("<table><tr><th>source</th><th>kind</th><th>up at the end</th><th>seconds reported</th><th>seconds missing</th><th>late buckets</th><th>skew s</th><th>last error</th></tr>");
+    for s in sources {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td{}>{}</td><td>{}</td><td>{}</td><td class=l>{}</td></tr>",
+            esc(&s.addr),
+            s.kind.map_or("unknown", |k| match k {
+                Kind::Server => "server",
+                Kind::Flooder => "flooder",
+            }),
+            if s.up { "yes" } else { "no" },
+            s.reported,
+            warn(s.missed as usize),
+            s.missed,
+            s.late,
+            s.skew_secs.map_or("–".into(), |k| k.to_string()),
+            esc(s.error.as_deref().unwrap_or(""))
+        );
+    }
+    h.push_str("</table>");
+}
+
+/// The monitor's command line and each source's own `/status` at the end.
+fn write_settings(
+    h: &mut String,
+    command: &[String],
+    statuses: &[(String, Option<serde_json::Value>)],
+) {
     h.push_str("<h2>Settings</h2>");
     let _ = write!(
         h,
         "<p>Monitor command line:</p><pre>{}</pre>",
-        esc(&input.command.join(" "))
+        esc(&command.join(" "))
     );
-    for (addr, status) in input.statuses {
+    for (addr, status) in statuses {
         let text = status.as_ref().map_or_else(
             || "(no answer to GET /status at the end)".into(),
             |v| serde_json::to_string_pretty(v).unwrap_or_default(),
@@ -322,6 +387,10 @@ source's histogram of that second added up (exact); where a source sent no histo
             esc(&text)
         );
     }
+}
+
+/// The monitor host's facts, and the page's end.
+fn write_machine(h: &mut String) {
     h.push_str("<h2>Machine (the monitor's host, when the report was written)</h2><table>");
     for (k, v) in machine() {
         let _ = write!(
@@ -332,7 +401,6 @@ source's histogram of that second added up (exact); where a source sent no histo
         );
     }
     h.push_str("</table></body></html>\n");
-    Ok(h)
 }
 
 fn warn(n: usize) -> &'static str {

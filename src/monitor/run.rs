@@ -10,7 +10,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -102,6 +102,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_millis(800);
 /// have closed the second just ended (a server's idle core closes its
 /// second within one 100 ms tick).
 const TICK_OFFSET: Duration = Duration::from_millis(150);
+/// How often the wait for the next tick looks at the stop flag: a stop is
+/// seen within this.
+const STOP_POLL: Duration = Duration::from_millis(100);
 
 /// Runs the monitor until `--duration` or until `stop` is set.
 pub fn run(args: &MonitorArgs, stop: &AtomicBool) -> anyhow::Result<()> {
@@ -121,10 +124,7 @@ pub fn run_with(
     dashboard_at: impl FnOnce(std::net::SocketAddr),
 ) -> anyhow::Result<()> {
     if let Some(path) = &args.replay {
-        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        let rows = series::read_jsonl(BufReader::new(file))
-            .with_context(|| format!("reading {}", path.display()))?;
-        return finish(args, &rows, &[], Vec::new());
+        return replay(args, path);
     }
     if args.sources.is_empty() && args.no_http {
         bail!(
@@ -132,23 +132,7 @@ pub fn run_with(
              sources that register themselves (flood --monitor), or --replay FILE"
         );
     }
-    let mut jsonl = match &args.jsonl {
-        Some(p) => Some(BufWriter::new(open_append(p, "--jsonl")?)),
-        None => None,
-    };
-    let (mut csv, columns) = match &args.csv {
-        Some(p) => {
-            let f = open_append(p, "--csv")?;
-            let empty = f.metadata().map(|m| m.len() == 0).unwrap_or(true);
-            let mut w = BufWriter::new(f);
-            if empty {
-                writeln!(w, "{}", series::csv_header())
-                    .with_context(|| format!("writing {}", p.display()))?;
-            }
-            (Some(w), series::csv_columns())
-        }
-        None => (None, Vec::new()),
-    };
+    let mut outputs = Outputs::open(args)?;
     let board = Arc::new(Mutex::new(Board::default()));
     let dashboard = if args.no_http {
         None
@@ -158,66 +142,193 @@ pub fn run_with(
         dashboard_at(d.addr());
         Some(d)
     };
-    let mut sources = args.sources.clone();
-    let mut iface = args
-        .iface
-        .clone()
-        .or_else(|| net::iface_towards(sources.first()?));
-    let mut collector = Collector::new(&sources, args.lag, args.history);
+    let mut collecting = Collecting::new(args);
     let started = unix_now();
     let end = args.duration.map(|d| started + Duration::from_secs(d));
-    let mut net_prev: Option<(u64, net::IfaceCounters)> = None;
-    let mut statuses = Vec::new();
-    loop {
-        // Sleep to the next tick, waking often enough to see a stop.
-        let now = unix_now();
-        let tick = Duration::from_secs(now.as_secs() + 1) + TICK_OFFSET;
-        let mut wait = tick.saturating_sub(now);
-        while !wait.is_zero() && !stop.load(Ordering::Relaxed) {
-            let step = wait.min(Duration::from_millis(100));
-            std::thread::sleep(step);
-            wait -= step;
-        }
+    let statuses = loop {
+        sleep_to_next_tick(stop);
         let stopping = stop.load(Ordering::Relaxed) || end.is_some_and(|e| unix_now() >= e);
         let second = unix_now().as_secs();
-        let registered = std::mem::take(&mut Board::lock(&board).registered);
+        collecting.add_registered(&board, args.quiet);
+        collecting.sample_net(second);
+        collecting.fetch_all(second, args.quiet);
+        let rows = collecting.collector.close_ready(second);
+        outputs.write(&rows, args.quiet)?;
+        {
+            let mut b = Board::lock(&board);
+            b.rows.extend(rows);
+            b.sources = collecting.collector.sources.clone();
+        }
+        if stopping {
+            break collecting.statuses();
+        }
+    };
+    if let Some(d) = dashboard {
+        d.stop();
+    }
+    let b = Board::lock(&board);
+    finish(args, &b.rows, &b.sources, statuses)
+}
+
+/// `--replay`: the report from a series file, no source fetched.
+fn replay(args: &MonitorArgs, path: &Path) -> anyhow::Result<()> {
+    let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let rows = series::read_jsonl(BufReader::new(file))
+        .with_context(|| format!("reading {}", path.display()))?;
+    finish(args, &rows, &[], Vec::new())
+}
+
+/// Sleeps to the next tick ([`TICK_OFFSET`] past the next whole second),
+/// waking every [`STOP_POLL`] to see a stop.
+fn sleep_to_next_tick(stop: &AtomicBool) {
+    let now = unix_now();
+    let tick = Duration::from_secs(now.as_secs() + 1) + TICK_OFFSET;
+    let mut wait = tick.saturating_sub(now);
+    while !wait.is_zero() && !stop.load(Ordering::Relaxed) {
+        let step = wait.min(STOP_POLL);
+        std::thread::sleep(step);
+        wait -= step;
+    }
+}
+
+/// Where closed seconds are written: `--jsonl`, `--csv` and the terminal.
+struct Outputs {
+    jsonl: Option<BufWriter<File>>,
+    csv: Option<BufWriter<File>>,
+    /// The CSV's columns, in the header's order.
+    columns: Vec<String>,
+}
+
+impl Outputs {
+    /// Opens the files to append to; a new or empty CSV gets its header.
+    fn open(args: &MonitorArgs) -> anyhow::Result<Outputs> {
+        let jsonl = match &args.jsonl {
+            Some(p) => Some(BufWriter::new(open_append(p, "--jsonl")?)),
+            None => None,
+        };
+        let (csv, columns) = match &args.csv {
+            Some(p) => {
+                let f = open_append(p, "--csv")?;
+                let empty = f.metadata().map(|m| m.len() == 0).unwrap_or(true);
+                let mut w = BufWriter::new(f);
+                if empty {
+                    writeln!(w, "{}", series::csv_header())
+                        .with_context(|| format!("writing {}", p.display()))?;
+                }
+                (Some(w), series::csv_columns())
+            }
+            None => (None, Vec::new()),
+        };
+        Ok(Outputs {
+            jsonl,
+            csv,
+            columns,
+        })
+    }
+
+    /// Writes the rows closed this tick, and flushes: each second is on
+    /// disk before the next tick.
+    fn write(&mut self, rows: &[Row], quiet: bool) -> anyhow::Result<()> {
+        for row in rows {
+            if let Some(w) = self.jsonl.as_mut() {
+                series::write_jsonl(w, row).context("writing --jsonl")?;
+            }
+            if let Some(w) = self.csv.as_mut() {
+                writeln!(w, "{}", series::csv_line(row, &self.columns)).context("writing --csv")?;
+            }
+            if !quiet {
+                println!("{}", line(row));
+            }
+        }
+        if let Some(w) = self.jsonl.as_mut() {
+            w.flush().context("writing --jsonl")?;
+        }
+        if let Some(w) = self.csv.as_mut() {
+            w.flush().context("writing --csv")?;
+        }
+        Ok(())
+    }
+}
+
+/// The sources and what is collected from them, from one tick to the next.
+struct Collecting {
+    collector: Collector,
+    /// Each source's address, in the collector's order.
+    sources: Vec<String>,
+    /// The interface whose counters are sampled, once one is known.
+    iface: Option<String>,
+    /// Its counters at the last tick, with that tick's second.
+    net_prev: Option<(u64, net::IfaceCounters)>,
+}
+
+impl Collecting {
+    fn new(args: &MonitorArgs) -> Collecting {
+        let sources = args.sources.clone();
+        let iface = args
+            .iface
+            .clone()
+            .or_else(|| net::iface_towards(sources.first()?));
+        Collecting {
+            collector: Collector::new(&sources, args.lag, args.history),
+            sources,
+            iface,
+            net_prev: None,
+        }
+    }
+
+    /// Adds the sources that registered on the dashboard since the last
+    /// tick.
+    fn add_registered(&mut self, board: &Mutex<Board>, quiet: bool) {
+        let registered = std::mem::take(&mut Board::lock(board).registered);
         for addr in registered {
-            if collector.add_source(&addr) {
-                if !args.quiet {
+            if self.collector.add_source(&addr) {
+                if !quiet {
                     eprintln!("hongbao monitor: source {addr} registered");
                 }
-                if iface.is_none() {
-                    iface = net::iface_towards(&addr);
+                if self.iface.is_none() {
+                    self.iface = net::iface_towards(&addr);
                 }
-                sources.push(addr);
+                self.sources.push(addr);
             }
         }
-        // The interface's counters over the second that just ended.
-        if let Some(name) = &iface
-            && let Some(now_counters) = net::read(name)
+    }
+
+    /// The interface's counters over the second that just ended, given to
+    /// the collector when the last sample was a second ago.
+    fn sample_net(&mut self, second: u64) {
+        let Some(name) = &self.iface else {
+            return;
+        };
+        let Some(now) = net::read(name) else {
+            return;
+        };
+        if let Some((at, prev)) = self.net_prev
+            && at + 1 == second
         {
-            if let Some((at, prev)) = net_prev
-                && at + 1 == second
-            {
-                collector.take_net(
-                    at,
-                    NetSecond {
-                        iface: name.clone(),
-                        rx_packets: now_counters.rx_packets.saturating_sub(prev.rx_packets),
-                        tx_packets: now_counters.tx_packets.saturating_sub(prev.tx_packets),
-                        rx_bytes: now_counters.rx_bytes.saturating_sub(prev.rx_bytes),
-                        tx_bytes: now_counters.tx_bytes.saturating_sub(prev.tx_bytes),
-                    },
-                );
-            }
-            net_prev = Some((second, now_counters));
+            self.collector.take_net(
+                at,
+                NetSecond {
+                    iface: name.clone(),
+                    rx_packets: now.rx_packets.saturating_sub(prev.rx_packets),
+                    tx_packets: now.tx_packets.saturating_sub(prev.tx_packets),
+                    rx_bytes: now.rx_bytes.saturating_sub(prev.rx_bytes),
+                    tx_bytes: now.tx_bytes.saturating_sub(prev.tx_bytes),
+                },
+            );
         }
+        self.net_prev = Some((second, now));
+    }
+
+    /// Fetches every source in parallel (only the seconds it has not served
+    /// yet) and hands the results to the collector, saying when a source
+    /// goes down or comes up.
+    fn fetch_all(&mut self, second: u64, quiet: bool) {
         let fetched: Vec<Result<_, String>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = sources
+            let handles: Vec<_> = self
+                .sources
                 .iter()
-                .zip(&collector.sources)
+                .zip(&self.collector.sources)
                 .map(|(a, s)| {
-                    // Only the seconds it has not served yet.
                     let since = s.latest;
                     scope.spawn(move || fetch_seconds(a, since, FETCH_TIMEOUT))
                 })
@@ -231,61 +342,37 @@ pub fn run_with(
                 .collect()
         });
         for (i, f) in fetched.into_iter().enumerate() {
-            let was_up = collector.sources[i].up;
-            collector.take(i, f, second);
-            let s = &collector.sources[i];
-            if !args.quiet && s.up != was_up {
+            let was_up = self.collector.sources[i].up;
+            self.collector.take(i, f, second);
+            let s = &self.collector.sources[i];
+            if !quiet && s.up != was_up {
                 match &s.error {
                     Some(e) => eprintln!("hongbao monitor: source {} is DOWN: {e}", s.addr),
                     None => eprintln!("hongbao monitor: source {} is up", s.addr),
                 }
             }
         }
-        let rows = collector.close_ready(second);
-        for row in &rows {
-            if let Some(w) = jsonl.as_mut() {
-                series::write_jsonl(w, row).context("writing --jsonl")?;
-            }
-            if let Some(w) = csv.as_mut() {
-                writeln!(w, "{}", series::csv_line(row, &columns)).context("writing --csv")?;
-            }
-            if !args.quiet {
-                println!("{}", line(row));
-            }
-        }
-        if let Some(w) = jsonl.as_mut() {
-            w.flush().context("writing --jsonl")?;
-        }
-        if let Some(w) = csv.as_mut() {
-            w.flush().context("writing --csv")?;
-        }
-        {
-            let mut b = Board::lock(&board);
-            b.rows.extend(rows);
-            b.sources = collector.sources.clone();
-        }
-        if stopping {
-            // The sources' own view of the run, for the report's settings.
-            for a in &sources {
+    }
+
+    /// The sources' own view of the run at its end (`GET /status`), for the
+    /// report's settings.
+    fn statuses(&self) -> Vec<(String, Option<serde_json::Value>)> {
+        self.sources
+            .iter()
+            .map(|a| {
                 let status =
                     crate::http::get(a, "/status", FETCH_TIMEOUT)
                         .ok()
                         .and_then(|(code, body)| {
                             (code == 200).then(|| serde_json::from_str(&body).ok())?
                         });
-                statuses.push((a.clone(), status));
-            }
-            break;
-        }
+                (a.clone(), status)
+            })
+            .collect()
     }
-    if let Some(d) = dashboard {
-        d.stop();
-    }
-    let b = Board::lock(&board);
-    finish(args, &b.rows, &b.sources, statuses)
 }
 
-fn open_append(path: &std::path::Path, option: &str) -> anyhow::Result<File> {
+fn open_append(path: &Path, option: &str) -> anyhow::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
