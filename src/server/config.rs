@@ -42,8 +42,8 @@ pub struct ServerConfig {
     /// (result 17), split evenly over workers. Set it below the measured
     /// saturation of the host (see docs/BENCHMARKS.md) so overload is cheap
     /// refusals, not queues; the default is above what 8 cores can reach.
-    #[arg(long, default_value_t = 2_000_000)]
-    pub max_qps: u64,
+    #[arg(long = "max-qps", value_name = "MAX_QPS", default_value_t = 2_000_000)]
+    pub shakes_per_sec_max: u64,
 
     /// Shake envelopes generated per second at start (the seed's 200).
     /// 0 starts with no batch; `GET /yaohongbao` starts one later.

@@ -9,7 +9,7 @@
 //! it is durable; `GET /stats` returns the last closed seconds; `GET
 //! /status` the totals and the running batches; `GET /seconds` (the
 //! monitor's) and `GET /metrics` (Prometheus text) are answered by
-//! [`crate::monitor::source`]. Answers are JSON
+//! [`super::published`]. Answers are JSON
 //! unless said otherwise. Must not: touch the cores' data; it talks to the
 //! generator through its command channel and reads the stats the aggregator
 //! publishes once a second. The HTTP itself (listener, thread, parsing, 400,
