@@ -153,6 +153,10 @@ impl Default for ServerConfig {
 
 /// The longest login timeout or shutdown grace accepted, in seconds.
 const TIMEOUT_SECS_MAX: f64 = 3600.0;
+/// The longest packet or envelope TTL accepted, in seconds: half the u32
+/// range, about 68 years. Deadlines are kept as u32 Unix seconds, and today
+/// plus this still fits in one.
+const TTL_SECS_MAX: u64 = u32::MAX as u64 / 2;
 
 /// A setting that cannot work, and why.
 #[derive(Debug, thiserror::Error)]
@@ -202,10 +206,10 @@ impl ServerConfig {
         if !(self.shutdown_grace >= 0.0 && self.shutdown_grace <= TIMEOUT_SECS_MAX) {
             return err("shutdown-grace", "must be 0 to 3600 seconds");
         }
-        if self.packet_ttl == 0 || self.packet_ttl > u64::from(u32::MAX / 2) {
+        if self.packet_ttl == 0 || self.packet_ttl > TTL_SECS_MAX {
             return err("packet-ttl", "must be 1 second to 68 years");
         }
-        if self.envelope_ttl == 0 || self.envelope_ttl > u64::from(u32::MAX / 2) {
+        if self.envelope_ttl == 0 || self.envelope_ttl > TTL_SECS_MAX {
             return err("envelope-ttl", "must be 1 second to 68 years");
         }
         if self.outbound_max < crate::wire::FRAME_LEN_MAX {
