@@ -1,5 +1,5 @@
-//! `server::start` as named steps, and [`Running`], the owner of whatever
-//! has started.
+//! `server::start` as named steps, each thread handed as it starts to
+//! [`Running`], the owner of whatever has started.
 //!
 //! Owns: the order of start-up. Every check and every resource that can fail
 //! for a reason the operator can fix (the settings, the open-file limit, the
@@ -60,7 +60,7 @@ const INJECTED: &str = "failure injected by a test";
 
 /// The steps of a start that start a thread, in the order they run.
 ///
-/// [`super::start_failing_at`] makes one of them fail as a failed spawn
+/// [`start_failing_at`] makes one of them fail as a failed spawn
 /// would, so that a test can show that a failed start stops every thread
 /// that started before the failure. Not for use outside tests.
 #[doc(hidden)]
