@@ -197,7 +197,7 @@ fn granted_envelopes_equal_generated_once_the_generator_drains() {
 fn shakes_over_the_per_second_ceiling_are_answered_overloaded() {
     const MAX: usize = 4;
     let server = serve(ServerConfig {
-        max_qps: MAX as u64,
+        shakes_per_sec_max: MAX as u64,
         ..config()
     });
     let mut c = Client::connect(server.addr());
@@ -257,7 +257,7 @@ fn the_quota_of_a_new_second_starts_at_its_first_shake() {
     // second's quota, not to the previous one's.
     const MAX: usize = 2;
     let server = serve(ServerConfig {
-        max_qps: MAX as u64,
+        shakes_per_sec_max: MAX as u64,
         ..config()
     });
     let mut c = Client::connect(server.addr());

@@ -42,8 +42,8 @@ pub struct ServerConfig {
     /// (result 17), split evenly over workers. Set it below the measured
     /// saturation of the host (see docs/BENCHMARKS.md) so overload is cheap
     /// refusals, not queues; the default is above what 8 cores can reach.
-    #[arg(long, default_value_t = 2_000_000)]
-    pub max_qps: u64,
+    #[arg(long = "max-qps", value_name = "MAX_QPS", default_value_t = 2_000_000)]
+    pub shakes_per_sec_max: u64,
 
     /// Shake envelopes generated per second at start (the seed's 200).
     /// 0 starts with no batch; `GET /yaohongbao` starts one later.
@@ -153,6 +153,10 @@ impl Default for ServerConfig {
 
 /// The longest login timeout or shutdown grace accepted, in seconds.
 const TIMEOUT_SECS_MAX: f64 = 3600.0;
+/// The longest packet or envelope TTL accepted, in seconds: half the u32
+/// range, about 68 years. Deadlines are kept as u32 Unix seconds, and today
+/// plus this still fits in one.
+const TTL_SECS_MAX: u64 = u32::MAX as u64 / 2;
 
 /// A setting that cannot work, and why.
 #[derive(Debug, thiserror::Error)]
@@ -202,10 +206,10 @@ impl ServerConfig {
         if !(self.shutdown_grace >= 0.0 && self.shutdown_grace <= TIMEOUT_SECS_MAX) {
             return err("shutdown-grace", "must be 0 to 3600 seconds");
         }
-        if self.packet_ttl == 0 || self.packet_ttl > u64::from(u32::MAX / 2) {
+        if self.packet_ttl == 0 || self.packet_ttl > TTL_SECS_MAX {
             return err("packet-ttl", "must be 1 second to 68 years");
         }
-        if self.envelope_ttl == 0 || self.envelope_ttl > u64::from(u32::MAX / 2) {
+        if self.envelope_ttl == 0 || self.envelope_ttl > TTL_SECS_MAX {
             return err("envelope-ttl", "must be 1 second to 68 years");
         }
         if self.outbound_max < crate::wire::FRAME_LEN_MAX {

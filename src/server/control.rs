@@ -9,7 +9,7 @@
 //! it is durable; `GET /stats` returns the last closed seconds; `GET
 //! /status` the totals and the running batches; `GET /seconds` (the
 //! monitor's) and `GET /metrics` (Prometheus text) are answered by
-//! [`crate::monitor::source`]. Answers are JSON
+//! [`super::published`]. Answers are JSON
 //! unless said otherwise. Must not: touch the cores' data; it talks to the
 //! generator through its command channel and reads the stats the aggregator
 //! publishes once a second. The HTTP itself (listener, thread, parsing, 400,
@@ -97,17 +97,24 @@ fn route(req: &Request, generator: &Sender<Command>, published: &Mutex<Published
         }
         "/seconds" | "/metrics" => published::route(req, published),
         "/status" => {
-            let (reply, answer) = crossbeam_channel::bounded(1);
-            let batch = generator
-                .send(Command::Status(reply))
-                .ok()
-                .and_then(|()| answer.recv_timeout(GENERATOR_TIMEOUT).ok());
+            let batch = ask(generator, Command::Status);
             let p = Published::lock(published);
             let (envelopes, packets) = batch.unzip();
             Response::ok(json!({ "total": p.total, "batch": envelopes, "packets": packets }))
         }
         path => Response::not_found(path, PATHS),
     }
+}
+
+/// Sends the generator the command `make` builds around a reply channel,
+/// and waits for its answer: `None` when the generator is gone or does not
+/// answer within [`GENERATOR_TIMEOUT`].
+fn ask<T>(generator: &Sender<Command>, make: impl FnOnce(Sender<T>) -> Command) -> Option<T> {
+    // One answer per command, so a channel of one never makes the
+    // generator wait.
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    generator.send(make(reply)).ok()?;
+    answer.recv_timeout(GENERATOR_TIMEOUT).ok()
 }
 
 fn start_batch(req: &Request, generator: &Sender<Command>) -> Response {
@@ -124,19 +131,11 @@ fn start_batch(req: &Request, generator: &Sender<Command>) -> Response {
             );
         }
     };
-    let (reply, answer) = crossbeam_channel::bounded(1);
-    let cmd = Command::StartBatch {
-        schedule: Schedule {
-            rate: qps,
-            total: Some(sum),
-        },
-        reply,
+    let schedule = Schedule {
+        rate: qps,
+        total: Some(sum),
     };
-    match generator
-        .send(cmd)
-        .ok()
-        .and_then(|()| answer.recv_timeout(GENERATOR_TIMEOUT).ok())
-    {
+    match ask(generator, |reply| Command::StartBatch { schedule, reply }) {
         Some(started) => {
             Response::ok(json!({"ok": true, "qps": qps, "sum": sum, "replaced": started.replaced}))
         }
@@ -233,17 +232,12 @@ fn start_packets(req: &Request, generator: &Sender<Command>) -> Response {
         Ok(p) => p,
         Err(why) => return Response::error(400, why),
     };
-    let (reply, answer) = crossbeam_channel::bounded(1);
-    let cmd = Command::StartPackets {
+    let started = ask(generator, |reply| Command::StartPackets {
         schedule,
         spec,
         reply,
-    };
-    match generator
-        .send(cmd)
-        .ok()
-        .and_then(|()| answer.recv_timeout(GENERATOR_TIMEOUT).ok())
-    {
+    });
+    match started {
         Some(replaced) => Response::ok(json!({
             "ok": true, "qps": schedule.rate, "sum": schedule.total, "replaced": replaced
         })),
@@ -269,12 +263,7 @@ fn create_packet(req: &Request, generator: &Sender<Command>) -> Response {
         Ok(s) => s,
         Err(why) => return Response::error(400, why),
     };
-    let (reply, answer) = crossbeam_channel::bounded(1);
-    match generator
-        .send(Command::CreatePacket { spec, reply })
-        .ok()
-        .and_then(|()| answer.recv_timeout(GENERATOR_TIMEOUT).ok())
-    {
+    match ask(generator, |reply| Command::CreatePacket { spec, reply }) {
         Some(Some(id)) => Response::ok(json!({ "ok": true, "packet": id })),
         _ => Response::error(503, "the generator or the ledger is not running"),
     }

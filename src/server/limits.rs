@@ -14,6 +14,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// epoll and eventfd per worker, the HTTP control, stats files, stdio.
 pub const FDS_RESERVED: u64 = 64;
 
+/// The kernel's default `fs.nr_open` (2^20): advice never suggests less.
+const NR_OPEN_DEFAULT: u64 = 1_048_576;
+/// `fs.file-max` advised per `fs.nr_open`: the whole host needs room for
+/// other processes' files beside this one's.
+const FILE_MAX_PER_NR_OPEN: u64 = 2;
+
 /// What the open-file limit allows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FdLimit {
@@ -49,7 +55,7 @@ pub fn fd_limit_advice(limit: FdLimit, conns_max: usize) -> Option<String> {
     }
     let want = conns_max + FDS_RESERVED;
     // fs.nr_open caps the hard nofile limit; fs.file-max caps the whole host.
-    let nr_open = want.max(1_048_576);
+    let nr_open = want.max(NR_OPEN_DEFAULT);
     Some(format!(
         "warning: the open-file limit (soft {soft}, hard {hard}) allows about {fit} connections, \
          below --conns-max {conns_max}. To hold {conns_max}: \
@@ -60,7 +66,7 @@ pub fn fd_limit_advice(limit: FdLimit, conns_max: usize) -> Option<String> {
         soft = limit.soft,
         hard = limit.hard,
         fit = limit.conns(),
-        file_max = 2 * nr_open,
+        file_max = FILE_MAX_PER_NR_OPEN * nr_open,
     ))
 }
 
