@@ -33,7 +33,13 @@
 //!   happens only around a short write.
 //! - No buffer per idle connection: reads go into one per-core 64 KiB scratch
 //!   buffer. A connection owns a (boxed) buffer only while it holds a partial
-//!   frame or unsent output.
+//!   frame, unsent output, or answers held for the ledger.
+//!
+//! The request path, in order: `on_readable` → `read_and_answer` (reads up
+//! to the connection's share, `super::answer::answer_frames` on each read,
+//! answers held under `crate::durable`'s rule) → `send_answers` (one write)
+//! → `settle_after_read`; at the end of the turn `pump` releases held answers
+//! whose ledger entries are durable.
 
 use std::io::{self, Read, Write};
 use std::sync::Arc;
@@ -44,7 +50,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::answer::answer_frames;
+use super::answer::{Answered, answer_frames};
 use crate::durable::{HELD_FRAME_MAX, HeldAnswers};
 use crate::hlog::{LatencyHistogram, latency_histogram};
 use crate::ids::{Cents, CoreId, PacketId};
@@ -225,6 +231,13 @@ struct ReadOutcome {
     frames: u64,
     /// When the first bytes arrived: where the answers' service time starts.
     read_at: Option<Instant>,
+    /// Bytes read.
+    bytes: u64,
+    /// Bytes of a partial frame left at the front of the scratch buffer.
+    leftover: usize,
+    /// The connection used its reads for this wake-up with more possibly
+    /// waiting: it must be read again after the turn's other events.
+    share_used: bool,
 }
 
 /// Per-SET bookkeeping.
@@ -837,7 +850,7 @@ impl<S: Service> Worker<S> {
         } = &mut conns[key];
         let scratch = &mut scratch_in[..];
         scratch_out.clear();
-        let mut filled = ConnBuffers::take_partial(buffers, scratch);
+        let filled = ConnBuffers::take_partial(buffers, scratch);
         let held = match buffers.as_deref_mut() {
             Some(b) => &mut b.held,
             None => &mut *held_spare,
@@ -854,52 +867,21 @@ impl<S: Service> Worker<S> {
             fx,
             counters,
         };
-        let mut read = ReadOutcome::default();
-        let mut reads = 0;
-        loop {
-            let room = scratch.len() - filled;
-            match stream.read(&mut scratch[filled..]) {
-                Ok(0) => {
-                    read.close = Some(Close::Eof);
-                    break;
-                }
-                Ok(n) => {
-                    reads += 1;
-                    read.read_at.get_or_insert_with(Instant::now);
-                    cx.counters.bytes_in += n as u64;
-                    filled += n;
-                    let answered = answer_frames(&scratch[..filled], service, held, &mut cx);
-                    read.frames += answered.frames;
-                    scratch.copy_within(answered.used..filled, 0);
-                    filled -= answered.used;
-                    if answered.refused {
-                        read.close = Some(Close::BadFrame);
-                        break;
-                    }
-                    if n < room && !closing {
-                        break; // drained: see the contract above
-                    }
-                    if reads == READS_PER_WAKE_MAX {
-                        // More may wait: this connection's share is used; it
-                        // is read again after the turn's other events.
-                        resume.push((key, closing));
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    read.close = Some(Close::Peer);
-                    break;
-                }
-            }
+        let read = read_share(stream, scratch, filled, closing, |bytes| {
+            answer_frames(bytes, service, held, &mut cx)
+        });
+        cx.counters.bytes_in += read.bytes;
+        if read.share_used {
+            // More may wait: this connection's share is used; it is read
+            // again after the turn's other events.
+            resume.push((key, closing));
         }
         if !held_spare.is_empty() {
             // The connection's first held answers: they go with it now.
             buffers.get_or_insert_with(ConnBuffers::new).held = std::mem::take(held_spare);
         }
-        if read.close.is_none() && filled > 0 {
-            ConnBuffers::keep_partial(buffers, &scratch[..filled]);
+        if read.close.is_none() && read.leftover > 0 {
+            ConnBuffers::keep_partial(buffers, &scratch[..read.leftover]);
         }
         read
     }
@@ -1071,6 +1053,60 @@ impl<S: Service> Worker<S> {
             }
         }
     }
+}
+
+/// Reads `stream` into `scratch`, after the `filled` bytes carried over, up
+/// to one wake-up's share (see the contract above), handing all the bytes
+/// held to `answer` after each read and keeping what it did not use (a
+/// partial frame) at the front for the next read.
+#[inline]
+fn read_share(
+    stream: &mut TcpStream,
+    scratch: &mut [u8],
+    mut filled: usize,
+    closing: bool,
+    mut answer: impl FnMut(&[u8]) -> Answered,
+) -> ReadOutcome {
+    let mut read = ReadOutcome::default();
+    let mut reads = 0;
+    loop {
+        let room = scratch.len() - filled;
+        match stream.read(&mut scratch[filled..]) {
+            Ok(0) => {
+                read.close = Some(Close::Eof);
+                break;
+            }
+            Ok(n) => {
+                reads += 1;
+                read.read_at.get_or_insert_with(Instant::now);
+                read.bytes += n as u64;
+                filled += n;
+                let answered = answer(&scratch[..filled]);
+                read.frames += answered.frames;
+                scratch.copy_within(answered.used..filled, 0);
+                filled -= answered.used;
+                if answered.refused {
+                    read.close = Some(Close::BadFrame);
+                    break;
+                }
+                if n < room && !closing {
+                    break; // drained: see the contract above
+                }
+                if reads == READS_PER_WAKE_MAX {
+                    read.share_used = true;
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                read.close = Some(Close::Peer);
+                break;
+            }
+        }
+    }
+    read.leftover = filled;
+    read
 }
 
 /// The wall clock now, in seconds and milliseconds.
