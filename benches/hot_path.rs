@@ -5,8 +5,9 @@
 //! floor), so each piece a shake passes through is timed alone — decoding a
 //! frame, encoding an answer, one session step for a shake (with and without
 //! an envelope in the ring), and answering a 64 KiB read full of pipelined
-//! shakes, which is what a core does per wake-up under load. Throughput is
-//! reported per frame.
+//! shakes, which is what a core does per wake-up under load: the bench calls
+//! `server::answer::answer_frames`, the very step the core loop runs on each
+//! read. Throughput is reported per frame.
 
 // criterion_group! generates public functions that cannot carry docs.
 #![allow(missing_docs)]
@@ -15,11 +16,17 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hongbao::durable::HeldAnswers;
 use hongbao::ids::{Cents, CoreId, EnvelopeId, UserId};
 use hongbao::ledger::Ledger;
 use hongbao::mesh::{ConnAddr, Effects};
 use hongbao::ring::{Envelope, EnvelopeRings};
-use hongbao::session::{Hongbao, HongbaoSettings, Now, Reference, Service, SessionState};
+use hongbao::server::answer::answer_frames;
+use hongbao::session::{
+    FrameContext, Hongbao, HongbaoSettings, Now, Reference, Service, SessionState,
+};
+use hongbao::stats::CoreCounters;
+use hongbao::wire::{self, Frame, ShakeOutcome};
 
 const CONN: ConnAddr = ConnAddr {
     core: 0,
@@ -37,8 +44,6 @@ const SETTINGS: HongbaoSettings = HongbaoSettings {
 fn effects() -> Effects {
     Effects::new(CoreId(0), 1, Ledger::disabled().producer(0))
 }
-use hongbao::stats::CoreCounters;
-use hongbao::wire::{self, Frame, ShakeOutcome};
 
 fn shake_bytes(count: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(count * 16);
@@ -77,21 +82,21 @@ fn session_step(c: &mut Criterion) {
     let mut counters = CoreCounters::default();
     let mut state = SessionState::LoggedIn(UserId(7));
     let mut fx = effects();
+    let mut cx = FrameContext {
+        conn: CONN,
+        state: &mut state,
+        now: NOW,
+        out: &mut out,
+        fx: &mut fx,
+        counters: &mut counters,
+    };
 
     let rings = Arc::new(EnvelopeRings::new(1, 1024));
     let mut hongbao = Hongbao::new(CoreId(0), rings.clone(), SETTINGS);
     g.bench_function("shake_none", |b| {
         b.iter(|| {
-            out.clear();
-            hongbao.on_frame(
-                CONN,
-                &mut state,
-                black_box(frame),
-                NOW,
-                &mut out,
-                &mut fx,
-                &mut counters,
-            )
+            cx.out.clear();
+            hongbao.on_frame(black_box(frame), &mut cx)
         })
     });
     let envelope = Envelope {
@@ -102,31 +107,15 @@ fn session_step(c: &mut Criterion) {
     g.bench_function("shake_got_with_ring_push", |b| {
         b.iter(|| {
             let _ = rings.push(CoreId(0), envelope);
-            out.clear();
-            hongbao.on_frame(
-                CONN,
-                &mut state,
-                black_box(frame),
-                NOW,
-                &mut out,
-                &mut fx,
-                &mut counters,
-            )
+            cx.out.clear();
+            hongbao.on_frame(black_box(frame), &mut cx)
         })
     });
     let mut reference = Reference;
     g.bench_function("shake_reference", |b| {
         b.iter(|| {
-            out.clear();
-            reference.on_frame(
-                CONN,
-                &mut state,
-                black_box(frame),
-                NOW,
-                &mut out,
-                &mut fx,
-                &mut counters,
-            )
+            cx.out.clear();
+            reference.on_frame(black_box(frame), &mut cx)
         })
     });
     g.finish();
@@ -144,23 +133,22 @@ fn pipelined_read(c: &mut Criterion) {
     let mut counters = CoreCounters::default();
     let mut state = SessionState::LoggedIn(UserId(7));
     let mut fx = effects();
+    let mut held = HeldAnswers::default();
     g.bench_function("answer_64KiB_of_shakes", |b| {
         b.iter(|| {
             out.clear();
-            let mut at = 0;
-            while let Ok(d) = wire::decode(&input[at..]) {
-                let _ = hongbao.on_frame(
-                    CONN,
-                    &mut state,
-                    d.frame,
-                    NOW,
-                    &mut out,
-                    &mut fx,
-                    &mut counters,
-                );
-                at += d.len;
-            }
-            black_box(out.len())
+            // Made per read, as the core loop makes it.
+            let mut cx = FrameContext {
+                conn: CONN,
+                state: &mut state,
+                now: NOW,
+                out: &mut out,
+                fx: &mut fx,
+                counters: &mut counters,
+            };
+            let answered = answer_frames(black_box(&input), &mut hongbao, &mut held, &mut cx);
+            debug_assert_eq!(answered.used, input.len());
+            black_box((answered, out.len()))
         })
     });
     g.finish();

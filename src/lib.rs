@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod clock;
 pub mod demo;
+pub mod durable;
 pub mod flood;
 pub mod generator;
 pub mod hlog;

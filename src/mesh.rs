@@ -4,7 +4,8 @@
 //! control to a core) through each core's bounded crossbeam channel, woken by
 //! its `mio::Waker`; [`ConnAddr`], a connection's address across cores;
 //! [`Effects`], what a session step asks of its core beyond its own answer
-//! (messages to send, answers to release once the ledger is durable); and
+//! (messages to send, answers to release once the ledger is durable, under
+//! the rule `crate::durable` keeps; [`Waiting`] names who waits); and
 //! [`Peers`], every core's inbox and waker, for whoever sends to a core
 //! (the cores, the generator); and the [`Directory`] in which a user's home core tracks where the user is
 //! online and keeps pushes for users who are not. Must not: do I/O.
@@ -15,12 +16,13 @@
 //! destination during a loop turn and sent at its end, with one wake-up per
 //! destination core, so their cost is per turn, not per message.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use mio::Waker;
 
+use crate::durable::AfterSync;
 use crate::ids::{Cents, CoreId, PacketId, UserId};
 use crate::ledger::Producer;
 use crate::packets::NewPacket;
@@ -108,7 +110,8 @@ pub enum CoreMsg {
     },
 }
 
-/// An answer waiting for the ledger.
+/// Who waits for the ledger (see `crate::durable` for the rule): released
+/// by the core loop once the entry it waits for is durable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Waiting {
     /// Release the held shake answers of this connection (on this core).
@@ -142,7 +145,7 @@ pub struct Effects {
     /// core's own are handled by it at the end of the turn too.
     pub outbox: Vec<Vec<CoreMsg>>,
     /// Answers waiting for this core's ledger entry number, in order.
-    pub after_sync: VecDeque<(u64, Waiting)>,
+    pub after_sync: AfterSync<Waiting>,
 }
 
 impl Effects {
@@ -153,7 +156,7 @@ impl Effects {
             cores,
             ledger,
             outbox: (0..cores).map(|_| Vec::new()).collect(),
-            after_sync: VecDeque::new(),
+            after_sync: AfterSync::new(),
         }
     }
 
@@ -166,8 +169,7 @@ impl Effects {
     /// Runs `waiting` once ledger entry `seq` of this core is durable.
     #[inline]
     pub fn after(&mut self, seq: u64, waiting: Waiting) {
-        debug_assert!(self.after_sync.back().is_none_or(|&(s, _)| s <= seq));
-        self.after_sync.push_back((seq, waiting));
+        self.after_sync.push(seq, waiting);
     }
 
     /// The core owning packet `id`.

@@ -10,14 +10,16 @@
 //! messages to other cores, answers released once the ledger is durable —
 //! through [`Effects`].
 //!
-//! Money answers wait for the ledger: a shake that grants an envelope
-//! returns [`Hold::UntilSync`], and the core holds that answer (and the
-//! connection's later shake answers, to keep their order) until the record
-//! is durable. A paid claim's answer is registered in [`Effects::after`]
-//! and sent when durable; claim answers are matched by packet id, not order.
+//! Money answers wait for the ledger, under the rule `crate::durable`
+//! states and keeps: a shake that grants an envelope returns
+//! [`Hold::UntilSync`], and the core holds that answer (and the connection's
+//! later answers, to keep their order) until the record is durable. A paid
+//! claim's answer is registered in [`Effects::after`] and sent when durable;
+//! claim answers are matched by packet id, not order.
 
 use std::sync::Arc;
 
+use crate::durable::Hold;
 use crate::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
 use crate::ledger::Record;
 use crate::mesh::{ConnAddr, CoreMsg, Directory, Effects, Route, Waiting};
@@ -56,30 +58,31 @@ pub enum SessionError {
     WrongDirection(u16),
 }
 
-/// Whether the answer a step wrote may go out now.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Hold {
-    /// It may.
-    No,
-    /// It moves money: hold it until this core's ledger entry `seq` is durable.
-    UntilSync(u64),
+/// What a step on one connection's frame works with: who sent it, their
+/// session, the time, where the answer goes, and what it may ask of its
+/// core. The core loop makes one per read and reuses it for every frame in
+/// that read.
+pub struct FrameContext<'a> {
+    /// The connection the frame came from.
+    pub conn: ConnAddr,
+    /// Its session (changed by a first login).
+    pub state: &'a mut SessionState,
+    /// The wall clock at the start of the core's turn.
+    pub now: Now,
+    /// Where the answer is appended, stamped `now.secs`.
+    pub out: &'a mut Vec<u8>,
+    /// What the step asks of its core beyond the answer.
+    pub fx: &'a mut Effects,
+    /// The core's counters for this second.
+    pub counters: &'a mut CoreCounters,
 }
 
 /// What a core needs from the business logic.
 pub trait Service {
-    /// Handles one decoded frame from connection `conn` in `state`, appending
-    /// its answer (if it has one now) to `out`, stamped `now.secs`.
-    #[allow(clippy::too_many_arguments)]
-    fn on_frame(
-        &mut self,
-        conn: ConnAddr,
-        state: &mut SessionState,
-        frame: Frame,
-        now: Now,
-        out: &mut Vec<u8>,
-        fx: &mut Effects,
-        counters: &mut CoreCounters,
-    ) -> Result<Hold, SessionError>;
+    /// Handles one decoded frame from `cx.conn`, appending its answer (if it
+    /// has one now) to `cx.out`. The answer may go out at once, or only once
+    /// the ledger record behind it is durable: the [`Hold`] says which.
+    fn on_frame(&mut self, frame: Frame, cx: &mut FrameContext<'_>) -> Result<Hold, SessionError>;
 
     /// Handles a message from another core (or the control) that concerns
     /// the business: packets, pushes, presence, claims.
@@ -118,28 +121,22 @@ enum Step {
 /// differs from the product only in what it does with those, so the
 /// benchmark compares exactly the business logic.
 #[inline]
-fn dispatch(
-    state: &mut SessionState,
-    frame: Frame,
-    now: Now,
-    out: &mut Vec<u8>,
-    counters: &mut CoreCounters,
-) -> Result<Option<Step>, SessionError> {
-    match (*state, frame) {
+fn dispatch(frame: Frame, cx: &mut FrameContext<'_>) -> Result<Option<Step>, SessionError> {
+    match (*cx.state, frame) {
         (SessionState::AwaitingLogin, Frame::LoginRequest { user }) => {
-            *state = SessionState::LoggedIn(user);
-            login_ok(user, now.secs, out, counters);
+            *cx.state = SessionState::LoggedIn(user);
+            login_ok(user, cx.now.secs, cx.out, cx.counters);
             Ok(Some(Step::Login(user)))
         }
         (SessionState::AwaitingLogin, f) => Err(SessionError::NotLoggedIn(f.cmd())),
         // A repeated login is answered for the session's user and changes
         // nothing: the binding is made once per connection.
         (SessionState::LoggedIn(user), Frame::LoginRequest { .. }) => {
-            login_ok(user, now.secs, out, counters);
+            login_ok(user, cx.now.secs, cx.out, cx.counters);
             Ok(None)
         }
         (SessionState::LoggedIn(user), Frame::ShakeRequest { .. }) => {
-            counters.shakes += 1;
+            cx.counters.shakes += 1;
             Ok(Some(Step::Shake(user)))
         }
         (SessionState::LoggedIn(user), Frame::ClaimRequest { packet, .. }) => {
@@ -175,6 +172,12 @@ fn shake_answer(
 /// shake's work when a ring is full of stale envelopes.
 const RETURNS_PER_SHAKE_MAX: usize = 8;
 
+/// Spreads core numbers over the packet split's seed, so cores with the same
+/// `--seed` split differently: 2^32 divided by the golden ratio (Knuth's
+/// multiplicative hash), whose multiples of consecutive integers share no
+/// run of low bits.
+const CORE_SEED_SPREAD: u64 = 0x9e37_79b9;
+
 /// The product: shakes take envelopes from this core's ring; packets this
 /// core owns are claimed here; users whose home is this core are tracked here.
 pub struct Hongbao {
@@ -207,21 +210,24 @@ impl Hongbao {
             rings,
             shakes_per_sec_max: settings.shakes_per_sec_max,
             shakes_this_sec: 0,
-            packets: PacketTable::new(settings.seed ^ (core.0 as u64).wrapping_mul(0x9e37_79b9)),
+            packets: PacketTable::new(
+                settings.seed ^ (core.0 as u64).wrapping_mul(CORE_SEED_SPREAD),
+            ),
             directory: Directory::new(settings.mailbox_max),
         }
     }
 
     /// Answers one shake for `user`: overloaded, an envelope, gone, or none.
     #[inline]
-    fn shake(
-        &mut self,
-        user: UserId,
-        now: Now,
-        out: &mut Vec<u8>,
-        fx: &mut Effects,
-        counters: &mut CoreCounters,
-    ) -> Hold {
+    fn shake(&mut self, user: UserId, cx: &mut FrameContext<'_>) -> Hold {
+        let FrameContext {
+            now,
+            out,
+            fx,
+            counters,
+            ..
+        } = cx;
+        let now = *now;
         // The ceiling is checked before the ring, so an overloaded core does
         // no more work than answering.
         if self.shakes_this_sec >= self.shakes_per_sec_max {
@@ -267,7 +273,7 @@ impl Hongbao {
                 now.secs,
                 out,
             );
-            return seq.map_or(Hold::No, Hold::UntilSync);
+            return Hold::until(seq);
         }
         if self.rings.exhausted() && self.rings.is_empty_for(self.core) {
             counters.gone += 1;
@@ -368,32 +374,24 @@ impl Hongbao {
 
 impl Service for Hongbao {
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn on_frame(
-        &mut self,
-        conn: ConnAddr,
-        state: &mut SessionState,
-        frame: Frame,
-        now: Now,
-        out: &mut Vec<u8>,
-        fx: &mut Effects,
-        counters: &mut CoreCounters,
-    ) -> Result<Hold, SessionError> {
-        match dispatch(state, frame, now, out, counters)? {
+    fn on_frame(&mut self, frame: Frame, cx: &mut FrameContext<'_>) -> Result<Hold, SessionError> {
+        let conn = cx.conn;
+        match dispatch(frame, cx)? {
             None => Ok(Hold::No),
-            Some(Step::Shake(user)) => Ok(self.shake(user, now, out, fx, counters)),
+            Some(Step::Shake(user)) => Ok(self.shake(user, cx)),
             Some(Step::Claim(user, packet)) => {
-                let owner = fx.owner(packet);
+                let owner = cx.fx.owner(packet);
                 if owner == self.core.0 {
-                    if let Some(cents) = self.claim_here(packet, user, conn, now, fx, counters) {
+                    let claimed = self.claim_here(packet, user, conn, cx.now, cx.fx, cx.counters);
+                    if let Some(cents) = claimed {
                         Frame::ClaimResponse {
                             packet,
                             amount: cents,
                         }
-                        .encode(now.secs, out);
+                        .encode(cx.now.secs, cx.out);
                     }
                 } else {
-                    fx.send(
+                    cx.fx.send(
                         owner,
                         CoreMsg::Claim {
                             packet,
@@ -405,11 +403,11 @@ impl Service for Hongbao {
                 Ok(Hold::No)
             }
             Some(Step::Login(user)) => {
-                let home = fx.home(user);
+                let home = cx.fx.home(user);
                 if home == self.core.0 {
-                    self.online(user, conn, fx);
+                    self.online(user, conn, cx.fx);
                 } else {
-                    fx.send(home, CoreMsg::Online { user, addr: conn });
+                    cx.fx.send(home, CoreMsg::Online { user, addr: conn });
                 }
                 Ok(Hold::No)
             }
@@ -508,30 +506,20 @@ pub struct Reference;
 
 impl Service for Reference {
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn on_frame(
-        &mut self,
-        _conn: ConnAddr,
-        state: &mut SessionState,
-        frame: Frame,
-        now: Now,
-        out: &mut Vec<u8>,
-        _fx: &mut Effects,
-        counters: &mut CoreCounters,
-    ) -> Result<Hold, SessionError> {
-        match dispatch(state, frame, now, out, counters)? {
+    fn on_frame(&mut self, frame: Frame, cx: &mut FrameContext<'_>) -> Result<Hold, SessionError> {
+        match dispatch(frame, cx)? {
             Some(Step::Shake(user)) => {
-                counters.none += 1;
-                shake_answer(user, ShakeOutcome::NONE, None, now.secs, out);
+                cx.counters.none += 1;
+                shake_answer(user, ShakeOutcome::NONE, None, cx.now.secs, cx.out);
             }
             Some(Step::Claim(_, packet)) => {
-                counters.claims += 1;
-                counters.claims_zero += 1;
+                cx.counters.claims += 1;
+                cx.counters.claims_zero += 1;
                 Frame::ClaimResponse {
                     packet,
                     amount: Cents(0),
                 }
-                .encode(now.secs, out);
+                .encode(cx.now.secs, cx.out);
             }
             Some(Step::Login(_)) | None => {}
         }
@@ -570,7 +558,16 @@ mod tests {
         c: &mut CoreCounters,
     ) -> Result<Frame, SessionError> {
         let mut out = Vec::new();
-        s.on_frame(CONN, state, frame, NOW, &mut out, &mut fx(0, 1), c)?;
+        let mut fx = fx(0, 1);
+        let mut cx = FrameContext {
+            conn: CONN,
+            state,
+            now: NOW,
+            out: &mut out,
+            fx: &mut fx,
+            counters: c,
+        };
+        s.on_frame(frame, &mut cx)?;
         let d = decode(&out).expect("one whole answer");
         assert_eq!(d.len, out.len(), "exactly one answer frame");
         Ok(d.frame)
@@ -645,9 +642,15 @@ mod tests {
             f: Frame,
         ) -> Vec<u8> {
             let mut out = Vec::new();
-            self.s[core]
-                .on_frame(conn, st, f, NOW, &mut out, &mut self.fx[core], &mut self.c)
-                .unwrap();
+            let mut cx = FrameContext {
+                conn,
+                state: st,
+                now: NOW,
+                out: &mut out,
+                fx: &mut self.fx[core],
+                counters: &mut self.c,
+            };
+            self.s[core].on_frame(f, &mut cx).unwrap();
             out
         }
     }

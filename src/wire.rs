@@ -45,7 +45,7 @@ pub mod cmd {
 }
 
 /// The total frame length each v1 command must have, indexed by cmd.
-const FRAME_LEN_BY_CMD: [usize; 7] = [16, 20, 16, 28, 36, 20, 20];
+pub const FRAME_LEN_BY_CMD: [usize; 7] = [16, 20, 16, 28, 36, 20, 20];
 
 /// The `result` of a shake answer. A newtype over the raw u32, because a
 /// foreign server may send codes we do not know and the flooder must still

@@ -32,7 +32,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["ids", "clock", "wire", "hlog", "http", "host", "prom"],
     ),
     ("data", &["stats", "ledger", "ring", "conn"]),
-    ("contracts", &["seconds", "mesh", "packets"]),
+    ("contracts", &["seconds", "mesh", "packets", "durable"]),
     ("logic", &["session", "generator", "audit"]),
     ("programs", &["server", "flood", "monitor"]),
     ("demo", &["demo"]),

@@ -7,6 +7,7 @@
 //! run's `Summary`). Must not: sit on the request path. Cores share only the
 //! rings (through the generator) and the stats channel.
 
+pub mod answer;
 pub mod config;
 pub mod control;
 mod handle;

@@ -33,9 +33,14 @@
 //!   happens only around a short write.
 //! - No buffer per idle connection: reads go into one per-core 64 KiB scratch
 //!   buffer. A connection owns a (boxed) buffer only while it holds a partial
-//!   frame or unsent output.
+//!   frame, unsent output, or answers held for the ledger.
+//!
+//! The request path, in order: `on_readable` → `read_and_answer` (reads up
+//! to the connection's share, `super::answer::answer_frames` on each read,
+//! answers held under `crate::durable`'s rule) → `send_answers` (one write)
+//! → `settle_after_read`; at the end of the turn `pump` releases held answers
+//! whose ledger entries are durable.
 
-use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,13 +50,15 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use super::answer::{Answered, answer_frames};
+use crate::durable::{HELD_FRAME_MAX, HeldAnswers};
 use crate::hlog::{LatencyHistogram, latency_histogram};
 use crate::ids::{Cents, CoreId, PacketId};
 use crate::ledger::Producer;
 use crate::mesh::{ConnAddr, CoreMsg, Effects, Peers, Waiting};
-use crate::session::{Hold, Now, Service, SessionState};
+use crate::session::{FrameContext, Now, Service, SessionState};
 use crate::stats::{CoreCounters, Report};
-use crate::wire::{self, DecodeError, FRAME_LEN_MAX, Frame};
+use crate::wire::{FRAME_LEN_BY_CMD, FRAME_LEN_MAX, Frame, cmd};
 
 /// The listener's token.
 pub const LISTENER: Token = Token(0);
@@ -72,9 +79,14 @@ const SCRATCH_IN_LEN: usize = 64 * 1024;
 /// Full reads a connection gets per wake-up before it waits for the next
 /// turn: 128 KiB, thousands of frames, bounds one connection's share of a turn.
 const READS_PER_WAKE_MAX: usize = 2;
-/// Answers take at most 28/16 of the request bytes (a shake answer over a
-/// shake), so the output buffer for one wake-up's reads never grows.
-const SCRATCH_OUT_LEN: usize = SCRATCH_IN_LEN * READS_PER_WAKE_MAX * 7 / 4;
+/// The shortest frame a client sends (a login or a shake): the most frames
+/// a read can hold.
+const REQUEST_LEN_MIN: usize = FRAME_LEN_BY_CMD[cmd::SHAKE_REQUEST as usize];
+/// Answers take at most `HELD_FRAME_MAX / REQUEST_LEN_MIN` of the request
+/// bytes (28/16: a shake answer over a shake), so the output buffer for one
+/// wake-up's reads never grows.
+const SCRATCH_OUT_LEN: usize =
+    SCRATCH_IN_LEN * READS_PER_WAKE_MAX / REQUEST_LEN_MIN * HELD_FRAME_MAX;
 /// Readiness events taken per poll: bounds one turn's work, so timers and
 /// the second's close are never starved for long.
 const EVENTS_MAX: usize = 1024;
@@ -87,8 +99,16 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// How long the loop waits at most while messages or ledger entries it
 /// could not hand over (a full channel) wait to be offered again.
 const RETRY_SOON: Duration = Duration::from_millis(1);
-/// The longest answer a connection can hold back: a shake answer.
-const HELD_FRAME_MAX: usize = 28;
+/// Times a push is routed on after missing its user (who moved between
+/// cores since the home core looked): a user flapping between cores faster
+/// than a push travels would otherwise keep it circling; past this it is
+/// dropped and counted.
+const PUSH_HOPS_MAX: u8 = 3;
+/// Rounds of its own messages a core handles at the end of a turn. Each
+/// round handles what the last produced; routing to oneself ends within a
+/// few hops (at most `PUSH_HOPS_MAX` plus a claim and its answer), so a
+/// message left after this waits for the next turn rather than spin here.
+const SELF_MESSAGE_ROUNDS_MAX: usize = 8;
 
 /// Limits a core enforces.
 #[derive(Clone, Copy, Debug)]
@@ -152,16 +172,6 @@ struct Conn {
     buffers: Option<Box<ConnBuffers>>,
 }
 
-/// An answer held until the ledger makes a grant durable, or held behind
-/// one (answers on a connection keep the order of its requests).
-struct Held {
-    /// Release once this core's durable count reaches it (0: at once, once
-    /// the answers before it are released).
-    seq: u64,
-    len: u8,
-    frame: [u8; HELD_FRAME_MAX],
-}
-
 /// What a busy connection holds between wake-ups.
 struct ConnBuffers {
     partial: [u8; FRAME_LEN_MAX],
@@ -172,7 +182,7 @@ struct ConnBuffers {
     /// close once `out` drains or the deadline passes.
     read_closed: bool,
     /// Answers held for the ledger, in request order.
-    held: VecDeque<Held>,
+    held: HeldAnswers,
 }
 
 impl ConnBuffers {
@@ -183,9 +193,51 @@ impl ConnBuffers {
             out: Vec::new(),
             writable: false,
             read_closed: false,
-            held: VecDeque::new(),
+            held: HeldAnswers::default(),
         })
     }
+
+    /// Moves the partial frame carried from the last read to the front of
+    /// `scratch`; returns its length.
+    #[inline]
+    fn take_partial(buffers: &mut Option<Box<Self>>, scratch: &mut [u8]) -> usize {
+        let Some(b) = buffers.as_deref_mut() else {
+            return 0;
+        };
+        let filled = b.partial_len;
+        scratch[..filled].copy_from_slice(&b.partial[..filled]);
+        b.partial_len = 0;
+        filled
+    }
+
+    /// Keeps `rest`, the start of a frame, for the next read.
+    fn keep_partial(buffers: &mut Option<Box<Self>>, rest: &[u8]) {
+        // decode() refuses or completes any prefix of FRAME_LEN_MAX bytes,
+        // so a leftover is always shorter than one frame.
+        debug_assert!(rest.len() < FRAME_LEN_MAX);
+        let b = buffers.get_or_insert_with(ConnBuffers::new);
+        b.partial[..rest.len()].copy_from_slice(rest);
+        b.partial_len = rest.len();
+    }
+}
+
+/// What reading a connection came to.
+#[derive(Default)]
+struct ReadOutcome {
+    /// Why the connection must close, if it must (the answers written before
+    /// are still owed).
+    close: Option<Close>,
+    /// Frames answered.
+    frames: u64,
+    /// When the first bytes arrived: where the answers' service time starts.
+    read_at: Option<Instant>,
+    /// Bytes read.
+    bytes: u64,
+    /// Bytes of a partial frame left at the front of the scratch buffer.
+    leftover: usize,
+    /// The connection used its reads for this wake-up with more possibly
+    /// waiting: it must be read again after the turn's other events.
+    share_used: bool,
 }
 
 /// Per-SET bookkeeping.
@@ -223,6 +275,9 @@ struct Worker<S: Service> {
     sweep_cursor: usize,
     scratch_in: Box<[u8]>,
     scratch_out: Vec<u8>,
+    /// Where a connection without buffers holds answers while its read is
+    /// answered; they move to its buffers before the read ends.
+    held_spare: HeldAnswers,
     /// Connections with more to read than one wake-up's share, and whether
     /// their peer's FIN was reported: read again after the turn's events.
     resume: Vec<(usize, bool)>,
@@ -289,6 +344,7 @@ pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
         sweep_cursor: 0,
         scratch_in: vec![0; SCRATCH_IN_LEN].into_boxed_slice(),
         scratch_out: Vec::with_capacity(SCRATCH_OUT_LEN),
+        held_spare: HeldAnswers::default(),
         resume: Vec::with_capacity(EVENTS_MAX),
         resuming: Vec::with_capacity(EVENTS_MAX),
         service,
@@ -419,7 +475,7 @@ impl<S: Service> Worker<S> {
                 if here {
                     self.counters.pushes += 1;
                     self.write_frame(to.key as usize, push);
-                } else if hops < 3 {
+                } else if hops < PUSH_HOPS_MAX {
                     // Gone since the home core looked: back home, which
                     // knows by now (this core's Offline went first).
                     let home = self.fx.home(user);
@@ -500,9 +556,7 @@ impl<S: Service> Worker<S> {
     /// writer, and sends other cores their messages (one wake-up each).
     fn pump(&mut self) {
         let me = self.core.0;
-        // Bounded: each round handles what the last one produced, and
-        // routing to oneself ends within a few hops.
-        for _ in 0..8 {
+        for _ in 0..SELF_MESSAGE_ROUNDS_MAX {
             if self.fx.outbox[me].is_empty() {
                 break;
             }
@@ -547,11 +601,7 @@ impl<S: Service> Worker<S> {
     /// Releases every answer whose ledger entry is durable now.
     fn release_durable(&mut self) {
         let durable = self.fx.ledger.durable();
-        while let Some(&(seq, waiting)) = self.fx.after_sync.front() {
-            if seq > durable {
-                break;
-            }
-            self.fx.after_sync.pop_front();
+        while let Some(waiting) = self.fx.after_sync.pop_durable(durable) {
             match waiting {
                 Waiting::Conn { key, serial } => {
                     let addr = ConnAddr {
@@ -581,14 +631,7 @@ impl<S: Service> Worker<S> {
     fn release_held(&mut self, key: usize, durable: u64) {
         self.scratch_out.clear();
         if let Some(b) = self.conns[key].buffers.as_deref_mut() {
-            while let Some(h) = b.held.front() {
-                if h.seq > durable {
-                    break;
-                }
-                self.scratch_out
-                    .extend_from_slice(&h.frame[..usize::from(h.len)]);
-                b.held.pop_front();
-            }
+            b.held.release(durable, &mut self.scratch_out);
         }
         if !self.scratch_out.is_empty() {
             self.flush_conn(key);
@@ -754,115 +797,125 @@ impl<S: Service> Worker<S> {
         self.counters.closed += 1;
     }
 
-    /// `closing`: the event already reports the peer's FIN or an error, so
-    /// the short-read shortcut must not skip the read that returns it.
+    /// A connection has bytes to read, or its peer's FIN, or an error:
+    /// reads and answers, sends the answers with one write, then keeps,
+    /// closes or slims the connection. `closing`: the event already reports
+    /// the peer's FIN or an error, so the short-read shortcut must not skip
+    /// the read that returns it.
     fn on_readable(&mut self, key: usize, closing: bool) {
         if self.shutdown_deadline.is_some() {
             // Stopping: answer nothing new, only flush what is owed.
             self.on_writable(key);
             return;
         }
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.conns.get(key) else {
             return; // stale event for a connection closed this turn
         };
         let was_awaiting = conn.state == SessionState::AwaitingLogin;
-        let scratch = &mut self.scratch_in[..];
-        let out = &mut self.scratch_out;
-        out.clear();
-        let mut filled = 0;
-        if let Some(b) = conn.buffers.as_deref_mut() {
-            filled = b.partial_len;
-            scratch[..filled].copy_from_slice(&b.partial[..filled]);
-            b.partial_len = 0;
-        }
-        let mut close = None;
-        let mut frames = 0u64;
-        let mut read_at = None;
-        let mut reads = 0;
-        loop {
-            let room = scratch.len() - filled;
-            match conn.stream.read(&mut scratch[filled..]) {
-                Ok(0) => {
-                    close = Some(Close::Eof);
-                    break;
-                }
-                Ok(n) => {
-                    reads += 1;
-                    read_at.get_or_insert_with(Instant::now);
-                    self.counters.bytes_in += n as u64;
-                    filled += n;
-                    let addr = ConnAddr {
-                        core: self.core.0 as u16,
-                        key: key as u32,
-                        serial: conn.serial,
-                    };
-                    let (used, answered, refused) = answer_frames(
-                        &scratch[..filled],
-                        addr,
-                        &mut conn.state,
-                        &mut conn.buffers,
-                        &mut self.service,
-                        self.wall,
-                        out,
-                        &mut self.fx,
-                        &mut self.counters,
-                    );
-                    frames += answered;
-                    scratch.copy_within(used..filled, 0);
-                    filled -= used;
-                    if refused {
-                        close = Some(Close::BadFrame);
-                        break;
-                    }
-                    if n < room && !closing {
-                        break; // drained: see the contract above
-                    }
-                    if reads == READS_PER_WAKE_MAX {
-                        // More may wait: this connection's share is used; it
-                        // is read again after the turn's other events.
-                        self.resume.push((key, closing));
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    close = Some(Close::Peer);
-                    break;
-                }
-            }
-        }
-        if close.is_none() && filled > 0 {
-            // decode() refuses or completes any prefix of FRAME_LEN_MAX bytes,
-            // so a leftover is always shorter than one frame.
-            debug_assert!(filled < FRAME_LEN_MAX);
-            let b = conn.buffers.get_or_insert_with(ConnBuffers::new);
-            b.partial[..filled].copy_from_slice(&scratch[..filled]);
-            b.partial_len = filled;
-        }
-        if was_awaiting && conn.state != SessionState::AwaitingLogin {
+        let read = self.read_and_answer(key, closing);
+        if was_awaiting && self.conns[key].state != SessionState::AwaitingLogin {
+            // Logged in: no login deadline left to sweep.
             self.sets[key / SET_SIZE].timed -= 1;
         }
-        let owed = conn.buffers.as_ref().is_some_and(|b| !b.out.is_empty());
-        if !out.is_empty() || owed {
-            if let Some(read_at) = read_at
-                && frames > 0
-            {
-                let ns = Instant::now().saturating_duration_since(read_at).as_nanos() as u64;
-                // Out-of-range values are clamped to the histogram's bounds.
-                self.latency.saturating_record_n(ns.max(1), frames);
-            }
-            // Answers to the frames before a refused one are still owed.
-            if let Err(why) = self.send(key) {
-                close = Some(why);
-            }
+        let mut close = read.close;
+        if let Err(why) = self.send_answers(key, &read) {
+            close = Some(why);
         }
+        self.settle_after_read(key, close);
+    }
+
+    /// Reads the connection, up to its share of the wake-up, and answers
+    /// every whole frame into `scratch_out` (see the contract above); a
+    /// partial frame is carried over to the next read.
+    fn read_and_answer(&mut self, key: usize, closing: bool) -> ReadOutcome {
+        let Worker {
+            conns,
+            scratch_in,
+            scratch_out,
+            held_spare,
+            resume,
+            service,
+            fx,
+            counters,
+            core,
+            wall,
+            ..
+        } = self;
+        let Conn {
+            stream,
+            state,
+            serial,
+            buffers,
+            ..
+        } = &mut conns[key];
+        let scratch = &mut scratch_in[..];
+        scratch_out.clear();
+        let filled = ConnBuffers::take_partial(buffers, scratch);
+        let held = match buffers.as_deref_mut() {
+            Some(b) => &mut b.held,
+            None => &mut *held_spare,
+        };
+        let mut cx = FrameContext {
+            conn: ConnAddr {
+                core: core.0 as u16,
+                key: key as u32,
+                serial: *serial,
+            },
+            state,
+            now: *wall,
+            out: scratch_out,
+            fx,
+            counters,
+        };
+        let read = read_share(stream, scratch, filled, closing, |bytes| {
+            answer_frames(bytes, service, held, &mut cx)
+        });
+        cx.counters.bytes_in += read.bytes;
+        if read.share_used {
+            // More may wait: this connection's share is used; it is read
+            // again after the turn's other events.
+            resume.push((key, closing));
+        }
+        if !held_spare.is_empty() {
+            // The connection's first held answers: they go with it now.
+            buffers.get_or_insert_with(ConnBuffers::new).held = std::mem::take(held_spare);
+        }
+        if read.close.is_none() && read.leftover > 0 {
+            ConnBuffers::keep_partial(buffers, &scratch[..read.leftover]);
+        }
+        read
+    }
+
+    /// Sends what this read answered after what the connection already
+    /// owes, and records the answers' service time.
+    fn send_answers(&mut self, key: usize, read: &ReadOutcome) -> Result<(), Close> {
+        let owed = self.conns[key]
+            .buffers
+            .as_ref()
+            .is_some_and(|b| !b.out.is_empty());
+        if self.scratch_out.is_empty() && !owed {
+            return Ok(());
+        }
+        if let Some(read_at) = read.read_at
+            && read.frames > 0
+        {
+            let ns = Instant::now().saturating_duration_since(read_at).as_nanos() as u64;
+            // Out-of-range values are clamped to the histogram's bounds.
+            self.latency.saturating_record_n(ns.max(1), read.frames);
+        }
+        // Answers to the frames before a refused one are still owed.
+        self.send(key)
+    }
+
+    /// After a read: a peer that sent its FIN while answers are still owed
+    /// is kept until they drain; a connection that must close is closed;
+    /// one that holds nothing gives its buffers back.
+    fn settle_after_read(&mut self, key: usize, close: Option<Close>) {
         if close == Some(Close::Eof)
             && let Some(b) = self.conns[key].buffers.as_deref_mut()
             && (!b.out.is_empty() || !b.held.is_empty())
         {
-            // The peer closed its sending side but answers are still owed
-            // (and the write did not fail): keep the connection until they
+            // The write did not fail: keep the connection until its answers
             // drain, within a deadline swept like a login's, then close.
             if !b.read_closed {
                 b.read_closed = true;
@@ -1002,102 +1055,58 @@ impl<S: Service> Worker<S> {
     }
 }
 
-/// Decodes and answers every whole frame in `bytes`. Returns the bytes used,
-/// the frames answered, and whether a frame was refused (counted here by
-/// kind); answers to the frames before a refused one stay in `out`. An
-/// answer that must wait for the ledger — and every answer after one, so the
-/// connection's answers keep their order — goes to the connection's held
-/// queue instead of `out`.
-#[allow(clippy::too_many_arguments)]
+/// Reads `stream` into `scratch`, after the `filled` bytes carried over, up
+/// to one wake-up's share (see the contract above), handing all the bytes
+/// held to `answer` after each read and keeping what it did not use (a
+/// partial frame) at the front for the next read.
 #[inline]
-fn answer_frames<S: Service>(
-    bytes: &[u8],
-    addr: ConnAddr,
-    state: &mut SessionState,
-    buffers: &mut Option<Box<ConnBuffers>>,
-    service: &mut S,
-    now: Now,
-    out: &mut Vec<u8>,
-    fx: &mut Effects,
-    counters: &mut CoreCounters,
-) -> (usize, u64, bool) {
-    let mut at = 0;
-    let mut answered = 0;
+fn read_share(
+    stream: &mut TcpStream,
+    scratch: &mut [u8],
+    mut filled: usize,
+    closing: bool,
+    mut answer: impl FnMut(&[u8]) -> Answered,
+) -> ReadOutcome {
+    let mut read = ReadOutcome::default();
+    let mut reads = 0;
     loop {
-        match wire::decode(&bytes[at..]) {
-            Ok(d) => {
-                let before = out.len();
-                let Ok(hold) = service.on_frame(addr, state, d.frame, now, out, fx, counters)
-                else {
-                    counters.bad_session += 1;
-                    return (at, answered, true);
-                };
-                let holding = buffers.as_ref().is_some_and(|b| !b.held.is_empty());
-                if hold != Hold::No || holding {
-                    hold_answer(addr, hold, buffers, out, before, fx);
-                }
-                at += d.len;
-                answered += 1;
+        let room = scratch.len() - filled;
+        match stream.read(&mut scratch[filled..]) {
+            Ok(0) => {
+                read.close = Some(Close::Eof);
+                break;
             }
-            Err(DecodeError::Incomplete) => return (at, answered, false),
-            Err(e) => {
-                match e {
-                    DecodeError::BadLength(_) => counters.bad_length += 1,
-                    DecodeError::UnknownCmd(_) => counters.bad_cmd += 1,
-                    DecodeError::BadSize { .. } => counters.bad_size += 1,
-                    DecodeError::Incomplete => unreachable!("matched above"),
+            Ok(n) => {
+                reads += 1;
+                read.read_at.get_or_insert_with(Instant::now);
+                read.bytes += n as u64;
+                filled += n;
+                let answered = answer(&scratch[..filled]);
+                read.frames += answered.frames;
+                scratch.copy_within(answered.used..filled, 0);
+                filled -= answered.used;
+                if answered.refused {
+                    read.close = Some(Close::BadFrame);
+                    break;
                 }
-                return (at, answered, true);
+                if n < room && !closing {
+                    break; // drained: see the contract above
+                }
+                if reads == READS_PER_WAKE_MAX {
+                    read.share_used = true;
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => {
+                read.close = Some(Close::Peer);
+                break;
             }
         }
     }
-}
-
-/// Moves the answer at `out[before..]` (if any) to the connection's held
-/// queue, to be released once ledger entry `hold` is durable (or once the
-/// answers before it are released).
-#[cold]
-fn hold_answer(
-    addr: ConnAddr,
-    hold: Hold,
-    buffers: &mut Option<Box<ConnBuffers>>,
-    out: &mut Vec<u8>,
-    before: usize,
-    fx: &mut Effects,
-) {
-    let seq = match hold {
-        Hold::UntilSync(seq) => {
-            fx.after(
-                seq,
-                Waiting::Conn {
-                    key: addr.key,
-                    serial: addr.serial,
-                },
-            );
-            seq
-        }
-        Hold::No => 0,
-    };
-    let answer = &out[before..];
-    if answer.is_empty() {
-        return;
-    }
-    debug_assert!(
-        answer.len() <= HELD_FRAME_MAX,
-        "client frames get short answers"
-    );
-    let len = answer.len().min(HELD_FRAME_MAX);
-    let mut frame = [0; HELD_FRAME_MAX];
-    frame[..len].copy_from_slice(&answer[..len]);
-    buffers
-        .get_or_insert_with(ConnBuffers::new)
-        .held
-        .push_back(Held {
-            seq,
-            len: len as u8,
-            frame,
-        });
-    out.truncate(before);
+    read.leftover = filled;
+    read
 }
 
 /// The wall clock now, in seconds and milliseconds.
