@@ -302,11 +302,7 @@ pub fn decode_frames<E>(
             Err(e) => break Some(FrameStop::Refused(e)),
         }
     };
-    Decoded {
-        used,
-        frames,
-        stop,
-    }
+    Decoded { used, frames, stop }
 }
 
 /// A loop's read buffer (one per core or thread, shared by all of its

@@ -53,6 +53,7 @@ use crate::clock::unix_secs;
 use crate::conn::{Behind, Carry, FrameStop, LazyBuffers, SpillRule};
 use crate::ids::{PacketId, UserId};
 use crate::stats::client::Counters;
+use crate::stats::recycle;
 use crate::wire::{DecodeError, Frame, ShakeOutcome};
 
 /// The token of each thread's `mio::Waker`; connections use tokens `0..users`.
@@ -1086,14 +1087,7 @@ impl Worker {
     fn publish_second(&mut self, second: u64) {
         let counters = std::mem::take(&mut self.tally.current);
         self.per_second.push(counters);
-        let spare = match self.cfg.recycle.try_recv() {
-            Ok(mut h) => {
-                h.reset();
-                h
-            }
-            Err(_) => Box::new(SecondHists::new()),
-        };
-        let hists = std::mem::replace(&mut self.tally.second, spare);
+        let hists = recycle::swap_out(&mut self.tally.second, &self.cfg.recycle);
         let (cpu, wall) = (thread_cpu_ns(), unix_nanos());
         let cpu_ns = cpu.saturating_sub(self.cpu_mark_ns);
         let wall_ns = wall.saturating_sub(self.wall_mark_ns);
@@ -1515,7 +1509,6 @@ fn thread_cpu_ns() -> u64 {
 fn nanos_since(start: Instant, now: Instant) -> u64 {
     now.saturating_duration_since(start).as_nanos() as u64
 }
-
 
 #[cfg(test)]
 mod tests {
