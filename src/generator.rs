@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
@@ -241,7 +241,7 @@ pub fn run(setup: GeneratorSetup) {
     let mut batch = Batch::new(initial, Instant::now());
     g.rings
         .set_exhausted(batch.schedule.is_done(0) && initial.total.is_some() && g.held.is_empty());
-    let mut second = unix_second(SystemTime::now());
+    let mut second = crate::clock::unix_secs();
     let mut ledger_seen = g.ledger.counters();
     // Wake at least this often to close seconds and retry held envelopes.
     let tick = Duration::from_millis(100);
@@ -336,7 +336,7 @@ pub fn run(setup: GeneratorSetup) {
         {
             g.rings.set_exhausted(true);
         }
-        let now_second = unix_second(SystemTime::now());
+        let now_second = crate::clock::unix_secs();
         if now_second != second {
             let counters = std::mem::take(&mut g.counters);
             let in_rings = g.rings.len() as u64;
@@ -596,11 +596,6 @@ impl Generator {
         self.counters.ring_full_stalls += 1;
         false
     }
-}
-
-/// Whole seconds since the Unix epoch (0 for a clock before it).
-pub fn unix_second(t: SystemTime) -> u64 {
-    crate::clock::since_epoch(t).as_secs()
 }
 
 #[cfg(test)]
