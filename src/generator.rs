@@ -24,7 +24,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
@@ -304,7 +304,7 @@ impl Run {
         g.rings.set_exhausted(
             batch.schedule.is_done(0) && initial.total.is_some() && g.held.is_empty(),
         );
-        let second = unix_second(SystemTime::now());
+        let second = crate::clock::unix_secs();
         let ledger_seen = g.ledger.counters();
         Run {
             g,
@@ -404,7 +404,7 @@ impl Run {
     /// Reports the second just ended, if one has. False when nobody takes
     /// reports any more (the server is stopping).
     fn close_second(&mut self) -> bool {
-        let now_second = unix_second(SystemTime::now());
+        let now_second = crate::clock::unix_secs();
         if now_second == self.second {
             return true;
         }
@@ -661,11 +661,6 @@ impl Generator {
         self.counters.ring_full_stalls += 1;
         false
     }
-}
-
-/// Whole seconds since the Unix epoch (0 for a clock before it).
-pub fn unix_second(t: SystemTime) -> u64 {
-    crate::clock::since_epoch(t).as_secs()
 }
 
 #[cfg(test)]

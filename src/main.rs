@@ -145,7 +145,8 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
     });
     let summary = server.shutdown();
     let t = &summary.total;
-    let (p50, p99, p999, max) = summary.service_ns;
+    let s = summary.service_ns;
+    let (p50, p99, p999, max) = (s.p50_ns, s.p99_ns, s.p999_ns, s.max_ns);
     println!(
         "summary: {} s, accepted {}, logins {}, shakes {} (got {}, none {}, gone {}, overload {}), \
          claims {} (paid {}, {} cents), packets {} ({} cents), pushes {}, bad frames {}, evictions {}, login timeouts {}, fd-exhausted accepts {}, \

@@ -1,10 +1,12 @@
 //! Prometheus text exposition (format 0.0.4), the helpers every process's
 //! `/metrics` document is written with.
 //!
-//! Owns: writing the text (`# HELP`, `# TYPE`, samples, label escaping) and
-//! the cumulative latency summary a process publishes beside its counters
-//! ([`LatencySummary`]). Must not: read a clock, lock anything, know HTTP,
-//! or know a counter struct: each program writes its own document
+//! Owns: writing the text (`# HELP`, `# TYPE`, samples, label escaping), the
+//! shape of the cumulative latency summary a process publishes beside its
+//! counters ([`LatencySummary`]) and the quantiles every summary carries
+//! ([`QUANTILES`]). Must not: read a clock, lock anything, know HTTP, take
+//! a summary from a histogram (that is `stats::SummaryNs`, the one way), or
+//! know a counter struct: each program writes its own document
 //! (`server::published`, `flood::published`) from what it already
 //! publishes once a second.
 //!
@@ -18,7 +20,6 @@
 
 use std::fmt::Write as _;
 
-use hdrhistogram::Histogram;
 use serde::Serialize;
 
 /// Quantiles every latency summary carries.
@@ -36,23 +37,6 @@ pub struct LatencySummary {
     /// `(quantile, seconds)` for each of [`QUANTILES`]; empty when no sample
     /// was recorded (a quantile of nothing is not a number).
     pub quantiles: Vec<(f64, f64)>,
-}
-
-impl LatencySummary {
-    /// Summarises a histogram of nanoseconds.
-    pub fn of_ns(h: &Histogram<u64>) -> LatencySummary {
-        if h.is_empty() {
-            return LatencySummary::default();
-        }
-        LatencySummary {
-            count: h.len(),
-            sum_seconds: h.mean() * h.len() as f64 / 1e9,
-            quantiles: QUANTILES
-                .iter()
-                .map(|&q| (q, h.value_at_quantile(q) as f64 / 1e9))
-                .collect(),
-        }
-    }
 }
 
 /// A Prometheus text document being written.
@@ -168,30 +152,5 @@ mod tests {
         assert_eq!(number(f64::INFINITY), "+Inf");
         assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!(escape_help("x\ny\\"), "x\\ny\\\\");
-    }
-
-    #[test]
-    fn an_empty_summary_has_no_quantiles_but_a_count() {
-        let s = LatencySummary::of_ns(&crate::hlog::latency_histogram());
-        let mut e = Exposition::new();
-        e.summary("x_seconds", "help", &s);
-        assert_eq!(
-            e.finish(),
-            "# HELP x_seconds help\n# TYPE x_seconds summary\nx_seconds_sum 0\nx_seconds_count 0\n"
-        );
-    }
-
-    #[test]
-    fn a_summary_is_in_seconds() {
-        let mut h = crate::hlog::latency_histogram();
-        for ns in [1_000, 2_000, 3_000, 1_000_000] {
-            h.record(ns).expect("in bounds");
-        }
-        let s = LatencySummary::of_ns(&h);
-        assert_eq!(s.count, 4);
-        assert_eq!(s.quantiles.len(), QUANTILES.len());
-        let p50 = s.quantiles[0].1;
-        assert!((p50 - 2e-6).abs() < 1e-8, "{p50}");
-        assert!((s.sum_seconds - 1.006e-3).abs() < 1e-5, "{}", s.sum_seconds);
     }
 }

@@ -17,6 +17,7 @@ use crate::hlog::{LatencyHistogram, encode_histogram, latency_histogram};
 use crate::http::{Request, Response};
 use crate::prom::{self, Exposition, LatencySummary};
 use crate::seconds::{self, ClientSecond, SECONDS_KEPT, Seconds};
+use crate::stats::SummaryNs;
 use crate::stats::client::Counters;
 
 /// A flooder's complete seconds and its metrics, shared between its
@@ -79,8 +80,8 @@ impl FloodSeconds {
         g.metrics.qps = second.qps;
         g.metrics.connections = second.connections;
         g.metrics.thread_cpu_max_pct = second.thread_cpu_max_pct;
-        g.metrics.latency = LatencySummary::of_ns(&g.latency);
-        g.metrics.send_lag = LatencySummary::of_ns(&g.send_lag);
+        g.metrics.latency = SummaryNs::of(&g.latency).to_prom();
+        g.metrics.send_lag = SummaryNs::of(&g.send_lag).to_prom();
         if g.seconds.len() == SECONDS_KEPT {
             g.seconds.pop_front();
         }

@@ -10,6 +10,7 @@
 use hdrhistogram::Histogram;
 
 use crate::hlog::latency_histogram;
+use crate::stats::recycle::Recycle;
 
 /// Latency histograms of one thread (or, merged, of the run), in nanoseconds
 /// with 3 significant digits.
@@ -33,7 +34,7 @@ pub struct Latency {
 /// it: the corrected latency of the answers that arrived, and the send lag
 /// of the requests that left. Handed to the coordinator each second (for the
 /// progress line's percentiles and the `--hlog` interval log) and handed
-/// back empty for reuse.
+/// back for reuse ([`crate::stats::recycle`]).
 #[derive(Clone, Debug)]
 pub struct SecondHists {
     /// Answer time − intended send time, ns.
@@ -66,6 +67,20 @@ impl SecondHists {
     pub fn reset(&mut self) {
         self.corrected.reset();
         self.send_lag.reset();
+    }
+}
+
+impl Recycle for SecondHists {
+    fn fresh() -> SecondHists {
+        SecondHists::new()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.corrected.is_empty() && self.send_lag.is_empty()
+    }
+
+    fn reset(&mut self) {
+        SecondHists::reset(self);
     }
 }
 

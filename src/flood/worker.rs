@@ -46,9 +46,15 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use super::schedule::{self, NANOS_PER_SEC, Plan, Share, SlotRule};
 use super::stats::{Latency, SecondHists};
+// Re-exported for the coordinator and the control, which read the same
+// clock (`crate::clock::unix_nanos` is the one reading).
+pub(crate) use crate::clock::unix_nanos;
+use crate::clock::unix_secs;
+use crate::conn::{Behind, Carry, FrameStop, LazyBuffers, SpillRule};
 use crate::ids::{PacketId, UserId};
 use crate::stats::client::Counters;
-use crate::wire::{self, DecodeError, Frame, ShakeOutcome};
+use crate::stats::recycle;
+use crate::wire::{DecodeError, Frame, ShakeOutcome};
 
 /// The token of each thread's `mio::Waker`; connections use tokens `0..users`.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -83,9 +89,46 @@ const CLAIMS_IN_FLIGHT_MAX: usize = 1 << 16;
 /// that users refused together do not come back together.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Doublings of [`BACKOFF_FIRST`] counted at most: six already pass
+/// [`BACKOFF_MAX`]; stopping at ten keeps the shift and the product far from
+/// overflowing however often a user fails.
+const BACKOFF_DOUBLINGS_MAX: u8 = 10;
 
 /// An `--ack-log` buffer is written out when it reaches this.
 const ACK_FLUSH_AT: usize = 64 * 1024;
+/// Room past [`ACK_FLUSH_AT`] for the line that crosses it (a line is at
+/// most 40 bytes: a kind and three `u32`s), so the buffer never grows.
+const ACK_LINE_ROOM: usize = 256;
+
+/// The frame being sent: one at a time (cleared before each), so any room
+/// for [`crate::wire::FRAME_LEN_MAX`] bytes would do; the 64 shake requests of 16
+/// bytes it has always had room for cost nothing and never grow.
+const WRITE_BUF_LEN: usize = 64 * 16;
+
+/// Run seconds a thread may report past the plan's and the drain's whole
+/// seconds (the partial second the drain ends in, and the one published
+/// as the thread stops): room kept for them so the per-second list never
+/// grows while shaking.
+const SECONDS_PAST_DRAIN: u64 = 2;
+
+/// Room for the control messages of one `recvmsg`, in `u64`s (so it is
+/// aligned for `cmsghdr`): one `SCM_TIMESTAMPNS` takes 32 bytes, and 64
+/// leave room for one more the kernel might add.
+const CONTROL_WORDS: usize = 8;
+
+/// The timer slack asked for, ns: the least there is (0 would mean "back to
+/// the default", 50 µs).
+const TIMER_SLACK_NS: libc::c_ulong = 1;
+
+/// How a connection's output spills: behind waiting output, new requests
+/// queue without a system call (a WRITABLE edge is coming, the socket being
+/// registered for it for good). Never over its cap: the flooder does not
+/// drop a connection for its own backlog, which [`IN_FLIGHT_MAX`] and
+/// [`CLAIMS_IN_FLIGHT_MAX`] bound instead.
+const SPILL_RULE: SpillRule = SpillRule {
+    behind: Behind::Queue,
+    kept_max: usize::MAX,
+};
 
 /// mio events taken per poll. More only means fewer polls under a burst.
 const EVENTS_CAPACITY: usize = 1024;
@@ -317,15 +360,6 @@ struct PendingClaim {
     packet: PacketId,
 }
 
-/// Bytes that did not fit one turn: a partial answer frame, or output the
-/// socket would not take. Allocated the first time a connection needs it and
-/// then kept: a connection that spilled once under load tends to again.
-struct Spill {
-    partial: [u8; wire::FRAME_LEN_MAX],
-    partial_len: usize,
-    out: Vec<u8>,
-}
-
 struct Conn {
     stream: Option<TcpStream>,
     user: UserId,
@@ -335,48 +369,11 @@ struct Conn {
     /// Requests awaiting answers, oldest first: a server answers a
     /// connection's shakes in order. Unallocated until the first shake.
     in_flight: VecDeque<InFlight>,
-    spill: Option<Box<Spill>>,
-}
-
-impl Conn {
-    fn spill(&mut self) -> &mut Spill {
-        self.spill.get_or_insert_with(|| {
-            Box::new(Spill {
-                partial: [0; wire::FRAME_LEN_MAX],
-                partial_len: 0,
-                out: Vec::new(),
-            })
-        })
-    }
-
-    /// Copies a kept partial frame to the front of `buf`; returns its length.
-    fn copy_partial_to(&self, buf: &mut [u8]) -> usize {
-        match &self.spill {
-            Some(s) if s.partial_len > 0 => {
-                buf[..s.partial_len].copy_from_slice(&s.partial[..s.partial_len]);
-                s.partial_len
-            }
-            _ => 0,
-        }
-    }
-
-    /// Keeps `rest`, the start of a frame not yet complete (shorter than the
-    /// longest frame, since the decoder accepts no longer one).
-    fn keep_partial(&mut self, rest: &[u8]) {
-        if rest.is_empty() {
-            if let Some(s) = &mut self.spill {
-                s.partial_len = 0;
-            }
-            return;
-        }
-        let s = self.spill();
-        s.partial[..rest.len()].copy_from_slice(rest);
-        s.partial_len = rest.len();
-    }
-
-    fn has_pending_out(&self) -> bool {
-        self.spill.as_ref().is_some_and(|s| !s.out.is_empty())
-    }
+    /// Bytes that did not fit one turn: a partial answer frame, or output
+    /// the socket would not take. Allocated the first time a connection
+    /// needs it and then kept: a connection that spilled once under load
+    /// tends to again.
+    spill: LazyBuffers,
 }
 
 /// Why a connection is closed.
@@ -563,12 +560,12 @@ impl Worker {
         control: Receiver<Control>,
         to_main: Sender<ToMain>,
     ) -> Worker {
-        let seconds = cfg.plan.end_secs() + cfg.drain_ns / NANOS_PER_SEC + 2;
+        let seconds = cfg.plan.end_secs() + cfg.drain_ns / NANOS_PER_SEC + SECONDS_PAST_DRAIN;
         let end_secs = cfg.plan.end_secs() as usize;
         let first = cfg.first_user;
         let ack = cfg.ack_log.clone().map(|file| AckLog {
             file,
-            buf: Vec::with_capacity(ACK_FLUSH_AT + 256),
+            buf: Vec::with_capacity(ACK_FLUSH_AT + ACK_LINE_ROOM),
         });
         Worker {
             conns: (0..cfg.users)
@@ -578,7 +575,7 @@ impl Worker {
                     state: State::Idle,
                     failures: 0,
                     in_flight: VecDeque::new(),
-                    spill: None,
+                    spill: LazyBuffers::none(),
                 })
                 .collect(),
             per_second: Vec::with_capacity(seconds as usize),
@@ -588,9 +585,7 @@ impl Worker {
             control,
             to_main,
             read_buf: vec![0; READ_BUF_LEN].into_boxed_slice(),
-            // Room for a burst of shakes to one connection; grows once if a
-            // stalled server lets more fall due for it.
-            write_buf: Vec::with_capacity(64 * 16),
+            write_buf: Vec::with_capacity(WRITE_BUF_LEN),
             tally: Tally {
                 current: Counters::default(),
                 second: Box::new(SecondHists::new()),
@@ -944,7 +939,7 @@ impl Worker {
             write_buf.clear();
             Frame::LoginRequest { user: conn.user }.encode(unix_secs(), write_buf);
             send(conn, write_buf)?;
-        } else if writable && conn.has_pending_out() {
+        } else if writable && conn.spill.has_pending_out() {
             flush(conn)?;
         }
         if readable {
@@ -1032,7 +1027,7 @@ impl Worker {
 
     fn schedule_retry(&mut self, idx: usize, clock: u64) {
         let conn = &mut self.conns[idx];
-        let doubling = 1u32 << conn.failures.min(10);
+        let doubling = 1u32 << conn.failures.min(BACKOFF_DOUBLINGS_MAX);
         conn.failures = conn.failures.saturating_add(1);
         let backoff = (BACKOFF_FIRST * doubling).min(BACKOFF_MAX);
         // ±50 % jitter.
@@ -1052,10 +1047,7 @@ impl Worker {
         // the epoll set; a stale event for it in this batch is ignored.
         conn.stream = None;
         conn.state = State::Idle;
-        if let Some(s) = &mut conn.spill {
-            s.partial_len = 0;
-            s.out.clear();
-        }
+        conn.spill.clear();
         let lost = std::mem::take(&mut conn.in_flight);
         self.tally.lose(&lost, now_ns);
         self.tally.claims.retain(|c| c.conn != idx as u32);
@@ -1095,14 +1087,7 @@ impl Worker {
     fn publish_second(&mut self, second: u64) {
         let counters = std::mem::take(&mut self.tally.current);
         self.per_second.push(counters);
-        let spare = match self.cfg.recycle.try_recv() {
-            Ok(mut h) => {
-                h.reset();
-                h
-            }
-            Err(_) => Box::new(SecondHists::new()),
-        };
-        let hists = std::mem::replace(&mut self.tally.second, spare);
+        let hists = recycle::swap_out(&mut self.tally.second, &self.cfg.recycle);
         let (cpu, wall) = (thread_cpu_ns(), unix_nanos());
         let cpu_ns = cpu.saturating_sub(self.cpu_mark_ns);
         let wall_ns = wall.saturating_sub(self.wall_mark_ns);
@@ -1301,39 +1286,37 @@ fn read_frames(
     buf: &mut [u8],
     mut on_frame: impl FnMut(&mut Conn, Frame, u64) -> Result<(), Close>,
 ) -> Result<(), Close> {
+    let mut carry = Carry::take(buf, &mut conn.spill);
     loop {
-        let carried = conn.copy_partial_to(buf);
         let Some(stream) = conn.stream.as_ref() else {
+            carry.keep_rest(&mut conn.spill);
             return Ok(());
         };
-        let room = buf.len() - carried;
-        let (n, stamp) = match recv_stamped(stream.as_raw_fd(), &mut buf[carried..]) {
+        let room = carry.room().len();
+        let (n, stamp) = match recv_stamped(stream.as_raw_fd(), carry.room()) {
             Ok((0, _)) => return Err(Close::Eof),
             Ok(got) => got,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                carry.keep_rest(&mut conn.spill);
+                return Ok(());
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Close::Io(e)),
         };
         // The kernel's receive stamp; without one (timestamps unavailable),
         // the time of the read, which can only be later.
         let at = stamp.unwrap_or_else(unix_nanos);
-        let filled = carried + n;
-        let mut pos = 0;
-        loop {
-            match wire::decode(&buf[pos..filled]) {
-                Ok(decoded) => {
-                    on_frame(conn, decoded.frame, at)?;
-                    pos += decoded.len;
-                }
-                Err(DecodeError::Incomplete) => break,
-                Err(e) => return Err(Close::Bad(e)),
-            }
+        carry.filled(n);
+        match carry.decode(|frame| on_frame(conn, frame, at)).stop {
+            None => {}
+            Some(FrameStop::Refused(e)) => return Err(Close::Bad(e)),
+            Some(FrameStop::Handler(close)) => return Err(close),
         }
-        conn.keep_partial(&buf[pos..filled]);
         // Linux raises a new edge for every arrival on a TCP socket, so a read
         // that did not fill the buffer has drained it for now. A full buffer
         // may mean more is waiting: read again.
         if n < room {
+            carry.keep_rest(&mut conn.spill);
             return Ok(());
         }
     }
@@ -1342,8 +1325,7 @@ fn read_frames(
 /// `recvmsg` into `buf`, returning the byte count and the kernel's receive
 /// timestamp (`SO_TIMESTAMPNS`, Unix ns) of the last segment read, if any.
 fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<(usize, Option<u64>)> {
-    // Room for one SCM_TIMESTAMPNS control message, u64-aligned.
-    let mut control = [0u64; 8];
+    let mut control = [0u64; CONTROL_WORDS];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -1392,29 +1374,15 @@ fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8]) -> io::Result<(usize, Op
 /// Writes `bytes` with one `write`; what the socket does not take waits in
 /// the connection's spill for the next WRITABLE edge.
 fn send(conn: &mut Conn, bytes: &[u8]) -> Result<(), Close> {
-    if conn.has_pending_out() {
-        // Earlier output is still waiting, so the socket was full at the last
-        // write and a WRITABLE edge is coming: queue behind it, no syscall.
-        conn.spill().out.extend_from_slice(bytes);
-        return Ok(());
-    }
     let Some(stream) = conn.stream.as_mut() else {
         return Ok(());
     };
-    let written = loop {
-        match send_raw(stream, bytes) {
-            Ok(0) => return Err(Close::Io(io::ErrorKind::WriteZero.into())),
-            Ok(n) => break n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Close::Io(e)),
-        }
-    };
-    if written < bytes.len() {
-        // A short write means the send buffer is full; another write now
-        // would only return WouldBlock.
-        conn.spill().out.extend_from_slice(&bytes[written..]);
-    }
+    // A short write means the send buffer is full; another write now would
+    // only return WouldBlock. The spill is never over its cap (see
+    // SPILL_RULE), so what `send` says of it needs no answer here.
+    conn.spill
+        .send(bytes, SPILL_RULE, |b| send_raw(stream, b))
+        .map_err(Close::Io)?;
     Ok(())
 }
 
@@ -1444,20 +1412,12 @@ fn send_raw(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
 
 /// Writes as much pending output as the socket takes.
 fn flush(conn: &mut Conn) -> Result<(), Close> {
-    let (Some(stream), Some(spill)) = (conn.stream.as_mut(), conn.spill.as_mut()) else {
+    let Some(stream) = conn.stream.as_mut() else {
         return Ok(());
     };
-    while !spill.out.is_empty() {
-        match send_raw(stream, &spill.out) {
-            Ok(0) => return Err(Close::Io(io::ErrorKind::WriteZero.into())),
-            Ok(n) => {
-                spill.out.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Close::Io(e)),
-        }
-    }
+    conn.spill
+        .flush(|b| send_raw(stream, b))
+        .map_err(Close::Io)?;
     Ok(())
 }
 
@@ -1509,7 +1469,7 @@ fn open_socket(server: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream
 fn tighten_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes an integer and touches no memory.
     unsafe {
-        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0);
+        libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS, 0, 0, 0);
     }
 }
 
@@ -1548,16 +1508,6 @@ fn thread_cpu_ns() -> u64 {
 /// Nanoseconds from `start` to `now`, 0 when `now` is earlier.
 fn nanos_since(start: Instant, now: Instant) -> u64 {
     now.saturating_duration_since(start).as_nanos() as u64
-}
-
-/// The wall clock in Unix nanoseconds.
-pub(crate) fn unix_nanos() -> u64 {
-    crate::clock::unix_now().as_nanos() as u64
-}
-
-/// The frame timestamp: Unix seconds, as the original client sends.
-fn unix_secs() -> u64 {
-    unix_nanos() / NANOS_PER_SEC
 }
 
 #[cfg(test)]

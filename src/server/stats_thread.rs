@@ -25,8 +25,8 @@ pub struct Summary {
     pub total: SecondStats,
     /// Seconds counted.
     pub seconds: u64,
-    /// Service time over the run, nanoseconds: p50, p99, p99.9, max.
-    pub service_ns: (u64, u64, u64, u64),
+    /// Service time over the run, nanoseconds.
+    pub service_ns: crate::stats::SummaryNs,
     /// Envelopes left in the rings at the end.
     pub envelopes_in_rings: u64,
 }
@@ -91,7 +91,7 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
             p.recent.push_back(s);
         }
         p.total = agg.total.clone();
-        p.service = crate::prom::LatencySummary::of_ns(agg.total_latency());
+        p.service = agg.total_latency_ns().to_prom();
     };
     while let Ok(report) = reports.recv() {
         let core = match &report {

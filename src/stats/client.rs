@@ -2,12 +2,18 @@
 //! its latency summaries ([`Percentiles`]), in the shape the `/seconds`
 //! schema carries them to the monitor and the report shows them.
 //!
-//! Owns: the counter set and the microsecond summary. Must not: hold a
+//! Owns: the counter set and the microsecond summary (taken, like every
+//! summary, through [`super::SummaryNs`]). Must not: hold a
 //! histogram or be shared between threads while a run is going (each
 //! flooder thread counts into its own and hands it over by value).
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+
+use super::SummaryNs;
+
+/// Nanoseconds in a microsecond.
+const NS_PER_US: f64 = 1_000.0;
 
 /// Plain event counts over some span (one second, the window, a whole run).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,18 +112,21 @@ pub struct Percentiles {
 impl Percentiles {
     /// Summarises `h` (nanoseconds) in microseconds; all zero when empty.
     pub fn of(h: &Histogram<u64>) -> Percentiles {
-        if h.is_empty() {
-            return Percentiles::default();
-        }
-        let us = |ns: u64| ns as f64 / 1_000.0;
+        Percentiles::from_summary(&SummaryNs::of(h))
+    }
+
+    /// A summary in microseconds, as the flooder's report and `/seconds`
+    /// show it.
+    pub fn from_summary(s: &SummaryNs) -> Percentiles {
+        let us = |ns: u64| ns as f64 / NS_PER_US;
         Percentiles {
-            count: h.len(),
-            mean_us: h.mean() / 1_000.0,
-            p50_us: us(h.value_at_quantile(0.50)),
-            p90_us: us(h.value_at_quantile(0.90)),
-            p99_us: us(h.value_at_quantile(0.99)),
-            p999_us: us(h.value_at_quantile(0.999)),
-            max_us: us(h.max()),
+            count: s.count,
+            mean_us: s.mean_ns / NS_PER_US,
+            p50_us: us(s.p50_ns),
+            p90_us: us(s.p90_ns),
+            p99_us: us(s.p99_ns),
+            p999_us: us(s.p999_ns),
+            max_us: us(s.max_ns),
         }
     }
 }

@@ -6,7 +6,8 @@
 //! Must not: be touched across cores on the request path. Each core increments
 //! its own counters with ordinary adds; once a second it moves them, with its
 //! latency histogram, through a channel (no allocation: histograms travel back
-//! to be reused).
+//! to be reused, [`recycle`]). Every percentile of a histogram is taken one
+//! way, [`SummaryNs`], whatever unit a document shows it in.
 //!
 //! Alignment: a source closes second `t` at its first loop turn in a later
 //! second, so a second's counts are those of `[t, t+1)` give or take one loop
@@ -16,6 +17,10 @@
 //! because it was alive and counted nothing there.
 
 pub mod client;
+pub mod recycle;
+mod summary;
+
+pub use summary::SummaryNs;
 
 use std::collections::VecDeque;
 
@@ -248,17 +253,15 @@ impl SecondStats {
     /// Sets the service-time percentiles from the second's histogram
     /// (nanoseconds): all zero when it is empty.
     pub fn set_service_percentiles(&mut self, h: &LatencyHistogram) {
-        if h.is_empty() {
-            self.service_ns_p50 = 0;
-            self.service_ns_p99 = 0;
-            self.service_ns_p999 = 0;
-            self.service_ns_max = 0;
-            return;
-        }
-        self.service_ns_p50 = h.value_at_quantile(0.50);
-        self.service_ns_p99 = h.value_at_quantile(0.99);
-        self.service_ns_p999 = h.value_at_quantile(0.999);
-        self.service_ns_max = h.max();
+        self.set_service(&SummaryNs::of(h));
+    }
+
+    /// Sets the service-time percentiles from their summary.
+    pub fn set_service(&mut self, s: &SummaryNs) {
+        self.service_ns_p50 = s.p50_ns;
+        self.service_ns_p99 = s.p99_ns;
+        self.service_ns_p999 = s.p999_ns;
+        self.service_ns_max = s.max_ns;
     }
 }
 
@@ -439,19 +442,9 @@ impl Aggregator {
         s
     }
 
-    /// Service time percentiles over the whole run so far, nanoseconds:
-    /// (p50, p99, p99.9, max).
-    pub fn total_latency_ns(&self) -> (u64, u64, u64, u64) {
-        let h = &self.total_latency;
-        if h.is_empty() {
-            return (0, 0, 0, 0);
-        }
-        (
-            h.value_at_quantile(0.50),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
-            h.max(),
-        )
+    /// Service time over the whole run so far, summarised.
+    pub fn total_latency_ns(&self) -> SummaryNs {
+        SummaryNs::of(&self.total_latency)
     }
 }
 
