@@ -2,14 +2,14 @@
 //! and the toolkit that proves it under load. See `docs/ARCHITECTURE.md`.
 
 pub mod audit;
-pub mod clock;
-pub mod conn;
+mod clock;
+mod conn;
 pub mod demo;
 pub mod durable;
 pub mod flood;
 pub mod generator;
 pub mod hlog;
-pub mod host;
+mod host;
 pub mod http;
 pub mod ids;
 pub mod ledger;

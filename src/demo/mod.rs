@@ -14,9 +14,9 @@
 //! the generator's 200 envelopes/s and packets being sent and claimed; shake
 //! at 60,000/s.
 
-pub mod child;
-pub mod plan;
-pub mod summary;
+mod child;
+mod plan;
+mod summary;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};

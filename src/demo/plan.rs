@@ -107,11 +107,6 @@ pub struct FlooderPlan {
 }
 
 impl FlooderPlan {
-    /// Users it holds.
-    pub fn users(&self) -> u32 {
-        self.max - self.min + 1
-    }
-
     /// Its `--bind` value: one address or an inclusive range.
     pub fn bind_arg(&self) -> String {
         match (self.binds.first(), self.binds.last()) {

@@ -26,11 +26,11 @@
 
 mod control;
 mod options;
-pub mod procfs;
+pub(crate) mod procfs;
 pub mod published;
-pub mod report;
-pub mod schedule;
-pub mod stats;
+mod report;
+pub(crate) mod schedule;
+mod stats;
 mod worker;
 
 use std::fs::File;

@@ -21,6 +21,12 @@ use std::ops::Range;
 /// together) are users 13 apart. A permutation of `0..total`; the identity
 /// when `total <= 13`. Kept exactly, so that our flooders and the original
 /// clients sharing one `--total` pick the same users each second.
+///
+/// The flooder walks the rule by position ([`SlotRule::user_at`], through
+/// [`unhash`]); this forward form, with [`SlotRule::triggers`] and
+/// [`SlotRule::fires`], is the original's code as it was, kept for the tests
+/// as the oracle `user_at` is checked against.
+#[cfg(test)]
 pub fn hash(user: u64, total: u64) -> u64 {
     const BUCKETS: u64 = 13;
     if total <= BUCKETS {
@@ -31,7 +37,8 @@ pub fn hash(user: u64, total: u64) -> u64 {
     len * bucket + bucket.min(rem) + row
 }
 
-/// The inverse of [`hash`]: the user whose hashed id is `h`.
+/// The inverse of the original's hash (users dealt into 13 buckets by
+/// `u % 13`, the buckets laid end to end): the user whose hashed id is `h`.
 pub fn unhash(h: u64, total: u64) -> u64 {
     const BUCKETS: u64 = 13;
     if total <= BUCKETS {
@@ -81,6 +88,8 @@ impl SlotRule {
 
     /// The original's decision for one hashed id with `q <= total`
     /// (`TriggerRequest` on a hashed id): does `h` fire in second `t`?
+    /// The tests' oracle, as `hash` is.
+    #[cfg(test)]
     pub fn triggers(&self, h: u64, t: u64, q: u64) -> bool {
         let total = self.total;
         let q = q.min(total);
@@ -96,7 +105,9 @@ impl SlotRule {
         (h + total - start) % total < q
     }
 
-    /// How many times `user` fires in second `t` at global rate `q`.
+    /// How many times `user` fires in second `t` at global rate `q`: the
+    /// tests' oracle, as `hash` is.
+    #[cfg(test)]
     pub fn fires(&self, user: u64, t: u64, q: u64) -> u64 {
         let (rounds, extra) = (q / self.total, q % self.total);
         rounds + u64::from(self.triggers(hash(user, self.total), t, extra))
@@ -270,7 +281,8 @@ impl Share {
     }
 
     /// This share's items due strictly before `end_ns`: how many it sends in
-    /// a run that stops issuing at `end_ns`.
+    /// a run that stops issuing at `end_ns`. The tests' measure of a share.
+    #[cfg(test)]
     pub fn due_before(&self, end_ns: u64) -> u64 {
         if end_ns == 0 {
             0

@@ -11,9 +11,9 @@
 //! when created, leaves by claims and its refund. Every grant and claim is
 //! answered only after its record is durable.
 
-pub mod books;
+pub(crate) mod books;
 pub mod file;
-pub mod record;
+mod record;
 pub mod writer;
 
 pub use books::{Books, Outstanding, PacketBook, Totals, Violation};

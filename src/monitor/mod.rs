@@ -2,8 +2,9 @@
 //! summed by kind and aligned by second; charts, a static report, a live
 //! dashboard.
 //!
-//! Owns: the monitor's pieces, each in its own file: what sources serve
-//! (`source`), fetching and aligning their seconds (`collect`), the series
+//! Owns: the monitor's pieces, each in its own file: fetching and aligning
+//! the sources' seconds (`collect`; what they serve is `crate::seconds`, the
+//! contract the sources and the monitor share), the series
 //! file (`series`), the host's network counters (`net`), charts (`chart`),
 //! the static HTML report (`report`), the live dashboard (`dashboard`) and
 //! the command itself (`run`). Must not: guess. A second a source did not
@@ -11,8 +12,8 @@
 
 pub mod chart;
 pub mod collect;
-pub mod dashboard;
-pub mod net;
+mod dashboard;
+mod net;
 pub mod report;
 pub mod run;
 pub mod series;

@@ -8,12 +8,12 @@
 //! rings (through the generator) and the stats channel.
 
 pub mod answer;
-pub mod config;
-pub mod control;
+mod config;
+mod control;
 mod handle;
-pub mod latency_log;
-pub mod limits;
-pub mod published;
+mod latency_log;
+pub(crate) mod limits;
+mod published;
 mod running;
 mod startup;
 mod stats_thread;

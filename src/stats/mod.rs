@@ -17,7 +17,7 @@
 //! because it was alive and counted nothing there.
 
 pub mod client;
-pub mod recycle;
+pub(crate) mod recycle;
 mod summary;
 
 pub use summary::SummaryNs;
