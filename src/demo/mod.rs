@@ -1,11 +1,11 @@
 //! `hongbao demo`: the seed experiment on one machine, in one command.
 //!
 //! Owns: the run from start to report — check the machine and plan the run
-//! to it ([`plan`]); start a server, a monitor and flooder processes as
-//! children ([`child`]: this same binary, pinned, each in its own process
+//! to it (`plan`); start a server, a monitor and flooder processes as
+//! children (`child`: this same binary, pinned, each in its own process
 //! group); send packets when the shaking starts; show progress once a
 //! second; then stop the children in order, audit the ledger against the
-//! flooders' acknowledgements and write the summary ([`summary`]). Every
+//! flooders' acknowledgements and write the summary (`summary`). Every
 //! child is stopped on every path out, Ctrl-C included. Must not: serve,
 //! flood or monitor anything itself (the children do), or touch a process
 //! it did not start.

@@ -20,7 +20,7 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// Everything one flooder run measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
-    /// [`SCHEMA_VERSION`].
+    /// `SCHEMA_VERSION`.
     pub schema: u32,
     /// The Unix second shaking started at (run second 0).
     pub start_unix: u64,

@@ -1,8 +1,8 @@
 //! The ledger: every movement of money, as an append-only log on disk.
 //!
-//! Owns: the record format ([`record`]), the file and its crash rules
+//! Owns: the record format (`record`), the file and its crash rules
 //! ([`file`](mod@file)), the writer thread with group commit ([`writer`]), and the
-//! books that replay and audit the records ([`books`]). Must not: decide
+//! books that replay and audit the records (`books`). Must not: decide
 //! anything about money; the generator, the cores and the control decide,
 //! and record here before they answer.
 //!

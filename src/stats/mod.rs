@@ -6,7 +6,7 @@
 //! Must not: be touched across cores on the request path. Each core increments
 //! its own counters with ordinary adds; once a second it moves them, with its
 //! latency histogram, through a channel (no allocation: histograms travel back
-//! to be reused, [`recycle`]). Every percentile of a histogram is taken one
+//! to be reused, `recycle`). Every percentile of a histogram is taken one
 //! way, [`SummaryNs`], whatever unit a document shows it in.
 //!
 //! Alignment: a source closes second `t` at its first loop turn in a later
