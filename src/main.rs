@@ -93,9 +93,17 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
     // Signals are taken before the threads start, so every thread inherits
     // the handler and none is killed by the default action.
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+    let signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
         .context("installing the SIGINT/SIGTERM handlers")?;
     let server = hongbao::server::start(config)?;
+    print_start(&server, config);
+    wait_for_signal(signals);
+    print_summary(&server.shutdown());
+    Ok(())
+}
+
+/// The start line, the start-up warnings and what the ledger replayed.
+fn print_start(server: &hongbao::server::ServerHandle, config: &hongbao::server::ServerConfig) {
     for w in server.warnings() {
         eprintln!("{w}");
     }
@@ -127,6 +135,12 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
             r.cents_in_packets
         );
     }
+}
+
+/// Waits for SIGINT or SIGTERM, says what happens next, and arms a second
+/// signal to exit at once.
+fn wait_for_signal(mut signals: signal_hook::iterator::Signals) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
     let signal = signals.forever().next().unwrap_or(SIGTERM);
     eprintln!(
         "hongbao: {} received: stopping accepts, flushing answers (a second signal exits at once)",
@@ -143,7 +157,10 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
             std::process::exit(130);
         }
     });
-    let summary = server.shutdown();
+}
+
+/// The run's totals, one line, as the server stops.
+fn print_summary(summary: &hongbao::server::Summary) {
     let t = &summary.total;
     let s = summary.service_ns;
     let (p50, p99, p999, max) = (s.p50_ns, s.p99_ns, s.p999_ns, s.max_ns);
@@ -180,5 +197,4 @@ fn serve(config: &hongbao::server::ServerConfig) -> anyhow::Result<()> {
         p999 as f64 / 1e3,
         max as f64 / 1e3,
     );
-    Ok(())
 }
