@@ -44,12 +44,10 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::control::{NO_OVERRIDE, OVERRIDE_QPS_MASK, OVERRIDE_STEP_SHIFT};
 use super::schedule::{self, NANOS_PER_SEC, Plan, Share, SlotRule};
 use super::stats::{Latency, SecondHists};
-// Re-exported for the coordinator and the control, which read the same
-// clock (`crate::clock::unix_nanos` is the one reading).
-pub(crate) use crate::clock::unix_nanos;
-use crate::clock::unix_secs;
+use crate::clock::{unix_nanos, unix_secs};
 use crate::conn::{Behind, Carry, FrameStop, LazyBuffers, SpillRule};
 use crate::ids::{PacketId, UserId};
 use crate::stats::client::Counters;
@@ -281,9 +279,6 @@ pub(crate) struct WorkerConfig {
     pub recycle: Receiver<Box<SecondHists>>,
 }
 
-/// The value of the rate override when none is set.
-pub(crate) const NO_OVERRIDE: u64 = u64::MAX;
-
 /// The global rate for run second `s`: the plan's, unless a `/qps` override
 /// was set for the plan step that `s` belongs to.
 pub(crate) fn rate_for(plan: &Plan, rate_override: &AtomicU64, s: u64) -> u64 {
@@ -291,8 +286,8 @@ pub(crate) fn rate_for(plan: &Plan, rate_override: &AtomicU64, s: u64) -> u64 {
         return 0;
     };
     let o = rate_override.load(Ordering::Relaxed);
-    if o != NO_OVERRIDE && (o >> 32) as u32 == step {
-        o & 0xffff_ffff
+    if o != NO_OVERRIDE && (o >> OVERRIDE_STEP_SHIFT) as u32 == step {
+        o & OVERRIDE_QPS_MASK
     } else {
         qps
     }

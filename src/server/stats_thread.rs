@@ -16,7 +16,7 @@ use super::latency_log::LatencyLog;
 use super::published::Published;
 use crate::hlog::LatencyHistogram;
 use crate::seconds::SECONDS_KEPT;
-use crate::stats::{Aggregator, Report, SecondStats};
+use crate::stats::{Aggregator, Report, SecondStats, recycle};
 
 /// The run's totals, given when the server stops.
 #[derive(Clone, Debug, Serialize)]
@@ -55,7 +55,7 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
     let StatsSetup {
         cores,
         reports,
-        recycle,
+        recycle: spares_back,
         published,
         mut stats_file,
         quiet,
@@ -99,7 +99,7 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
             Report::Generator { .. } | Report::CoreGone { .. } => None,
         };
         if let (Some(core), Some(h)) = (core, agg.add(report)) {
-            let _ = recycle[core].try_send(h);
+            recycle::give_back(h, &spares_back[core]);
         }
         let closed = agg.drain_closed();
         if let Some(log) = latency_log.as_mut() {

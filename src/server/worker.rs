@@ -51,13 +51,14 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::answer::{Answered, answer_frames};
+use crate::clock::{self, Now};
 use crate::durable::{HELD_FRAME_MAX, HeldAnswers};
 use crate::hlog::{LatencyHistogram, latency_histogram};
 use crate::ids::{Cents, CoreId, PacketId};
 use crate::ledger::Producer;
 use crate::mesh::{ConnAddr, CoreMsg, Effects, Peers, Waiting};
-use crate::session::{FrameContext, Now, Service, SessionState};
-use crate::stats::{CoreCounters, Report};
+use crate::session::{FrameContext, Service, SessionState};
+use crate::stats::{CoreCounters, Report, recycle};
 use crate::wire::{FRAME_LEN_BY_CMD, FRAME_LEN_MAX, Frame, cmd};
 
 /// The listener's token.
@@ -333,7 +334,7 @@ pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
         .registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let now = Instant::now();
-    let wall = wall_now();
+    let wall = clock::now();
     let cores = setup.peers.inboxes.len();
     let mut w = Worker {
         core: setup.core,
@@ -393,7 +394,7 @@ impl<S: Service> Worker<S> {
                 Err(e) => return Err(e),
             }
             self.now = Instant::now();
-            self.wall = wall_now();
+            self.wall = clock::now();
             if self.wall.secs != self.second {
                 self.close_second(false);
             }
@@ -659,11 +660,7 @@ impl<S: Service> Worker<S> {
     /// `last`: the core is stopping, so it waits for room rather than keep
     /// counts it would never send.
     fn close_second(&mut self, last: bool) {
-        let fresh = self
-            .recycled
-            .try_recv()
-            .unwrap_or_else(|_| Box::new(latency_histogram()));
-        let latency = std::mem::replace(&mut self.latency, fresh);
+        let latency = recycle::swap_out(&mut self.latency, &self.recycled);
         let report = Report::Core {
             core: self.core.0,
             second: self.second,
@@ -1107,15 +1104,6 @@ fn read_share(
     }
     read.leftover = filled;
     read
-}
-
-/// The wall clock now, in seconds and milliseconds.
-fn wall_now() -> Now {
-    let ms = crate::clock::unix_now().as_millis() as u64;
-    Now {
-        secs: ms / 1000,
-        ms,
-    }
 }
 
 /// accept(2)'s errors that concern only the connection being accepted
