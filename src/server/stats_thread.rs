@@ -83,15 +83,7 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
                 let _ = writeln!(f, "{line}");
             }
         }
-        let mut p = Published::lock(&published);
-        for s in closed {
-            if p.recent.len() == SECONDS_KEPT {
-                p.recent.pop_front();
-            }
-            p.recent.push_back(s);
-        }
-        p.total = agg.total.clone();
-        p.service = agg.total_latency_ns().to_prom();
+        publish(&published, agg, closed);
     };
     while let Ok(report) = reports.recv() {
         let core = match &report {
@@ -121,6 +113,20 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
         service_ns: agg.total_latency_ns(),
         envelopes_in_rings: 0,
     }
+}
+
+/// Publishes closed seconds for the HTTP control: the last
+/// `SECONDS_KEPT` of them, and the totals so far.
+fn publish(published: &Mutex<Published>, agg: &Aggregator, closed: Vec<SecondStats>) {
+    let mut p = Published::lock(published);
+    for s in closed {
+        if p.recent.len() == SECONDS_KEPT {
+            p.recent.pop_front();
+        }
+        p.recent.push_back(s);
+    }
+    p.total = agg.total.clone();
+    p.service = agg.total_latency_ns().to_prom();
 }
 
 /// One line per second, for people watching a terminal.
