@@ -16,15 +16,14 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use hongbao::clock::Now;
 use hongbao::durable::HeldAnswers;
 use hongbao::ids::{Cents, CoreId, EnvelopeId, UserId};
 use hongbao::ledger::Ledger;
 use hongbao::mesh::{ConnAddr, Effects};
 use hongbao::ring::{Envelope, EnvelopeRings};
 use hongbao::server::answer::answer_frames;
-use hongbao::session::{
-    FrameContext, Hongbao, HongbaoSettings, Now, Reference, Service, SessionState,
-};
+use hongbao::session::{FrameContext, Hongbao, HongbaoSettings, Reference, Service, SessionState};
 use hongbao::stats::CoreCounters;
 use hongbao::wire::{self, Frame, ShakeOutcome};
 

@@ -350,13 +350,28 @@ impl<'a> Carry<'a> {
         self.filled == 0
     }
 
+    /// The bytes held: a carried partial frame, then what was read since.
+    /// For a step that decodes them itself (the server's answer step, which
+    /// the hot-path benchmark also calls on a plain buffer); say what it
+    /// used with [`Carry::consume`].
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
+    /// Drops the first `used` bytes held (whole frames handed on) and moves
+    /// the rest to the front for the next read.
+    #[inline]
+    pub fn consume(&mut self, used: usize) {
+        self.buf.copy_within(used..self.filled, 0);
+        self.filled -= used;
+    }
+
     /// Hands every whole frame held to `on_frame` (see [`decode_frames`]),
     /// then moves what was not handled to the front for the next read.
     #[inline]
     pub fn decode<E>(&mut self, on_frame: impl FnMut(Frame) -> Result<(), E>) -> Decoded<E> {
-        let d = decode_frames(&self.buf[..self.filled], on_frame);
-        self.buf.copy_within(d.used..self.filled, 0);
-        self.filled -= d.used;
+        let d = decode_frames(self.bytes(), on_frame);
+        self.consume(d.used);
         d
     }
 

@@ -19,6 +19,7 @@
 
 use std::sync::Arc;
 
+use crate::clock::Now;
 use crate::durable::Hold;
 use crate::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
 use crate::ledger::Record;
@@ -27,15 +28,6 @@ use crate::packets::{Claimed, PacketTable};
 use crate::ring::EnvelopeRings;
 use crate::stats::CoreCounters;
 use crate::wire::{Frame, ShakeOutcome};
-
-/// The wall clock as a core read it at the start of its turn.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Now {
-    /// Unix seconds (frames are stamped with it).
-    pub secs: u64,
-    /// Unix milliseconds (ledger records are stamped with it).
-    pub ms: u64,
-}
 
 /// Where a connection is in its session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

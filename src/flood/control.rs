@@ -15,13 +15,17 @@ use serde_json::{Value, json};
 
 use super::options::QPS_MAX;
 use super::schedule::{NANOS_PER_SEC, Plan};
-use super::worker::{NO_OVERRIDE, unix_nanos};
+use crate::clock::unix_nanos;
 use crate::http::{Request, Response};
 
 /// The rate override word holds the plan step id above this bit and the rate
 /// below it (`worker::rate_for` reads it so): a rate fits in 32 bits, as
 /// `QPS_MAX` is far below 2^32.
-const OVERRIDE_STEP_SHIFT: u32 = 32;
+pub(crate) const OVERRIDE_STEP_SHIFT: u32 = 32;
+/// The rate's bits of the override word: those below the step id.
+pub(crate) const OVERRIDE_QPS_MASK: u64 = (1 << OVERRIDE_STEP_SHIFT) - 1;
+/// The value of the rate override when none is set.
+pub(crate) const NO_OVERRIDE: u64 = u64::MAX;
 
 /// What the HTTP thread and the coordinator share.
 #[derive(Debug)]

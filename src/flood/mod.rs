@@ -47,7 +47,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::{Poll, Waker};
 use serde_json::json;
 
+use crate::clock::unix_nanos;
 use crate::stats::client::{Counters, Percentiles};
+use crate::stats::recycle;
 pub use options::FloodArgs;
 use options::Resolved;
 pub use report::Report;
@@ -95,11 +97,6 @@ const HGRM_NS_PER_UNIT: f64 = 1e6;
 /// Messages a thread's control channel holds: the coordinator sends a thread
 /// at most a go and a stop, so it never waits on a full one.
 const CONTROL_QUEUE_LEN: usize = 4;
-
-/// Emptied second histograms on their way back to a thread: a few seconds'
-/// worth covers a thread that reports several seconds at once; a full channel
-/// only means the thread allocates a new pair.
-const RECYCLE_QUEUE_LEN: usize = 4;
 
 /// How long past the login deadline the coordinator waits for the threads'
 /// connect-phase reports: they report by the deadline themselves; the margin
@@ -403,7 +400,7 @@ struct RunClock {
 impl RunClock {
     /// Run second 0 at the first whole Unix second at least [`GO_LEAD`] away.
     fn next_second() -> RunClock {
-        let now_wall = worker::unix_nanos();
+        let now_wall = unix_nanos();
         let now = Instant::now();
         let start_unix = (now_wall + GO_LEAD.as_nanos() as u64).div_ceil(NANOS_PER_SEC);
         RunClock {
@@ -547,7 +544,9 @@ fn spawn_worker(
     let waker =
         Arc::new(Waker::new(poll.registry(), worker::WAKER).context("creating a poll waker")?);
     let (control, control_rx) = crossbeam_channel::bounded(CONTROL_QUEUE_LEN);
-    let (recycle, recycle_rx) = crossbeam_channel::bounded(RECYCLE_QUEUE_LEN);
+    // Emptied second histograms on their way back to the thread; a full
+    // channel only means the thread allocates a new set.
+    let (spares_back, spares) = recycle::channel();
     // Each thread connects its share of the connect rate.
     let connect_rate = schedule::split(args.connect_rate, r.threads, index);
     let cfg = WorkerConfig {
@@ -569,7 +568,7 @@ fn spawn_worker(
         send_interval: Duration::from_micros(args.send_interval_us),
         spin: args.spin,
         ack_log: common.ack_log.clone(),
-        recycle: recycle_rx,
+        recycle: spares,
     };
     let to_main = common.to_main.clone();
     let join = std::thread::Builder::new()
@@ -579,7 +578,7 @@ fn spawn_worker(
     Ok(WorkerHandle {
         control,
         waker,
-        recycle,
+        recycle: spares_back,
         join: Some(join),
     })
 }
@@ -897,8 +896,8 @@ impl Coordinator {
             .max(out.cpu_ns as f64 / out.wall_ns.max(1) as f64 * 100.0);
         p.hists.add(&out.hists);
         p.reported += 1;
-        // A full channel only means the thread allocates a new pair.
-        let _ = self.workers[out.thread].recycle.try_send(out.hists);
+        // Emptied here, off the thread's loop.
+        recycle::give_back(out.hists, &self.workers[out.thread].recycle);
     }
 
     /// Prints a second's line and rewrites the status document.

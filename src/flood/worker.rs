@@ -44,14 +44,12 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::control::{NO_OVERRIDE, OVERRIDE_QPS_MASK, OVERRIDE_STEP_SHIFT};
 use super::schedule::{self, NANOS_PER_SEC, Plan, Share, SlotRule};
 use super::stats::{Latency, SecondHists};
-// Re-exported for the coordinator and the control, which read the same
-// clock (`crate::clock::unix_nanos` is the one reading).
-pub(crate) use crate::clock::unix_nanos;
-use crate::clock::unix_secs;
+use crate::clock::{unix_nanos, unix_secs};
 use crate::conn::{Behind, Carry, FrameStop, LazyBuffers, SpillRule};
-use crate::ids::{PacketId, UserId};
+use crate::ids::{Cents, EnvelopeId, PacketId, UserId};
 use crate::stats::client::Counters;
 use crate::stats::recycle;
 use crate::wire::{DecodeError, Frame, ShakeOutcome};
@@ -281,9 +279,6 @@ pub(crate) struct WorkerConfig {
     pub recycle: Receiver<Box<SecondHists>>,
 }
 
-/// The value of the rate override when none is set.
-pub(crate) const NO_OVERRIDE: u64 = u64::MAX;
-
 /// The global rate for run second `s`: the plan's, unless a `/qps` override
 /// was set for the plan step that `s` belongs to.
 pub(crate) fn rate_for(plan: &Plan, rate_override: &AtomicU64, s: u64) -> u64 {
@@ -291,8 +286,8 @@ pub(crate) fn rate_for(plan: &Plan, rate_override: &AtomicU64, s: u64) -> u64 {
         return 0;
     };
     let o = rate_override.load(Ordering::Relaxed);
-    if o != NO_OVERRIDE && (o >> 32) as u32 == step {
-        o & 0xffff_ffff
+    if o != NO_OVERRIDE && (o >> OVERRIDE_STEP_SHIFT) as u32 == step {
+        o & OVERRIDE_QPS_MASK
     } else {
         qps
     }
@@ -463,6 +458,16 @@ impl AckLog {
         self.buf.clear();
         Ok(())
     }
+}
+
+/// Where the shaking phase ends, in Unix ns (`start_ns`) and run ns.
+struct ShakeEnds {
+    /// Run second 0, Unix nanoseconds.
+    start_ns: u64,
+    /// The plan's end: nothing is sent from here.
+    end_ns: u64,
+    /// The last moment answers are waited for.
+    drain_end_ns: u64,
 }
 
 /// Walks the slot rule's positions second by second and hands out this
@@ -735,42 +740,11 @@ impl Worker {
     /// to the drain for the last answers.
     fn shake(&mut self, start_unix: u64) -> Result<(), Stop> {
         let start_ns = start_unix.saturating_mul(NANOS_PER_SEC);
-        // Until the start, keep reading and retrying as while holding.
-        loop {
-            let now = unix_nanos();
-            if now >= start_ns {
-                break;
-            }
-            self.check_control()?;
-            self.retry_due(self.connect_clock(Instant::now()));
-            let wait = Duration::from_nanos(start_ns - now);
-            if wait > READ_TICK {
-                self.poll_for(wait - READ_TICK)?;
-                self.handle_events();
-            } else {
-                sleep_until_unix(start_ns);
-            }
-        }
-        self.start_ns = Some(start_ns);
-        self.cpu_mark_ns = thread_cpu_ns();
-        self.wall_mark_ns = start_ns;
+        self.wait_for_start(start_ns)?;
+        let (mut cursor, ends) = self.begin_shaking(start_unix, start_ns);
         let plan = self.cfg.plan.clone();
-        let window = plan.window();
-        self.tally.window_ns = window.start * NANOS_PER_SEC..window.end * NANOS_PER_SEC;
-        let end_ns = plan.end_secs() * NANOS_PER_SEC;
-        let drain_end_ns = end_ns + self.cfg.drain_ns;
-        let first = u64::from(self.cfg.first_user);
-        let mut cursor = Cursor {
-            rule: self.cfg.rule,
-            burst: self.cfg.burst,
-            users: first..first + u64::from(self.cfg.users),
-            start_unix,
-            sec: 0,
-            q: None,
-            pos: 0,
-            end: plan.end_secs(),
-        };
         let rate_override = self.cfg.rate_override.clone();
+        let first = u64::from(self.cfg.first_user);
         let mut second = 0;
         let mut next_due = Some(0);
         loop {
@@ -804,35 +778,96 @@ impl Worker {
             self.retry_due(self.connect_clock(Instant::now()));
             self.flush_ack()?;
             let now_ns = self.run_clock();
-            let drained = (self.tally.in_flight == 0 && self.tally.claims.is_empty())
-                || now_ns >= drain_end_ns;
-            if (next_due.is_none() && now_ns >= end_ns && drained)
-                || Instant::now() >= self.cfg.hard_deadline
-            {
+            if self.shaking_done(next_due, now_ns, &ends) {
                 self.publish_second(second);
                 return Ok(());
             }
-            let next_ns = next_due
-                .unwrap_or(if now_ns < end_ns {
-                    end_ns
-                } else {
-                    drain_end_ns
-                })
-                .min((second + 1) * NANOS_PER_SEC)
-                .min(now_ns + READ_TICK.as_nanos() as u64);
-            let wait = Duration::from_nanos(next_ns.saturating_sub(now_ns));
-            // --spin: never sleep while shaking. On a VM a sleeping vCPU can
-            // take long to wake for the next send; a dedicated load core
-            // that spins measures the server instead.
-            if wait.is_zero() || (self.cfg.spin && wait < SPIN_WAIT_MAX) {
-                continue;
-            }
-            // What falls due within --send-interval-us leaves together; any
-            // lateness is measured (send lag), not hidden: latency counts
-            // from each request's intended time.
-            let wait = wait.max(self.cfg.send_interval);
-            sleep_until_unix(start_ns + now_ns + wait.as_nanos() as u64);
+            self.pace(next_due, now_ns, second, &ends);
         }
+    }
+
+    /// Until the start, keeps reading and retrying as while holding, then
+    /// sleeps to the start itself.
+    fn wait_for_start(&mut self, start_ns: u64) -> Result<(), Stop> {
+        loop {
+            let now = unix_nanos();
+            if now >= start_ns {
+                return Ok(());
+            }
+            self.check_control()?;
+            self.retry_due(self.connect_clock(Instant::now()));
+            let wait = Duration::from_nanos(start_ns - now);
+            if wait > READ_TICK {
+                self.poll_for(wait - READ_TICK)?;
+                self.handle_events();
+            } else {
+                sleep_until_unix(start_ns);
+            }
+        }
+    }
+
+    /// Marks the start (CPU and wall clocks, the measured window) and makes
+    /// the cursor over this thread's users, with the shaking's ends.
+    fn begin_shaking(&mut self, start_unix: u64, start_ns: u64) -> (Cursor, ShakeEnds) {
+        self.start_ns = Some(start_ns);
+        self.cpu_mark_ns = thread_cpu_ns();
+        self.wall_mark_ns = start_ns;
+        let plan = &self.cfg.plan;
+        let window = plan.window();
+        self.tally.window_ns = window.start * NANOS_PER_SEC..window.end * NANOS_PER_SEC;
+        let end_ns = plan.end_secs() * NANOS_PER_SEC;
+        let first = u64::from(self.cfg.first_user);
+        let cursor = Cursor {
+            rule: self.cfg.rule,
+            burst: self.cfg.burst,
+            users: first..first + u64::from(self.cfg.users),
+            start_unix,
+            sec: 0,
+            q: None,
+            pos: 0,
+            end: plan.end_secs(),
+        };
+        let ends = ShakeEnds {
+            start_ns,
+            end_ns,
+            drain_end_ns: end_ns + self.cfg.drain_ns,
+        };
+        (cursor, ends)
+    }
+
+    /// True when shaking is over: nothing more is due, the plan has ended
+    /// and the answers are in (or the drain is over); or the thread's hard
+    /// deadline has passed.
+    fn shaking_done(&self, next_due: Option<u64>, now_ns: u64, ends: &ShakeEnds) -> bool {
+        let drained = (self.tally.in_flight == 0 && self.tally.claims.is_empty())
+            || now_ns >= ends.drain_end_ns;
+        (next_due.is_none() && now_ns >= ends.end_ns && drained)
+            || Instant::now() >= self.cfg.hard_deadline
+    }
+
+    /// Sleeps until the next send is due, the second ends, or it is time to
+    /// read again, whichever comes first (or not at all, see `--spin`).
+    fn pace(&self, next_due: Option<u64>, now_ns: u64, second: u64, ends: &ShakeEnds) {
+        let next_ns = next_due
+            .unwrap_or(if now_ns < ends.end_ns {
+                ends.end_ns
+            } else {
+                ends.drain_end_ns
+            })
+            .min((second + 1) * NANOS_PER_SEC)
+            .min(now_ns + READ_TICK.as_nanos() as u64);
+        let wait = Duration::from_nanos(next_ns.saturating_sub(now_ns));
+        // --spin: never sleep while shaking. On a VM a sleeping vCPU can
+        // take long to wake for the next send; a dedicated load core
+        // that spins measures the server instead.
+        if wait.is_zero() || (self.cfg.spin && wait < SPIN_WAIT_MAX) {
+            return;
+        }
+        // What falls due within --send-interval-us leaves together; any
+        // lateness is measured (send lag), not hidden: latency counts
+        // from each request's intended time.
+        let wait = wait.max(self.cfg.send_interval);
+        sleep_until_unix(ends.start_ns + now_ns + wait.as_nanos() as u64);
     }
 
     /// Puts one shake for connection `idx` on the wire (or counts it unsent).
@@ -1155,21 +1190,8 @@ fn on_frame(
     push_answers_shake: bool,
 ) -> Result<(), Close> {
     match conn.state {
-        State::LoggingIn => match frame {
-            Frame::LoginResponse { result: 0, .. } => {
-                conn.state = State::Ready;
-                Ok(())
-            }
-            Frame::LoginResponse { result, .. } => {
-                Err(Close::Login(format!("login refused with result {result}")))
-            }
-            other => Err(Close::Login(format!(
-                "expected LoginResponse, got cmd {}",
-                other.cmd()
-            ))),
-        },
+        State::LoggingIn => on_login_answer(conn, frame),
         State::Ready => {
-            let counters = &mut tally.current;
             let answers_shake = match frame {
                 Frame::ShakeResponse {
                     result,
@@ -1177,42 +1199,16 @@ fn on_frame(
                     amount,
                     ..
                 } => {
-                    match result {
-                        ShakeOutcome::GOT => {
-                            counters.got += 1;
-                            counters.got_cents += u64::from(amount.wire());
-                            if let Some(ack) = &mut tally.ack {
-                                ack.line("grant", conn.user, envelope.0, amount.wire());
-                            }
-                        }
-                        ShakeOutcome::NONE => counters.none += 1,
-                        ShakeOutcome::GONE => counters.gone += 1,
-                        ShakeOutcome::OVERLOAD => counters.overload += 1,
-                        _ => counters.other_results += 1,
-                    }
+                    count_shake_answer(tally, conn.user, result, envelope, amount);
                     true
                 }
                 Frame::PacketPush { packet, .. } => {
-                    counters.pushes += 1;
+                    tally.current.pushes += 1;
                     claim(conn, idx, packet, tally, write_buf)?;
                     push_answers_shake
                 }
                 Frame::ClaimResponse { packet, amount } => {
-                    let pending = tally
-                        .claims
-                        .iter()
-                        .position(|c| c.conn == idx && c.packet == packet);
-                    match pending {
-                        Some(at) => {
-                            tally.claims.swap_remove(at);
-                            counters.claim_answers += 1;
-                            counters.claim_cents += u64::from(amount.wire());
-                            if let Some(ack) = &mut tally.ack {
-                                ack.line("claim", conn.user, packet.0, amount.wire());
-                            }
-                        }
-                        None => counters.unexpected_frames += 1,
-                    }
+                    count_claim_answer(tally, conn.user, idx, packet, amount);
                     return Ok(());
                 }
                 _ => false,
@@ -1222,36 +1218,107 @@ fn on_frame(
             } else {
                 None
             };
-            let Some(request) = request else {
-                if !matches!(frame, Frame::PacketPush { .. }) {
-                    // Not an answer, or an answer to nothing we sent.
+            match request {
+                Some(request) => record_answer(tally, &request, &frame, now_ns),
+                // Not an answer, or an answer to nothing we sent.
+                None if !matches!(frame, Frame::PacketPush { .. }) => {
                     tally.current.unexpected_frames += 1;
                 }
-                return Ok(());
-            };
-            tally.current.answered += 1;
-            tally.in_flight -= 1;
-            let corrected = now_ns.saturating_sub(request.intended_ns);
-            tally.second.corrected.saturating_record(corrected.max(1));
-            if tally.window_ns.contains(&request.intended_ns) {
-                tally
-                    .latency
-                    .record(corrected, now_ns.saturating_sub(request.sent_ns));
-                let moved_money = matches!(
-                    frame,
-                    Frame::ShakeResponse {
-                        result: ShakeOutcome::GOT,
-                        ..
-                    }
-                );
-                if !moved_money {
-                    tally.latency.record_no_money(corrected);
-                }
+                None => {}
             }
             Ok(())
         }
         // No frame can arrive before the connect finishes or after close.
         State::Connecting | State::Idle => Ok(()),
+    }
+}
+
+/// The answer to a connection's login: ready to shake, or closed.
+fn on_login_answer(conn: &mut Conn, frame: Frame) -> Result<(), Close> {
+    match frame {
+        Frame::LoginResponse { result: 0, .. } => {
+            conn.state = State::Ready;
+            Ok(())
+        }
+        Frame::LoginResponse { result, .. } => {
+            Err(Close::Login(format!("login refused with result {result}")))
+        }
+        other => Err(Close::Login(format!(
+            "expected LoginResponse, got cmd {}",
+            other.cmd()
+        ))),
+    }
+}
+
+/// Counts a shake's answer by its result (and logs a grant to the ack log).
+#[inline]
+fn count_shake_answer(
+    tally: &mut Tally,
+    user: UserId,
+    result: ShakeOutcome,
+    envelope: EnvelopeId,
+    amount: Cents,
+) {
+    let counters = &mut tally.current;
+    match result {
+        ShakeOutcome::GOT => {
+            counters.got += 1;
+            counters.got_cents += u64::from(amount.wire());
+            if let Some(ack) = &mut tally.ack {
+                ack.line("grant", user, envelope.0, amount.wire());
+            }
+        }
+        ShakeOutcome::NONE => counters.none += 1,
+        ShakeOutcome::GONE => counters.gone += 1,
+        ShakeOutcome::OVERLOAD => counters.overload += 1,
+        _ => counters.other_results += 1,
+    }
+}
+
+/// Counts a claim's answer against the claim connection `idx` sent (and
+/// logs it to the ack log); an answer to no claim of its is unexpected.
+fn count_claim_answer(tally: &mut Tally, user: UserId, idx: u32, packet: PacketId, amount: Cents) {
+    let pending = tally
+        .claims
+        .iter()
+        .position(|c| c.conn == idx && c.packet == packet);
+    let counters = &mut tally.current;
+    match pending {
+        Some(at) => {
+            tally.claims.swap_remove(at);
+            counters.claim_answers += 1;
+            counters.claim_cents += u64::from(amount.wire());
+            if let Some(ack) = &mut tally.ack {
+                ack.line("claim", user, packet.0, amount.wire());
+            }
+        }
+        None => counters.unexpected_frames += 1,
+    }
+}
+
+/// Records the latency of `frame`, the answer to `request` received at
+/// `now_ns`: always in the second's corrected histogram, and in the
+/// window's when the request was meant to leave within the window.
+#[inline]
+fn record_answer(tally: &mut Tally, request: &InFlight, frame: &Frame, now_ns: u64) {
+    tally.current.answered += 1;
+    tally.in_flight -= 1;
+    let corrected = now_ns.saturating_sub(request.intended_ns);
+    tally.second.corrected.saturating_record(corrected.max(1));
+    if tally.window_ns.contains(&request.intended_ns) {
+        tally
+            .latency
+            .record(corrected, now_ns.saturating_sub(request.sent_ns));
+        let moved_money = matches!(
+            frame,
+            Frame::ShakeResponse {
+                result: ShakeOutcome::GOT,
+                ..
+            }
+        );
+        if !moved_money {
+            tally.latency.record_no_money(corrected);
+        }
     }
 }
 

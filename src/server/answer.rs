@@ -1,17 +1,19 @@
 //! Answering what a read brought: the step the core loop takes for every
 //! buffer of bytes it reads from a connection.
 //!
-//! Owns: decoding every whole frame of a buffer, handing each to the
-//! [`Service`], counting a refused frame by kind, and keeping an answer back
-//! under the durable-before-reply rule of `crate::durable`. Public so that
+//! Owns: handing each whole frame of a buffer (decoded by
+//! `crate::conn::decode_frames`, the one decoding loop) to the [`Service`],
+//! counting a refused frame by kind, and keeping an answer back under the
+//! durable-before-reply rule of `crate::durable`. Public so that
 //! the hot-path benchmark times exactly what the core loop runs.
 //! Must not: do I/O, read a clock, or allocate per frame (a connection's held
 //! answers allocate once, when it first holds one).
 
+use crate::conn::{FrameStop, decode_frames};
 use crate::durable::HeldAnswers;
 use crate::mesh::Waiting;
-use crate::session::{FrameContext, Service};
-use crate::wire::{self, DecodeError};
+use crate::session::{FrameContext, Service, SessionError};
+use crate::wire::DecodeError;
 
 /// What answering a buffer came to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,31 +45,26 @@ pub fn answer_frames<S: Service>(
         key: cx.conn.key,
         serial: cx.conn.serial,
     };
-    let mut answered = Answered::default();
-    loop {
-        match wire::decode(&bytes[answered.used..]) {
-            Ok(d) => {
-                let before = cx.out.len();
-                let Ok(hold) = service.on_frame(d.frame, cx) else {
-                    cx.counters.bad_session += 1;
-                    answered.refused = true;
-                    return answered;
-                };
-                held.keep(hold, waiter, &mut cx.fx.after_sync, cx.out, before);
-                answered.used += d.len;
-                answered.frames += 1;
-            }
-            Err(DecodeError::Incomplete) => return answered,
-            Err(e) => {
-                match e {
-                    DecodeError::BadLength(_) => cx.counters.bad_length += 1,
-                    DecodeError::UnknownCmd(_) => cx.counters.bad_cmd += 1,
-                    DecodeError::BadSize { .. } => cx.counters.bad_size += 1,
-                    DecodeError::Incomplete => unreachable!("matched above"),
-                }
-                answered.refused = true;
-                return answered;
-            }
-        }
+    let decoded = decode_frames(bytes, |frame| {
+        let before = cx.out.len();
+        let hold = service.on_frame(frame, cx)?;
+        held.keep(hold, waiter, &mut cx.fx.after_sync, cx.out, before);
+        Ok::<(), SessionError>(())
+    });
+    match decoded.stop {
+        None => {}
+        Some(FrameStop::Handler(_)) => cx.counters.bad_session += 1,
+        Some(FrameStop::Refused(e)) => match e {
+            DecodeError::BadLength(_) => cx.counters.bad_length += 1,
+            DecodeError::UnknownCmd(_) => cx.counters.bad_cmd += 1,
+            DecodeError::BadSize { .. } => cx.counters.bad_size += 1,
+            // decode_frames stops at an incomplete frame without refusing it.
+            DecodeError::Incomplete => unreachable!("an incomplete frame is not refused"),
+        },
+    }
+    Answered {
+        used: decoded.used,
+        frames: decoded.frames,
+        refused: decoded.stop.is_some(),
     }
 }

@@ -39,7 +39,7 @@ use crate::mesh::{CoreMsg, Peers};
 use crate::packets::NewPacket;
 use crate::ring::{Envelope, EnvelopeRings};
 use crate::session::{Hongbao, HongbaoSettings, Reference};
-use crate::stats::Report;
+use crate::stats::{Report, recycle};
 
 /// Entries a core's inbox holds; a sender that finds it full keeps its
 /// messages and offers them again on its next turn.
@@ -48,10 +48,6 @@ const INBOX_LEN: usize = 1 << 16;
 /// send one a second, so this is about a minute of backlog on 64 cores; a
 /// core that finds the queue full keeps its counts for its next second.
 const REPORTS_LEN: usize = 4 * 1024;
-/// Histograms on their way back from the stats thread to one core. A core
-/// takes one a second, so a few cover a stats thread that hands them back
-/// late; a core that finds none allocates one, and any beyond these are freed.
-const RECYCLED_LEN: usize = 4;
 /// Milliseconds in a second: the ledger stamps in milliseconds, the rings'
 /// deadlines are whole seconds.
 const MS_PER_SEC: u64 = 1000;
@@ -443,7 +439,9 @@ fn make_cores(
         let (poll, waker) =
             worker::poll_and_waker().map_err(resource("creating a worker's poll"))?;
         let (inbox_tx, inbox) = crossbeam_channel::bounded(INBOX_LEN);
-        let (recycle_tx, recycled) = crossbeam_channel::bounded(RECYCLED_LEN);
+        // Histograms back from the stats thread to this core: a core that
+        // finds none allocates one, and any beyond the channel's few are freed.
+        let (recycle_tx, recycled) = recycle::channel();
         cores.peers.inboxes.push(inbox_tx);
         cores.peers.wakers.push(waker);
         cores.recycle.push(recycle_tx);

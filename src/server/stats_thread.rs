@@ -16,7 +16,7 @@ use super::latency_log::LatencyLog;
 use super::published::Published;
 use crate::hlog::LatencyHistogram;
 use crate::seconds::SECONDS_KEPT;
-use crate::stats::{Aggregator, Report, SecondStats};
+use crate::stats::{Aggregator, Report, SecondStats, recycle};
 
 /// The run's totals, given when the server stops.
 #[derive(Clone, Debug, Serialize)]
@@ -55,7 +55,7 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
     let StatsSetup {
         cores,
         reports,
-        recycle,
+        recycle: spares_back,
         published,
         mut stats_file,
         quiet,
@@ -83,15 +83,7 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
                 let _ = writeln!(f, "{line}");
             }
         }
-        let mut p = Published::lock(&published);
-        for s in closed {
-            if p.recent.len() == SECONDS_KEPT {
-                p.recent.pop_front();
-            }
-            p.recent.push_back(s);
-        }
-        p.total = agg.total.clone();
-        p.service = agg.total_latency_ns().to_prom();
+        publish(&published, agg, closed);
     };
     while let Ok(report) = reports.recv() {
         let core = match &report {
@@ -99,7 +91,7 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
             Report::Generator { .. } | Report::CoreGone { .. } => None,
         };
         if let (Some(core), Some(h)) = (core, agg.add(report)) {
-            let _ = recycle[core].try_send(h);
+            recycle::give_back(h, &spares_back[core]);
         }
         let closed = agg.drain_closed();
         if let Some(log) = latency_log.as_mut() {
@@ -121,6 +113,20 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
         service_ns: agg.total_latency_ns(),
         envelopes_in_rings: 0,
     }
+}
+
+/// Publishes closed seconds for the HTTP control: the last
+/// `SECONDS_KEPT` of them, and the totals so far.
+fn publish(published: &Mutex<Published>, agg: &Aggregator, closed: Vec<SecondStats>) {
+    let mut p = Published::lock(published);
+    for s in closed {
+        if p.recent.len() == SECONDS_KEPT {
+            p.recent.pop_front();
+        }
+        p.recent.push_back(s);
+    }
+    p.total = agg.total.clone();
+    p.service = agg.total_latency_ns().to_prom();
 }
 
 /// One line per second, for people watching a terminal.

@@ -51,14 +51,16 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::answer::{Answered, answer_frames};
+use crate::clock::{self, Now};
+use crate::conn::{Behind, Carry, LazyBuffers, SpillRule};
 use crate::durable::{HELD_FRAME_MAX, HeldAnswers};
 use crate::hlog::{LatencyHistogram, latency_histogram};
 use crate::ids::{Cents, CoreId, PacketId};
 use crate::ledger::Producer;
 use crate::mesh::{ConnAddr, CoreMsg, Effects, Peers, Waiting};
-use crate::session::{FrameContext, Now, Service, SessionState};
-use crate::stats::{CoreCounters, Report};
-use crate::wire::{FRAME_LEN_BY_CMD, FRAME_LEN_MAX, Frame, cmd};
+use crate::session::{FrameContext, Service, SessionState};
+use crate::stats::{CoreCounters, Report, recycle};
+use crate::wire::{FRAME_LEN_BY_CMD, Frame, cmd};
 
 /// The listener's token.
 pub const LISTENER: Token = Token(0);
@@ -168,56 +170,28 @@ struct Conn {
     /// slab key, its address across cores (see [`ConnAddr`]).
     serial: u32,
     /// Present only while a partial frame, unsent output, or answers held
-    /// for the ledger are kept.
-    buffers: Option<Box<ConnBuffers>>,
+    /// for the ledger are kept: one pointer while idle.
+    buffers: LazyBuffers<ConnExtra>,
 }
 
-/// What a busy connection holds between wake-ups.
-struct ConnBuffers {
-    partial: [u8; FRAME_LEN_MAX],
-    partial_len: usize,
-    out: Vec<u8>,
+/// The server's own part of a busy connection's buffers; `crate::conn`
+/// keeps the partial frame and the unsent output beside it.
+#[derive(Debug, Default)]
+struct ConnExtra {
+    /// `WRITABLE` interest is registered (only while output waits).
     writable: bool,
     /// The peer sent its FIN while answers were still owed: no more reads,
-    /// close once `out` drains or the deadline passes.
+    /// close once the output drains or the deadline passes.
     read_closed: bool,
     /// Answers held for the ledger, in request order.
     held: HeldAnswers,
 }
 
-impl ConnBuffers {
-    fn new() -> Box<Self> {
-        Box::new(ConnBuffers {
-            partial: [0; FRAME_LEN_MAX],
-            partial_len: 0,
-            out: Vec::new(),
-            writable: false,
-            read_closed: false,
-            held: HeldAnswers::default(),
-        })
-    }
-
-    /// Moves the partial frame carried from the last read to the front of
-    /// `scratch`; returns its length.
-    #[inline]
-    fn take_partial(buffers: &mut Option<Box<Self>>, scratch: &mut [u8]) -> usize {
-        let Some(b) = buffers.as_deref_mut() else {
-            return 0;
-        };
-        let filled = b.partial_len;
-        scratch[..filled].copy_from_slice(&b.partial[..filled]);
-        b.partial_len = 0;
-        filled
-    }
-
-    /// Keeps `rest`, the start of a frame, for the next read.
-    fn keep_partial(buffers: &mut Option<Box<Self>>, rest: &[u8]) {
-        // decode() refuses or completes any prefix of FRAME_LEN_MAX bytes,
-        // so a leftover is always shorter than one frame.
-        debug_assert!(rest.len() < FRAME_LEN_MAX);
-        let b = buffers.get_or_insert_with(ConnBuffers::new);
-        b.partial[..rest.len()].copy_from_slice(rest);
-        b.partial_len = rest.len();
+impl ConnExtra {
+    /// Holds nothing that needs the buffers kept (the drain of a half-closed
+    /// peer ends with a close, not here).
+    fn is_idle(&self) -> bool {
+        !self.writable && self.held.is_empty()
     }
 }
 
@@ -233,8 +207,6 @@ struct ReadOutcome {
     read_at: Option<Instant>,
     /// Bytes read.
     bytes: u64,
-    /// Bytes of a partial frame left at the front of the scratch buffer.
-    leftover: usize,
     /// The connection used its reads for this wake-up with more possibly
     /// waiting: it must be read again after the turn's other events.
     share_used: bool,
@@ -333,7 +305,7 @@ pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
         .registry()
         .register(&mut listener, LISTENER, Interest::READABLE)?;
     let now = Instant::now();
-    let wall = wall_now();
+    let wall = clock::now();
     let cores = setup.peers.inboxes.len();
     let mut w = Worker {
         core: setup.core,
@@ -393,7 +365,7 @@ impl<S: Service> Worker<S> {
                 Err(e) => return Err(e),
             }
             self.now = Instant::now();
-            self.wall = wall_now();
+            self.wall = clock::now();
             if self.wall.secs != self.second {
                 self.close_second(false);
             }
@@ -532,11 +504,9 @@ impl<S: Service> Worker<S> {
     fn flush_conn(&mut self, key: usize) {
         match self.send(key) {
             Ok(()) => {
-                if self.conns[key]
-                    .buffers
-                    .as_ref()
-                    .is_some_and(|b| b.read_closed && b.out.is_empty() && b.held.is_empty())
-                {
+                if self.conns[key].buffers.get().is_some_and(|b| {
+                    b.extra.read_closed && !b.has_pending_out() && b.extra.held.is_empty()
+                }) {
                     self.close(key, Close::Eof);
                 } else {
                     self.release_idle_buffers(key);
@@ -630,8 +600,8 @@ impl<S: Service> Worker<S> {
     /// Moves a connection's held answers that may go now to its output.
     fn release_held(&mut self, key: usize, durable: u64) {
         self.scratch_out.clear();
-        if let Some(b) = self.conns[key].buffers.as_deref_mut() {
-            b.held.release(durable, &mut self.scratch_out);
+        if let Some(b) = self.conns[key].buffers.get_mut() {
+            b.extra.held.release(durable, &mut self.scratch_out);
         }
         if !self.scratch_out.is_empty() {
             self.flush_conn(key);
@@ -659,11 +629,7 @@ impl<S: Service> Worker<S> {
     /// `last`: the core is stopping, so it waits for room rather than keep
     /// counts it would never send.
     fn close_second(&mut self, last: bool) {
-        let fresh = self
-            .recycled
-            .try_recv()
-            .unwrap_or_else(|_| Box::new(latency_histogram()));
-        let latency = std::mem::replace(&mut self.latency, fresh);
+        let latency = recycle::swap_out(&mut self.latency, &self.recycled);
         let report = Report::Core {
             core: self.core.0,
             second: self.second,
@@ -758,7 +724,7 @@ impl<S: Service> Worker<S> {
             state: SessionState::AwaitingLogin,
             deadline_ms: deadline,
             serial: self.serial,
-            buffers: None,
+            buffers: LazyBuffers::none(),
         });
         let set = key / SET_SIZE;
         if self.sets.len() <= set {
@@ -772,11 +738,11 @@ impl<S: Service> Worker<S> {
         // Dropping the stream closes the descriptor, which removes it from
         // the epoll set: no deregister syscall needed.
         let conn = self.conns.remove(key);
-        let draining = conn.buffers.as_ref().is_some_and(|b| b.read_closed);
+        let draining = conn.buffers.get().is_some_and(|b| b.extra.read_closed);
         if conn.state == SessionState::AwaitingLogin || draining {
             self.sets[key / SET_SIZE].timed -= 1;
         }
-        if conn.buffers.as_ref().is_some_and(|b| !b.out.is_empty()) {
+        if conn.buffers.has_pending_out() {
             self.conns_pending_out -= 1;
         }
         if let SessionState::LoggedIn(user) = conn.state {
@@ -848,11 +814,10 @@ impl<S: Service> Worker<S> {
             buffers,
             ..
         } = &mut conns[key];
-        let scratch = &mut scratch_in[..];
         scratch_out.clear();
-        let filled = ConnBuffers::take_partial(buffers, scratch);
-        let held = match buffers.as_deref_mut() {
-            Some(b) => &mut b.held,
+        let mut carry = Carry::take(&mut scratch_in[..], buffers);
+        let held = match buffers.get_mut() {
+            Some(b) => &mut b.extra.held,
             None => &mut *held_spare,
         };
         let mut cx = FrameContext {
@@ -867,7 +832,7 @@ impl<S: Service> Worker<S> {
             fx,
             counters,
         };
-        let read = read_share(stream, scratch, filled, closing, |bytes| {
+        let read = read_share(stream, &mut carry, closing, |bytes| {
             answer_frames(bytes, service, held, &mut cx)
         });
         cx.counters.bytes_in += read.bytes;
@@ -878,10 +843,12 @@ impl<S: Service> Worker<S> {
         }
         if !held_spare.is_empty() {
             // The connection's first held answers: they go with it now.
-            buffers.get_or_insert_with(ConnBuffers::new).held = std::mem::take(held_spare);
+            buffers.alloc().extra.held = std::mem::take(held_spare);
         }
-        if read.close.is_none() && read.leftover > 0 {
-            ConnBuffers::keep_partial(buffers, &scratch[..read.leftover]);
+        if read.close.is_none() {
+            // The start of a frame waits in the connection's buffers for
+            // its next read (a closing connection needs none).
+            carry.keep_rest(buffers);
         }
         read
     }
@@ -889,11 +856,7 @@ impl<S: Service> Worker<S> {
     /// Sends what this read answered after what the connection already
     /// owes, and records the answers' service time.
     fn send_answers(&mut self, key: usize, read: &ReadOutcome) -> Result<(), Close> {
-        let owed = self.conns[key]
-            .buffers
-            .as_ref()
-            .is_some_and(|b| !b.out.is_empty());
-        if self.scratch_out.is_empty() && !owed {
+        if self.scratch_out.is_empty() && !self.conns[key].buffers.has_pending_out() {
             return Ok(());
         }
         if let Some(read_at) = read.read_at
@@ -912,13 +875,13 @@ impl<S: Service> Worker<S> {
     /// one that holds nothing gives its buffers back.
     fn settle_after_read(&mut self, key: usize, close: Option<Close>) {
         if close == Some(Close::Eof)
-            && let Some(b) = self.conns[key].buffers.as_deref_mut()
-            && (!b.out.is_empty() || !b.held.is_empty())
+            && let Some(b) = self.conns[key].buffers.get_mut()
+            && (b.has_pending_out() || !b.extra.held.is_empty())
         {
             // The write did not fail: keep the connection until its answers
             // drain, within a deadline swept like a login's, then close.
-            if !b.read_closed {
-                b.read_closed = true;
+            if !b.extra.read_closed {
+                b.extra.read_closed = true;
                 let deadline = self.deadline_ms();
                 self.conns[key].deadline_ms = deadline;
                 self.sets[key / SET_SIZE].timed += 1;
@@ -939,83 +902,67 @@ impl<S: Service> Worker<S> {
     }
 
     /// Writes the connection's pending output followed by `scratch_out`,
-    /// with one `write`; keeps what did not fit.
+    /// with one `write` (`crate::conn`'s spill, `Behind::Write`); keeps what
+    /// did not fit, and evicts a connection that keeps more than
+    /// `--outbound-max`. Order on the wire is the order of the requests.
     fn send(&mut self, key: usize) -> Result<(), Close> {
-        let conn = &mut self.conns[key];
-        let out = &mut self.scratch_out;
-        let had_pending = conn.buffers.as_ref().is_some_and(|b| !b.out.is_empty());
-        // With output already waiting, new answers queue behind it: order
-        // on the wire is the order of the requests.
-        let bytes: &[u8] = match conn.buffers.as_deref_mut() {
-            Some(b) if had_pending => {
-                b.out.extend_from_slice(out);
-                &b.out
-            }
-            _ => out,
-        };
-        if bytes.is_empty() {
+        let Conn {
+            stream, buffers, ..
+        } = &mut self.conns[key];
+        if self.scratch_out.is_empty() && !buffers.has_pending_out() {
             return Ok(());
         }
-        let written = loop {
-            match conn.stream.write(bytes) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break 0,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Err(Close::Peer),
-            }
+        let rule = SpillRule {
+            behind: Behind::Write,
+            kept_max: self.limits.outbound_max,
         };
-        self.counters.bytes_out += written as u64;
-        let rest = bytes.len() - written;
-        if had_pending {
-            let b = conn.buffers.as_deref_mut().expect("had pending output");
-            b.out.drain(..written);
-        } else if rest > 0 {
-            let b = conn.buffers.get_or_insert_with(ConnBuffers::new);
-            b.out.extend_from_slice(&out[written..]);
-        }
-        let has_pending = rest > 0;
-        match (had_pending, has_pending) {
+        // Any error but WouldBlock (nothing taken) and Interrupted (retried)
+        // closes the connection; so does a write that takes nothing without
+        // blocking, which a TCP socket does not do.
+        let sent = buffers
+            .send(&self.scratch_out, rule, |bytes| stream.write(bytes))
+            .map_err(|_| Close::Peer)?;
+        self.counters.bytes_out += sent.written as u64;
+        match (sent.was_pending, sent.is_pending()) {
             (false, true) => self.conns_pending_out += 1,
             (true, false) => self.conns_pending_out -= 1,
             _ => {}
         }
-        if rest > self.limits.outbound_max {
+        if sent.over_cap {
             return Err(Close::Evicted);
         }
-        let b = match conn.buffers.as_deref_mut() {
-            Some(b) => b,
-            None => return Ok(()),
+        self.want_writable(key, sent.is_pending())
+    }
+
+    /// Asks for `WRITABLE` only while output waits: left on, every ACK that
+    /// frees send space would wake the loop for nothing.
+    fn want_writable(&mut self, key: usize, pending: bool) -> Result<(), Close> {
+        let Conn {
+            stream, buffers, ..
+        } = &mut self.conns[key];
+        let Some(b) = buffers.get_mut() else {
+            return Ok(());
         };
-        // WRITABLE is asked for only while output waits: left on, every ACK
-        // that frees send space would wake the loop for nothing.
-        if has_pending != b.writable {
-            let interest = if has_pending {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            if self
-                .poll
-                .registry()
-                .reregister(&mut conn.stream, Token(FIRST_CONN + key), interest)
-                .is_err()
-            {
-                return Err(Close::Peer);
-            }
-            b.writable = has_pending;
+        if pending == b.extra.writable {
+            return Ok(());
         }
+        let interest = if pending {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        self.poll
+            .registry()
+            .reregister(stream, Token(FIRST_CONN + key), interest)
+            .map_err(|_| Close::Peer)?;
+        b.extra.writable = pending;
         Ok(())
     }
 
     /// Frees a connection's buffers once it holds nothing, so an idle
     /// connection costs no buffer.
     fn release_idle_buffers(&mut self, key: usize) {
-        let conn = &mut self.conns[key];
-        if conn.buffers.as_ref().is_some_and(|b| {
-            b.partial_len == 0 && b.out.is_empty() && !b.writable && b.held.is_empty()
-        }) {
-            conn.buffers = None;
-        }
+        self.conns[key].buffers.release_if_idle(ConnExtra::is_idle);
     }
 
     /// Closes connections past their deadline (no login in time, or a
@@ -1043,7 +990,7 @@ impl<S: Service> Worker<S> {
                 }
                 if c.state == SessionState::AwaitingLogin {
                     self.close(key, Close::LoginTimeout);
-                } else if c.buffers.as_ref().is_some_and(|b| b.read_closed) {
+                } else if c.buffers.get().is_some_and(|b| b.extra.read_closed) {
                     self.close(key, Close::DrainTimeout);
                 }
             }
@@ -1055,23 +1002,23 @@ impl<S: Service> Worker<S> {
     }
 }
 
-/// Reads `stream` into `scratch`, after the `filled` bytes carried over, up
+/// Reads `stream` into `carry`, after the partial frame carried over, up
 /// to one wake-up's share (see the contract above), handing all the bytes
 /// held to `answer` after each read and keeping what it did not use (a
 /// partial frame) at the front for the next read.
 #[inline]
 fn read_share(
     stream: &mut TcpStream,
-    scratch: &mut [u8],
-    mut filled: usize,
+    carry: &mut Carry<'_>,
     closing: bool,
     mut answer: impl FnMut(&[u8]) -> Answered,
 ) -> ReadOutcome {
     let mut read = ReadOutcome::default();
     let mut reads = 0;
     loop {
-        let room = scratch.len() - filled;
-        match stream.read(&mut scratch[filled..]) {
+        let room = carry.room();
+        let room_len = room.len();
+        match stream.read(room) {
             Ok(0) => {
                 read.close = Some(Close::Eof);
                 break;
@@ -1080,16 +1027,15 @@ fn read_share(
                 reads += 1;
                 read.read_at.get_or_insert_with(Instant::now);
                 read.bytes += n as u64;
-                filled += n;
-                let answered = answer(&scratch[..filled]);
+                carry.filled(n);
+                let answered = answer(carry.bytes());
                 read.frames += answered.frames;
-                scratch.copy_within(answered.used..filled, 0);
-                filled -= answered.used;
+                carry.consume(answered.used);
                 if answered.refused {
                     read.close = Some(Close::BadFrame);
                     break;
                 }
-                if n < room && !closing {
+                if n < room_len && !closing {
                     break; // drained: see the contract above
                 }
                 if reads == READS_PER_WAKE_MAX {
@@ -1105,17 +1051,7 @@ fn read_share(
             }
         }
     }
-    read.leftover = filled;
     read
-}
-
-/// The wall clock now, in seconds and milliseconds.
-fn wall_now() -> Now {
-    let ms = crate::clock::unix_now().as_millis() as u64;
-    Now {
-        secs: ms / 1000,
-        ms,
-    }
 }
 
 /// accept(2)'s errors that concern only the connection being accepted
