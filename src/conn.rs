@@ -42,11 +42,6 @@ impl<X> ConnBuffers<X> {
         !self.out.is_empty()
     }
 
-    /// Bytes of output waiting for the kernel.
-    pub fn pending_out_len(&self) -> usize {
-        self.out.len()
-    }
-
     /// True while the start of a frame is kept.
     pub fn has_partial(&self) -> bool {
         self.partial_len > 0
@@ -337,17 +332,6 @@ impl<'a> Carry<'a> {
     /// Counts `n` bytes just read into [`Carry::room`].
     pub fn filled(&mut self, n: usize) {
         self.filled += n;
-    }
-
-    /// Bytes held: a carried partial frame, then what was read and not yet
-    /// handed on.
-    pub fn len(&self) -> usize {
-        self.filled
-    }
-
-    /// True when nothing is held.
-    pub fn is_empty(&self) -> bool {
-        self.filled == 0
     }
 
     /// The bytes held: a carried partial frame, then what was read since.

@@ -2,7 +2,7 @@
 //! and the toolkit that proves it under load. See `docs/ARCHITECTURE.md`.
 
 pub mod audit;
-mod clock;
+pub mod clock;
 mod conn;
 pub mod demo;
 pub mod durable;
