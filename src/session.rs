@@ -647,6 +647,9 @@ mod tests {
         }
     }
 
+    // One scenario followed message by message across three cores (the
+    // packet's owner, a user's home, the core holding the connection): its
+    // length is the route's, and cutting it would hide the order checked.
     #[test]
     fn pushes_find_users_on_any_core_and_claims_cross_to_the_owner() {
         let mut t = TwoCores::new();
