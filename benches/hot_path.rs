@@ -79,11 +79,11 @@ fn session_step(c: &mut Criterion) {
     let frame = Frame::ShakeRequest { user: UserId(7) };
     let mut out = Vec::with_capacity(64);
     let mut counters = CoreCounters::default();
-    let mut state = SessionState::LoggedIn(UserId(7));
+    let state = SessionState::LoggedIn(UserId(7));
     let mut fx = effects();
     let mut cx = FrameContext {
         conn: CONN,
-        state: &mut state,
+        state,
         now: NOW,
         out: &mut out,
         fx: &mut fx,
@@ -130,7 +130,7 @@ fn pipelined_read(c: &mut Criterion) {
     let mut hongbao = Hongbao::new(CoreId(0), rings, SETTINGS);
     let mut out = Vec::with_capacity(frames * 28);
     let mut counters = CoreCounters::default();
-    let mut state = SessionState::LoggedIn(UserId(7));
+    let state = SessionState::LoggedIn(UserId(7));
     let mut fx = effects();
     let mut held = HeldAnswers::default();
     g.bench_function("answer_64KiB_of_shakes", |b| {
@@ -139,7 +139,7 @@ fn pipelined_read(c: &mut Criterion) {
             // Made per read, as the core loop makes it.
             let mut cx = FrameContext {
                 conn: CONN,
-                state: &mut state,
+                state,
                 now: NOW,
                 out: &mut out,
                 fx: &mut fx,

@@ -826,7 +826,7 @@ impl<S: Service> Worker<S> {
                 key: key as u32,
                 serial: *serial,
             },
-            state,
+            state: *state,
             now: *wall,
             out: scratch_out,
             fx,
@@ -835,6 +835,7 @@ impl<S: Service> Worker<S> {
         let read = read_share(stream, &mut carry, closing, |bytes| {
             answer_frames(bytes, service, held, &mut cx)
         });
+        *state = cx.state;
         cx.counters.bytes_in += read.bytes;
         if read.share_used {
             // More may wait: this connection's share is used; it is read
