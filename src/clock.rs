@@ -5,12 +5,19 @@
 //!
 //! Owns: the readings in the units their users keep (a [`Duration`], Unix
 //! nanoseconds, Unix seconds, a core's [`Now`] of seconds and
-//! milliseconds). Must not: make a system call, fail, or keep state.
+//! milliseconds), and the units' ratios every program converts with.
+//! Must not: make a system call, fail, or keep state.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds in a second.
-const MILLIS_PER_SEC: u64 = 1_000;
+pub const MILLIS_PER_SEC: u64 = 1_000;
+/// Microseconds in a second.
+pub const MICROS_PER_SEC: u64 = 1_000_000;
+/// Nanoseconds in a second.
+pub const NANOS_PER_SEC: u64 = 1_000_000_000;
+/// Nanoseconds in a microsecond.
+pub const NANOS_PER_MICRO: u64 = 1_000;
 
 /// The wall clock read once, in the two units a server turn stamps with:
 /// frames carry Unix seconds, ledger records Unix milliseconds. Both come
@@ -21,6 +28,12 @@ pub struct Now {
     pub secs: u64,
     /// Unix milliseconds (ledger records are stamped with it).
     pub ms: u64,
+}
+
+/// Nanoseconds as (fractional) microseconds, the unit latencies are shown
+/// in.
+pub fn micros_of_nanos(ns: u64) -> f64 {
+    ns as f64 / NANOS_PER_MICRO as f64
 }
 
 /// Time since the Unix epoch now (zero for a clock before it).

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 
+use crate::clock::NANOS_PER_SEC;
 use crate::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
 use crate::ledger::{Entry, Ledger, LedgerCounters, Record};
 use crate::mesh::{CoreMsg, Peers};
@@ -57,8 +58,6 @@ const PACKET_SEED_ROTATION: u32 = 17;
 /// How long handing a packet to its owner core may wait on a full inbox
 /// before the core counts as gone (the server is stopping).
 const INBOX_SEND_TIMEOUT: Duration = Duration::from_secs(1);
-/// Nanoseconds in a second, for the schedule's integer arithmetic.
-const NANOS_PER_SEC: u128 = 1_000_000_000;
 
 /// A batch's pacing: how many envelopes are due by a given time since start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +72,7 @@ impl Schedule {
     /// Envelopes due by `elapsed` since the batch started: `floor(elapsed *
     /// rate)`, capped at the total.
     pub fn due_by(&self, elapsed: Duration) -> u64 {
-        let due = (elapsed.as_nanos() * u128::from(self.rate) / NANOS_PER_SEC) as u64;
+        let due = (elapsed.as_nanos() * u128::from(self.rate) / u128::from(NANOS_PER_SEC)) as u64;
         self.total.map_or(due, |t| due.min(t))
     }
 
@@ -84,7 +83,8 @@ impl Schedule {
             return None;
         }
         // The smallest t with floor(t * rate) >= emitted + 1, in whole ns.
-        let ns = (u128::from(emitted + 1) * NANOS_PER_SEC).div_ceil(u128::from(self.rate));
+        let ns =
+            (u128::from(emitted + 1) * u128::from(NANOS_PER_SEC)).div_ceil(u128::from(self.rate));
         Some(Duration::from_nanos(u64::try_from(ns).unwrap_or(u64::MAX)))
     }
 

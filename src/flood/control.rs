@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::{Value, json};
 
 use super::options::QPS_MAX;
-use super::schedule::{NANOS_PER_SEC, Plan};
+use super::schedule::Plan;
+use crate::clock::NANOS_PER_SEC;
 use crate::clock::unix_nanos;
 use crate::http::{Request, Response};
 

@@ -47,6 +47,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use mio::{Poll, Waker};
 use serde_json::json;
 
+use crate::clock::NANOS_PER_SEC;
 use crate::clock::unix_nanos;
 use crate::stats::client::{Counters, Percentiles};
 use crate::stats::recycle;
@@ -56,7 +57,7 @@ pub use report::Report;
 use report::{
     ConnectReport, CpuReport, FlooderReport, RunConfig, SecondReport, ServerReport, WindowReport,
 };
-use schedule::{NANOS_PER_SEC, SlotRule};
+use schedule::SlotRule;
 use stats::{Latency, SecondHists};
 use worker::{Control, SecondOut, ToMain, WorkerConfig};
 

@@ -10,10 +10,8 @@ use std::fs;
 
 use anyhow::Context;
 
-/// Nanoseconds in a microsecond.
-const NS_PER_US: u64 = 1_000;
-/// Microseconds in a second.
-const US_PER_SEC: u64 = 1_000_000;
+use crate::clock::{MICROS_PER_SEC, NANOS_PER_MICRO};
+
 /// Bytes in the kernel's "kB" (a KiB).
 const BYTES_PER_KIB: u64 = 1024;
 /// Clock ticks per second when `sysconf(_SC_CLK_TCK)` fails: 100 is what
@@ -34,7 +32,7 @@ const STAT_FIRST_FIELD_AFTER_COMM: usize = 3;
 /// live as long as it does. Falls back to the ticks when schedstat is absent.
 pub fn process_cpu_us(pid: u32) -> anyhow::Result<u64> {
     if let Some(ns) = schedstat_ns(pid) {
-        return Ok(ns / NS_PER_US);
+        return Ok(ns / NANOS_PER_MICRO);
     }
     let path = format!("/proc/{pid}/stat");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
@@ -86,7 +84,7 @@ pub fn self_cpu_us() -> anyhow::Result<u64> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context("getrusage(RUSAGE_SELF)");
     }
-    let us = |tv: libc::timeval| (tv.tv_sec as u64) * US_PER_SEC + tv.tv_usec as u64;
+    let us = |tv: libc::timeval| (tv.tv_sec as u64) * MICROS_PER_SEC + tv.tv_usec as u64;
     Ok(us(usage.ru_utime) + us(usage.ru_stime))
 }
 
@@ -193,7 +191,7 @@ fn clock_ticks_per_sec() -> u64 {
 }
 
 fn ticks_to_us(ticks: u64, per_sec: u64) -> u64 {
-    ticks.saturating_mul(US_PER_SEC) / per_sec.max(1)
+    ticks.saturating_mul(MICROS_PER_SEC) / per_sec.max(1)
 }
 
 /// utime + stime in clock ticks from the text of `/proc/PID/stat`.

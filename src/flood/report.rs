@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::schedule::Plan;
+use crate::clock::MICROS_PER_SEC;
 use crate::stats::client::{Counters, Percentiles};
 
 /// Version of the JSON layout below; bump it when a field changes meaning or
@@ -420,7 +421,7 @@ fn write_costs(r: &Report, out: &mut String) -> std::fmt::Result {
     writeln!(
         out,
         "  flooder CPU    {:.3} s = {} µs/request; busiest thread {:.0}% of a core",
-        r.flooder.cpu_us as f64 / US_PER_SEC,
+        r.flooder.cpu_us as f64 / MICROS_PER_SEC as f64,
         fmt_opt(r.flooder.cpu_us_per_request),
         r.flooder.thread_cpu_max_pct
     )?;
@@ -438,24 +439,27 @@ fn write_costs(r: &Report, out: &mut String) -> std::fmt::Result {
         out,
         "  host CPUs      {}; others used {:.3} s",
         cpus.join(", "),
-        r.foreign_cpu_us as f64 / US_PER_SEC
+        r.foreign_cpu_us as f64 / MICROS_PER_SEC as f64
     )?;
     if let Some(s) = &r.server {
         writeln!(
             out,
             "  server CPU     pid {}: {:.3} s = {} µs/answered",
             s.pid,
-            s.cpu_us as f64 / US_PER_SEC,
+            s.cpu_us as f64 / MICROS_PER_SEC as f64,
             fmt_opt(s.cpu_us_per_answered)
         )?;
         writeln!(
             out,
             "  server accept  {:.3} s CPU over the connect phase = {} µs/login ({} logins/s per server core)",
-            s.connect_cpu_us as f64 / US_PER_SEC,
+            s.connect_cpu_us as f64 / MICROS_PER_SEC as f64,
             fmt_opt(s.connect_cpu_us_per_login),
             s.connect_cpu_us_per_login
                 .filter(|us| *us > 0.0)
-                .map_or_else(|| "-".to_string(), |us| format!("{:.0}", US_PER_SEC / us))
+                .map_or_else(
+                    || "-".to_string(),
+                    |us| format!("{:.0}", MICROS_PER_SEC as f64 / us)
+                )
         )?;
         writeln!(
             out,
@@ -467,9 +471,6 @@ fn write_costs(r: &Report, out: &mut String) -> std::fmt::Result {
     }
     Ok(())
 }
-
-/// Microseconds in a second, for CPU times shown in seconds.
-const US_PER_SEC: f64 = 1e6;
 
 /// Bytes in a mebibyte, for RSS shown in MiB.
 const MIB: f64 = 1024.0 * 1024.0;

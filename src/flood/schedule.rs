@@ -14,6 +14,7 @@
 //! schedule drifts by one request now and then, which shows up as a second
 //! carrying `rate ± 1` requests.
 
+use crate::clock::NANOS_PER_SEC;
 use std::ops::Range;
 
 /// The original client's hash: users are dealt into 13 buckets by `u % 13`
@@ -212,9 +213,6 @@ impl Plan {
         None
     }
 }
-
-/// Nanoseconds in a second.
-pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 
 /// One thread's share of an evenly paced global stream.
 ///

@@ -45,8 +45,9 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::control::{NO_OVERRIDE, OVERRIDE_QPS_MASK, OVERRIDE_STEP_SHIFT};
-use super::schedule::{self, NANOS_PER_SEC, Plan, Share, SlotRule};
+use super::schedule::{self, Plan, Share, SlotRule};
 use super::stats::{Latency, SecondHists};
+use crate::clock::NANOS_PER_SEC;
 use crate::clock::{unix_nanos, unix_secs};
 use crate::conn::{Behind, Carry, FrameStop, LazyBuffers, SpillRule};
 use crate::ids::{Cents, EnvelopeId, PacketId, UserId};

@@ -20,6 +20,7 @@ use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 
 use super::series::Row;
+use crate::clock::micros_of_nanos;
 use crate::seconds::ClientSecond;
 use crate::stats::SecondStats;
 
@@ -28,9 +29,6 @@ pub const WIDTH: u32 = 900;
 /// Height of every chart, pixels.
 pub const HEIGHT: u32 = 360;
 
-/// Nanoseconds in a microsecond: servers and histograms count
-/// nanoseconds, the latency charts show microseconds.
-const NS_PER_US: f64 = 1e3;
 /// Bytes in the megabyte of the network chart's axis.
 const BYTES_PER_MB: f64 = 1e6;
 
@@ -315,15 +313,15 @@ fn latency_chart() -> Chart {
             },
             Line {
                 name: "server p50",
-                value: |r| servers(r).and_then(|s| positive(s.service_ns_p50 as f64 / NS_PER_US)),
+                value: |r| servers(r).and_then(|s| positive(micros_of_nanos(s.service_ns_p50))),
             },
             Line {
                 name: "server p99",
-                value: |r| servers(r).and_then(|s| positive(s.service_ns_p99 as f64 / NS_PER_US)),
+                value: |r| servers(r).and_then(|s| positive(micros_of_nanos(s.service_ns_p99))),
             },
             Line {
                 name: "server p99.9",
-                value: |r| servers(r).and_then(|s| positive(s.service_ns_p999 as f64 / NS_PER_US)),
+                value: |r| servers(r).and_then(|s| positive(micros_of_nanos(s.service_ns_p999))),
             },
         ],
     }
@@ -737,7 +735,7 @@ fn percentile_curves(
                 .map(|i| {
                     let x = i as f64 / POINTS_PER_NINE;
                     let q = 1.0 - 10f64.powf(-x);
-                    let latency_us = h.value_at_quantile(q) as f64 / NS_PER_US;
+                    let latency_us = micros_of_nanos(h.value_at_quantile(q));
                     (x, latency_us.max(LATENCY_US_FLOOR))
                 })
                 .collect();

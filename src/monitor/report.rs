@@ -19,6 +19,7 @@ use hdrhistogram::Histogram;
 use super::chart::{self, Chart};
 use super::collect::{Kind, SourceState};
 use super::series::{LatencyAcross, Row};
+use crate::clock::micros_of_nanos;
 
 /// Significant digits of a whole-run histogram: those the sources record
 /// with, so that adding their intervals loses nothing.
@@ -120,9 +121,6 @@ fn figures(c: &Chart, line: usize, rows: &[Row]) -> Option<Figures> {
     })
 }
 
-/// Nanoseconds in a microsecond: histograms hold nanoseconds, the report
-/// shows microseconds.
-const NS_PER_US: f64 = 1e3;
 /// The whole-run percentiles the interval-log table shows, as quantiles.
 const HLOG_QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 0.9999];
 
@@ -298,13 +296,13 @@ fn write_hlogs(h: &mut String, hlogs: &[Hlog]) -> anyhow::Result<()> {
             let _ = write!(
                 h,
                 "<td>{}</td>",
-                num(l.histogram.value_at_quantile(q) as f64 / NS_PER_US)
+                num(micros_of_nanos(l.histogram.value_at_quantile(q)))
             );
         }
         let _ = write!(
             h,
             "<td>{}</td></tr>",
-            num(l.histogram.max() as f64 / NS_PER_US)
+            num(micros_of_nanos(l.histogram.max()))
         );
     }
     h.push_str("</table>");

@@ -30,6 +30,7 @@ use super::published::Published;
 use super::running::{CoreThread, GeneratorThread, LedgerThread, Running, StatsThread};
 use super::stats_thread::{StatsSetup, aggregate};
 use super::worker::{self, WorkerLimits, WorkerSetup};
+use crate::clock::MILLIS_PER_SEC;
 use crate::generator::{self, Command, EnvelopeSpec, GeneratorSetup, Schedule};
 use crate::hlog::LatencyHistogram;
 use crate::http;
@@ -48,9 +49,6 @@ const INBOX_LEN: usize = 1 << 16;
 /// send one a second, so this is about a minute of backlog on 64 cores; a
 /// core that finds the queue full keeps its counts for its next second.
 const REPORTS_LEN: usize = 4 * 1024;
-/// Milliseconds in a second: the ledger stamps in milliseconds, the rings'
-/// deadlines are whole seconds.
-const MS_PER_SEC: u64 = 1000;
 /// The message of a failure a test asked for (see [`ThreadStep`]).
 const INJECTED: &str = "failure injected by a test";
 
@@ -356,7 +354,7 @@ fn open_ledger(
 /// The envelopes the books hold outstanding, as the rings take them: each
 /// due back one `--envelope-ttl` after it was generated.
 fn envelopes_to_queue(books: &Books, envelope_ttl_s: u64) -> Vec<Envelope> {
-    let envelope_ttl_ms = envelope_ttl_s.saturating_mul(MS_PER_SEC);
+    let envelope_ttl_ms = envelope_ttl_s.saturating_mul(MILLIS_PER_SEC);
     books
         .outstanding()
         .into_iter()
@@ -365,8 +363,8 @@ fn envelopes_to_queue(books: &Books, envelope_ttl_s: u64) -> Vec<Envelope> {
             amount: o.cents,
             // The rings keep a u32 Unix second; a deadline past it is
             // kept as the last second it can say.
-            until_s: (o.at_ms.saturating_add(envelope_ttl_ms) / MS_PER_SEC).min(u64::from(u32::MAX))
-                as u32,
+            until_s: (o.at_ms.saturating_add(envelope_ttl_ms) / MILLIS_PER_SEC)
+                .min(u64::from(u32::MAX)) as u32,
         })
         .collect()
 }

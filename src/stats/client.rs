@@ -11,9 +11,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use super::SummaryNs;
-
-/// Nanoseconds in a microsecond.
-const NS_PER_US: f64 = 1_000.0;
+use crate::clock::{NANOS_PER_MICRO, micros_of_nanos};
 
 /// Plain event counts over some span (one second, the window, a whole run).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,15 +116,14 @@ impl Percentiles {
     /// A summary in microseconds, as the flooder's report and `/seconds`
     /// show it.
     pub fn from_summary(s: &SummaryNs) -> Percentiles {
-        let us = |ns: u64| ns as f64 / NS_PER_US;
         Percentiles {
             count: s.count,
-            mean_us: s.mean_ns / NS_PER_US,
-            p50_us: us(s.p50_ns),
-            p90_us: us(s.p90_ns),
-            p99_us: us(s.p99_ns),
-            p999_us: us(s.p999_ns),
-            max_us: us(s.max_ns),
+            mean_us: s.mean_ns / NANOS_PER_MICRO as f64,
+            p50_us: micros_of_nanos(s.p50_ns),
+            p90_us: micros_of_nanos(s.p90_ns),
+            p99_us: micros_of_nanos(s.p99_ns),
+            p999_us: micros_of_nanos(s.p999_ns),
+            max_us: micros_of_nanos(s.max_ns),
         }
     }
 }

@@ -14,10 +14,8 @@
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::NANOS_PER_SEC;
 use crate::prom::{self, LatencySummary};
-
-/// Nanoseconds in a second.
-const NS_PER_SEC: f64 = 1e9;
 
 /// A latency histogram summarised, nanoseconds. All zero for an empty
 /// histogram: a quantile of nothing is no number, and every document shows
@@ -70,11 +68,11 @@ impl SummaryNs {
         }
         LatencySummary {
             count: self.count,
-            sum_seconds: self.mean_ns * self.count as f64 / NS_PER_SEC,
+            sum_seconds: self.mean_ns * self.count as f64 / NANOS_PER_SEC as f64,
             quantiles: prom::QUANTILES
                 .iter()
                 .zip(self.quantiles_ns())
-                .map(|(&q, ns)| (q, ns as f64 / NS_PER_SEC))
+                .map(|(&q, ns)| (q, ns as f64 / NANOS_PER_SEC as f64))
                 .collect(),
         }
     }
