@@ -18,6 +18,9 @@ pub const MICROS_PER_SEC: u64 = 1_000_000;
 pub const NANOS_PER_SEC: u64 = 1_000_000_000;
 /// Nanoseconds in a microsecond.
 pub const NANOS_PER_MICRO: u64 = 1_000;
+/// Microseconds in one percent of a second: CPU microseconds per second
+/// divided by this are a percentage of one core.
+pub const MICROS_PER_PERCENT_OF_SEC: u64 = MICROS_PER_SEC / 100;
 
 /// The wall clock read once, in the two units a server turn stamps with:
 /// frames carry Unix seconds, ledger records Unix milliseconds. Both come

@@ -368,9 +368,7 @@ impl<'a> Carry<'a> {
         debug_assert!(self.filled < FRAME_LEN_MAX, "a rest of a whole frame");
         let rest = &self.buf[..self.filled.min(FRAME_LEN_MAX - 1)];
         if rest.is_empty() {
-            if let Some(b) = kept.get_mut() {
-                b.partial_len = 0;
-            }
+            // `take` already emptied what was kept.
             return;
         }
         let b = kept.alloc();

@@ -218,7 +218,7 @@ pub type LatencyHistogram = Histogram<u64>;
 
 /// The slowest latency a [`LatencyHistogram`] holds: anything slower is
 /// recorded as this.
-pub const LATENCY_NS_MAX: u64 = 60 * 1_000_000_000;
+pub const LATENCY_NS_MAX: u64 = 60 * crate::clock::NANOS_PER_SEC;
 
 /// An empty [`LatencyHistogram`], allocated once here (about 200 KiB) so
 /// that recording never allocates.

@@ -6,6 +6,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use hongbao::clock::micros_of_nanos;
 
 #[derive(Parser)]
 #[command(
@@ -192,9 +193,9 @@ fn print_summary(summary: &hongbao::server::Summary) {
         t.server.got,
         t.server.cents_granted,
         summary.envelopes_in_rings,
-        p50 as f64 / 1e3,
-        p99 as f64 / 1e3,
-        p999 as f64 / 1e3,
-        max as f64 / 1e3,
+        micros_of_nanos(p50),
+        micros_of_nanos(p99),
+        micros_of_nanos(p999),
+        micros_of_nanos(max),
     );
 }

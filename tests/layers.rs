@@ -70,7 +70,7 @@ fn the_reader_finds_the_imports_it_must() {
     let files: &[(&str, &str)] = &[
         (
             "lib.rs",
-            "pub mod ids; pub mod stats; pub mod server; pub mod flood;",
+            "pub mod ids; pub mod stats; pub mod server; pub mod flood; pub mod extra;",
         ),
         (
             "ids.rs",
@@ -89,6 +89,7 @@ fn the_reader_finds_the_imports_it_must() {
             "flood/mod.rs",
             "use crate::{ids::UserId, server::{worker::Peers}};\n",
         ),
+        ("extra.rs", "use crate::ids::UserId;\n"),
     ];
     for (name, text) in files {
         let p = dir.join(name);
@@ -100,6 +101,10 @@ fn the_reader_finds_the_imports_it_must() {
     let all = problems.join("\n");
     assert!(
         all.contains("stats.rs:2") && all.contains("runs upward"),
+        "{all}"
+    );
+    assert!(
+        all.contains("extra.rs:1") && all.contains("is on no floor"),
         "{all}"
     );
     assert!(

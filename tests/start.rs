@@ -4,7 +4,7 @@
 //! Owns: the unwinding of `hongbao::server::start`. Each step that starts a
 //! thread is made to fail in turn (`start_failing_at`), the last step of all
 //! included, with the ledger writer and the generator busy; and a real
-//! failure (a taken control port) is shown to fail before any thread runs.
+//! failure (a taken control port) is shown to fail the start and leave no thread.
 //! Must not: run beside another start in this process. It counts this
 //! process's threads named `hongbao-…` through `/proc/self/task`, so every
 //! test here holds [`ONE_AT_A_TIME`].
@@ -130,7 +130,7 @@ fn a_failed_thread_step_stops_every_thread_started_before_it() {
 }
 
 #[test]
-fn a_taken_control_port_fails_before_any_thread_runs() {
+fn a_taken_control_port_fails_the_start_and_leaves_no_thread() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let taken = TcpListener::bind("127.0.0.1:0").expect("taking a port");
     let dir = scratch_dir("start-control-taken");

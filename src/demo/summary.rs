@@ -306,9 +306,6 @@ fn cpu_rate(samples: &[CpuSample], from: f64, to: f64) -> Option<f64> {
     (b.unix - a.unix >= 1.0).then(|| (b.cpu_us.saturating_sub(a.cpu_us)) as f64 / (b.unix - a.unix))
 }
 
-/// CPU-µs per second that make one percent of a core.
-const CPU_US_PER_SEC_PER_PCT: f64 = 1e4;
-
 /// The files the summary is built from, read.
 struct Files {
     flooders: Vec<Flooder>,
@@ -478,8 +475,7 @@ fn server_phase(files: &Files, cpu: &[CpuSample], unix_start: u64, unix_end: u64
         server.overload_per_sec += s.server.overload as f64;
         server.packets_created += s.generator.packets_created;
         server.claims_paid += s.server.claims_paid;
-        server.bad_frames +=
-            s.server.bad_length + s.server.bad_cmd + s.server.bad_size + s.server.bad_session;
+        server.bad_frames += s.server.bad_frames();
         server.conns_open = s.conns_open;
     }
     if server.seconds > 0 {
@@ -492,7 +488,7 @@ fn server_phase(files: &Files, cpu: &[CpuSample], unix_start: u64, unix_end: u64
     add_intervals(&mut service, &files.server_hlog, unix_start, unix_end);
     server.service = Percentiles::of(&service);
     if let Some(rate) = cpu_rate(cpu, unix_start as f64, unix_end as f64) {
-        server.cpu_pct = Some(rate / CPU_US_PER_SEC_PER_PCT);
+        server.cpu_pct = Some(rate / crate::clock::MICROS_PER_PERCENT_OF_SEC as f64);
         if server.shakes_per_sec > 0.0 {
             server.cpu_us_per_shake = Some(rate / server.shakes_per_sec);
         }

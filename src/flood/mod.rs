@@ -91,10 +91,6 @@ const THREAD_BUSY_PCT: f64 = 90.0;
 /// Send lag p99 above this means the flooder, not the server, set the pace.
 const SEND_LAG_P99_MAX_US: f64 = 1_000.0;
 
-/// The `.hgrm` shows milliseconds, as the interval log does; the histograms
-/// hold nanoseconds.
-const HGRM_NS_PER_UNIT: f64 = 1e6;
-
 /// Messages a thread's control channel holds: the coordinator sends a thread
 /// at most a go and a stop, so it never waits on a full one.
 const CONTROL_QUEUE_LEN: usize = 4;
@@ -106,10 +102,6 @@ const LOGIN_REPORT_MARGIN_SECS: u64 = 5;
 
 /// The wait from the go signal for the next whole Unix second, at most.
 const WHOLE_SECOND_WAIT: Duration = Duration::from_secs(1);
-
-/// Microseconds in one percent of a second: a CPU time over a span in
-/// seconds, divided by this, is a percentage of that span.
-const US_PER_PCT_OF_SEC: f64 = 1e4;
 
 /// Runs the flooder: connect, log in, shake, report.
 pub fn run(args: &FloodArgs) -> anyhow::Result<()> {
@@ -260,7 +252,7 @@ impl HlogOut {
         let hgrm = path.with_extension("hgrm");
         let file = File::create(&hgrm).with_context(|| format!("creating {}", hgrm.display()))?;
         let mut out = BufWriter::new(file);
-        crate::hlog::write_hgrm(&mut out, window, HGRM_NS_PER_UNIT)
+        crate::hlog::write_hgrm(&mut out, window, crate::hlog::MAX_VALUE_DIVISOR)
             .with_context(|| format!("writing {}", hgrm.display()))?;
         std::io::Write::flush(&mut out).with_context(|| format!("writing {}", hgrm.display()))?;
         Ok(())
@@ -1118,7 +1110,11 @@ impl HostCpu {
                 busy_us_total += busy_us;
                 // A floor on the span so that two samples taken at once
                 // give 0 %, not a division by zero.
-                let pct = |us: u64| us as f64 / US_PER_PCT_OF_SEC / sampled_secs.max(1e-9);
+                let pct = |us: u64| {
+                    us as f64
+                        / crate::clock::MICROS_PER_PERCENT_OF_SEC as f64
+                        / sampled_secs.max(1e-9)
+                };
                 Some(CpuReport {
                     cpu: a.cpu,
                     busy_pct: pct(busy_us),

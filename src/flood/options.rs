@@ -29,7 +29,7 @@ const USER_IDS_MAX: u64 = 1 << 32;
 
 /// The longest `--send-interval-us`: a second, past which a thread would sleep
 /// through whole seconds of its schedule.
-const SEND_INTERVAL_US_MAX: u64 = 1_000_000;
+const SEND_INTERVAL_US_MAX: u64 = crate::clock::MICROS_PER_SEC;
 
 /// A day bounds every run (runs must stop by themselves) and keeps the
 /// nanosecond arithmetic far from overflow.

@@ -62,12 +62,6 @@ impl SecondHists {
             .add(&other.send_lag)
             .expect("same histogram bounds");
     }
-
-    /// Empties both, keeping their memory.
-    pub fn reset(&mut self) {
-        self.corrected.reset();
-        self.send_lag.reset();
-    }
 }
 
 impl Recycle for SecondHists {
@@ -80,7 +74,8 @@ impl Recycle for SecondHists {
     }
 
     fn reset(&mut self) {
-        SecondHists::reset(self);
+        self.corrected.reset();
+        self.send_lag.reset();
     }
 }
 

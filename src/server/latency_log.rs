@@ -32,7 +32,7 @@ impl LatencyLog {
     /// Creates the log at `path` (truncating it); intervals count from the
     /// current whole Unix second.
     pub fn create(path: &Path) -> std::io::Result<LatencyLog> {
-        let start_second = crate::clock::unix_now().as_secs();
+        let start_second = crate::clock::unix_secs();
         let log = IntervalLog::create(path, UNIX_EPOCH + Duration::from_secs(start_second))
             .map_err(std::io::Error::other)?;
         Ok(LatencyLog {

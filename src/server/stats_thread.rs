@@ -158,5 +158,5 @@ pub fn second_line(s: &SecondStats) -> String {
 }
 
 fn us(ns: u64) -> String {
-    format!("{:.1}", ns as f64 / 1000.0)
+    format!("{:.1}", crate::clock::micros_of_nanos(ns))
 }

@@ -253,11 +253,7 @@ impl SecondStats {
     /// Sets the service-time percentiles from the second's histogram
     /// (nanoseconds): all zero when it is empty.
     pub fn set_service_percentiles(&mut self, h: &LatencyHistogram) {
-        self.set_service(&SummaryNs::of(h));
-    }
-
-    /// Sets the service-time percentiles from their summary.
-    pub fn set_service(&mut self, s: &SummaryNs) {
+        let s = SummaryNs::of(h);
         self.service_ns_p50 = s.p50_ns;
         self.service_ns_p99 = s.p99_ns;
         self.service_ns_p999 = s.p999_ns;

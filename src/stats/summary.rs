@@ -12,7 +12,7 @@
 //! `/seconds`, `/metrics` and the reports stay byte for byte the same.
 
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::clock::NANOS_PER_SEC;
 use crate::prom::{self, LatencySummary};
@@ -20,7 +20,7 @@ use crate::prom::{self, LatencySummary};
 /// A latency histogram summarised, nanoseconds. All zero for an empty
 /// histogram: a quantile of nothing is no number, and every document shows
 /// an idle span as zeros (or, in `/metrics`, as no quantile).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct SummaryNs {
     /// Samples recorded.
     pub count: u64,
