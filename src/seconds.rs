@@ -10,6 +10,8 @@
 //! nowhere else (`server/`, `flood/` and `monitor/` never import one
 //! another).
 
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
 
 use crate::http::{Request, Response};
@@ -19,6 +21,60 @@ use crate::stats::client::{Counters, Percentiles};
 /// Complete seconds a source keeps for the monitor and `/stats`: five
 /// minutes, so that a monitor that was away that long loses nothing.
 pub const SECONDS_KEPT: usize = 300;
+
+/// A second a source publishes: labelled with its Unix second.
+pub trait Labelled {
+    /// The Unix second it counts.
+    fn second(&self) -> u64;
+}
+
+impl Labelled for SecondStats {
+    fn second(&self) -> u64 {
+        self.second
+    }
+}
+
+impl Labelled for ClientSecond {
+    fn second(&self) -> u64 {
+        self.second
+    }
+}
+
+/// A source's last [`SECONDS_KEPT`] complete seconds, oldest first: what its
+/// `/seconds` serves. Serialises as the list.
+#[derive(Clone, Debug, Serialize)]
+#[serde(transparent)]
+pub struct Kept<T> {
+    seconds: VecDeque<T>,
+}
+
+impl<T> Default for Kept<T> {
+    fn default() -> Self {
+        Kept {
+            seconds: VecDeque::with_capacity(SECONDS_KEPT),
+        }
+    }
+}
+
+impl<T: Labelled + Clone> Kept<T> {
+    /// Keeps `second`, dropping the oldest once [`SECONDS_KEPT`] are kept.
+    pub fn push(&mut self, second: T) {
+        if self.seconds.len() == SECONDS_KEPT {
+            self.seconds.pop_front();
+        }
+        self.seconds.push_back(second);
+    }
+
+    /// The kept seconds after Unix second `since` (all when None), oldest
+    /// first: a `/seconds?since=T` answer.
+    pub fn after(&self, since: Option<u64>) -> Vec<T> {
+        self.seconds
+            .iter()
+            .filter(|s| since.is_none_or(|t| s.second() > t))
+            .cloned()
+            .collect()
+    }
+}
 
 /// The answer to `GET /seconds`: which kind of process answered, and its
 /// complete seconds, oldest first.
@@ -105,6 +161,23 @@ pub fn register(monitor: &str, source: std::net::SocketAddr) -> Result<(), Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_seconds_are_kept_and_served_after_t() {
+        let mut kept = Kept::default();
+        for t in 0..(SECONDS_KEPT as u64 + 5) {
+            kept.push(ClientSecond {
+                second: 1000 + t,
+                ..ClientSecond::default()
+            });
+        }
+        let all = kept.after(None);
+        assert_eq!(all.len(), SECONDS_KEPT);
+        assert_eq!(all[0].second, 1005);
+        let later: Vec<u64> = kept.after(Some(1302)).iter().map(|s| s.second).collect();
+        assert_eq!(later, [1303, 1304]);
+        assert!(kept.after(Some(2000)).is_empty());
+    }
 
     #[test]
     fn since_is_a_unix_second_or_nothing() {

@@ -7,7 +7,6 @@
 //! document ([`FloodMetrics`], [`flooder`]), and the two routes. Must not:
 //! sit on a request path.
 
-use std::collections::VecDeque;
 use std::sync::{Mutex, PoisonError};
 
 use hdrhistogram::Histogram;
@@ -16,7 +15,7 @@ use serde::Serialize;
 use crate::hlog::{LatencyHistogram, encode_histogram, latency_histogram};
 use crate::http::{Request, Response};
 use crate::prom::{self, Exposition, LatencySummary};
-use crate::seconds::{self, ClientSecond, SECONDS_KEPT, Seconds};
+use crate::seconds::{self, ClientSecond, Kept, Seconds};
 use crate::stats::SummaryNs;
 use crate::stats::client::Counters;
 
@@ -29,7 +28,7 @@ pub struct FloodSeconds {
 
 #[derive(Debug)]
 struct FloodInner {
-    seconds: VecDeque<ClientSecond>,
+    seconds: Kept<ClientSecond>,
     metrics: FloodMetrics,
     latency: LatencyHistogram,
     send_lag: LatencyHistogram,
@@ -38,7 +37,7 @@ struct FloodInner {
 impl Default for FloodInner {
     fn default() -> Self {
         FloodInner {
-            seconds: VecDeque::with_capacity(SECONDS_KEPT),
+            seconds: Kept::default(),
             metrics: FloodMetrics {
                 state: "connecting",
                 ..FloodMetrics::default()
@@ -82,10 +81,7 @@ impl FloodSeconds {
         g.metrics.thread_cpu_max_pct = second.thread_cpu_max_pct;
         g.metrics.latency = SummaryNs::of(&g.latency).to_prom();
         g.metrics.send_lag = SummaryNs::of(&g.send_lag).to_prom();
-        if g.seconds.len() == SECONDS_KEPT {
-            g.seconds.pop_front();
-        }
-        g.seconds.push_back(second);
+        g.seconds.push(second);
     }
 
     /// Marks the run finished (for `/metrics`' state).
@@ -101,12 +97,7 @@ impl FloodSeconds {
     /// The kept seconds after Unix second `since` (all when None), oldest
     /// first.
     pub fn seconds_after(&self, since: Option<u64>) -> Vec<ClientSecond> {
-        self.lock()
-            .seconds
-            .iter()
-            .filter(|s| since.is_none_or(|t| s.second > t))
-            .cloned()
-            .collect()
+        self.lock().seconds.after(since)
     }
 
     /// Answers `/seconds` and `/metrics`; None for any other path.
@@ -205,6 +196,7 @@ pub fn flooder(m: &FloodMetrics) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seconds::SECONDS_KEPT;
 
     #[test]
     fn seconds_since_t_are_the_later_ones() {

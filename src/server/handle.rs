@@ -93,7 +93,7 @@ impl ServerHandle {
     /// The last closed seconds, oldest first.
     pub fn recent(&self) -> Vec<SecondStats> {
         let p = Published::lock(&self.published);
-        p.recent.iter().cloned().collect()
+        p.recent.after(None)
     }
 
     /// What the ledger held at start.

@@ -6,14 +6,13 @@
 //! `/metrics` document ([`metrics`]). Must not: sit on the request path;
 //! each second's histogram was encoded by the stats thread when it closed.
 
-use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard};
 
 use serde::Serialize;
 
 use crate::http::{Request, Response};
 use crate::prom::{self, Exposition, LatencySummary};
-use crate::seconds::{self, Seconds};
+use crate::seconds::{self, Kept, Seconds};
 use crate::stats::SecondStats;
 
 /// What the aggregator publishes once a second for the HTTP control and the
@@ -21,7 +20,7 @@ use crate::stats::SecondStats;
 #[derive(Debug, Default, Serialize)]
 pub struct Published {
     /// The last closed seconds, oldest first.
-    pub recent: VecDeque<SecondStats>,
+    pub recent: Kept<SecondStats>,
     /// Every closed second summed; `second` is the last closed one.
     pub total: SecondStats,
     /// Service time over every closed second, for `/metrics`.
@@ -49,14 +48,7 @@ pub fn route(req: &Request, published: &Mutex<Published>) -> Response {
         Ok(since) => since,
         Err(bad) => return bad,
     };
-    let seconds = {
-        let p = Published::lock(published);
-        p.recent
-            .iter()
-            .filter(|s| since.is_none_or(|t| s.second > t))
-            .cloned()
-            .collect()
-    };
+    let seconds = Published::lock(published).recent.after(since);
     Response::ok(seconds::to_json(&Seconds::Server { seconds }))
 }
 
@@ -106,12 +98,12 @@ mod tests {
     #[test]
     fn seconds_since_t_are_the_later_ones() {
         let published = Mutex::new(Published::default());
-        Published::lock(&published)
-            .recent
-            .extend((5..9).map(|t| SecondStats {
+        for t in 5..9 {
+            Published::lock(&published).recent.push(SecondStats {
                 second: t,
                 ..SecondStats::default()
-            }));
+            });
+        }
         let r = route(&Request::new("/seconds?since=6"), &published);
         let seconds: Vec<u64> = r.body["seconds"]
             .as_array()

@@ -15,7 +15,6 @@ use serde::Serialize;
 use super::latency_log::LatencyLog;
 use super::published::Published;
 use crate::hlog::LatencyHistogram;
-use crate::seconds::SECONDS_KEPT;
 use crate::stats::{Aggregator, Report, SecondStats, recycle};
 
 /// The run's totals, given when the server stops.
@@ -120,10 +119,7 @@ pub(super) fn aggregate(setup: StatsSetup) -> Summary {
 fn publish(published: &Mutex<Published>, agg: &Aggregator, closed: Vec<SecondStats>) {
     let mut p = Published::lock(published);
     for s in closed {
-        if p.recent.len() == SECONDS_KEPT {
-            p.recent.pop_front();
-        }
-        p.recent.push_back(s);
+        p.recent.push(s);
     }
     p.total = agg.total.clone();
     p.service = agg.total_latency_ns().to_prom();
