@@ -18,6 +18,9 @@
 //! Invariant: envelopes counted `generated` = granted + returned + in rings.
 //! An envelope counts as generated only once a ring has taken it; until then
 //! it waits in the generator's queue (durable in the ledger, outstanding).
+//! Envelopes counted `recorded` (the ledger's own "generated") = generated +
+//! `ahead`, those waiting in that queue: so the server's totals and the
+//! ledger's agree at every closed second and after a clean stop.
 //! When every ring is full the generator keeps the envelopes, counts a stall,
 //! and offers them again on its next wake-up; the schedule does not advance
 //! meanwhile.
@@ -233,6 +236,7 @@ pub fn run(setup: GeneratorSetup) {
                     second: run.second,
                     counters: run.g.counters,
                     in_rings: run.g.rings.len() as u64,
+                    ahead: run.g.held.len() as u64,
                     ledger: run.g.ledger.take_counters().since(&run.ledger_seen),
                 });
                 return;
@@ -410,6 +414,7 @@ impl Run {
         }
         let counters = std::mem::take(&mut self.g.counters);
         let in_rings = self.g.rings.len() as u64;
+        let ahead = self.g.held.len() as u64;
         let ledger_now = self.g.ledger.take_counters();
         let ledger = ledger_now.since(&self.ledger_seen);
         self.ledger_seen = ledger_now;
@@ -417,6 +422,7 @@ impl Run {
             second: self.second,
             counters,
             in_rings,
+            ahead,
             ledger,
         });
         self.second = now_second;
@@ -585,8 +591,9 @@ impl Generator {
             self.make_one(due);
         }
         if !self.ledger.sync() {
-            // The writer is gone: the server is stopping. Nothing made here
-            // reaches a ring unrecorded.
+            // The writer is gone (it aborts the process on a failed write,
+            // and outlives the generator in a clean stop, so this is a
+            // stop gone wrong). Nothing made here reaches a ring unrecorded.
             self.held.clear();
             return;
         }
@@ -606,6 +613,8 @@ impl Generator {
         let now = crate::clock::unix_now();
         let amount = Cents(self.rng.u64(self.spec.cents_min..=self.spec.cents_max));
         let until_s = (now.as_secs() + self.envelope_ttl_s).min(u64::from(u32::MAX)) as u32;
+        self.counters.recorded += 1;
+        self.counters.cents_recorded += amount.0;
         if self.ledger.is_enabled() {
             self.ledger.send(Entry::Record {
                 producer: self.producer,

@@ -39,6 +39,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    ignore_file_size_signal();
     let result = match Cli::parse().command {
         Command::Server(config) => serve(&config),
         Command::Flood(args) => hongbao::flood::run(&args),
@@ -53,6 +54,20 @@ fn main() -> std::process::ExitCode {
             eprintln!("hongbao: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// A write past the file-size limit (`RLIMIT_FSIZE`, `ulimit -f`) raises
+/// SIGXFSZ, whose default action kills the process without a word. Ignored,
+/// the write fails with EFBIG instead, and each writer says so: the ledger
+/// aborts naming its file and the error (nothing unsynced was answered);
+/// the logs and reports fail their step. Set before any thread starts, so
+/// every thread inherits it.
+fn ignore_file_size_signal() {
+    // SAFETY: SIG_IGN is a valid disposition for SIGXFSZ, and no other
+    // thread exists yet to race on the process's signal table.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
 }
 
@@ -167,8 +182,9 @@ fn print_summary(summary: &hongbao::server::Summary) {
     let (p50, p99, p999, max) = (s.p50_ns, s.p99_ns, s.p999_ns, s.max_ns);
     println!(
         "summary: {} s, accepted {}, logins {}, shakes {} (got {}, none {}, gone {}, overload {}), \
-         claims {} (paid {}, {} cents), packets {} ({} cents), pushes {}, bad frames {}, evictions {}, login timeouts {}, fd-exhausted accepts {}, \
-         envelopes generated {} ({} cents) granted {} ({} cents) in rings {}, \
+         claims {} (paid {}, {} cents), packets {} ({} cents; expired {}, refunded {} cents), pushes {}, bad frames {}, evictions {}, login timeouts {}, fd-exhausted accepts {}, \
+         envelopes recorded {} ({} cents) = granted {} ({} cents) + returned {} ({} cents) + in rings {} + ahead {}, \
+         into rings {} ({} cents), \
          service time p50 {:.1} us p99 {:.1} us p99.9 {:.1} us max {:.1} us",
         summary.seconds,
         t.server.accepted,
@@ -183,16 +199,23 @@ fn print_summary(summary: &hongbao::server::Summary) {
         t.server.cents_claimed,
         t.generator.packets_created,
         t.generator.cents_packets,
+        t.server.packets_expired,
+        t.server.cents_refunded,
         t.server.pushes,
         t.server.bad_frames(),
         t.server.evictions,
         t.server.login_timeouts,
         t.server.accept_fd_exhausted,
-        t.generator.generated,
-        t.generator.cents_generated,
+        t.generator.recorded,
+        t.generator.cents_recorded,
         t.server.got,
         t.server.cents_granted,
+        t.server.envelopes_returned,
+        t.server.cents_returned,
         summary.envelopes_in_rings,
+        t.envelopes_ahead,
+        t.generator.generated,
+        t.generator.cents_generated,
         micros_of_nanos(p50),
         micros_of_nanos(p99),
         micros_of_nanos(p999),

@@ -10,49 +10,14 @@
 
 mod util;
 
-use std::io::{self, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use util::{Spawned, http_get, read_frame, run_to_exit, scratch_dir, signal};
+use util::{Spawned, http_get, run_to_exit, scratch_dir, shake_and_claim, signal};
 
 const CYCLES: usize = 20;
 const USERS: u32 = 16;
-
-/// One user's closed loop: shake, read until the shake's answer, claim
-/// every packet pushed. Acknowledgements go to `acks` in the flooder's
-/// `--ack-log` format. Ends when the server goes away.
-fn user_loop(addr: SocketAddr, user: u32, acks: &Mutex<Vec<String>>) -> io::Result<()> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_nodelay(true)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(&util::login_request(user))?;
-    let (cmd, _) = read_frame(&mut s)?;
-    assert_eq!(cmd, 1, "login answer");
-    loop {
-        s.write_all(&util::shake_request(user))?;
-        loop {
-            let (cmd, f) = read_frame(&mut s)?;
-            match cmd {
-                3 => {
-                    if f[1] == 14 {
-                        acks.lock()
-                            .unwrap()
-                            .push(format!("grant {user} {} {}", f[2], f[3]));
-                    }
-                    break;
-                }
-                4 => s.write_all(&util::claim_request(f[0]))?,
-                6 => acks
-                    .lock()
-                    .unwrap()
-                    .push(format!("claim {user} {} {}", f[0], f[1])),
-                other => panic!("unexpected cmd {other}"),
-            }
-        }
-    }
-}
 
 #[test]
 fn kill_9_under_load_loses_nothing_acknowledged() {
@@ -75,6 +40,8 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
         &data,
     ];
     let acks = Arc::new(Mutex::new(Vec::new()));
+    // Never set: each user's loop ends when its server is killed.
+    let never = Arc::new(AtomicBool::new(false));
     let mut rng = fastrand::Rng::with_seed(0x6b69_6c6c);
     let deadline = Instant::now() + Duration::from_secs(300);
     for cycle in 0..CYCLES {
@@ -88,10 +55,10 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
         assert_eq!(status, 200, "cycle {cycle}: {body}");
         let clients: Vec<_> = (0..USERS)
             .map(|u| {
-                let acks = acks.clone();
+                let (acks, never) = (acks.clone(), never.clone());
                 let addr = server.addr;
                 std::thread::spawn(move || {
-                    let _ = user_loop(addr, u, &acks);
+                    let _ = shake_and_claim(addr, u, &acks, &never);
                 })
             })
             .collect();

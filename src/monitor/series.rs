@@ -112,6 +112,7 @@ pub fn add_server(sum: &mut SecondStats, s: &SecondStats) {
         generator,
         conns_open,
         envelopes_in_rings,
+        envelopes_ahead,
         ledger,
         service_ns_p50,
         service_ns_p99,
@@ -124,6 +125,7 @@ pub fn add_server(sum: &mut SecondStats, s: &SecondStats) {
     sum.ledger.add(ledger);
     sum.conns_open += conns_open;
     sum.envelopes_in_rings += envelopes_in_rings;
+    sum.envelopes_ahead += envelopes_ahead;
     sum.service_ns_p50 = sum.service_ns_p50.max(*service_ns_p50);
     sum.service_ns_p99 = sum.service_ns_p99.max(*service_ns_p99);
     sum.service_ns_p999 = sum.service_ns_p999.max(*service_ns_p999);

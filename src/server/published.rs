@@ -79,6 +79,11 @@ pub fn metrics(total: &SecondStats, service: &LatencySummary) -> String {
         total.envelopes_in_rings as f64,
     );
     e.gauge(
+        "hongbao_server_envelopes_ahead",
+        "envelopes recorded in the ledger but still in the generator, made ahead of their due time, at the close of the last second",
+        total.envelopes_ahead as f64,
+    );
+    e.gauge(
         "hongbao_server_last_second",
         "the last closed Unix second these figures include (0 before the first)",
         total.second as f64,

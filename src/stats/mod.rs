@@ -162,6 +162,15 @@ pub struct GeneratorCounters {
     pub generated: u64,
     /// Cents in those envelopes.
     pub cents_generated: u64,
+    /// Envelopes made and recorded in the ledger: what the ledger counts as
+    /// generated. The generator makes envelopes up to its lookahead before
+    /// they are due, so `recorded - generated` of them wait in it, not yet
+    /// in a ring (the gauge `envelopes_ahead`).
+    #[serde(default)]
+    pub recorded: u64,
+    /// Cents in those envelopes.
+    #[serde(default)]
+    pub cents_recorded: u64,
     /// Times every ring was full and the generator had to hold an envelope.
     pub ring_full_stalls: u64,
     /// Sent red packets created (each durable before its pushes go out).
@@ -173,6 +182,8 @@ pub struct GeneratorCounters {
 impl_add!(GeneratorCounters {
     generated,
     cents_generated,
+    recorded,
+    cents_recorded,
     ring_full_stalls,
     packets_created,
     cents_packets,
@@ -211,6 +222,9 @@ pub enum Report {
         counters: GeneratorCounters,
         /// Envelopes waiting in all rings at the close (a gauge).
         in_rings: u64,
+        /// Envelopes recorded but not yet in a ring, waiting in the
+        /// generator for their due time (a gauge).
+        ahead: u64,
         /// What the ledger writer did in that second.
         ledger: LedgerCounters,
     },
@@ -229,6 +243,11 @@ pub struct SecondStats {
     pub conns_open: u64,
     /// Envelopes waiting in rings at the second's close.
     pub envelopes_in_rings: u64,
+    /// Envelopes recorded in the ledger but still in the generator at the
+    /// second's close, made ahead of their due time. Outstanding in the
+    /// ledger = in rings + ahead.
+    #[serde(default)]
+    pub envelopes_ahead: u64,
     /// What the ledger writer did (all zero without `--data-dir`).
     pub ledger: LedgerCounters,
     /// Service time percentiles over the second, nanoseconds (0 when idle).
@@ -373,12 +392,14 @@ impl Aggregator {
                 second,
                 counters,
                 in_rings,
+                ahead,
                 ledger,
             } => {
                 let b = self.bucket(second);
                 b.stats.generator.add(&counters);
                 b.stats.ledger.add(&ledger);
                 b.stats.envelopes_in_rings = in_rings;
+                b.stats.envelopes_ahead = ahead;
                 self.mark(self.cores, second);
                 None
             }
@@ -435,6 +456,7 @@ impl Aggregator {
         self.total.second = s.second;
         self.total.conns_open = s.conns_open;
         self.total.envelopes_in_rings = s.envelopes_in_rings;
+        self.total.envelopes_ahead = s.envelopes_ahead;
         s
     }
 
@@ -469,6 +491,7 @@ mod tests {
                 ..GeneratorCounters::default()
             },
             in_rings: 0,
+            ahead: 0,
             ledger: LedgerCounters::default(),
         }
     }

@@ -291,6 +291,16 @@ impl Client {
 /// and the body parsed as JSON.
 #[track_caller]
 pub fn http_get(addr: SocketAddr, target: &str) -> (u16, serde_json::Value) {
+    let (status, body) = http_get_text(addr, target);
+    let json = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("body of GET {target} is not JSON ({e}): {body:?}"));
+    (status, json)
+}
+
+/// Sends `GET target` to the HTTP control at `addr`; returns the status code
+/// and the body as text.
+#[track_caller]
+pub fn http_get_text(addr: SocketAddr, target: &str) -> (u16, String) {
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
         .unwrap_or_else(|e| panic!("connecting to the HTTP control {addr}: {e}"));
     s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
@@ -313,9 +323,59 @@ pub fn http_get(addr: SocketAddr, target: &str) -> (u16, serde_json::Value) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let json = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("body of GET {target} is not JSON ({e}): {body:?}"));
-    (status, json)
+    (status, body.to_string())
+}
+
+/// One user's closed loop against a server: log in, shake, read until the
+/// shake's answer, claim every packet pushed meanwhile; again until `stop`
+/// is set (then it reads out the answers to its last claims) or the server
+/// goes away (an error). Every money answer goes to `acks` in the
+/// flooder's `--ack-log` format, for `hongbao audit --ack-log`.
+pub fn shake_and_claim(
+    addr: SocketAddr,
+    user: u32,
+    acks: &std::sync::Mutex<Vec<String>>,
+    stop: &std::sync::atomic::AtomicBool,
+) -> io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.write_all(&login_request(user))?;
+    let (cmd, _) = read_frame(&mut s)?;
+    assert_eq!(cmd, LOGIN_RESPONSE, "login answer");
+    let mut claims_unanswered = 0usize;
+    let ack = |line: String| acks.lock().expect("acks").push(line);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        s.write_all(&shake_request(user))?;
+        loop {
+            let (cmd, f) = read_frame(&mut s)?;
+            match cmd {
+                3 => {
+                    if f[1] == GOT {
+                        ack(format!("grant {user} {} {}", f[2], f[3]));
+                    }
+                    break;
+                }
+                4 => {
+                    s.write_all(&claim_request(f[0]))?;
+                    claims_unanswered += 1;
+                }
+                6 => {
+                    ack(format!("claim {user} {} {}", f[0], f[1]));
+                    claims_unanswered -= 1;
+                }
+                other => panic!("unexpected cmd {other}"),
+            }
+        }
+    }
+    while claims_unanswered > 0 {
+        let (cmd, f) = read_frame(&mut s)?;
+        if cmd == 6 {
+            ack(format!("claim {user} {} {}", f[0], f[1]));
+            claims_unanswered -= 1;
+        }
+    }
+    Ok(())
 }
 
 /// Resident memory of process `pid`, in KiB, from /proc/PID/status.
@@ -432,6 +492,17 @@ impl Spawned {
     /// set to `nofile` in the child before it runs.
     #[track_caller]
     pub fn server_with_fd_limit(args: &[&str], nofile: u64) -> Spawned {
+        Spawned::server_with_rlimit(args, libc::RLIMIT_NOFILE, nofile)
+    }
+
+    /// Like [`Spawned::server`], with the limit `resource` (soft and hard)
+    /// set to `value` in the child before it runs.
+    #[track_caller]
+    pub fn server_with_rlimit(
+        args: &[&str],
+        resource: libc::__rlimit_resource_t,
+        value: u64,
+    ) -> Spawned {
         use std::os::unix::process::CommandExt;
         let mut cmd = hongbao_command(args);
         // SAFETY: the closure runs in the forked child before exec and only
@@ -439,10 +510,10 @@ impl Spawned {
         unsafe {
             cmd.pre_exec(move || {
                 let lim = libc::rlimit {
-                    rlim_cur: nofile,
-                    rlim_max: nofile,
+                    rlim_cur: value,
+                    rlim_max: value,
                 };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                if libc::setrlimit(resource, &lim) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -506,9 +577,16 @@ impl Spawned {
 
     /// Sends SIGTERM and waits (bounded by [`WAIT`]) for the exit.
     #[track_caller]
-    pub fn terminate(mut self) -> Exited {
+    pub fn terminate(self) -> Exited {
         signal(self.child.id(), libc::SIGTERM);
-        let status = wait_exit(&mut self.child, WAIT);
+        self.wait(WAIT)
+    }
+
+    /// Waits for the exit, killing the process when `within` passes (and
+    /// failing the test).
+    #[track_caller]
+    pub fn wait(mut self, within: Duration) -> Exited {
+        let status = wait_exit(&mut self.child, within);
         // The process is gone, so its stdout is at end-of-file: the reader
         // thread forwards what is left and disconnects the channel.
         let mut stdout = String::new();
