@@ -258,7 +258,9 @@ fn login_policy(
     let signed_only = config.signed_logins_required();
     if !signed_only {
         warnings.push(format!(
-            "warning: logins are not checked: v1 logins name any user, so anyone can log in as              anyone ({}); to require signed logins: `hongbao token --new-key FILE`, then              --auth-key-file FILE",
+            "warning: logins are not checked: v1 logins name any user, so anyone can log in as \
+             anyone ({}); to require signed logins: `hongbao token --new-key FILE`, then \
+             --auth-key-file FILE",
             if config.auth_key_file.is_some() {
                 "--auth off"
             } else {
