@@ -152,7 +152,9 @@ pub enum KeyFileError {
         mode: u32,
     },
     /// A line is not `ID:HEX` with a 32-byte key.
-    #[error("line {line}: {why} (each line is `ID:HEX`, a u32 id and a 32-byte key in 64 hex digits)")]
+    #[error(
+        "line {line}: {why} (each line is `ID:HEX`, a u32 id and a 32-byte key in 64 hex digits)"
+    )]
     Syntax {
         /// 1-based line number.
         line: usize,
@@ -459,7 +461,11 @@ mod tests {
 
     #[test]
     fn key_files_parse_and_refuse_what_they_must() {
-        let text = format!("# rotation\n{}\n{}", key_line(1, &[1; 32]), key_line(5, &[2; 32]));
+        let text = format!(
+            "# rotation\n{}\n{}",
+            key_line(1, &[1; 32]),
+            key_line(5, &[2; 32])
+        );
         let r = Keyring::parse(&text).unwrap();
         assert_eq!((r.ids(), r.newest()), (vec![1, 5], 5));
         assert!(format!("{r:?}").contains("[1, 5]"));

@@ -413,7 +413,10 @@ mod tests {
         assert_eq!(b.len(), 44);
         assert_eq!(&b[..12], &[0, 44, 0, 16, 0, 0, 0, 0, 0, 0, 0, 5]);
         assert_eq!(&b[12..16], &[1, 2, 3, 4]);
-        assert_eq!(&b[16..24], &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]);
+        assert_eq!(
+            &b[16..24],
+            &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
+        );
         assert_eq!(&b[24..28], &[0x21, 0x22, 0x23, 0x24]);
         assert_eq!(&b[28..], &[0xaa; 16]);
         // Cut short in its length field: refused after 4 bytes.

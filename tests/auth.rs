@@ -23,8 +23,8 @@ use hongbao::server::{AuthMode, SeedSource, ServerConfig, ServerHandle, start};
 use hongbao::token::{self, Keyring, Token};
 use hongbao::wire::Frame;
 use util::{
-    Client, GONE, GOT, LOGIN_RESPONSE, NONE, Spawned, WAIT, config, frame, http_get,
-    login_request, run_to_exit, scratch_dir, unix_now, wait_for,
+    Client, GONE, GOT, LOGIN_RESPONSE, NONE, Spawned, WAIT, config, frame, http_get, login_request,
+    run_to_exit, scratch_dir, unix_now, wait_for,
 };
 
 const CLAIM_ANSWER: u16 = 6;
@@ -164,7 +164,11 @@ fn every_forgery_is_refused_and_counted_by_reason_and_a_good_token_shakes() {
     let (_, metrics) = {
         let mut s = std::net::TcpStream::connect(http).expect("connecting to /metrics");
         use std::io::{Read, Write};
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).expect("reading /metrics");
         ((), text)
@@ -266,7 +270,10 @@ fn without_a_key_logins_are_v1s_and_the_server_says_anyone_can_log_in() {
         auth: Some(AuthMode::Required),
         ..config()
     });
-    let err = required.err().expect("--auth required without a key").to_string();
+    let err = required
+        .err()
+        .expect("--auth required without a key")
+        .to_string();
     assert!(err.contains("--auth-key-file"), "{err}");
 
     // A key file others may read is refused, naming the fix.
@@ -319,7 +326,15 @@ fn hongbao_token_makes_a_private_key_and_issues_tokens_the_server_takes() {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let issued = run_to_exit(&["token", "--key-file", keys_arg, "--user", "42", "--ttl", "60"]);
+    let issued = run_to_exit(&[
+        "token",
+        "--key-file",
+        keys_arg,
+        "--user",
+        "42",
+        "--ttl",
+        "60",
+    ]);
     assert!(issued.status.success(), "{}", issued.stderr);
     let hex = issued.stdout.trim();
     assert_eq!(hex.len(), 64, "{hex:?}");

@@ -590,9 +590,9 @@ impl Coordinator {
         let (to_main, from_workers) = crossbeam_channel::unbounded();
         let deadlines = Deadlines::from_now(args, &r.plan);
         let keys = match &args.auth_key_file {
-            Some(path) => Some(
-                Keyring::load(path).context("reading the login keys (--auth-key-file)")?,
-            ),
+            Some(path) => {
+                Some(Keyring::load(path).context("reading the login keys (--auth-key-file)")?)
+            }
             None => None,
         };
         let common = WorkerCommon {
