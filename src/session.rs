@@ -908,6 +908,94 @@ mod tests {
     }
 
     #[test]
+    fn signed_logins_bind_the_proven_user_and_refusals_answer_their_reason() {
+        use crate::token::{KEY_LEN, Keyring, Token};
+        let keys = Keyring::new(&[(1, [3; KEY_LEN])]).unwrap();
+        let good = keys.sign(1, UserId(7), NOW.secs + 10).unwrap();
+        let mut s = Reference::with_policy(LoginPolicy {
+            signed_only: true,
+            keys: keys.clone(),
+        });
+        let mut c = CoreCounters::default();
+        let refused = |s: &mut Reference, f: Frame, c: &mut CoreCounters| {
+            let mut st = SessionState::default();
+            let mut out = Vec::new();
+            let mut fx = fx(0, 1);
+            let mut cx = FrameContext {
+                conn: CONN,
+                state: st,
+                now: NOW,
+                out: &mut out,
+                fx: &mut fx,
+                counters: c,
+            };
+            let err = s.on_frame(f, &mut cx).unwrap_err();
+            st = cx.state;
+            assert_eq!(st, SessionState::AwaitingLogin, "nothing bound");
+            (decode(&out).unwrap().frame, err)
+        };
+        let as_b = Token {
+            user: UserId(8),
+            ..good
+        };
+        let expired = keys.sign(1, UserId(7), NOW.secs).unwrap();
+        for (f, result, why) in [
+            (
+                Frame::LoginRequest { user: UserId(7) },
+                1,
+                LoginRefusal::V1Refused,
+            ),
+            (
+                Frame::SignedLogin { token: as_b },
+                2,
+                LoginRefusal::Token(Refusal::BadTag),
+            ),
+            (
+                Frame::SignedLogin { token: expired },
+                3,
+                LoginRefusal::Token(Refusal::Expired),
+            ),
+        ] {
+            let user = match f {
+                Frame::SignedLogin { token } => token.user,
+                _ => UserId(7),
+            };
+            assert_eq!(
+                refused(&mut s, f, &mut c),
+                (
+                    Frame::LoginResponse { user, result },
+                    SessionError::LoginRefused(why)
+                )
+            );
+        }
+        let mut st = SessionState::default();
+        let login = Frame::SignedLogin { token: good };
+        assert_eq!(
+            step(&mut s, &mut st, login, &mut c),
+            Ok(Frame::LoginResponse {
+                user: UserId(7),
+                result: 0
+            })
+        );
+        assert_eq!(st, SessionState::LoggedIn(UserId(7)));
+        // A later login, even B's, changes nothing.
+        let again = step(
+            &mut s,
+            &mut st,
+            Frame::LoginRequest { user: UserId(8) },
+            &mut c,
+        );
+        assert_eq!(
+            again,
+            Ok(Frame::LoginResponse {
+                user: UserId(7),
+                result: 0
+            })
+        );
+        assert_eq!(c.logins, 2);
+    }
+
+    #[test]
     fn server_frames_from_a_client_are_refused() {
         let mut s = Reference::default();
         let mut st = SessionState::LoggedIn(UserId(1));
