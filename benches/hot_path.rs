@@ -118,7 +118,7 @@ fn session_step(c: &mut Criterion) {
             hongbao.on_frame(black_box(frame), &mut cx)
         })
     });
-    let mut reference = Reference;
+    let mut reference = Reference::default();
     g.bench_function("shake_reference", |b| {
         b.iter(|| {
             cx.out.clear();

@@ -22,4 +22,5 @@ pub mod seconds;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod token;
 pub mod wire;

@@ -36,6 +36,10 @@ enum Command {
     /// monitor and flooders as children; connect, shake at 30k/s with
     /// envelopes and packets, shake at 60k/s; then the report and the audit.
     Demo(Box<hongbao::demo::DemoArgs>),
+    /// Signed logins: make a key file (`--new-key FILE`), or issue a token
+    /// (`--key-file FILE --user ID --ttl SECS`), printed as the 64 hex digits
+    /// a signed login (cmd 16) carries after its header.
+    Token(hongbao::token::TokenArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -46,6 +50,7 @@ fn main() -> std::process::ExitCode {
         Command::Audit(args) => hongbao::audit::run(&args).map(|_| ()),
         Command::Monitor(args) => monitor(&args),
         Command::Demo(args) => return demo(&args),
+        Command::Token(args) => hongbao::token::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -137,6 +142,16 @@ fn print_start(server: &hongbao::server::ServerHandle, config: &hongbao::server:
         server.threads(),
         http,
         server.fd_limit().soft,
+    );
+    // An operator's line: whoever reads the server's output may predict the
+    // run's amounts, as whoever reads its ledger knows them.
+    let (seed, source) = server.seed();
+    println!(
+        "seed {seed} ({}; replay this run's amounts with --seed {seed})",
+        match source {
+            hongbao::server::SeedSource::Given => "from --seed",
+            hongbao::server::SeedSource::Os => "drawn from the OS's randomness",
+        }
     );
     let r = server.replayed();
     if r.enabled {

@@ -27,6 +27,7 @@ use crate::mesh::{ConnAddr, CoreMsg, Directory, Effects, Route, Waiting};
 use crate::packets::{Claimed, PacketTable};
 use crate::ring::EnvelopeRings;
 use crate::stats::CoreCounters;
+use crate::token::{Keyring, Refusal};
 use crate::wire::{Frame, ShakeOutcome};
 
 /// Where a connection is in its session.
@@ -48,6 +49,52 @@ pub enum SessionError {
     /// A server-to-client cmd arrived from a client.
     #[error("cmd {0} is not sent by clients")]
     WrongDirection(u16),
+    /// A login was refused: answered with [`LoginRefusal::result`], then
+    /// the connection is closed.
+    #[error("login refused: {0}")]
+    LoginRefused(LoginRefusal),
+}
+
+/// Why a login was refused. Each is counted apart and answered with its own
+/// LoginResponse `result` before the connection closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LoginRefusal {
+    /// A v1 login (cmd 0) where signed logins are required.
+    #[error("a v1 login where a signed login is required")]
+    V1Refused,
+    /// A signed login whose token was refused.
+    #[error("{0}")]
+    Token(Refusal),
+}
+
+impl LoginRefusal {
+    /// The LoginResponse `result` it is answered with (0 is success).
+    pub fn result(self) -> u32 {
+        match self {
+            LoginRefusal::V1Refused => 1,
+            LoginRefusal::Token(Refusal::BadTag) => 2,
+            LoginRefusal::Token(Refusal::Expired) => 3,
+            LoginRefusal::Token(Refusal::UnknownKey) => 4,
+        }
+    }
+}
+
+/// Which logins a server takes: v1 logins (cmd 0) unless signed ones are
+/// required, and signed logins (cmd 16) checked against its keys (with no
+/// key, every signed login is refused as signed by an unknown key).
+#[derive(Clone, Debug, Default)]
+pub struct LoginPolicy {
+    /// Refuse v1 logins.
+    pub signed_only: bool,
+    /// The keys signed logins are checked with.
+    pub keys: Keyring,
+}
+
+impl LoginPolicy {
+    /// The original's: a v1 login binds whatever user it names.
+    pub fn open() -> LoginPolicy {
+        LoginPolicy::default()
+    }
 }
 
 /// What a step on one connection's frame works with: who sent it, their
@@ -115,17 +162,35 @@ enum Step {
 /// differs from the product only in what it does with those, so the
 /// benchmark compares exactly the business logic.
 #[inline]
-fn dispatch(frame: Frame, cx: &mut FrameContext<'_>) -> Result<Option<Step>, SessionError> {
+fn dispatch(
+    frame: Frame,
+    cx: &mut FrameContext<'_>,
+    policy: &LoginPolicy,
+) -> Result<Option<Step>, SessionError> {
     match (cx.state, frame) {
         (SessionState::AwaitingLogin, Frame::LoginRequest { user }) => {
+            if policy.signed_only {
+                return refuse_login(user, LoginRefusal::V1Refused, cx);
+            }
             cx.state = SessionState::LoggedIn(user);
             login_ok(user, cx.now.secs, cx.out, cx.counters);
             Ok(Some(Step::Login(user)))
         }
+        (SessionState::AwaitingLogin, Frame::SignedLogin { token }) => {
+            match policy.keys.verify(&token, cx.now.secs) {
+                Ok(user) => {
+                    cx.state = SessionState::LoggedIn(user);
+                    login_ok(user, cx.now.secs, cx.out, cx.counters);
+                    Ok(Some(Step::Login(user)))
+                }
+                Err(why) => refuse_login(token.user, LoginRefusal::Token(why), cx),
+            }
+        }
         (SessionState::AwaitingLogin, f) => Err(SessionError::NotLoggedIn(f.cmd())),
-        // A repeated login is answered for the session's user and changes
-        // nothing: the binding is made once per connection.
-        (SessionState::LoggedIn(user), Frame::LoginRequest { .. }) => {
+        // A repeated login, v1 or signed, is answered for the session's
+        // user and changes nothing: the binding is made once per
+        // connection, so nothing in it needs checking.
+        (SessionState::LoggedIn(user), Frame::LoginRequest { .. } | Frame::SignedLogin { .. }) => {
             login_ok(user, cx.now.secs, cx.out, cx.counters);
             Ok(None)
         }
@@ -138,6 +203,23 @@ fn dispatch(frame: Frame, cx: &mut FrameContext<'_>) -> Result<Option<Step>, Ses
         }
         (SessionState::LoggedIn(_), f) => Err(SessionError::WrongDirection(f.cmd())),
     }
+}
+
+/// Answers a refused login with its result code (the user as sent, so a
+/// client sees which login failed); the connection closes after the answer.
+/// Counted by reason where refusals are counted (`server::answer`).
+#[cold]
+fn refuse_login(
+    user: UserId,
+    why: LoginRefusal,
+    cx: &mut FrameContext<'_>,
+) -> Result<Option<Step>, SessionError> {
+    Frame::LoginResponse {
+        user,
+        result: why.result(),
+    }
+    .encode(cx.now.secs, cx.out);
+    Err(SessionError::LoginRefused(why))
 }
 
 fn login_ok(user: UserId, now_secs: u64, out: &mut Vec<u8>, counters: &mut CoreCounters) {
@@ -183,6 +265,7 @@ pub struct Hongbao {
     shakes_this_sec: u64,
     packets: PacketTable,
     directory: Directory,
+    policy: LoginPolicy,
 }
 
 /// Settings of the product's business on one core.
@@ -208,7 +291,14 @@ impl Hongbao {
                 settings.seed ^ (core.0 as u64).wrapping_mul(CORE_SEED_SPREAD),
             ),
             directory: Directory::new(settings.mailbox_max),
+            policy: LoginPolicy::open(),
         }
+    }
+
+    /// The same service, taking logins under `policy` (open by default).
+    pub fn with_policy(mut self, policy: LoginPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Answers one shake for `user`: overloaded, an envelope, gone, or none.
@@ -370,7 +460,7 @@ impl Service for Hongbao {
     #[inline]
     fn on_frame(&mut self, frame: Frame, cx: &mut FrameContext<'_>) -> Result<Hold, SessionError> {
         let conn = cx.conn;
-        match dispatch(frame, cx)? {
+        match dispatch(frame, cx, &self.policy)? {
             None => Ok(Hold::No),
             Some(Step::Shake(user)) => Ok(self.shake(user, cx)),
             Some(Step::Claim(user, packet)) => {
@@ -494,14 +584,24 @@ impl Service for Hongbao {
 }
 
 /// The zero-logic reference: the same frames, session and loop, no business.
-/// Every shake is answered "no envelope"; every claim 0 cents.
+/// Every shake is answered "no envelope"; every claim 0 cents. Logins are
+/// taken under the same policy as the product's.
 #[derive(Default)]
-pub struct Reference;
+pub struct Reference {
+    policy: LoginPolicy,
+}
+
+impl Reference {
+    /// The reference, taking logins under `policy`.
+    pub fn with_policy(policy: LoginPolicy) -> Self {
+        Reference { policy }
+    }
+}
 
 impl Service for Reference {
     #[inline]
     fn on_frame(&mut self, frame: Frame, cx: &mut FrameContext<'_>) -> Result<Hold, SessionError> {
-        match dispatch(frame, cx)? {
+        match dispatch(frame, cx, &self.policy)? {
             Some(Step::Shake(user)) => {
                 cx.counters.none += 1;
                 shake_answer(user, ShakeOutcome::NONE, None, cx.now.secs, cx.out);
@@ -808,8 +908,96 @@ mod tests {
     }
 
     #[test]
+    fn signed_logins_bind_the_proven_user_and_refusals_answer_their_reason() {
+        use crate::token::{KEY_LEN, Keyring, Token};
+        let keys = Keyring::new(&[(1, [3; KEY_LEN])]).unwrap();
+        let good = keys.sign(1, UserId(7), NOW.secs + 10).unwrap();
+        let mut s = Reference::with_policy(LoginPolicy {
+            signed_only: true,
+            keys: keys.clone(),
+        });
+        let mut c = CoreCounters::default();
+        let refused = |s: &mut Reference, f: Frame, c: &mut CoreCounters| {
+            let mut st = SessionState::default();
+            let mut out = Vec::new();
+            let mut fx = fx(0, 1);
+            let mut cx = FrameContext {
+                conn: CONN,
+                state: st,
+                now: NOW,
+                out: &mut out,
+                fx: &mut fx,
+                counters: c,
+            };
+            let err = s.on_frame(f, &mut cx).unwrap_err();
+            st = cx.state;
+            assert_eq!(st, SessionState::AwaitingLogin, "nothing bound");
+            (decode(&out).unwrap().frame, err)
+        };
+        let as_b = Token {
+            user: UserId(8),
+            ..good
+        };
+        let expired = keys.sign(1, UserId(7), NOW.secs).unwrap();
+        for (f, result, why) in [
+            (
+                Frame::LoginRequest { user: UserId(7) },
+                1,
+                LoginRefusal::V1Refused,
+            ),
+            (
+                Frame::SignedLogin { token: as_b },
+                2,
+                LoginRefusal::Token(Refusal::BadTag),
+            ),
+            (
+                Frame::SignedLogin { token: expired },
+                3,
+                LoginRefusal::Token(Refusal::Expired),
+            ),
+        ] {
+            let user = match f {
+                Frame::SignedLogin { token } => token.user,
+                _ => UserId(7),
+            };
+            assert_eq!(
+                refused(&mut s, f, &mut c),
+                (
+                    Frame::LoginResponse { user, result },
+                    SessionError::LoginRefused(why)
+                )
+            );
+        }
+        let mut st = SessionState::default();
+        let login = Frame::SignedLogin { token: good };
+        assert_eq!(
+            step(&mut s, &mut st, login, &mut c),
+            Ok(Frame::LoginResponse {
+                user: UserId(7),
+                result: 0
+            })
+        );
+        assert_eq!(st, SessionState::LoggedIn(UserId(7)));
+        // A later login, even B's, changes nothing.
+        let again = step(
+            &mut s,
+            &mut st,
+            Frame::LoginRequest { user: UserId(8) },
+            &mut c,
+        );
+        assert_eq!(
+            again,
+            Ok(Frame::LoginResponse {
+                user: UserId(7),
+                result: 0
+            })
+        );
+        assert_eq!(c.logins, 2);
+    }
+
+    #[test]
     fn server_frames_from_a_client_are_refused() {
-        let mut s = Reference;
+        let mut s = Reference::default();
         let mut st = SessionState::LoggedIn(UserId(1));
         let mut c = CoreCounters::default();
         let f = Frame::ClaimResponse {

@@ -14,8 +14,14 @@
 //! original's bounds is refused after 2 bytes; an unknown `cmd`, or a `length`
 //! that does not fit the `cmd`, after 4. The decision depends only on the
 //! prefix seen, so a stream cut at any points decodes exactly as when whole.
+//!
+//! One extension, with a cmd id v1 does not use: the signed login (cmd 16,
+//! [`cmd::SIGNED_LOGIN_REQUEST`]), 44 bytes, whose body is a
+//! [`crate::token::Token`]. It fits the original's length bounds, so the
+//! length check is the same for every frame.
 
 use crate::ids::{Cents, EnvelopeId, PacketId, UserId};
+use crate::token::{TOKEN_LEN, Token};
 
 /// Bytes before the body: length (2), cmd (2), timestamp (8).
 pub const HEADER_LEN: usize = 12;
@@ -42,10 +48,18 @@ pub mod cmd {
     pub const CLAIM_REQUEST: u16 = 5;
     /// Server → client: claim result.
     pub const CLAIM_RESPONSE: u16 = 6;
+    /// Client → server, not in v1: log in with a signed token (user, expiry,
+    /// key id, tag). Answered by a LoginResponse. 16 leaves 7..=15 free, so a
+    /// frame v1 refuses as an unknown cmd is refused the same way here.
+    pub const SIGNED_LOGIN_REQUEST: u16 = 16;
 }
 
 /// The total frame length each v1 command must have, indexed by cmd.
 pub const FRAME_LEN_BY_CMD: [usize; 7] = [16, 20, 16, 28, 36, 20, 20];
+/// The signed login's length: header and token, the original's 44-byte
+/// maximum exactly.
+pub const SIGNED_LOGIN_LEN: usize = HEADER_LEN + TOKEN_LEN;
+const _: () = assert!(SIGNED_LOGIN_LEN <= FRAME_LEN_MAX);
 
 /// The `result` of a shake answer. A newtype over the raw u32, because a
 /// foreign server may send codes we do not know and the flooder must still
@@ -71,6 +85,11 @@ pub enum Frame {
     LoginRequest {
         /// Who logs in.
         user: UserId,
+    },
+    /// cmd 16: a login that proves who logs in.
+    SignedLogin {
+        /// The user, expiry, key id and tag.
+        token: Token,
     },
     /// cmd 1; `result` 0 is success.
     LoginResponse {
@@ -191,8 +210,10 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
         return Err(DecodeError::Incomplete);
     }
     let cmd = be16(buf, 2);
-    let Some(&expected) = FRAME_LEN_BY_CMD.get(usize::from(cmd)) else {
-        return Err(DecodeError::UnknownCmd(cmd));
+    let expected = match FRAME_LEN_BY_CMD.get(usize::from(cmd)) {
+        Some(&expected) => expected,
+        None if cmd == cmd::SIGNED_LOGIN_REQUEST => SIGNED_LOGIN_LEN,
+        None => return Err(DecodeError::UnknownCmd(cmd)),
     };
     let len = usize::from(length);
     if len != expected {
@@ -234,7 +255,11 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             packet: PacketId(f(0)),
             amount: Cents(u64::from(f(1))),
         },
-        // The table lookup above admitted only cmds 0..=6.
+        cmd::SIGNED_LOGIN_REQUEST => Frame::SignedLogin {
+            token: Token::from_bytes(&buf[HEADER_LEN..len])
+                .expect("the size check admitted exactly a token's bytes"),
+        },
+        // The lookup above admitted only cmds 0..=6 and 16.
         _ => unreachable!("cmd {cmd} passed the size table"),
     };
     Ok(Decoded {
@@ -249,6 +274,7 @@ impl Frame {
     pub fn cmd(&self) -> u16 {
         match self {
             Frame::LoginRequest { .. } => cmd::LOGIN_REQUEST,
+            Frame::SignedLogin { .. } => cmd::SIGNED_LOGIN_REQUEST,
             Frame::LoginResponse { .. } => cmd::LOGIN_RESPONSE,
             Frame::ShakeRequest { .. } => cmd::SHAKE_REQUEST,
             Frame::ShakeResponse { .. } => cmd::SHAKE_RESPONSE,
@@ -260,7 +286,10 @@ impl Frame {
 
     /// Bytes this frame takes on the wire.
     pub fn len(&self) -> usize {
-        FRAME_LEN_BY_CMD[usize::from(self.cmd())]
+        match self {
+            Frame::SignedLogin { .. } => SIGNED_LOGIN_LEN,
+            _ => FRAME_LEN_BY_CMD[usize::from(self.cmd())],
+        }
     }
 
     /// Never true: every frame has a header. Present because `len` is.
@@ -273,6 +302,15 @@ impl Frame {
     pub fn encode(&self, timestamp: u64, out: &mut Vec<u8>) {
         let mut fields = [0u32; 6];
         let n = match *self {
+            Frame::SignedLogin { token } => {
+                let mut bytes = [0u8; SIGNED_LOGIN_LEN];
+                bytes[0..2].copy_from_slice(&(SIGNED_LOGIN_LEN as u16).to_be_bytes());
+                bytes[2..4].copy_from_slice(&cmd::SIGNED_LOGIN_REQUEST.to_be_bytes());
+                bytes[4..12].copy_from_slice(&timestamp.to_be_bytes());
+                bytes[HEADER_LEN..].copy_from_slice(&token.to_bytes());
+                out.extend_from_slice(&bytes);
+                return;
+            }
             Frame::LoginRequest { user } | Frame::ShakeRequest { user } => {
                 fields[0] = user.0;
                 1
@@ -361,6 +399,37 @@ mod tests {
         let frames = sample_frames();
         let sizes: Vec<usize> = frames.iter().map(|f| bytes_of(*f, 7).len()).collect();
         assert_eq!(sizes, [16, 20, 16, 28, 36, 20, 20]);
+    }
+
+    #[test]
+    fn signed_login_bytes_are_header_then_token() {
+        let token = Token {
+            user: UserId(0x0102_0304),
+            expiry: 0x1112_1314_1516_1718,
+            key_id: 0x2122_2324,
+            tag: [0xaa; 16],
+        };
+        let b = bytes_of(Frame::SignedLogin { token }, 5);
+        assert_eq!(b.len(), 44);
+        assert_eq!(&b[..12], &[0, 44, 0, 16, 0, 0, 0, 0, 0, 0, 0, 5]);
+        assert_eq!(&b[12..16], &[1, 2, 3, 4]);
+        assert_eq!(
+            &b[16..24],
+            &[0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18]
+        );
+        assert_eq!(&b[24..28], &[0x21, 0x22, 0x23, 0x24]);
+        assert_eq!(&b[28..], &[0xaa; 16]);
+        // Cut short in its length field: refused after 4 bytes.
+        assert_eq!(
+            decode(&[0, 40, 0, 16]),
+            Err(DecodeError::BadSize {
+                cmd: 16,
+                expected: 44,
+                got: 40
+            })
+        );
+        // A full 32-byte tag would not fit: refused after 2 bytes.
+        assert_eq!(decode(&[0, 60, 0, 16]), Err(DecodeError::BadLength(60)));
     }
 
     #[test]
@@ -454,6 +523,16 @@ mod tests {
             (u(), u()).prop_map(|(a, b)| Frame::ClaimResponse {
                 packet: PacketId(a),
                 amount: Cents(u64::from(b))
+            }),
+            (u(), any::<u64>(), u(), any::<[u8; 16]>()).prop_map(|(a, b, c, d)| {
+                Frame::SignedLogin {
+                    token: Token {
+                        user: UserId(a),
+                        expiry: b,
+                        key_id: c,
+                        tag: d,
+                    },
+                }
             }),
         ]
     }

@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "formats",
-        &["ids", "clock", "wire", "hlog", "http", "host", "prom"],
+        &[
+            "ids", "clock", "wire", "token", "hlog", "http", "host", "prom",
+        ],
     ),
     ("data", &["stats", "ledger", "ring", "conn"]),
     ("contracts", &["seconds", "mesh", "packets", "durable"]),

@@ -109,6 +109,9 @@ const FLOOD_LOGIN_TIMEOUT_SECS: u64 = 60;
 /// Lines of a failed child's log quoted in the error: its last words,
 /// short enough to read on a terminal.
 const LOG_TAIL_LINES: usize = 8;
+/// The login key the demo makes in its output directory (mode 0600): the
+/// server requires signed logins with it and the flooders sign with it.
+const AUTH_KEY_FILE: &str = "auth.key";
 /// Width the progress line is padded to on a terminal, so that a shorter
 /// line overwrites all of a longer one before it.
 const PROGRESS_WIDTH: usize = 150;
@@ -296,6 +299,10 @@ impl Launch<'_> {
     /// (by `Drop`).
     fn start(&self) -> anyhow::Result<Run> {
         let (plan, ports) = (self.plan, self.ports);
+        let key_file = self.out.join(AUTH_KEY_FILE);
+        if !key_file.exists() {
+            crate::token::add_new_key(&key_file, 1).context("making the demo's login key")?;
+        }
         println!(
             "starting the server on {} (logs in {})",
             loopback(ports.listen),
@@ -374,6 +381,8 @@ impl Launch<'_> {
             &self.file("server-seconds.jsonl"),
             "--conns-max",
             &self.plan.users.to_string(),
+            "--auth-key-file",
+            &self.file(AUTH_KEY_FILE),
             "--quiet",
         ]
         .map(String::from)
@@ -445,6 +454,8 @@ impl Launch<'_> {
             &FLOOD_LOGIN_TIMEOUT_SECS.to_string(),
             "--warmup",
             &FLOOD_WARMUP_SECS.to_string(),
+            "--auth-key-file",
+            &self.file(AUTH_KEY_FILE),
             "--quiet",
         ]
         .map(String::from)

@@ -51,6 +51,7 @@ use crate::clock::NANOS_PER_SEC;
 use crate::clock::unix_nanos;
 use crate::stats::client::{Counters, Percentiles};
 use crate::stats::recycle;
+use crate::token::Keyring;
 pub use options::FloodArgs;
 use options::Resolved;
 pub use report::Report;
@@ -520,6 +521,8 @@ struct WorkerCommon {
     rule: SlotRule,
     live: Arc<control::Live>,
     ack_log: Option<Arc<File>>,
+    /// `--auth-key-file`'s keys, to sign logins with.
+    keys: Option<Keyring>,
     deadlines: Deadlines,
     to_main: Sender<ToMain>,
 }
@@ -561,6 +564,7 @@ fn spawn_worker(
         send_interval: Duration::from_micros(args.send_interval_us),
         spin: args.spin,
         ack_log: common.ack_log.clone(),
+        keys: common.keys.clone(),
         recycle: spares,
     };
     let to_main = common.to_main.clone();
@@ -585,12 +589,19 @@ impl Coordinator {
     ) -> anyhow::Result<Coordinator> {
         let (to_main, from_workers) = crossbeam_channel::unbounded();
         let deadlines = Deadlines::from_now(args, &r.plan);
+        let keys = match &args.auth_key_file {
+            Some(path) => {
+                Some(Keyring::load(path).context("reading the login keys (--auth-key-file)")?)
+            }
+            None => None,
+        };
         let common = WorkerCommon {
             servers: r.servers.clone().into(),
             binds: r.binds.clone().into(),
             rule: SlotRule::new(r.total),
             live,
             ack_log,
+            keys,
             deadlines,
             to_main,
         };

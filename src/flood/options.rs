@@ -165,6 +165,12 @@ pub struct FloodArgs {
     #[arg(long, value_name = "FILE")]
     pub ack_log: Option<PathBuf>,
 
+    /// Log in with signed logins (cmd 16), each signed at its connect with
+    /// the newest key of this file (the server's `--auth-key-file`) and valid
+    /// for an hour. Without it, logins are v1's (cmd 0).
+    #[arg(long, value_name = "FILE")]
+    pub auth_key_file: Option<PathBuf>,
+
     /// Server process to measure: its CPU (from /proc/PID/task/*/schedstat)
     /// at the window's edges, its RSS before the first connect and
     /// `--settle-secs` after the last login.

@@ -53,6 +53,7 @@ use crate::conn::{Behind, Carry, FrameStop, LazyBuffers, SpillRule};
 use crate::ids::{Cents, EnvelopeId, PacketId, UserId};
 use crate::stats::client::Counters;
 use crate::stats::recycle;
+use crate::token::Keyring;
 use crate::wire::{DecodeError, Frame, ShakeOutcome};
 
 /// The token of each thread's `mio::Waker`; connections use tokens `0..users`.
@@ -118,6 +119,10 @@ const CONTROL_WORDS: usize = 8;
 /// The timer slack asked for, ns: the least there is (0 would mean "back to
 /// the default", 50 µs).
 const TIMER_SLACK_NS: libc::c_ulong = 1;
+/// Seconds a signed login's token is valid from its connect: long enough
+/// for any clock skew between flooder and server on one host or LAN, short
+/// enough that a token seen on the wire is soon useless.
+const LOGIN_TOKEN_TTL_SECS: u64 = 3600;
 
 /// How a connection's output spills: behind waiting output, new requests
 /// queue without a system call (a WRITABLE edge is coming, the socket being
@@ -276,6 +281,8 @@ pub(crate) struct WorkerConfig {
     pub spin: bool,
     /// `--ack-log`, opened for appending by the coordinator.
     pub ack_log: Option<Arc<File>>,
+    /// Keys to sign logins with (`--auth-key-file`); v1 logins without.
+    pub keys: Option<Keyring>,
     /// Emptied second histograms handed back by the coordinator.
     pub recycle: Receiver<Box<SecondHists>>,
 }
@@ -973,7 +980,8 @@ impl Worker {
             }
             conn.state = State::LoggingIn;
             write_buf.clear();
-            Frame::LoginRequest { user: conn.user }.encode(unix_secs(), write_buf);
+            let now = unix_secs();
+            login_frame(cfg.keys.as_ref(), conn.user, now).encode(now, write_buf);
             send(conn, write_buf)?;
         } else if writable && conn.spill.has_pending_out() {
             flush(conn)?;
@@ -1231,6 +1239,19 @@ fn on_frame(
         }
         // No frame can arrive before the connect finishes or after close.
         State::Connecting | State::Idle => Ok(()),
+    }
+}
+
+/// A login for `user`: signed with the newest key when there are keys (once
+/// per connect, never per request), v1's otherwise.
+fn login_frame(keys: Option<&Keyring>, user: UserId, now: u64) -> Frame {
+    let signed = keys.and_then(|k| {
+        let expiry = now.saturating_add(LOGIN_TOKEN_TTL_SECS);
+        k.sign(k.newest(), user, expiry)
+    });
+    match signed {
+        Some(token) => Frame::SignedLogin { token },
+        None => Frame::LoginRequest { user },
     }
 }
 

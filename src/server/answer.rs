@@ -12,8 +12,9 @@
 use crate::conn::{FrameStop, decode_frames};
 use crate::durable::HeldAnswers;
 use crate::mesh::Waiting;
-use crate::session::{FrameContext, Service, SessionError};
-use crate::wire::DecodeError;
+use crate::session::{FrameContext, LoginRefusal, Service, SessionError};
+use crate::token::Refusal;
+use crate::wire::{DecodeError, cmd};
 
 /// What answering a buffer came to.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,10 +54,25 @@ pub fn answer_frames<S: Service>(
     });
     match decoded.stop {
         None => {}
+        Some(FrameStop::Handler(SessionError::LoginRefused(why))) => {
+            let c = &mut *cx.counters;
+            match why {
+                LoginRefusal::V1Refused => c.auth_v1_refused += 1,
+                LoginRefusal::Token(Refusal::BadTag) => c.auth_bad_tag += 1,
+                LoginRefusal::Token(Refusal::Expired) => c.auth_expired += 1,
+                LoginRefusal::Token(Refusal::UnknownKey) => c.auth_unknown_key += 1,
+            }
+        }
         Some(FrameStop::Handler(_)) => cx.counters.bad_session += 1,
         Some(FrameStop::Refused(e)) => match e {
             DecodeError::BadLength(_) => cx.counters.bad_length += 1,
             DecodeError::UnknownCmd(_) => cx.counters.bad_cmd += 1,
+            // A signed login of the wrong size (a token cut short) is counted
+            // with the logins refused, apart from v1's bad sizes.
+            DecodeError::BadSize {
+                cmd: cmd::SIGNED_LOGIN_REQUEST,
+                ..
+            } => cx.counters.auth_bad_size += 1,
             DecodeError::BadSize { .. } => cx.counters.bad_size += 1,
             // decode_frames stops at an incomplete frame without refusing it.
             DecodeError::Incomplete => unreachable!("an incomplete frame is not refused"),

@@ -62,9 +62,12 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 309)]
     pub envelope_cents_max: u64,
 
-    /// Seed for envelope amounts, so a run can be replayed.
-    #[arg(long, default_value_t = 0x6a6f_6e67)]
-    pub seed: u64,
+    /// Seed for envelope amounts, packet amounts, targets and splits, so a
+    /// run can be replayed. Default: drawn from the OS's randomness at
+    /// start (and printed, so that run can be replayed too), so amounts are
+    /// not the same in every run.
+    #[arg(long)]
+    pub seed: Option<u64>,
 
     /// Directory of the ledger (`ledger.log`): every movement of money,
     /// made durable before it is answered, replayed at start. Without it the
@@ -104,6 +107,20 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 10.0)]
     pub login_timeout: f64,
 
+    /// Keys that sign logins (cmd 16): one `ID:HEX` line per key (a u32 id,
+    /// 32 bytes in hex), at most 4, all accepted, so a new key and the one
+    /// it replaces live side by side. Mode 0600 or the start is refused.
+    /// Make one with `hongbao token --new-key FILE`. Without it, logins are
+    /// v1's, unchecked: anyone can log in as anyone.
+    #[arg(long, value_name = "FILE")]
+    pub auth_key_file: Option<PathBuf>,
+
+    /// `required`: only signed logins (a v1 login is answered result 1 and
+    /// closed); `off`: v1 logins too, unchecked (signed ones are still
+    /// checked). Default: `required` with `--auth-key-file`, else `off`.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub auth: Option<AuthMode>,
+
     /// Seconds to keep flushing pending answers after a stop is asked.
     #[arg(long, default_value_t = 2.0)]
     pub shutdown_grace: f64,
@@ -136,6 +153,26 @@ pub struct ServerConfig {
     /// Do not print a line per second (the start line and summary remain).
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// Whether logins must be signed (`--auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// Only signed logins.
+    Required,
+    /// v1 logins too, unchecked.
+    Off,
+}
+
+impl ServerConfig {
+    /// Whether logins must be signed: `--auth`, or by default whether a key
+    /// is configured.
+    pub fn signed_logins_required(&self) -> bool {
+        match self.auth {
+            Some(mode) => mode == AuthMode::Required,
+            None => self.auth_key_file.is_some(),
+        }
+    }
 }
 
 #[derive(Parser)]
@@ -211,6 +248,12 @@ impl ServerConfig {
         }
         if self.envelope_ttl == 0 || self.envelope_ttl > TTL_SECS_MAX {
             return err("envelope-ttl", "must be 1 second to 68 years");
+        }
+        if self.auth == Some(AuthMode::Required) && self.auth_key_file.is_none() {
+            return err(
+                "auth",
+                "required needs --auth-key-file (make one with `hongbao token --new-key FILE`)",
+            );
         }
         if self.outbound_max < crate::wire::FRAME_LEN_MAX {
             return err("outbound-max", "must hold at least one frame (44 bytes)");

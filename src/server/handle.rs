@@ -44,6 +44,15 @@ pub struct Replayed {
     pub totals: ledger::Totals,
 }
 
+/// Where the seed of amounts and splits came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeedSource {
+    /// `--seed`.
+    Given,
+    /// The OS's randomness, drawn at start.
+    Os,
+}
+
 /// A running server. Dropping it stops it, as [`ServerHandle::shutdown`]
 /// does without the totals.
 pub struct ServerHandle {
@@ -55,6 +64,7 @@ pub struct ServerHandle {
     pub(super) published: Arc<Mutex<Published>>,
     pub(super) rings: Arc<EnvelopeRings>,
     pub(super) replayed: Replayed,
+    pub(super) seed: (u64, SeedSource),
     /// Every thread, stopped in the reverse order of its start.
     pub(super) running: Running,
 }
@@ -99,6 +109,12 @@ impl ServerHandle {
     /// What the ledger held at start.
     pub fn replayed(&self) -> Replayed {
         self.replayed
+    }
+
+    /// The seed of amounts and splits, and where it came from: print it so
+    /// that the run can be replayed with `--seed`.
+    pub fn seed(&self) -> (u64, SeedSource) {
+        self.seed
     }
 
     /// Envelopes waiting in the rings now.

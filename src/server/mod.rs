@@ -19,8 +19,8 @@ mod startup;
 mod stats_thread;
 pub mod worker;
 
-pub use config::ServerConfig;
-pub use handle::{Replayed, ServerHandle};
+pub use config::{AuthMode, ServerConfig};
+pub use handle::{Replayed, SeedSource, ServerHandle};
 pub use startup::{StartError, start};
 #[doc(hidden)]
 pub use startup::{ThreadStep, start_failing_at};

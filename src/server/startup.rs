@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::config::{ConfigError, ServerConfig};
 use super::control::{self, ControlServer};
-use super::handle::{Replayed, ServerHandle};
+use super::handle::{Replayed, SeedSource, ServerHandle};
 use super::latency_log::LatencyLog;
 use super::limits::{self, FdLimit};
 use super::published::Published;
@@ -39,8 +39,9 @@ use crate::ledger::{self, Books, Ledger, LedgerFile};
 use crate::mesh::{CoreMsg, Peers};
 use crate::packets::NewPacket;
 use crate::ring::{Envelope, EnvelopeRings};
-use crate::session::{Hongbao, HongbaoSettings, Reference};
+use crate::session::{Hongbao, HongbaoSettings, LoginPolicy, Reference};
 use crate::stats::{Report, recycle};
+use crate::token::{KeyFileError, Keyring};
 
 /// Entries a core's inbox holds; a sender that finds it full keeps its
 /// messages and offers them again on its next turn.
@@ -78,6 +79,14 @@ pub enum StartError {
     /// A setting cannot work.
     #[error("checking settings: {0}")]
     Config(#[from] ConfigError),
+    /// The login keys could not be read.
+    #[error(
+        "reading the login keys (--auth-key-file): {0}; make a key file with `hongbao token --new-key FILE`"
+    )]
+    AuthKeys(KeyFileError),
+    /// The OS gave no randomness for the seed.
+    #[error("drawing the seed from the OS's randomness: {0}; give one with --seed")]
+    Seed(getrandom::Error),
     /// The open-file limit could not be read or raised.
     #[error("raising the open-file limit (RLIMIT_NOFILE): {0}")]
     FdLimit(io::Error),
@@ -149,8 +158,12 @@ fn start_with(
         replay,
         outputs,
         cores,
+        seed,
+        policy,
     } = prepare(config)?;
-    let launch = Launch::new(config, fault, threads, cpus, cores.peers.clone());
+    let mut launch = Launch::new(config, fault, threads, cpus, cores.peers.clone());
+    launch.settings.seed = seed.0;
+    launch.policy = policy;
     let replayed = replay.replayed;
     let mut running = Running::default();
     // On a failure `running` is dropped here, which stops what it holds.
@@ -172,6 +185,7 @@ fn start_with(
         published: launch.published,
         rings: launch.rings,
         replayed,
+        seed,
         running,
     })
 }
@@ -189,6 +203,10 @@ struct Prepared {
     replay: Replay,
     outputs: Outputs,
     cores: Cores,
+    /// The seed of amounts and splits, and where it came from.
+    seed: (u64, SeedSource),
+    /// Which logins the cores take.
+    policy: LoginPolicy,
 }
 
 /// The steps that can fail for a reason the operator can fix, in order; no
@@ -196,6 +214,11 @@ struct Prepared {
 fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
     config.validate()?;
     let mut warnings = Vec::new();
+    let policy = login_policy(config, &mut warnings)?;
+    let seed = match config.seed {
+        Some(seed) => (seed, SeedSource::Given),
+        None => (getrandom::u64().map_err(StartError::Seed)?, SeedSource::Os),
+    };
     let fd_limit = raise_fd_limit(config, &mut warnings)?;
     let (threads, cpus) = count_threads(config, &mut warnings);
     let listeners = limits::bind_listeners(config.listen, threads, config.backlog)?;
@@ -218,7 +241,34 @@ fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         replay,
         outputs,
         cores,
+        seed,
+        policy,
     })
+}
+
+/// Reads `--auth-key-file` and says, once, when anyone can log in as anyone.
+fn login_policy(
+    config: &ServerConfig,
+    warnings: &mut Vec<String>,
+) -> Result<LoginPolicy, StartError> {
+    let keys = match &config.auth_key_file {
+        Some(path) => Keyring::load(path).map_err(StartError::AuthKeys)?,
+        None => Keyring::default(),
+    };
+    let signed_only = config.signed_logins_required();
+    if !signed_only {
+        warnings.push(format!(
+            "warning: logins are not checked: v1 logins name any user, so anyone can log in as \
+             anyone ({}); to require signed logins: `hongbao token --new-key FILE`, then \
+             --auth-key-file FILE",
+            if config.auth_key_file.is_some() {
+                "--auth off"
+            } else {
+                "no --auth-key-file"
+            }
+        ));
+    }
+    Ok(LoginPolicy { signed_only, keys })
 }
 
 /// Raises the open-file limit, and warns when it is below `--conns-max`.
@@ -473,6 +523,7 @@ struct Launch<'a> {
     published: Arc<Mutex<Published>>,
     worker_limits: WorkerLimits,
     settings: HongbaoSettings,
+    policy: LoginPolicy,
 }
 
 impl<'a> Launch<'a> {
@@ -500,8 +551,10 @@ impl<'a> Launch<'a> {
             settings: HongbaoSettings {
                 shakes_per_sec_max: config.shakes_per_sec_max.div_ceil(threads as u64),
                 mailbox_max: config.mailbox_max,
-                seed: config.seed,
+                // Set from the seed chosen in `prepare`.
+                seed: 0,
             },
+            policy: LoginPolicy::open(),
         }
     }
 
@@ -606,7 +659,7 @@ impl<'a> Launch<'a> {
             spec: EnvelopeSpec {
                 cents_min: config.envelope_cents_min,
                 cents_max: config.envelope_cents_max,
-                seed: config.seed,
+                seed: self.settings.seed,
             },
             commands: commands_rx,
             reports: reports.clone(),
@@ -676,6 +729,7 @@ impl<'a> Launch<'a> {
             reference: self.config.reference,
             rings: self.rings.clone(),
             settings: self.settings,
+            policy: self.policy.clone(),
         };
         let is_last = i + 1 == self.threads;
         let thread = (if is_last {
@@ -703,6 +757,7 @@ struct CoreService {
     reference: bool,
     rings: Arc<EnvelopeRings>,
     settings: HongbaoSettings,
+    policy: LoginPolicy,
 }
 
 /// A core's thread: its loop, and what follows if the loop fails.
@@ -710,9 +765,10 @@ fn run_core(setup: WorkerSetup, service: CoreService) -> io::Result<()> {
     let core = setup.core;
     let reports = setup.reports.clone();
     let result = if service.reference {
-        worker::run(setup, Reference)
+        worker::run(setup, Reference::with_policy(service.policy))
     } else {
-        worker::run(setup, Hongbao::new(core, service.rings, service.settings))
+        let hongbao = Hongbao::new(core, service.rings, service.settings);
+        worker::run(setup, hongbao.with_policy(service.policy))
     };
     if let Err(e) = &result {
         // The core's connections are gone with it. Say so, let the stats go

@@ -99,6 +99,20 @@ pub struct CoreCounters {
     /// Well-formed frames refused by the session (not a login first, or a
     /// server-to-client cmd sent by a client).
     pub bad_session: u64,
+    /// v1 logins (cmd 0) refused because signed logins are required.
+    pub auth_v1_refused: u64,
+    /// Signed logins refused: the tag does not match (a forged or altered
+    /// token, or one presented for another user).
+    pub auth_bad_tag: u64,
+    /// Signed logins refused: genuine but past their expiry.
+    pub auth_expired: u64,
+    /// Signed logins refused: no key with their key id (never issued, or
+    /// removed by a rotation).
+    pub auth_unknown_key: u64,
+    /// Signed logins refused: their length is not the signed login's 44
+    /// bytes (a token cut short). A length over 44 is `bad_length`, refused
+    /// before the cmd is read.
+    pub auth_bad_size: u64,
     /// Connections closed for not logging in within the login timeout.
     pub login_timeouts: u64,
     /// Connections closed because their pending output passed the limit.
@@ -117,7 +131,17 @@ pub struct CoreCounters {
 impl CoreCounters {
     /// Frames refused for any reason; each closed its connection.
     pub fn bad_frames(&self) -> u64 {
-        self.bad_length + self.bad_cmd + self.bad_size + self.bad_session
+        self.bad_length + self.bad_cmd + self.bad_size + self.bad_session + self.logins_refused()
+    }
+
+    /// Logins refused for any reason (v1 where signed ones are required, or a
+    /// token refused); each was answered with its result code and closed.
+    pub fn logins_refused(&self) -> u64 {
+        self.auth_v1_refused
+            + self.auth_bad_tag
+            + self.auth_expired
+            + self.auth_unknown_key
+            + self.auth_bad_size
     }
 }
 
@@ -147,6 +171,11 @@ impl_add!(CoreCounters {
     bad_cmd,
     bad_size,
     bad_session,
+    auth_v1_refused,
+    auth_bad_tag,
+    auth_expired,
+    auth_unknown_key,
+    auth_bad_size,
     login_timeouts,
     evictions,
     accept_fd_exhausted,
