@@ -1226,10 +1226,19 @@ mod tests {
         let (status, head, body) = ask("");
         assert_eq!(status, 401, "{body}");
         assert!(head.contains("WWW-Authenticate: Bearer"), "{head:?}");
-        assert_eq!(ask("Authorization: Bearer 0123456789abcdef-tokeX\r\n").0, 401);
+        assert_eq!(
+            ask("Authorization: Bearer 0123456789abcdef-tokeX\r\n").0,
+            401
+        );
         assert_eq!(ask("Authorization: Bearer 0123456789abcdef\r\n").0, 401);
-        assert_eq!(ask("Authorization: Basic 0123456789abcdef-token\r\n").0, 401);
-        assert_eq!(ask("authorization: bearer 0123456789abcdef-token\r\n").0, 200);
+        assert_eq!(
+            ask("Authorization: Basic 0123456789abcdef-token\r\n").0,
+            401
+        );
+        assert_eq!(
+            ask("authorization: bearer 0123456789abcdef-token\r\n").0,
+            200
+        );
         assert_eq!(get(server.addr(), "/open").0, 200, "an unguarded path");
         assert_eq!(counters.unauthorized.load(Ordering::Relaxed), 4);
         // The client side sends it.
@@ -1263,7 +1272,10 @@ mod tests {
             assert!(err.contains("token"), "{err}");
         }
         let err = ControlToken::from_file(&dir.join("missing")).expect_err("missing");
-        assert!(err.contains("missing") && err.contains("chmod 600"), "{err}");
+        assert!(
+            err.contains("missing") && err.contains("chmod 600"),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

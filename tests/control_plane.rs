@@ -160,7 +160,8 @@ fn a_slowloris_head_is_closed_at_its_deadline_and_counted() {
     slow.set_read_timeout(Some(Duration::from_millis(200)))
         .expect("timeout");
     let start = Instant::now();
-    slow.write_all(b"GET /status HTTP/1.1\r\n").expect("the first line");
+    slow.write_all(b"GET /status HTTP/1.1\r\n")
+        .expect("the first line");
     // A header byte every 200 ms, never the end of the head.
     let closed_after = loop {
         assert!(
@@ -243,7 +244,11 @@ fn mutating_routes_need_the_token_and_read_only_ones_stay_open() {
         "/packet?amount=300&users=1,2,3",
     ] {
         assert_eq!(get(http, route, None).0, 401, "{route} without a token");
-        assert_eq!(get(http, route, Some(&wrong)).0, 401, "{route}, wrong token");
+        assert_eq!(
+            get(http, route, Some(&wrong)).0,
+            401,
+            "{route}, wrong token"
+        );
         let (status, body) = get(http, route, Some(&right));
         assert_eq!(status, 200, "{route} with the token: {body}");
         assert_eq!(body["ok"], true, "{route}: {body}");

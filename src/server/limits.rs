@@ -209,7 +209,10 @@ mod tests {
             soft: 2_000_000,
             hard: 2_000_000,
         };
-        assert_eq!(fd_limit_advice(enough, 1_000_000, fds_reserved(8, true)), None);
+        assert_eq!(
+            fd_limit_advice(enough, 1_000_000, fds_reserved(8, true)),
+            None
+        );
     }
 
     #[test]

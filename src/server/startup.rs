@@ -153,7 +153,13 @@ fn start_with(
         outputs,
         cores,
     } = prepare(config)?;
-    let launch = Launch::new(config, fault, (threads, fd_limit), cpus, cores.peers.clone());
+    let launch = Launch::new(
+        config,
+        fault,
+        (threads, fd_limit),
+        cpus,
+        cores.peers.clone(),
+    );
     let replayed = replay.replayed;
     let mut running = Running::default();
     // On a failure `running` is dropped here, which stops what it holds.
