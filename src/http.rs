@@ -26,7 +26,8 @@
 //!   is only pushed out by [`CONNS_MAX`] newer ones.
 //! - **Bounded buffers.** A request head must fit [`REQUEST_MAX`] bytes,
 //!   held per connection only while it arrives; an answer is held until
-//!   written.
+//!   written, and all answers held at once stay under
+//!   [`ANSWERS_BYTES_MAX`] (past it, a 503, counted).
 //! - **A backlog** of [`BACKLOG`] (the kernel caps it at
 //!   `net.core.somaxconn`, see [`somaxconn`]).
 //! - **Descriptors.** A control server holds at most [`FDS_MAX`]; a process
@@ -101,6 +102,11 @@ pub const DRAIN_MAX: usize = 64 * 1024;
 /// for a burst of scripts, and 256 × [`REQUEST_MAX`] bounds the head buffers
 /// at 2 MiB.
 pub const CONNS_MAX: usize = 256;
+/// Answer bytes held at once over all connections: an answer that would
+/// take more gets a 503 instead, counted (`shed`). A full `/seconds` is
+/// about 1 MB, so 64 of them fit; without this, 256 clients asking for it
+/// and not reading would hold 256 MB for their write deadline.
+pub const ANSWERS_BYTES_MAX: usize = 64 << 20;
 /// Descriptors a control server holds at most: its connections, the
 /// listener, its epoll and its waker's eventfd.
 pub const FDS_MAX: u64 = CONNS_MAX as u64 + 3;
@@ -160,6 +166,9 @@ pub struct Counters {
     /// Requests for a guarded route refused with a 401 (no token, or a
     /// wrong one).
     pub unauthorized: AtomicU64,
+    /// Answers replaced by a 503 because the answers held would pass
+    /// [`ANSWERS_BYTES_MAX`].
+    pub shed: AtomicU64,
     /// `accept` failures (out of descriptors, or the connection gone).
     pub accept_errors: AtomicU64,
 }
@@ -183,6 +192,7 @@ impl Counters {
             "too_large": get(&self.too_large),
             "bad_requests": get(&self.bad_requests),
             "unauthorized": get(&self.unauthorized),
+            "shed": get(&self.shed),
             "accept_errors": get(&self.accept_errors),
         })
     }
@@ -590,6 +600,7 @@ impl Server {
                     guard,
                     counters,
                     handler,
+                    answers_bytes: 0,
                 };
                 lp.run(&label);
             })?;
@@ -673,6 +684,8 @@ struct Loop<H> {
     guard: Guard,
     counters: Arc<Counters>,
     handler: H,
+    /// Bytes of the answers held by connections being answered.
+    answers_bytes: usize,
 }
 
 impl<H: Fn(&Request) -> Response> Loop<H> {
@@ -746,7 +759,11 @@ impl<H: Fn(&Request) -> Response> Loop<H> {
 
     fn close(&mut self, key: usize) {
         // Dropping the stream closes it, which takes it out of the epoll set.
-        drop(self.conns.remove(key));
+        let conn = self.conns.remove(key);
+        if conn.phase == Phase::Write {
+            self.answers_bytes -= conn.buf.len();
+        }
+        drop(conn);
         self.counters.open.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -861,8 +878,15 @@ impl<H: Fn(&Request) -> Response> Loop<H> {
                             None => (self.handler)(&request),
                         },
                     };
+                    let mut answer = response.to_bytes();
+                    if self.answers_bytes + answer.len() > ANSWERS_BYTES_MAX {
+                        Counters::add(&self.counters.shed, 1);
+                        answer = Response::error(503, "the control server is busy: try again")
+                            .to_bytes();
+                    }
+                    self.answers_bytes += answer.len();
                     let conn = &mut self.conns[key];
-                    conn.buf = response.to_bytes();
+                    conn.buf = answer;
                     conn.done = 0;
                     conn.phase = Phase::Write;
                     // From now: the handler may have taken a while.
@@ -878,6 +902,7 @@ impl<H: Fn(&Request) -> Response> Loop<H> {
                     }
                     if conn.done == conn.buf.len() {
                         Counters::add(&self.counters.answered, 1);
+                        self.answers_bytes -= conn.buf.len();
                         conn.buf = Vec::new();
                         conn.done = 0;
                         conn.phase = Phase::Linger;
@@ -1179,9 +1204,9 @@ mod tests {
     fn a_client_that_does_not_read_its_answer_is_closed_at_the_write_deadline() {
         let listener = bind("127.0.0.1:0".parse().expect("loopback")).expect("bind");
         let counters = listener.counters();
-        // An answer far larger than any socket buffers.
+        // An answer far larger than any socket buffers: half the budget.
         let server = Server::start(listener, "test-http", |req: &Request| match req.path() {
-            "/big" => Response::text("text/plain", "x".repeat(64 << 20)),
+            "/big" => Response::text("text/plain", "x".repeat(ANSWERS_BYTES_MAX / 2)),
             _ => Response::ok(json!({"small": true})),
         })
         .expect("start");
@@ -1192,6 +1217,11 @@ mod tests {
         // Served while the non-reader's answer is stuck.
         let (status, _, body) = send(server.addr(), b"GET /small HTTP/1.1\r\n\r\n");
         assert_eq!((status, body), (200, json!({"small": true})));
+        // A second big answer would pass the answers' budget (two halves
+        // and their heads): a 503 instead, counted.
+        let (status, _, body) = send(server.addr(), b"GET /big HTTP/1.1\r\n\r\n");
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(counters.shed.load(Ordering::Relaxed), 1);
         let start = Instant::now();
         while counters.write_timeouts.load(Ordering::Relaxed) == 0 {
             assert!(
