@@ -87,7 +87,7 @@ pub fn fd_limit_advice(limit: FdLimit, conns_max: usize, reserved: u64) -> Optio
     Some(format!(
         "warning: the open-file limit (soft {soft}, hard {hard}) allows {fit} connections \
          ({reserved} descriptors are kept for the control, the ledger and the workers), \
-         below --conns-max {conns_max}: the workers stop accepting at {fit}. To hold {conns_max}: \
+         below --conns-max {conns_max}: the workers stop accepting at about {fit}. To hold {conns_max}: \
          `sysctl -w fs.nr_open={nr_open} fs.file-max={file_max}`, \
          raise the hard limit (`* hard nofile {want}` in /etc/security/limits.d/, or LimitNOFILE={want} \
          for a systemd unit), then `ulimit -n {want}` in the shell that starts the server. \
