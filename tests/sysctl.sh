@@ -258,7 +258,15 @@ want() { sed -nE "s/^-?$1[[:space:]]*=[[:space:]]*//p" "$CONF"; }
 nr_open=$(want 'fs\.nr_open')
 file_max=$(want 'fs\.file-max')
 somaxconn=$(want 'net\.core\.somaxconn')
-reserved=$(sed -nE 's/^pub const FDS_RESERVED: u64 = ([0-9_]+);/\1/p' src/server/limits.rs | tr -d _)
+# The server's reserve (limits::fds_reserved) for a large host: 256 workers
+# with the HTTP control.
+fixed=$(sed -nE 's/^pub const FDS_FIXED: u64 = ([0-9_]+);/\1/p' src/server/limits.rs | tr -d _)
+per_worker=$(sed -nE 's/^pub const FDS_PER_WORKER: u64 = ([0-9_]+);/\1/p' src/server/limits.rs | tr -d _)
+control=$(sed -nE 's/^pub const CONNS_MAX: usize = ([0-9_]+);/\1/p' src/http.rs | tr -d _)
+reserved=""
+if [[ -n $fixed && -n $per_worker && -n $control ]]; then
+	reserved=$((fixed + 256 * per_worker + control + 3))
+fi
 conns_max=$(grep -B1 'pub conns_max' src/server/config.rs | sed -nE 's/.*default_value_t = ([0-9_]+).*/\1/p' | tr -d _)
 backlog=$(grep -B1 'pub backlog' src/server/config.rs | sed -nE 's/.*default_value_t = ([0-9_]+).*/\1/p' | tr -d _)
 star=$(awk '$1 == "*" && $2 == "hard" && $3 == "nofile" { print $4 }' "$LIMITS")
@@ -270,7 +278,7 @@ else
 fi
 expect "$LIMITS: every line is '<domain> <type> <item> <value>'" \
 	eval '! grep -vE "^[[:space:]]*(#|$)" "$LIMITS" | awk "NF != 4 { bad = 1 } END { exit !bad }"'
-expect "limits agree with the server (src/server): nofile $star >= --conns-max $conns_max + FDS_RESERVED $reserved" \
+expect "limits agree with the server (src/server): nofile $star >= --conns-max $conns_max + the reserve of 256 workers $reserved" \
 	eval '[[ -n $conns_max && -n $reserved ]] && ((star >= conns_max + reserved))'
 expect "nofile $star <= fs.nr_open $nr_open (or pam_limits refuses logins)" eval '((star <= nr_open))'
 expect "fs.file-max $file_max >= 2 x fs.nr_open, as the server's advice" eval '((file_max >= 2 * nr_open))'

@@ -152,6 +152,8 @@ struct Run {
     monitor: Option<Child>,
     flooders: Vec<Child>,
     server_http: String,
+    /// The token the server's and the flooders' guarded routes need.
+    token: crate::http::ControlToken,
     flooder_http: Vec<String>,
     cpu: Vec<CpuSample>,
     rss_before: Option<u64>,
@@ -200,6 +202,7 @@ pub fn run(args: &DemoArgs, stop: &AtomicBool) -> anyhow::Result<u8> {
         .unwrap_or_else(|| PathBuf::from(format!("hongbao-demo-{}", stamp(started))));
     std::fs::create_dir_all(out.join("logs"))
         .with_context(|| format!("creating the output directory {}", out.display()))?;
+    let token = write_control_token(&out.join(CONTROL_TOKEN_FILE))?;
     let exe =
         std::env::current_exe().context("finding this program's path to start the children")?;
     let ports = Ports::pick(&machine, &plan)?;
@@ -211,7 +214,7 @@ pub fn run(args: &DemoArgs, stop: &AtomicBool) -> anyhow::Result<u8> {
         ports: &ports,
         stop,
     }
-    .start()?;
+    .start(token)?;
     let ended = watch(args, &plan, &mut run, stop);
     finish(&machine, &plan, run, started, ended)
 }
@@ -232,6 +235,36 @@ fn print_plan(args: &DemoArgs, plan: &Plan) {
         args.envelopes_per_sec,
         args.packets_per_sec,
     );
+}
+
+/// The control token's file in the output directory: the server's and the
+/// flooders' `--control-token-file`, so the run exercises the guarded
+/// routes as an operator would.
+const CONTROL_TOKEN_FILE: &str = "control-token";
+
+/// Writes a fresh control token (24 bytes from the OS, as hex) to `path`,
+/// readable by its owner only, and returns it.
+fn write_control_token(path: &Path) -> anyhow::Result<crate::http::ControlToken> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for the control token")?;
+    let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let writing = || format!("writing the control token {}", path.display());
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(writing)?;
+    // A file left by an earlier run keeps its mode: set it.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .with_context(writing)?;
+    writeln!(file, "{text}").with_context(writing)?;
+    crate::http::ControlToken::new(&text).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn loopback(port: u16) -> String {
@@ -297,7 +330,7 @@ impl Launch<'_> {
     /// Starts the server, the monitor and the flooders, each once the
     /// previous answers. On error every child started so far is stopped
     /// (by `Drop`).
-    fn start(&self) -> anyhow::Result<Run> {
+    fn start(&self, token: crate::http::ControlToken) -> anyhow::Result<Run> {
         let (plan, ports) = (self.plan, self.ports);
         let key_file = self.out.join(AUTH_KEY_FILE);
         if !key_file.exists() {
@@ -354,6 +387,7 @@ impl Launch<'_> {
             monitor: Some(monitor),
             flooders,
             server_http: loopback(ports.server_http),
+            token,
             flooder_http: ports.flooders.iter().map(|&p| loopback(p)).collect(),
             cpu: Vec::new(),
             rss_before,
@@ -383,6 +417,8 @@ impl Launch<'_> {
             &self.plan.users.to_string(),
             "--auth-key-file",
             &self.file(AUTH_KEY_FILE),
+            "--control-token-file",
+            &self.file(CONTROL_TOKEN_FILE),
             "--quiet",
         ]
         .map(String::from)
@@ -442,6 +478,8 @@ impl Launch<'_> {
             &self.plan.phases_arg(),
             "--http",
             &loopback(port),
+            "--control-token-file",
+            &self.file(CONTROL_TOKEN_FILE),
             "--monitor",
             &loopback(self.ports.monitor_http),
             "--json",
@@ -680,7 +718,17 @@ fn start_packets(args: &DemoArgs, plan: &Plan, run: &Run) {
         args.packets_per_sec * plan.shaking_secs(),
         plan.users.saturating_sub(1)
     );
-    if let Err(e) = crate::http::get(&run.server_http, &target, PACKETS_START_TIMEOUT) {
+    let answer = crate::http::get_with_token(
+        &run.server_http,
+        &target,
+        PACKETS_START_TIMEOUT,
+        Some(&run.token),
+    );
+    // A refusal (401, 400) is an answer too: only a 200 started them.
+    if let Err(e) = answer.and_then(|(status, body)| match status {
+        200 => Ok(()),
+        _ => Err(format!("{status} {body}")),
+    }) {
         eprintln!("hongbao demo: warning: starting the packets failed: {e}");
     }
 }

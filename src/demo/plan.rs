@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::host;
-use crate::server::limits::FDS_RESERVED;
+use crate::server::limits::fds_reserved;
 
 /// Connections a flooder may have handshaking at once, per thread (the
 /// flooder's own cap): what the server's accept queue must take.
@@ -227,8 +227,13 @@ pub fn plan(machine: &Machine, wish: &Wish) -> anyhow::Result<Plan> {
     }
     let phases = parse_phases(&wish.phases, wish.duration)?;
     let mut checks = Vec::new();
-    let users = plan_users(machine, wish.users, &mut checks)?;
     let cores = plan_cores(machine, wish.threads, &mut checks)?;
+    // The server keeps these from its workers (its HTTP control is on).
+    let reserved = fds_reserved(cores.server_threads, true);
+    let mut user_checks = Vec::new();
+    let users = plan_users(machine, wish.users, reserved, &mut user_checks)?;
+    // The open files first in the table, as the bound of the run.
+    checks.splice(0..0, user_checks);
     let flooders = plan_flooders(machine, users, wish.flooders, &cores, &mut checks);
     check_accept_queue(machine, &flooders, &mut checks);
     Ok(Plan {
@@ -242,16 +247,17 @@ pub fn plan(machine: &Machine, wish: &Wish) -> anyhow::Result<Plan> {
     })
 }
 
-/// Users: the server holds one descriptor per user, the flooders one per
-/// user they hold; every process has the same hard limit. Refuses more
-/// than fit; by default fills the limit, and says it is what bounds the
+/// Users: the server holds one descriptor per user beside `reserved`, the
+/// flooders one per user they hold; every process has the same hard limit.
+/// Refuses more than fit; by default fills the limit, and says it is what bounds the
 /// run.
 fn plan_users(
     machine: &Machine,
     wished: Option<u32>,
+    reserved: u64,
     checks: &mut Vec<Check>,
 ) -> anyhow::Result<u32> {
-    let fd_fit = machine.nofile_hard.saturating_sub(FDS_RESERVED);
+    let fd_fit = machine.nofile_hard.saturating_sub(reserved);
     let host_fit = machine.file_max.map_or(u64::MAX, |m| {
         m.saturating_sub(HOST_FILES_RESERVED) / HOST_FILES_PER_USER
     });
@@ -264,7 +270,7 @@ fn plan_users(
         Some(u) if u64::from(u) > fit => bail!(
             "--users {u} needs {} open files in the server process, but this host allows {fit} \
              connections per process (hard open-file limit {hard}, fs.file-max {fmax}); {lift}",
-            u64::from(u) + FDS_RESERVED,
+            u64::from(u) + reserved,
             hard = machine.nofile_hard,
             fmax = machine
                 .file_max

@@ -6,7 +6,8 @@
 //! rate override the workers read once a second, and the status document
 //! the coordinator rewrites once a second. Must not: touch a worker's data;
 //! the only thing the request path sees of this is one relaxed atomic load
-//! per thread per second.
+//! per thread per second. With `--control-token-file`, `/qps` ([`MUTATING`])
+//! needs the token; the read-only routes stay open.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +26,8 @@ use crate::http::{Request, Response};
 pub(crate) const OVERRIDE_STEP_SHIFT: u32 = 32;
 /// The rate's bits of the override word: those below the step id.
 pub(crate) const OVERRIDE_QPS_MASK: u64 = (1 << OVERRIDE_STEP_SHIFT) - 1;
+/// The routes that change the run: guarded by `--control-token-file`.
+pub const MUTATING: &[&str] = &["/qps"];
 /// The value of the rate override when none is set.
 pub(crate) const NO_OVERRIDE: u64 = u64::MAX;
 

@@ -161,14 +161,32 @@ fn start_http(
     addr: std::net::SocketAddr,
     live: Arc<control::Live>,
 ) -> anyhow::Result<crate::http::Server> {
+    let token = args
+        .control_token_file
+        .as_deref()
+        .map(crate::http::ControlToken::from_file)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("reading --control-token-file: {e}"))?;
     let listener = crate::http::bind(addr).with_context(|| {
         format!(
             "binding the flooder's HTTP control on {addr} (--http): is another flooder \
              running here? Give each its own --http port, or --no-http"
         )
     })?;
-    let server = crate::http::Server::start(listener, "flood-http", move |req| {
-        control::route(&live, req)
+    let counters = listener.counters();
+    let guard = crate::http::Guard {
+        token,
+        paths: control::MUTATING,
+    };
+    let server = crate::http::Server::start_guarded(listener, "flood-http", guard, move |req| {
+        let mut answer = control::route(&live, req);
+        // The control's own counts (401s among them) beside the run's.
+        if req.path() == "/status"
+            && let Some(doc) = answer.body.as_object_mut()
+        {
+            doc.insert("control".into(), counters.to_json());
+        }
+        answer
     })
     .context("starting the flooder's HTTP control thread")?;
     if !args.quiet {

@@ -129,6 +129,13 @@ pub struct FloodArgs {
     #[arg(long, conflicts_with = "http")]
     pub no_http: bool,
 
+    /// Require `Authorization: Bearer TOKEN` on `GET /qps` (as the
+    /// server's `--control-token-file`: the file's text, trimmed, 16..=1024
+    /// visible ASCII characters, not open to other users); `/status`,
+    /// `/seconds` and `/metrics` stay open.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_http")]
+    pub control_token_file: Option<std::path::PathBuf>,
+
     /// Register this flooder's HTTP control with a running `hongbao
     /// monitor` at this address (its `--http`), so that the monitor
     /// collects it without a `--source`. A failure is a warning.

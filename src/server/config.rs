@@ -134,6 +134,15 @@ pub struct ServerConfig {
     #[arg(long)]
     pub no_http: bool,
 
+    /// Require `Authorization: Bearer TOKEN` on the HTTP control's mutating
+    /// routes (`/yaohongbao`, `/fahongbao`, `/packet`); a request without it
+    /// gets a 401, counted. The token is this file's text, trimmed (16..=1024
+    /// visible ASCII characters), read at start; the start is refused if the
+    /// file is missing, empty or open to other users (`chmod 600`). Read-only
+    /// routes stay open.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_http")]
+    pub control_token_file: Option<PathBuf>,
+
     /// Serve the zero-logic reference instead: same loop and frames, every
     /// shake answered "no envelope". The benchmark's floor.
     #[arg(long)]

@@ -10,10 +10,15 @@
 //! /status` the totals and the running batches; `GET /seconds` (the
 //! monitor's) and `GET /metrics` (Prometheus text) are answered by
 //! [`super::published`]. Answers are JSON
-//! unless said otherwise. Must not: touch the cores' data; it talks to the
-//! generator through its command channel and reads the stats the aggregator
-//! publishes once a second. The HTTP itself (listener, thread, parsing, 400,
-//! 405, limits) is [`crate::http`]'s.
+//! unless said otherwise. With `--control-token-file`, the routes that change
+//! anything ([`MUTATING`]) need `Authorization: Bearer TOKEN` (401 without);
+//! the read-only ones stay open to the monitor. `/status` also reports the
+//! control's own counters (`control`) and the workers' connection cap
+//! (`conns_cap`: `--conns-max`, or the open-file limit less the descriptors
+//! kept for the control and the ledger). Must not: touch the cores' data; it
+//! talks to the generator through its command channel and reads the stats
+//! the aggregator publishes once a second. The HTTP itself (listener, thread,
+//! parsing, 400, 401, 405, limits) is [`crate::http`]'s.
 
 use std::io;
 use std::net::SocketAddr;
@@ -25,7 +30,7 @@ use serde_json::json;
 
 use super::published::{self, Published};
 use crate::generator::{Command, PacketSpec, PacketUsers, Schedule};
-use crate::http::{self, Listener, Request, Response};
+use crate::http::{self, ControlToken, Counters, Guard, Listener, Request, Response};
 use crate::ids::UserId;
 use crate::ledger::books::CLAIMANTS_MAX;
 
@@ -33,8 +38,11 @@ use crate::ledger::books::CLAIMANTS_MAX;
 /// real use and keeps a typo from flooding the rings at once.
 const BATCH_RATE_MAX: u64 = 1_000_000;
 /// How long a route waits for the generator to answer a command; as long as
-/// a client is given to take its answer.
+/// a client is given to take its answer. The handler runs on the control
+/// loop's thread, so this bounds how long one request can hold the others.
 const GENERATOR_TIMEOUT: Duration = http::IO_TIMEOUT;
+/// The routes that change state: guarded by `--control-token-file`.
+pub const MUTATING: &[&str] = &["/yaohongbao", "/fahongbao", "/packet"];
 /// The paths served, listed in a 404.
 const PATHS: &[&str] = &[
     "/yaohongbao?qps=Q&sum=S",
@@ -65,14 +73,23 @@ pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
 }
 
 impl ControlServer {
-    /// Starts serving on a listener from [`bind`].
+    /// Starts serving on a listener from [`bind`]; with `token`, the
+    /// [`MUTATING`] routes need it. `conns_cap` is the workers' connection
+    /// cap, reported by `/status`.
     pub fn start(
         listener: Listener,
+        token: Option<ControlToken>,
         generator: Sender<Command>,
         published: Arc<Mutex<Published>>,
+        conns_cap: usize,
     ) -> io::Result<ControlServer> {
-        let server = http::Server::start(listener, "hongbao-http", move |req| {
-            route(req, &generator, &published)
+        let counters = listener.counters();
+        let guard = Guard {
+            token,
+            paths: MUTATING,
+        };
+        let server = http::Server::start_guarded(listener, "hongbao-http", guard, move |req| {
+            route(req, &generator, &published, &counters, conns_cap)
         })?;
         Ok(ControlServer {
             addr: server.addr(),
@@ -86,7 +103,13 @@ impl ControlServer {
     }
 }
 
-fn route(req: &Request, generator: &Sender<Command>, published: &Mutex<Published>) -> Response {
+fn route(
+    req: &Request,
+    generator: &Sender<Command>,
+    published: &Mutex<Published>,
+    control: &Counters,
+    conns_cap: usize,
+) -> Response {
     match req.path() {
         "/yaohongbao" => start_batch(req, generator),
         "/fahongbao" => start_packets(req, generator),
@@ -100,7 +123,13 @@ fn route(req: &Request, generator: &Sender<Command>, published: &Mutex<Published
             let batch = ask(generator, Command::Status);
             let p = Published::lock(published);
             let (envelopes, packets) = batch.unzip();
-            Response::ok(json!({ "total": p.total, "batch": envelopes, "packets": packets }))
+            Response::ok(json!({
+                "total": p.total,
+                "batch": envelopes,
+                "packets": packets,
+                "conns_cap": conns_cap,
+                "control": control.to_json(),
+            }))
         }
         path => Response::not_found(path, PATHS),
     }

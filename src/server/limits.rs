@@ -10,9 +10,25 @@ use std::net::SocketAddr;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Descriptors the process keeps for itself beyond connections: listeners,
-/// epoll and eventfd per worker, the HTTP control, stats files, stdio.
-pub const FDS_RESERVED: u64 = 64;
+/// Descriptors the process keeps for itself whatever its size: stdio, the
+/// ledger and its directory, the stats and latency files, the stats thread's
+/// reads of /proc, a registration with the monitor, the listener probe. A
+/// server with one worker and every output open holds 16 (counted in
+/// /proc/PID/fd); the rest is margin.
+pub const FDS_FIXED: u64 = 32;
+/// Descriptors per worker beyond its connections: its listener, epoll and
+/// waker's eventfd, and one spare.
+pub const FDS_PER_WORKER: u64 = 4;
+
+/// Descriptors kept from the data plane: [`FDS_FIXED`], [`FDS_PER_WORKER`]
+/// per worker and, with the HTTP control, all it can hold
+/// ([`crate::http::FDS_MAX`]). The workers stop accepting at the open-file
+/// limit less these, so a full data plane leaves the control and the ledger
+/// theirs.
+pub fn fds_reserved(threads: usize, control: bool) -> u64 {
+    let control = if control { crate::http::FDS_MAX } else { 0 };
+    FDS_FIXED + FDS_PER_WORKER * threads as u64 + control
+}
 
 /// The kernel's default `fs.nr_open` (2^20): advice never suggests less.
 const NR_OPEN_DEFAULT: u64 = 1_048_576;
@@ -30,9 +46,20 @@ pub struct FdLimit {
 }
 
 impl FdLimit {
-    /// Connections this limit leaves room for.
-    pub fn conns(&self) -> u64 {
-        self.soft.saturating_sub(FDS_RESERVED)
+    /// Connections this limit leaves room for beside `reserved`
+    /// descriptors ([`fds_reserved`]).
+    pub fn conns(&self, reserved: u64) -> u64 {
+        self.soft.saturating_sub(reserved)
+    }
+
+    /// Each of `threads` workers' connection cap: its share of
+    /// `conns_max`, and never more than its share of the descriptors left
+    /// beside `reserved` (at least 1, so a worker still serves when the
+    /// limit is below the reserve; the start-up warning says so).
+    pub fn worker_conns_max(&self, conns_max: usize, threads: usize, reserved: u64) -> usize {
+        let threads = threads.max(1);
+        let room = usize::try_from(self.conns(reserved) / threads as u64).unwrap_or(usize::MAX);
+        conns_max.div_ceil(threads).min(room).max(1)
     }
 }
 
@@ -47,25 +74,27 @@ pub fn raise_fd_limit() -> io::Result<FdLimit> {
     Ok(FdLimit { soft, hard })
 }
 
-/// The warning printed when the limit is below `conns_max`, with the fix.
-pub fn fd_limit_advice(limit: FdLimit, conns_max: usize) -> Option<String> {
+/// The warning printed when the limit less `reserved` descriptors is below
+/// `conns_max`, with the fix.
+pub fn fd_limit_advice(limit: FdLimit, conns_max: usize, reserved: u64) -> Option<String> {
     let conns_max = conns_max as u64;
-    if limit.conns() >= conns_max {
+    if limit.conns(reserved) >= conns_max {
         return None;
     }
-    let want = conns_max + FDS_RESERVED;
+    let want = conns_max + reserved;
     // fs.nr_open caps the hard nofile limit; fs.file-max caps the whole host.
     let nr_open = want.max(NR_OPEN_DEFAULT);
     Some(format!(
-        "warning: the open-file limit (soft {soft}, hard {hard}) allows about {fit} connections, \
-         below --conns-max {conns_max}. To hold {conns_max}: \
+        "warning: the open-file limit (soft {soft}, hard {hard}) allows {fit} connections \
+         ({reserved} descriptors are kept for the control, the ledger and the workers), \
+         below --conns-max {conns_max}: the workers stop accepting at about {fit}. To hold {conns_max}: \
          `sysctl -w fs.nr_open={nr_open} fs.file-max={file_max}`, \
          raise the hard limit (`* hard nofile {want}` in /etc/security/limits.d/, or LimitNOFILE={want} \
          for a systemd unit), then `ulimit -n {want}` in the shell that starts the server. \
          Or size the plan to this host with --conns-max {fit}.",
         soft = limit.soft,
         hard = limit.hard,
-        fit = limit.conns(),
+        fit = limit.conns(reserved),
         file_max = FILE_MAX_PER_NR_OPEN * nr_open,
     ))
 }
@@ -163,6 +192,7 @@ mod tests {
                 hard: 20_000,
             },
             1_000_000,
+            fds_reserved(1, true),
         )
         .expect("20k is below 1M");
         for needle in [
@@ -170,7 +200,8 @@ mod tests {
             "fs.file-max",
             "hard nofile",
             "ulimit -n",
-            "--conns-max 19936",
+            // 20,000 less 32 fixed, 4 for the worker, 259 for the control.
+            "--conns-max 19705",
         ] {
             assert!(a.contains(needle), "advice lacks {needle}: {a}");
         }
@@ -178,7 +209,27 @@ mod tests {
             soft: 2_000_000,
             hard: 2_000_000,
         };
-        assert_eq!(fd_limit_advice(enough, 1_000_000), None);
+        assert_eq!(
+            fd_limit_advice(enough, 1_000_000, fds_reserved(8, true)),
+            None
+        );
+    }
+
+    #[test]
+    fn workers_stop_at_the_limit_less_the_reserve() {
+        let limit = FdLimit {
+            soft: 1000,
+            hard: 1000,
+        };
+        let reserved = fds_reserved(2, true);
+        assert_eq!(reserved, 32 + 8 + crate::http::FDS_MAX);
+        // Room for 701 beside the reserve: 350 per worker, not 500_000.
+        assert_eq!(limit.worker_conns_max(1_000_000, 2, reserved), 350);
+        // A plan below the limit keeps its own share.
+        assert_eq!(limit.worker_conns_max(100, 2, reserved), 50);
+        // A limit below the reserve still leaves each worker one.
+        let tiny = FdLimit { soft: 40, hard: 40 };
+        assert_eq!(tiny.worker_conns_max(1_000_000, 2, reserved), 1);
     }
 
     #[test]

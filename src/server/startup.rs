@@ -111,6 +111,9 @@ pub enum StartError {
         /// The OS error.
         error: io::Error,
     },
+    /// The control token file is missing, empty or open to others.
+    #[error("reading --control-token-file: {0}")]
+    ControlToken(String),
     /// A thread, poll or file could not be created.
     #[error("{step}: {error}")]
     Resource {
@@ -161,7 +164,13 @@ fn start_with(
         seed,
         policy,
     } = prepare(config)?;
-    let mut launch = Launch::new(config, fault, threads, cpus, cores.peers.clone());
+    let mut launch = Launch::new(
+        config,
+        fault,
+        (threads, fd_limit),
+        cpus,
+        cores.peers.clone(),
+    );
     launch.settings.seed = seed.0;
     launch.policy = policy;
     let replayed = replay.replayed;
@@ -199,7 +208,7 @@ struct Prepared {
     warnings: Vec<String>,
     /// Where clients connect.
     addr: SocketAddr,
-    control_listener: Option<http::Listener>,
+    control_listener: Option<ControlBound>,
     replay: Replay,
     outputs: Outputs,
     cores: Cores,
@@ -219,10 +228,10 @@ fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         Some(seed) => (seed, SeedSource::Given),
         None => (getrandom::u64().map_err(StartError::Seed)?, SeedSource::Os),
     };
-    let fd_limit = raise_fd_limit(config, &mut warnings)?;
     let (threads, cpus) = count_threads(config, &mut warnings);
+    let fd_limit = raise_fd_limit(config, threads, &mut warnings)?;
     let listeners = limits::bind_listeners(config.listen, threads, config.backlog)?;
-    let control_listener = bind_control(config)?;
+    let control_listener = bind_control(config, &mut warnings)?;
     let addr = listeners[0]
         .local_addr()
         .map_err(resource("reading the bound address"))?;
@@ -271,13 +280,17 @@ fn login_policy(
     Ok(LoginPolicy { signed_only, keys })
 }
 
-/// Raises the open-file limit, and warns when it is below `--conns-max`.
+/// Raises the open-file limit, and warns when, less the descriptors kept
+/// for the control, the ledger and `threads` workers, it is below
+/// `--conns-max`.
 fn raise_fd_limit(
     config: &ServerConfig,
+    threads: usize,
     warnings: &mut Vec<String>,
 ) -> Result<FdLimit, StartError> {
     let fd_limit = limits::raise_fd_limit().map_err(StartError::FdLimit)?;
-    if let Some(advice) = limits::fd_limit_advice(fd_limit, config.conns_max) {
+    let reserved = limits::fds_reserved(threads, !config.no_http);
+    if let Some(advice) = limits::fd_limit_advice(fd_limit, config.conns_max, reserved) {
         warnings.push(advice);
     }
     Ok(fd_limit)
@@ -300,17 +313,42 @@ fn count_threads(
     (threads, cpus)
 }
 
-/// Binds the HTTP control, unless `--no-http`.
-fn bind_control(config: &ServerConfig) -> Result<Option<http::Listener>, StartError> {
+/// The HTTP control's listener and its token, ready to serve.
+struct ControlBound {
+    listener: http::Listener,
+    token: Option<http::ControlToken>,
+}
+
+/// Reads `--control-token-file` and binds the HTTP control, unless
+/// `--no-http`; warns when the kernel caps its backlog below
+/// [`http::BACKLOG`].
+fn bind_control(
+    config: &ServerConfig,
+    warnings: &mut Vec<String>,
+) -> Result<Option<ControlBound>, StartError> {
     if config.no_http {
         return Ok(None);
     }
-    control::bind(config.http)
-        .map(Some)
-        .map_err(|error| StartError::Http {
-            addr: config.http,
-            error,
-        })
+    let token = config
+        .control_token_file
+        .as_deref()
+        .map(http::ControlToken::from_file)
+        .transpose()
+        .map_err(StartError::ControlToken)?;
+    let listener = control::bind(config.http).map_err(|error| StartError::Http {
+        addr: config.http,
+        error,
+    })?;
+    if let Some(max) = http::somaxconn()
+        && i64::from(max) < i64::from(http::BACKLOG)
+    {
+        warnings.push(format!(
+            "warning: net.core.somaxconn is {max}, below the HTTP control's backlog of {}: \
+             a burst of control connections may be refused. `sysctl -w net.core.somaxconn=4096`",
+            http::BACKLOG
+        ));
+    }
+    Ok(Some(ControlBound { listener, token }))
 }
 
 /// What the ledger's replay hands to the threads to come.
@@ -506,7 +544,7 @@ fn make_cores(
 
 /// What [`Launch::run`] hands out, each part to the thread that takes it.
 struct Parts {
-    control_listener: Option<http::Listener>,
+    control_listener: Option<ControlBound>,
     replay: Replay,
     outputs: Outputs,
     cores: Cores,
@@ -527,13 +565,17 @@ struct Launch<'a> {
 }
 
 impl<'a> Launch<'a> {
+    /// `sizing`: the worker count and the open-file limit, which caps the
+    /// workers' connections below the descriptors kept in reserve.
     fn new(
         config: &'a ServerConfig,
         fault: Option<ThreadStep>,
-        threads: usize,
+        sizing: (usize, FdLimit),
         cpus: Vec<core_affinity::CoreId>,
         peers: Peers,
     ) -> Launch<'a> {
+        let (threads, fd_limit) = sizing;
+        let reserved = limits::fds_reserved(threads, !config.no_http);
         Launch {
             config,
             fault,
@@ -543,7 +585,7 @@ impl<'a> Launch<'a> {
             rings: Arc::new(EnvelopeRings::new(threads, config.ring_capacity)),
             published: Arc::new(Mutex::new(Published::default())),
             worker_limits: WorkerLimits {
-                conns_max: config.conns_max.div_ceil(threads).max(1),
+                conns_max: fd_limit.worker_conns_max(config.conns_max, threads, reserved),
                 outbound_max: config.outbound_max,
                 login_timeout: Duration::from_secs_f64(config.login_timeout),
                 shutdown_grace: Duration::from_secs_f64(config.shutdown_grace),
@@ -687,14 +729,23 @@ impl<'a> Launch<'a> {
     /// The HTTP control on the listener bound in [`prepare`], if any.
     fn serve_control(
         &self,
-        listener: Option<http::Listener>,
+        bound: Option<ControlBound>,
         commands: &Sender<Command>,
     ) -> Result<Option<ControlServer>, StartError> {
-        let Some(listener) = listener else {
+        let Some(ControlBound { listener, token }) = bound else {
             return Ok(None);
         };
+        let conns_cap = self.worker_limits.conns_max * self.threads;
         self.injected(ThreadStep::Control)
-            .and_then(|()| ControlServer::start(listener, commands.clone(), self.published.clone()))
+            .and_then(|()| {
+                ControlServer::start(
+                    listener,
+                    token,
+                    commands.clone(),
+                    self.published.clone(),
+                    conns_cap,
+                )
+            })
             .map(Some)
             .map_err(|error| StartError::Http {
                 addr: self.config.http,
