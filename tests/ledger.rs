@@ -16,6 +16,26 @@ use util::{run_to_exit, scratch_dir};
 
 /// Writes a ledger with every kind of record, one group commit per step,
 /// through the real writer. Returns the file's bytes and each commit's end.
+/// Opens the ledger in `dir` as a server does, waiting (bounded) while it is
+/// locked. Only the tests need the wait: while another test of this binary
+/// forks a `hongbao` child, the child holds a copy of every descriptor until
+/// its exec closes them, and with it the lock of a ledger this test just
+/// closed (CI saw `WouldBlock` once).
+fn open_when_unlocked(
+    dir: &Path,
+    books: &mut Books,
+) -> Result<(ledger::LedgerFile, ledger::ScanEnd), ledger::OpenError> {
+    let deadline = std::time::Instant::now() + util::WAIT;
+    loop {
+        match ledger::file::open(dir, books) {
+            Err(ledger::OpenError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn write_sample(dir: &Path) -> (Vec<u8>, Vec<u64>) {
     let mut books = Books::new();
     let (file, _) = ledger::file::open(dir, &mut books).expect("opening a new ledger");
@@ -105,7 +125,7 @@ fn a_ledger_cut_at_every_byte_replays_to_the_last_whole_commit() {
         std::fs::write(d.join(ledger::FILE_NAME), &bytes[..cut]).unwrap();
         let mut books = Books::new();
         let (_file, end) =
-            ledger::file::open(&d, &mut books).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
+            open_when_unlocked(&d, &mut books).unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
         let want = commits
             .iter()
             .copied()
@@ -151,7 +171,7 @@ fn a_bit_flipped_in_an_early_batch_refuses_the_start_and_the_audit() {
     std::fs::write(dir.join(ledger::FILE_NAME), &bytes).unwrap();
     let record_at = (offset / RECORD_LEN * RECORD_LEN) as u64;
 
-    let err = ledger::file::open(&dir, &mut Books::new()).expect_err("damage must refuse");
+    let err = open_when_unlocked(&dir, &mut Books::new()).expect_err("damage must refuse");
     match err {
         ledger::OpenError::Scan(ScanError::Damaged { offset, .. }) => assert_eq!(offset, record_at),
         e => panic!("expected damage, got {e}"),
@@ -190,7 +210,7 @@ fn a_bit_flipped_in_the_final_batch_is_cut_as_a_torn_tail() {
     let last_start = commits[commits.len() - 2] as usize;
     bytes[last_start + 3] ^= 1;
     std::fs::write(dir.join(ledger::FILE_NAME), &bytes).unwrap();
-    let (_f, end) = ledger::file::open(&dir, &mut Books::new()).expect("a torn tail is no error");
+    let (_f, end) = open_when_unlocked(&dir, &mut Books::new()).expect("a torn tail is no error");
     assert_eq!(end.valid_len, last_start as u64);
 }
 
