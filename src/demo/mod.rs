@@ -374,6 +374,8 @@ impl Launch<'_> {
             &self.file("server-seconds.jsonl"),
             "--conns-max",
             &self.plan.users.to_string(),
+            "--conn-qps-max",
+            &self.plan.conn_qps_max().to_string(),
             "--quiet",
         ]
         .map(String::from)

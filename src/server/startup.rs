@@ -198,7 +198,15 @@ fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
     let mut warnings = Vec::new();
     let fd_limit = raise_fd_limit(config, &mut warnings)?;
     let (threads, cpus) = count_threads(config, &mut warnings);
-    let listeners = limits::bind_listeners(config.listen, threads, config.backlog)?;
+    let listeners = limits::bind_listeners(
+        config.listen,
+        threads,
+        config.backlog,
+        limits::SocketBuffers {
+            send: config.send_buffer,
+            recv: config.recv_buffer,
+        },
+    )?;
     let control_listener = bind_control(config)?;
     let addr = listeners[0]
         .local_addr()
@@ -494,6 +502,8 @@ impl<'a> Launch<'a> {
             worker_limits: WorkerLimits {
                 conns_max: config.conns_max.div_ceil(threads).max(1),
                 outbound_max: config.outbound_max,
+                conn_rate: super::rate::ConnRate::new(config.conn_qps_max),
+                stall_timeout: Duration::from_secs_f64(config.stall_timeout),
                 login_timeout: Duration::from_secs_f64(config.login_timeout),
                 shutdown_grace: Duration::from_secs_f64(config.shutdown_grace),
             },
