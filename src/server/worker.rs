@@ -168,8 +168,9 @@ pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
 const PARKED_PRESSURE: u8 = 1;
 /// The connection is on the core's `throttled` list (over its share).
 const PARKED_RATE: u8 = 2;
-/// The connection was not read because it holds answers waiting for the
-/// ledger: read again once they are released.
+/// The connection was not read because its answers are backed up (unsent
+/// output up to `--outbound-max`, or answers held for the ledger): read
+/// again once there is room.
 const BLOCKED_OUT: u8 = 4;
 
 /// A connection: tens of bytes while idle.
@@ -188,6 +189,9 @@ struct Conn {
     rate_tat_ns: u64,
     /// Why it is not being read, if it is not: `PARKED_*`, `BLOCKED_OUT`.
     parked: u8,
+    /// Its claims sent to owner cores whose answers have not come back:
+    /// room is kept for those answers too.
+    claims_away: u32,
     /// Present only while a partial frame, unsent output, or answers held
     /// for the ledger are kept: one pointer while idle.
     buffers: LazyBuffers<ConnExtra>,
@@ -204,12 +208,18 @@ impl Conn {
                 .is_some_and(|b| b.extra.read_closed || b.extra.writable)
     }
 
-    /// Holds answers waiting for the ledger: such a connection is not read
-    /// until they are released, so they are at most one read's answers.
-    /// (Unsent output is bounded by `--outbound-max` and `--stall-timeout`
-    /// instead: a pipelining client that reads slowly is still served.)
-    fn is_backed_up(&self) -> bool {
-        self.buffers.get().is_some_and(|b| !b.extra.held.is_empty())
+    /// Answers it may be given from one more read: as many as fit in what
+    /// `outbound_max` leaves beside its unsent output, none while it holds
+    /// answers waiting for the ledger. A connection with room for none is
+    /// not read (its answers are backed up), so a client that reads slowly
+    /// is slowed, not evicted, and a read never takes it past the cap.
+    fn answer_room(&self, outbound_max: usize) -> usize {
+        let room = match self.buffers.get() {
+            None => outbound_max / HELD_FRAME_MAX,
+            Some(b) if !b.extra.held.is_empty() => 0,
+            Some(b) => outbound_max.saturating_sub(b.pending_len()) / HELD_FRAME_MAX,
+        };
+        room.saturating_sub(self.claims_away as usize)
     }
 }
 
@@ -523,11 +533,13 @@ impl<S: Service> Worker<S> {
     }
 
     /// A connection left unread while its answers were backed up is read
-    /// again once they are all gone.
+    /// again once half of `--outbound-max` is free.
     fn unblock(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key)
             && c.parked & BLOCKED_OUT != 0
-            && !c.is_backed_up()
+            // Half the cap free, so a slow reader is read in whole batches,
+            // not one request at a time.
+            && c.answer_room(self.limits.outbound_max / 2) > 0
         {
             c.parked &= !BLOCKED_OUT;
             self.resume.push((key, true));
@@ -579,6 +591,11 @@ impl<S: Service> Worker<S> {
             }
             CoreMsg::ClaimAnswer { to, packet, cents } => {
                 self.fx.claims_away = self.fx.claims_away.saturating_sub(1);
+                if let Some(c) = self.conns.get_mut(to.key as usize)
+                    && c.serial == to.serial
+                {
+                    c.claims_away = c.claims_away.saturating_sub(1);
+                }
                 self.answer_claim(to, packet, cents);
             }
             msg => self
@@ -845,6 +862,7 @@ impl<S: Service> Worker<S> {
             serial: self.serial,
             rate_tat_ns: 0,
             parked: 0,
+            claims_away: 0,
             buffers: LazyBuffers::none(),
         });
         let set = key / SET_SIZE;
@@ -904,10 +922,12 @@ impl<S: Service> Worker<S> {
         if conn.parked & (PARKED_PRESSURE | PARKED_RATE) != 0 {
             return; // read when its list is taken up
         }
-        if conn.is_backed_up() {
-            // Its answers wait for the ledger: no new requests from it until
-            // they are released, so what it holds stays one read's answers.
-            // This event may also be room to write what it owes.
+        let answer_room = conn.answer_room(self.limits.outbound_max);
+        if answer_room == 0 {
+            // Its answers are backed up (unread by the peer, or waiting for
+            // the ledger): no new requests from it until there is room, so
+            // what it holds stays under --outbound-max. This event may be
+            // room to write what it owes.
             conn.parked |= BLOCKED_OUT;
             self.on_writable(key);
             return;
@@ -925,19 +945,36 @@ impl<S: Service> Worker<S> {
             self.counters.throttled += 1;
             return;
         }
-        // At most `allowed` whole requests are read: the shortest is 16 bytes.
-        let read_max = usize::try_from(allowed.saturating_mul(REQUEST_LEN_MIN as u64))
-            .unwrap_or(usize::MAX);
+        // At most `allowed` whole requests, and no more than the room for
+        // their answers: the shortest request is 16 bytes.
+        let rate_limited = allowed < answer_room as u64;
+        let requests = if rate_limited {
+            allowed as usize
+        } else {
+            answer_room
+        };
+        let read_max = requests.saturating_mul(REQUEST_LEN_MIN);
         let was_timed = conn.is_timed();
+        let away_before = self.fx.claims_away;
         let read = self.read_and_answer(key, closing, read_max);
         let conn = &mut self.conns[key];
+        // Only this connection's frames ran: the claims it sent away.
+        conn.claims_away = conn
+            .claims_away
+            .saturating_add((self.fx.claims_away - away_before) as u32);
         self.limits
             .conn_rate
             .charge(&mut conn.rate_tat_ns, self.now_ns, read.frames);
         if read.rate_limited && read.close.is_none() {
-            conn.parked |= PARKED_RATE;
-            self.throttled.push(key);
-            self.counters.throttled += 1;
+            if rate_limited {
+                conn.parked |= PARKED_RATE;
+                self.throttled.push(key);
+                self.counters.throttled += 1;
+            } else {
+                // Stopped at its answers' room: read again after the turn's
+                // other events, or once its output drains (`unblock`).
+                self.resume.push((key, closing));
+            }
         }
         if was_timed && !conn.is_timed() {
             // Logged in: no login deadline left to sweep.
