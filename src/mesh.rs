@@ -367,6 +367,13 @@ mod tests {
         }
     }
 
+    /// The memory bound of the queues between cores (docs/ARCHITECTURE.md,
+    /// "Bounded queues and backpressure") counts 64 bytes a message.
+    #[test]
+    fn a_message_between_cores_is_at_most_64_bytes() {
+        assert!(std::mem::size_of::<CoreMsg>() <= 64);
+    }
+
     #[test]
     fn an_online_user_costs_sixteen_bytes_inline() {
         assert!(std::mem::size_of::<Presence>() <= 16);

@@ -253,8 +253,7 @@ fn stalled_readers_are_disconnected_and_counted() {
         .collect();
     wait_for("every stalled reader to be disconnected", WAIT, || {
         let total = totals(http);
-        (counter(&total, "evictions") >= STALLERS as u64 && total["conns_open"] == 1)
-            .then_some(())
+        (counter(&total, "evictions") >= STALLERS as u64 && total["conns_open"] == 1).then_some(())
     });
     drop(sockets);
     stop.store(true, Ordering::Relaxed);

@@ -39,7 +39,9 @@ pub struct ServerConfig {
     pub conns_max: usize,
 
     /// Shakes per second the whole server answers before it says "overloaded"
-    /// (result 17), split evenly over workers. Set it below the measured
+    /// (result 17), split evenly over workers; claims use the same budget.
+    /// The last resort: --conn-qps-max keeps one client from taking it all.
+    /// Set it below the measured
     /// saturation of the host (see docs/BENCHMARKS.md) so overload is cheap
     /// refusals, not queues; the default is above what 8 cores can reach.
     #[arg(long = "max-qps", value_name = "MAX_QPS", default_value_t = 2_000_000)]
@@ -260,7 +262,10 @@ impl ServerConfig {
             );
         }
         if self.send_buffer > i32::MAX as usize / 2 || self.recv_buffer > i32::MAX as usize / 2 {
-            return err("send-buffer", "--send-buffer and --recv-buffer must be under 1 GiB");
+            return err(
+                "send-buffer",
+                "--send-buffer and --recv-buffer must be under 1 GiB",
+            );
         }
         if self.outbound_max < crate::wire::FRAME_LEN_MAX {
             return err("outbound-max", "must hold at least one frame (44 bytes)");

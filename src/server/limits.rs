@@ -207,7 +207,13 @@ mod tests {
 
     #[test]
     fn a_taken_port_is_refused_even_with_reuseport() {
-        let first = bind_listeners("127.0.0.1:0".parse().unwrap(), 2, 16, SocketBuffers::default()).unwrap();
+        let first = bind_listeners(
+            "127.0.0.1:0".parse().unwrap(),
+            2,
+            16,
+            SocketBuffers::default(),
+        )
+        .unwrap();
         let addr = first[0].local_addr().unwrap();
         assert_eq!(first[1].local_addr().unwrap(), addr, "one port for all");
         let err = bind_listeners(addr, 1, 16, SocketBuffers::default()).unwrap_err();

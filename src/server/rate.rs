@@ -90,7 +90,11 @@ mod tests {
         assert_eq!(r.allowed(tat, now), 0, "burst used");
         assert_eq!(r.allowed(tat, now + SEC / 10), 1);
         assert_eq!(r.allowed(tat, now + SEC), 10);
-        assert_eq!(r.allowed(tat, now + 100 * SEC), 32, "never more than a burst");
+        assert_eq!(
+            r.allowed(tat, now + 100 * SEC),
+            32,
+            "never more than a burst"
+        );
     }
 
     #[test]

@@ -31,6 +31,16 @@
 //!   asks for `WRITABLE`; both go away once it drains.
 //! - Interest is registered once, `READABLE`, at accept; re-registration
 //!   happens only around a short write.
+//! - Reading waits when it must (backpressure; see docs/ARCHITECTURE.md,
+//!   "Bounded queues and backpressure"): no connection is read while the
+//!   core cannot hand messages on (`Effects::backpressure`: the `paused`
+//!   list); a connection is read at most its share, `--conn-qps-max` (the
+//!   `throttled` list, taken up on ticks), and at most as many requests as
+//!   `--outbound-max` has room for beside its unsent output, held answers
+//!   and claims away (`BLOCKED_OUT`, read again once half is free). Each
+//!   waits flagged, listed once, and is read again from the resume list,
+//!   since edge-triggered readiness will not announce bytes already there.
+//!   The inbox, answers, writes and releases never wait.
 //! - No buffer per idle connection: reads go into one per-core 64 KiB scratch
 //!   buffer. A connection owns a (boxed) buffer only while it holds a partial
 //!   frame, unsent output, or answers held for the ledger.
@@ -1137,7 +1147,8 @@ impl<S: Service> Worker<S> {
                     .now
                     .duration_since(self.epoch)
                     .as_millis()
-                    .wrapping_add(self.limits.stall_timeout.as_millis()) as u32;
+                    .wrapping_add(self.limits.stall_timeout.as_millis())
+                    as u32;
             }
         }
         match (sent.was_pending, sent.is_pending()) {
@@ -1298,6 +1309,17 @@ fn read_share(
         }
     }
     read
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection's slot, idle: socket, session, deadline, serial, rate
+    /// bucket, flags, claims away and an empty buffer pointer. The memory
+    /// bound in docs/ARCHITECTURE.md counts 48 bytes.
+    #[test]
+    fn an_idle_connection_slot_is_at_most_48_bytes() {
+        assert!(std::mem::size_of::<super::Conn>() <= 48);
+    }
 }
 
 /// accept(2)'s errors that concern only the connection being accepted
