@@ -10,6 +10,8 @@ and one attack beside them:
             packet ids of both parities (half owned by the other core) and
             read every answer; --threads 2, --conn-qps-max 0 (read at full
             speed, so the queues between cores are what is measured).
+  claims-shared  the same with the default --conn-qps-max (each attacker
+            read at its share).
   stalled   10 clients log in, write 2 MiB of shakes and never read; they go
             on writing a shake every 100 ms so the moment the server closes
             them is seen (the attack lasts until all are closed, 15 s at
@@ -308,6 +310,7 @@ def attack_pipeline(server, seconds):
 
 ATTACKS = {
     "claims": (attack_claims, ["--threads", "2", "--conn-qps-max", "0"]),
+    "claims-shared": (attack_claims, ["--threads", "2"]),
     "stalled": (attack_stalled, ["--threads", "1", "--conn-qps-max", "0"]),
     "pipeline": (attack_pipeline, ["--threads", "1", "--max-qps", "10000"]),
 }

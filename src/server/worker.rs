@@ -1311,17 +1311,6 @@ fn read_share(
     read
 }
 
-#[cfg(test)]
-mod tests {
-    /// A connection's slot, idle: socket, session, deadline, serial, rate
-    /// bucket, flags, claims away and an empty buffer pointer. The memory
-    /// bound in docs/ARCHITECTURE.md counts 48 bytes.
-    #[test]
-    fn an_idle_connection_slot_is_at_most_48_bytes() {
-        assert!(std::mem::size_of::<super::Conn>() <= 48);
-    }
-}
-
 /// accept(2)'s errors that concern only the connection being accepted
 /// (Linux passes pending network errors of the new socket to accept).
 fn is_per_connection(e: &io::Error) -> bool {
@@ -1346,4 +1335,15 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection's slot, idle: socket, session, deadline, serial, rate
+    /// bucket, flags, claims away and an empty buffer pointer. The memory
+    /// bound in docs/ARCHITECTURE.md counts 48 bytes.
+    #[test]
+    fn an_idle_connection_slot_is_at_most_48_bytes() {
+        assert!(std::mem::size_of::<super::Conn>() <= 48);
+    }
 }
