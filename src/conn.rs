@@ -42,6 +42,11 @@ impl<X> ConnBuffers<X> {
         !self.out.is_empty()
     }
 
+    /// Bytes of output waiting for the kernel.
+    pub fn pending_len(&self) -> usize {
+        self.out.len()
+    }
+
     /// True while the start of a frame is kept.
     pub fn has_partial(&self) -> bool {
         self.partial_len > 0

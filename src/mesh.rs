@@ -132,6 +132,22 @@ pub enum Waiting {
     },
 }
 
+/// Messages a core keeps for one destination before it stops reading its
+/// connections (backpressure): past this, whatever a read would add waits
+/// in the senders' sockets instead. A read adds at most one message per
+/// frame (a claim, a login), so an outbox holds at most this plus one read's
+/// frames plus what one inbox's drain produces (an answer per claim, a
+/// delivery per push).
+pub const OUTBOX_MAX: usize = 4096;
+/// Claims this core has sent to owner cores and not yet had answered: past
+/// this it stops reading its connections. Every claim sent gets exactly one
+/// answer back, so this bounds the claims and claim answers in every queue
+/// between cores that this core's connections caused.
+pub const CLAIMS_AWAY_MAX: u64 = 8192;
+/// Ledger entries a core keeps (the writer's channel being full) before it
+/// stops reading its connections.
+pub const LEDGER_BACKLOG_MAX: usize = 4096;
+
 /// What a session step asks of its core beyond the answer it wrote.
 #[derive(Debug)]
 pub struct Effects {
@@ -146,6 +162,8 @@ pub struct Effects {
     pub outbox: Vec<Vec<CoreMsg>>,
     /// Answers waiting for this core's ledger entry number, in order.
     pub after_sync: AfterSync<Waiting>,
+    /// Claims sent to other cores whose answers have not come back.
+    pub claims_away: u64,
 }
 
 impl Effects {
@@ -157,7 +175,19 @@ impl Effects {
             ledger,
             outbox: (0..cores).map(|_| Vec::new()).collect(),
             after_sync: AfterSync::new(),
+            claims_away: 0,
         }
+    }
+
+    /// True while the core cannot hand on what reading more requests would
+    /// produce: an outbox, the claims away or the ledger backlog is at its
+    /// cap. The core then reads no connection (its inbox, answers and
+    /// writes go on) until this is false again.
+    #[inline]
+    pub fn backpressure(&self) -> bool {
+        self.claims_away >= CLAIMS_AWAY_MAX
+            || self.ledger.backlog() >= LEDGER_BACKLOG_MAX
+            || self.outbox.iter().any(|o| o.len() >= OUTBOX_MAX)
     }
 
     /// Queues `msg` for `core`.
@@ -335,6 +365,13 @@ mod tests {
             claimants: 1,
             users: [UserId(1), UserId(0), UserId(0)],
         }
+    }
+
+    /// The memory bound of the queues between cores (docs/ARCHITECTURE.md,
+    /// "Bounded queues and backpressure") counts 64 bytes a message.
+    #[test]
+    fn a_message_between_cores_is_at_most_64_bytes() {
+        assert!(std::mem::size_of::<CoreMsg>() <= 64);
     }
 
     #[test]

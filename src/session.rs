@@ -259,8 +259,8 @@ const CORE_SEED_SPREAD: u64 = 0x9e37_79b9;
 pub struct Hongbao {
     core: CoreId,
     rings: Arc<EnvelopeRings>,
-    /// This core's share of `--max-qps`: shakes it answers per second before
-    /// it answers "overloaded".
+    /// This core's share of `--max-qps`: shakes (and claims) it takes per
+    /// second before it answers shakes "overloaded".
     shakes_per_sec_max: u64,
     shakes_this_sec: u64,
     packets: PacketTable,
@@ -464,6 +464,13 @@ impl Service for Hongbao {
             None => Ok(Hold::No),
             Some(Step::Shake(user)) => Ok(self.shake(user, cx)),
             Some(Step::Claim(user, packet)) => {
+                // A claim uses the core's per-second budget like a shake, so
+                // a claim flood makes the core refuse shakes rather than go
+                // past --max-qps. It is still decided: wire v1 has no
+                // "overloaded" answer for a claim, and a claim is never
+                // dropped; a connection's claims are held to its fair share
+                // before they are read (`--conn-qps-max`).
+                self.shakes_this_sec = self.shakes_this_sec.saturating_add(1);
                 let owner = cx.fx.owner(packet);
                 if owner == self.core.0 {
                     let claimed = self.claim_here(packet, user, conn, cx.now, cx.fx, cx.counters);
@@ -475,6 +482,9 @@ impl Service for Hongbao {
                         .encode(cx.now.secs, cx.out);
                     }
                 } else {
+                    // Its answer comes back as a message: counted until
+                    // then, so the claims a core has in flight are bounded.
+                    cx.fx.claims_away += 1;
                     cx.fx.send(
                         owner,
                         CoreMsg::Claim {

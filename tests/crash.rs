@@ -36,6 +36,9 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
         "--quiet",
         "--envelopes-per-sec",
         "3000",
+        // The users shake as fast as they are answered: full load.
+        "--conn-qps-max",
+        "0",
         "--data-dir",
         &data,
     ];

@@ -495,6 +495,9 @@ fn a_client_that_never_reads_is_evicted_and_memory_stays_bounded() {
         "1",
         "--outbound-max",
         &OUTBOUND_MAX.to_string(),
+        // The flooder must be read as fast as it writes.
+        "--conn-qps-max",
+        "0",
         "--envelopes-per-sec",
         "0",
         "--conns-max",
@@ -648,6 +651,8 @@ fn answers_owed_are_flushed_when_new_bytes_and_room_to_write_arrive_together() {
         // Room for the whole pipeline's answers: this is not about eviction.
         "--outbound-max",
         &outbound_max,
+        "--conn-qps-max",
+        "0",
         "--envelopes-per-sec",
         "0",
         "--quiet",

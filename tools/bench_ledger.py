@@ -62,6 +62,8 @@ def one_run(args, workdir, run_id, ledger_on, port, http_port):
         "taskset", "-c", bs.SERVER_CORE, str(bs.BINARY), "server",
         "--listen", f"127.0.0.1:{port}", "--threads", "1", "--quiet",
         "--http", f"127.0.0.1:{http_port}", "--envelopes-per-sec", "200",
+        # Rates above 10 per user per second: the per-connection share off.
+        "--conn-qps-max", "0",
     ] + (["--data-dir", str(data_dir)] if ledger_on else [])
     json_path = workdir / f"{run_id}.flood.json"
     flood_cmd = [

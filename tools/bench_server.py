@@ -328,6 +328,8 @@ def one_run(args, workdir, run_id, server, port, rate, users, duration, warmup, 
     server_cmd = [
         "taskset", "-c", SERVER_CORE, str(BINARY), "server",
         "--listen", f"127.0.0.1:{port}", "--threads", "1", "--quiet", "--no-http",
+        # Rates above 10 per user per second: the per-connection share off.
+        "--conn-qps-max", "0",
     ] + SERVERS[server]
     flood_cmd = [
         "taskset", "-c", FLOODER_CORE, str(BINARY), "flood",

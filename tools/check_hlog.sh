@@ -205,7 +205,7 @@ command -v python3 >/dev/null || fail "python3 is needed to pick free loopback p
 PORT="$(free_port)"
 HTTP_PORT="$(free_port)"
 say "starting hongbao server on 127.0.0.1:$PORT (http 127.0.0.1:$HTTP_PORT), --threads 1 --hlog server.hlog"
-"$BIN" server --listen "127.0.0.1:$PORT" --http "127.0.0.1:$HTTP_PORT" --threads 1 --quiet \
+"$BIN" server --listen "127.0.0.1:$PORT" --http "127.0.0.1:$HTTP_PORT" --threads 1 --quiet --conn-qps-max 0 \
     --hlog "$WORK/server.hlog" >"$WORK/server.out" 2>&1 &
 SERVER_PID=$!
 up=0

@@ -419,6 +419,8 @@ impl Launch<'_> {
             &self.file(AUTH_KEY_FILE),
             "--control-token-file",
             &self.file(CONTROL_TOKEN_FILE),
+            "--conn-qps-max",
+            &self.plan.conn_qps_max().to_string(),
             "--quiet",
         ]
         .map(String::from)

@@ -146,6 +146,15 @@ pub struct PhaseSpec {
 }
 
 impl Plan {
+    /// The server's `--conn-qps-max`: each user's share of the fastest phase
+    /// twice over (the slot rule gives some users one request more in a
+    /// second, and pushes bring claims), plus the default's 10, so the
+    /// demo's rates are served, not throttled.
+    pub fn conn_qps_max(&self) -> u64 {
+        let fastest = self.phases.iter().map(|p| p.qps).max().unwrap_or(0);
+        fastest.div_ceil(u64::from(self.users.max(1))) * 2 + 10
+    }
+
     /// The flooders' `--phases` argument.
     pub fn phases_arg(&self) -> String {
         let steps: Vec<String> = self

@@ -39,11 +39,24 @@ pub struct ServerConfig {
     pub conns_max: usize,
 
     /// Shakes per second the whole server answers before it says "overloaded"
-    /// (result 17), split evenly over workers. Set it below the measured
+    /// (result 17), split evenly over workers; claims use the same budget.
+    /// The last resort: --conn-qps-max keeps one client from taking it all.
+    /// Set it below the measured
     /// saturation of the host (see docs/BENCHMARKS.md) so overload is cheap
     /// refusals, not queues; the default is above what 8 cores can reach.
     #[arg(long = "max-qps", value_name = "MAX_QPS", default_value_t = 2_000_000)]
     pub shakes_per_sec_max: u64,
+
+    /// Requests per second one connection is served (logins, shakes, claims
+    /// alike), after a burst of `max(32, this)`: a token bucket per
+    /// connection (8 bytes in its slot). A connection past it is not read
+    /// until its bucket refills (its requests wait in its own socket, unread),
+    /// so a pipelining client slows itself, not its core's other users; the
+    /// core-wide --max-qps stays as the last resort. The original client
+    /// sends one request a second. Raise it for the flooder's high-rate modes
+    /// (requests per user per second above 10); 0 turns the limit off.
+    #[arg(long, default_value_t = 10)]
+    pub conn_qps_max: u64,
 
     /// Shake envelopes generated per second at start (the seed's 200).
     /// 0 starts with no batch; `GET /yaohongbao` starts one later.
@@ -96,11 +109,41 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 65_536)]
     pub ring_capacity: usize,
 
-    /// Bytes of answers a connection may leave unread before it is
-    /// disconnected. 64 KiB is ~2,300 shake answers: far beyond any honest
-    /// pipeline, small enough that 1M stalled readers cannot exhaust memory.
+    /// Bytes of answers a connection may leave unread (beyond what its
+    /// kernel send buffer, --send-buffer, holds) before it is disconnected.
+    /// 64 KiB is ~2,300 shake answers: far beyond any honest pipeline. A
+    /// connection whose answers are backed up is not read, so a stalled
+    /// reader holds at most this (its buffer's capacity at most twice it)
+    /// plus its kernel buffers (2 x --send-buffer + 2 x --recv-buffer, Linux
+    /// doubling both): with the defaults under 200 KiB, so 1M stalled readers
+    /// hold under 200 GB, the kernel's part also capped by net.ipv4.tcp_mem.
+    /// Disconnected at once past this, or --stall-timeout after its output
+    /// first backs up.
     #[arg(long, default_value_t = 65_536)]
     pub outbound_max: usize,
+
+    /// Seconds a connection's answers may stay backed up (the kernel took
+    /// not all of them, and it did not read them since) before it is
+    /// disconnected as a stalled reader (counted in evictions).
+    #[arg(long, default_value_t = 3.0)]
+    pub stall_timeout: f64,
+
+    /// SO_SNDBUF of every accepted connection, in bytes (set on the
+    /// listeners, which the kernel copies to each accepted socket; Linux
+    /// doubles it and stops autotuning it). Bounds the kernel memory a
+    /// connection that stops reading holds: 16 KiB gives 32 KiB, about 1,100
+    /// shake answers. 0 leaves the kernel's autotuning (up to
+    /// net.ipv4.tcp_wmem's maximum, 4 MiB by default).
+    #[arg(long, default_value_t = 16_384)]
+    pub send_buffer: usize,
+
+    /// SO_RCVBUF of every accepted connection, in bytes, set like
+    /// --send-buffer (Linux doubles it): bounds the kernel memory of requests
+    /// a connection sends while it is not read (paused or over
+    /// --conn-qps-max). 0 leaves the kernel's autotuning (up to
+    /// net.ipv4.tcp_rmem's maximum, 6 MiB by default).
+    #[arg(long, default_value_t = 16_384)]
+    pub recv_buffer: usize,
 
     /// Seconds a new connection has to log in before it is closed, so that
     /// half-open or silent sockets do not hold descriptors.
@@ -262,6 +305,18 @@ impl ServerConfig {
             return err(
                 "auth",
                 "required needs --auth-key-file (make one with `hongbao token --new-key FILE`)",
+            );
+        }
+        if !(self.stall_timeout > 0.0 && self.stall_timeout <= TIMEOUT_SECS_MAX) {
+            return err(
+                "stall-timeout",
+                "must be more than 0 and at most 3600 seconds",
+            );
+        }
+        if self.send_buffer > i32::MAX as usize / 2 || self.recv_buffer > i32::MAX as usize / 2 {
+            return err(
+                "send-buffer",
+                "--send-buffer and --recv-buffer must be under 1 GiB",
             );
         }
         if self.outbound_max < crate::wire::FRAME_LEN_MAX {

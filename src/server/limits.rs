@@ -133,6 +133,16 @@ fn bind_error(step: &'static str, addr: SocketAddr, error: io::Error) -> BindErr
     }
 }
 
+/// The kernel buffer sizes asked for every accepted connection, in bytes
+/// (Linux doubles each); 0 leaves that one to the kernel's autotuning.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SocketBuffers {
+    /// SO_SNDBUF.
+    pub send: usize,
+    /// SO_RCVBUF.
+    pub recv: usize,
+}
+
 /// Binds `count` listeners sharing `addr` with SO_REUSEPORT, so the kernel
 /// spreads incoming connections over the workers without a shared accept
 /// queue. A port of 0 picks one free port for all of them.
@@ -140,10 +150,16 @@ fn bind_error(step: &'static str, addr: SocketAddr, error: io::Error) -> BindErr
 /// SO_REUSEPORT would let us share a port with another process of the same
 /// user (an old server still running); a first bind without it detects that
 /// and fails with "address in use" instead of silently splitting traffic.
+///
+/// `buffers` caps SO_SNDBUF and SO_RCVBUF (0: the kernel autotunes). They
+/// are set on each listener before `listen`, and Linux copies both (and the
+/// lock that stops their autotuning) to every socket it accepts, so a
+/// connection's kernel buffers are bounded without a system call per accept.
 pub fn bind_listeners(
     addr: SocketAddr,
     count: usize,
     backlog: i32,
+    buffers: SocketBuffers,
 ) -> Result<Vec<std::net::TcpListener>, BindError> {
     let domain = Domain::for_address(addr);
     let probe = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))
@@ -169,6 +185,14 @@ pub fn bind_listeners(
                 .map_err(|e| bind_error("setting SO_REUSEADDR for", addr, e))?;
             s.set_reuse_port(true)
                 .map_err(|e| bind_error("setting SO_REUSEPORT for", addr, e))?;
+            if buffers.send > 0 {
+                s.set_send_buffer_size(buffers.send)
+                    .map_err(|e| bind_error("setting SO_SNDBUF (--send-buffer) for", addr, e))?;
+            }
+            if buffers.recv > 0 {
+                s.set_recv_buffer_size(buffers.recv)
+                    .map_err(|e| bind_error("setting SO_RCVBUF (--recv-buffer) for", addr, e))?;
+            }
             s.bind(&addr.into())
                 .map_err(|e| bind_error("binding with SO_REUSEPORT", addr, e))?;
             s.listen(backlog)
@@ -234,10 +258,16 @@ mod tests {
 
     #[test]
     fn a_taken_port_is_refused_even_with_reuseport() {
-        let first = bind_listeners("127.0.0.1:0".parse().unwrap(), 2, 16).unwrap();
+        let first = bind_listeners(
+            "127.0.0.1:0".parse().unwrap(),
+            2,
+            16,
+            SocketBuffers::default(),
+        )
+        .unwrap();
         let addr = first[0].local_addr().unwrap();
         assert_eq!(first[1].local_addr().unwrap(), addr, "one port for all");
-        let err = bind_listeners(addr, 1, 16).unwrap_err();
+        let err = bind_listeners(addr, 1, 16, SocketBuffers::default()).unwrap_err();
         assert_eq!(err.error.kind(), io::ErrorKind::AddrInUse);
         let msg = err.to_string();
         assert!(

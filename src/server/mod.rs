@@ -14,6 +14,7 @@ mod handle;
 mod latency_log;
 pub(crate) mod limits;
 mod published;
+pub mod rate;
 mod running;
 mod startup;
 mod stats_thread;

@@ -230,7 +230,15 @@ fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
     };
     let (threads, cpus) = count_threads(config, &mut warnings);
     let fd_limit = raise_fd_limit(config, threads, &mut warnings)?;
-    let listeners = limits::bind_listeners(config.listen, threads, config.backlog)?;
+    let listeners = limits::bind_listeners(
+        config.listen,
+        threads,
+        config.backlog,
+        limits::SocketBuffers {
+            send: config.send_buffer,
+            recv: config.recv_buffer,
+        },
+    )?;
     let control_listener = bind_control(config, &mut warnings)?;
     let addr = listeners[0]
         .local_addr()
@@ -587,6 +595,8 @@ impl<'a> Launch<'a> {
             worker_limits: WorkerLimits {
                 conns_max: fd_limit.worker_conns_max(config.conns_max, threads, reserved),
                 outbound_max: config.outbound_max,
+                conn_rate: super::rate::ConnRate::new(config.conn_qps_max),
+                stall_timeout: Duration::from_secs_f64(config.stall_timeout),
                 login_timeout: Duration::from_secs_f64(config.login_timeout),
                 shutdown_grace: Duration::from_secs_f64(config.shutdown_grace),
             },

@@ -31,6 +31,16 @@
 //!   asks for `WRITABLE`; both go away once it drains.
 //! - Interest is registered once, `READABLE`, at accept; re-registration
 //!   happens only around a short write.
+//! - Reading waits when it must (backpressure; see docs/ARCHITECTURE.md,
+//!   "Bounded queues and backpressure"): no connection is read while the
+//!   core cannot hand messages on (`Effects::backpressure`: the `paused`
+//!   list); a connection is read at most its share, `--conn-qps-max` (the
+//!   `throttled` list, taken up on ticks), and at most as many requests as
+//!   `--outbound-max` has room for beside its unsent output, held answers
+//!   and claims away (`BLOCKED_OUT`, read again once half is free). Each
+//!   waits flagged, listed once, and is read again from the resume list,
+//!   since edge-triggered readiness will not announce bytes already there.
+//!   The inbox, answers, writes and releases never wait.
 //! - No buffer per idle connection: reads go into one per-core 64 KiB scratch
 //!   buffer. A connection owns a (boxed) buffer only while it holds a partial
 //!   frame, unsent output, or answers held for the ledger.
@@ -51,6 +61,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::answer::{Answered, answer_frames};
+use super::rate::ConnRate;
 use crate::clock::{self, Now};
 use crate::conn::{Behind, Carry, LazyBuffers, SpillRule};
 use crate::durable::{HELD_FRAME_MAX, HeldAnswers};
@@ -119,6 +130,10 @@ pub struct WorkerLimits {
     pub conns_max: usize,
     /// Unsent answer bytes a connection may hold before it is evicted.
     pub outbound_max: usize,
+    /// Each connection's share of the core: requests a second and burst.
+    pub conn_rate: ConnRate,
+    /// Time a connection's answers may stay backed up before it is evicted.
+    pub stall_timeout: Duration,
     /// Time a new connection has to log in.
     pub login_timeout: Duration,
     /// Time to flush pending answers after a shutdown.
@@ -159,19 +174,63 @@ pub fn poll_and_waker() -> io::Result<(Poll, Arc<Waker>)> {
     Ok((poll, waker))
 }
 
+/// The connection is on the core's `paused` list (backpressure).
+const PARKED_PRESSURE: u8 = 1;
+/// The connection is on the core's `throttled` list (over its share).
+const PARKED_RATE: u8 = 2;
+/// The connection was not read because its answers are backed up (unsent
+/// output up to `--outbound-max`, or answers held for the ledger): read
+/// again once there is room.
+const BLOCKED_OUT: u8 = 4;
+
 /// A connection: tens of bytes while idle.
 struct Conn {
     stream: TcpStream,
     state: SessionState,
     /// Milliseconds since the core's epoch, wrapping; meaningful only while
-    /// awaiting login, or draining answers after the peer's FIN.
+    /// awaiting login, draining answers after the peer's FIN, or with
+    /// answers backed up (see [`Conn::is_timed`]).
     deadline_ms: u32,
     /// The core's accept count when this connection was accepted: with the
     /// slab key, its address across cores (see [`ConnAddr`]).
     serial: u32,
+    /// Its share's token bucket: the theoretical arrival time, nanoseconds
+    /// on the core's clock (see `super::rate`).
+    rate_tat_ns: u64,
+    /// Why it is not being read, if it is not: `PARKED_*`, `BLOCKED_OUT`.
+    parked: u8,
+    /// Its claims sent to owner cores whose answers have not come back:
+    /// room is kept for those answers too.
+    claims_away: u32,
     /// Present only while a partial frame, unsent output, or answers held
     /// for the ledger are kept: one pointer while idle.
     buffers: LazyBuffers<ConnExtra>,
+}
+
+impl Conn {
+    /// Has a deadline the sweep must check: not logged in yet, draining
+    /// answers after the peer's FIN, or answers backed up (`WRITABLE` asked).
+    fn is_timed(&self) -> bool {
+        self.state == SessionState::AwaitingLogin
+            || self
+                .buffers
+                .get()
+                .is_some_and(|b| b.extra.read_closed || b.extra.writable)
+    }
+
+    /// Answers it may be given from one more read: as many as fit in what
+    /// `outbound_max` leaves beside its unsent output, none while it holds
+    /// answers waiting for the ledger. A connection with room for none is
+    /// not read (its answers are backed up), so a client that reads slowly
+    /// is slowed, not evicted, and a read never takes it past the cap.
+    fn answer_room(&self, outbound_max: usize) -> usize {
+        let room = match self.buffers.get() {
+            None => outbound_max / HELD_FRAME_MAX,
+            Some(b) if !b.extra.held.is_empty() => 0,
+            Some(b) => outbound_max.saturating_sub(b.pending_len()) / HELD_FRAME_MAX,
+        };
+        room.saturating_sub(self.claims_away as usize)
+    }
 }
 
 /// The server's own part of a busy connection's buffers; `crate::conn`
@@ -210,6 +269,9 @@ struct ReadOutcome {
     /// The connection used its reads for this wake-up with more possibly
     /// waiting: it must be read again after the turn's other events.
     share_used: bool,
+    /// The read stopped at the connection's share (`--conn-qps-max`) with
+    /// more possibly waiting: read again once its bucket refills.
+    rate_limited: bool,
 }
 
 /// Per-SET bookkeeping.
@@ -235,6 +297,8 @@ enum Close {
     LoginTimeout,
     /// Half-closed by the peer, whose owed answers did not drain in time.
     DrainTimeout,
+    /// Answers backed up (unread by the peer) for `--stall-timeout`.
+    Stalled,
 }
 
 /// A running core.
@@ -255,6 +319,13 @@ struct Worker<S: Service> {
     resume: Vec<(usize, bool)>,
     /// The resume list being worked through (kept to reuse its allocation).
     resuming: Vec<(usize, bool)>,
+    /// Connections left unread while the core could not hand messages on
+    /// (`Effects::backpressure`): read again once it can. Each connection
+    /// is on it at most once (`PARKED_PRESSURE`).
+    paused: Vec<usize>,
+    /// Connections left unread over their share: read again on a tick once
+    /// their bucket has a token. At most once each (`PARKED_RATE`).
+    throttled: Vec<usize>,
     service: S,
     /// What steps ask of the core: messages, ledger entries, held answers.
     fx: Effects,
@@ -271,6 +342,8 @@ struct Worker<S: Service> {
     recycled: Receiver<Box<LatencyHistogram>>,
     epoch: Instant,
     now: Instant,
+    /// `now` in nanoseconds since `epoch`: the rate buckets' clock.
+    now_ns: u64,
     /// The wall clock at the start of this turn.
     wall: Now,
     /// The wall-clock second being counted.
@@ -319,6 +392,8 @@ pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
         held_spare: HeldAnswers::default(),
         resume: Vec::with_capacity(EVENTS_MAX),
         resuming: Vec::with_capacity(EVENTS_MAX),
+        paused: Vec::new(),
+        throttled: Vec::new(),
         service,
         fx: Effects::new(setup.core, cores, setup.ledger),
         inbox: setup.inbox,
@@ -332,6 +407,7 @@ pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
         recycled: setup.recycled,
         epoch: now,
         now,
+        now_ns: 0,
         wall,
         second: wall.secs,
         next_tick: now + TICK,
@@ -365,6 +441,7 @@ impl<S: Service> Worker<S> {
                 Err(e) => return Err(e),
             }
             self.now = Instant::now();
+            self.now_ns = self.now.duration_since(self.epoch).as_nanos() as u64;
             self.wall = clock::now();
             if self.wall.secs != self.second {
                 self.close_second(false);
@@ -392,6 +469,7 @@ impl<S: Service> Worker<S> {
                 self.on_tick();
             }
             self.pump();
+            self.unpause();
             if let Some(deadline) = self.shutdown_deadline
                 && ((self.conns_pending_out == 0 && self.fx.after_sync.is_empty())
                     || self.now >= deadline)
@@ -418,6 +496,64 @@ impl<S: Service> Worker<S> {
         }
         resuming.clear();
         self.resuming = resuming;
+    }
+
+    /// Once the core can hand messages on again, the connections left
+    /// unread meanwhile are read next turn (they may hold requests that no
+    /// new readiness edge will announce).
+    fn unpause(&mut self) {
+        if self.paused.is_empty() || self.fx.backpressure() {
+            return;
+        }
+        for key in self.paused.drain(..) {
+            if let Some(c) = self.conns.get_mut(key)
+                && c.parked & PARKED_PRESSURE != 0
+            {
+                c.parked &= !PARKED_PRESSURE;
+                self.resume.push((key, true));
+            }
+        }
+    }
+
+    /// On a tick: the connections left unread over their share whose bucket
+    /// has a token again are read next turn; the others wait on.
+    fn unthrottle(&mut self) {
+        let rate = self.limits.conn_rate;
+        let now = self.now_ns;
+        let Worker {
+            throttled,
+            conns,
+            resume,
+            ..
+        } = self;
+        throttled.retain(|&key| {
+            let Some(c) = conns.get_mut(key) else {
+                return false;
+            };
+            if c.parked & PARKED_RATE == 0 {
+                return false; // a later connection in a reused slot
+            }
+            if rate.allowed(c.rate_tat_ns, now) == 0 {
+                return true;
+            }
+            c.parked &= !PARKED_RATE;
+            resume.push((key, true));
+            false
+        });
+    }
+
+    /// A connection left unread while its answers were backed up is read
+    /// again once half of `--outbound-max` is free.
+    fn unblock(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key)
+            && c.parked & BLOCKED_OUT != 0
+            // Half the cap free, so a slow reader is read in whole batches,
+            // not one request at a time.
+            && c.answer_room(self.limits.outbound_max / 2) > 0
+        {
+            c.parked &= !BLOCKED_OUT;
+            self.resume.push((key, true));
+        }
     }
 
     /// Takes every message waiting in the inbox.
@@ -463,7 +599,15 @@ impl<S: Service> Worker<S> {
                     self.counters.push_drops += 1;
                 }
             }
-            CoreMsg::ClaimAnswer { to, packet, cents } => self.answer_claim(to, packet, cents),
+            CoreMsg::ClaimAnswer { to, packet, cents } => {
+                self.fx.claims_away = self.fx.claims_away.saturating_sub(1);
+                if let Some(c) = self.conns.get_mut(to.key as usize)
+                    && c.serial == to.serial
+                {
+                    c.claims_away = c.claims_away.saturating_sub(1);
+                }
+                self.answer_claim(to, packet, cents);
+            }
             msg => self
                 .service
                 .on_message(msg, self.wall, &mut self.fx, &mut self.counters),
@@ -510,6 +654,7 @@ impl<S: Service> Worker<S> {
                     self.close(key, Close::Eof);
                 } else {
                     self.release_idle_buffers(key);
+                    self.unblock(key);
                 }
             }
             Err(why) => self.close(key, why),
@@ -611,6 +756,7 @@ impl<S: Service> Worker<S> {
     fn on_tick(&mut self) {
         self.service
             .on_tick(self.wall, &mut self.fx, &mut self.counters);
+        self.unthrottle();
         if self.accept_full && self.conns.len() < self.limits.conns_max {
             self.accept_full = false;
             self.accept_all();
@@ -724,6 +870,9 @@ impl<S: Service> Worker<S> {
             state: SessionState::AwaitingLogin,
             deadline_ms: deadline,
             serial: self.serial,
+            rate_tat_ns: 0,
+            parked: 0,
+            claims_away: 0,
             buffers: LazyBuffers::none(),
         });
         let set = key / SET_SIZE;
@@ -738,8 +887,7 @@ impl<S: Service> Worker<S> {
         // Dropping the stream closes the descriptor, which removes it from
         // the epoll set: no deregister syscall needed.
         let conn = self.conns.remove(key);
-        let draining = conn.buffers.get().is_some_and(|b| b.extra.read_closed);
-        if conn.state == SessionState::AwaitingLogin || draining {
+        if conn.is_timed() {
             self.sets[key / SET_SIZE].timed -= 1;
         }
         if conn.buffers.has_pending_out() {
@@ -757,6 +905,10 @@ impl<S: Service> Worker<S> {
             // A half-closed peer that does not take its answers is a client
             // that stopped reading, like an eviction.
             Close::Evicted | Close::DrainTimeout => self.counters.evictions += 1,
+            Close::Stalled => {
+                self.counters.evictions += 1;
+                self.counters.stalled += 1;
+            }
             Close::LoginTimeout => self.counters.login_timeouts += 1,
             Close::Eof | Close::Peer | Close::BadFrame => {}
         }
@@ -774,12 +926,67 @@ impl<S: Service> Worker<S> {
             self.on_writable(key);
             return;
         }
-        let Some(conn) = self.conns.get(key) else {
+        let Some(conn) = self.conns.get_mut(key) else {
             return; // stale event for a connection closed this turn
         };
-        let was_awaiting = conn.state == SessionState::AwaitingLogin;
-        let read = self.read_and_answer(key, closing);
-        if was_awaiting && self.conns[key].state != SessionState::AwaitingLogin {
+        if conn.parked & (PARKED_PRESSURE | PARKED_RATE) != 0 {
+            return; // read when its list is taken up
+        }
+        let answer_room = conn.answer_room(self.limits.outbound_max);
+        if answer_room == 0 {
+            // Its answers are backed up (unread by the peer, or waiting for
+            // the ledger): no new requests from it until there is room, so
+            // what it holds stays under --outbound-max. This event may be
+            // room to write what it owes.
+            conn.parked |= BLOCKED_OUT;
+            self.on_writable(key);
+            return;
+        }
+        if self.fx.backpressure() {
+            conn.parked |= PARKED_PRESSURE;
+            self.paused.push(key);
+            self.counters.reads_paused += 1;
+            return;
+        }
+        let allowed = self.limits.conn_rate.allowed(conn.rate_tat_ns, self.now_ns);
+        if allowed == 0 {
+            conn.parked |= PARKED_RATE;
+            self.throttled.push(key);
+            self.counters.throttled += 1;
+            return;
+        }
+        // At most `allowed` whole requests, and no more than the room for
+        // their answers: the shortest request is 16 bytes.
+        let rate_limited = allowed < answer_room as u64;
+        let requests = if rate_limited {
+            allowed as usize
+        } else {
+            answer_room
+        };
+        let read_max = requests.saturating_mul(REQUEST_LEN_MIN);
+        let was_timed = conn.is_timed();
+        let away_before = self.fx.claims_away;
+        let read = self.read_and_answer(key, closing, read_max);
+        let conn = &mut self.conns[key];
+        // Only this connection's frames ran: the claims it sent away.
+        conn.claims_away = conn
+            .claims_away
+            .saturating_add((self.fx.claims_away - away_before) as u32);
+        self.limits
+            .conn_rate
+            .charge(&mut conn.rate_tat_ns, self.now_ns, read.frames);
+        if read.rate_limited && read.close.is_none() {
+            if rate_limited {
+                conn.parked |= PARKED_RATE;
+                self.throttled.push(key);
+                self.counters.throttled += 1;
+            } else {
+                // Stopped at its answers' room: read again after the turn's
+                // other events, or once its output drains (`unblock`).
+                self.resume.push((key, closing));
+            }
+        }
+        if was_timed && !conn.is_timed() {
             // Logged in: no login deadline left to sweep.
             self.sets[key / SET_SIZE].timed -= 1;
         }
@@ -793,7 +1000,7 @@ impl<S: Service> Worker<S> {
     /// Reads the connection, up to its share of the wake-up, and answers
     /// every whole frame into `scratch_out` (see the contract above); a
     /// partial frame is carried over to the next read.
-    fn read_and_answer(&mut self, key: usize, closing: bool) -> ReadOutcome {
+    fn read_and_answer(&mut self, key: usize, closing: bool, read_max: usize) -> ReadOutcome {
         let Worker {
             conns,
             scratch_in,
@@ -832,7 +1039,7 @@ impl<S: Service> Worker<S> {
             fx,
             counters,
         };
-        let read = read_share(stream, &mut carry, closing, |bytes| {
+        let read = read_share(stream, &mut carry, closing, read_max, |bytes| {
             answer_frames(bytes, service, held, &mut cx)
         });
         *state = cx.state;
@@ -882,10 +1089,13 @@ impl<S: Service> Worker<S> {
             // The write did not fail: keep the connection until its answers
             // drain, within a deadline swept like a login's, then close.
             if !b.extra.read_closed {
+                let was_writable = b.extra.writable;
                 b.extra.read_closed = true;
                 let deadline = self.deadline_ms();
                 self.conns[key].deadline_ms = deadline;
-                self.sets[key / SET_SIZE].timed += 1;
+                if !was_writable {
+                    self.sets[key / SET_SIZE].timed += 1;
+                }
             }
         } else if let Some(why) = close {
             self.close(key, why);
@@ -924,6 +1134,23 @@ impl<S: Service> Worker<S> {
             .send(&self.scratch_out, rule, |bytes| stream.write(bytes))
             .map_err(|_| Close::Peer)?;
         self.counters.bytes_out += sent.written as u64;
+        if sent.written > 0 && sent.was_pending && sent.is_pending() {
+            // The peer reads, if slowly: a stalled reader is one that takes
+            // nothing for --stall-timeout.
+            let conn = &mut self.conns[key];
+            if conn
+                .buffers
+                .get()
+                .is_some_and(|b| b.extra.writable && !b.extra.read_closed)
+            {
+                conn.deadline_ms = self
+                    .now
+                    .duration_since(self.epoch)
+                    .as_millis()
+                    .wrapping_add(self.limits.stall_timeout.as_millis())
+                    as u32;
+            }
+        }
         match (sent.was_pending, sent.is_pending()) {
             (false, true) => self.conns_pending_out += 1,
             (true, false) => self.conns_pending_out -= 1,
@@ -938,9 +1165,14 @@ impl<S: Service> Worker<S> {
     /// Asks for `WRITABLE` only while output waits: left on, every ACK that
     /// frees send space would wake the loop for nothing.
     fn want_writable(&mut self, key: usize, pending: bool) -> Result<(), Close> {
+        let stall_deadline = self
+            .now_ms()
+            .wrapping_add(self.limits.stall_timeout.as_millis() as u32);
+        let conn = &mut self.conns[key];
+        let was_timed = conn.is_timed();
         let Conn {
             stream, buffers, ..
-        } = &mut self.conns[key];
+        } = conn;
         let Some(b) = buffers.get_mut() else {
             return Ok(());
         };
@@ -957,6 +1189,18 @@ impl<S: Service> Worker<S> {
             .reregister(stream, Token(FIRST_CONN + key), interest)
             .map_err(|_| Close::Peer)?;
         b.extra.writable = pending;
+        // Backed up from now: a stalled reader's deadline, swept like a
+        // login's (unless it already has one); drained: none.
+        let is_timed = conn.is_timed();
+        if pending && !was_timed {
+            conn.deadline_ms = stall_deadline;
+        }
+        let set = &mut self.sets[key / SET_SIZE];
+        match (was_timed, is_timed) {
+            (false, true) => set.timed += 1,
+            (true, false) => set.timed -= 1,
+            _ => {}
+        }
         Ok(())
     }
 
@@ -993,6 +1237,8 @@ impl<S: Service> Worker<S> {
                     self.close(key, Close::LoginTimeout);
                 } else if c.buffers.get().is_some_and(|b| b.extra.read_closed) {
                     self.close(key, Close::DrainTimeout);
+                } else if c.buffers.get().is_some_and(|b| b.extra.writable) {
+                    self.close(key, Close::Stalled);
                 }
             }
             swept += 1;
@@ -1012,14 +1258,19 @@ fn read_share(
     stream: &mut TcpStream,
     carry: &mut Carry<'_>,
     closing: bool,
+    mut read_max: usize,
     mut answer: impl FnMut(&[u8]) -> Answered,
 ) -> ReadOutcome {
     let mut read = ReadOutcome::default();
     let mut reads = 0;
     loop {
         let room = carry.room();
-        let room_len = room.len();
-        match stream.read(room) {
+        let room_len = room.len().min(read_max);
+        if room_len == 0 {
+            read.rate_limited = true;
+            break;
+        }
+        match stream.read(&mut room[..room_len]) {
             Ok(0) => {
                 read.close = Some(Close::Eof);
                 break;
@@ -1028,6 +1279,7 @@ fn read_share(
                 reads += 1;
                 read.read_at.get_or_insert_with(Instant::now);
                 read.bytes += n as u64;
+                read_max -= n;
                 carry.filled(n);
                 let answered = answer(carry.bytes());
                 read.frames += answered.frames;
@@ -1038,6 +1290,10 @@ fn read_share(
                 }
                 if n < room_len && !closing {
                     break; // drained: see the contract above
+                }
+                if read_max == 0 {
+                    read.rate_limited = true; // its share: see `on_readable`
+                    break;
                 }
                 if reads == READS_PER_WAKE_MAX {
                     read.share_used = true;
@@ -1079,4 +1335,18 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// A connection's slot, idle: socket, session, deadline, serial, rate
+    /// bucket, flags, claims away and an empty buffer pointer. The memory
+    /// bound in docs/ARCHITECTURE.md counts 48 bytes: mio's stream is its
+    /// 4-byte descriptor in a release build (debug builds add a selector
+    /// id), and the rest at most 44.
+    #[test]
+    fn an_idle_connection_slot_is_at_most_48_bytes() {
+        let stream = std::mem::size_of::<mio::net::TcpStream>();
+        assert!(std::mem::size_of::<super::Conn>() - stream <= 44);
+    }
 }

@@ -115,8 +115,19 @@ pub struct CoreCounters {
     pub auth_bad_size: u64,
     /// Connections closed for not logging in within the login timeout.
     pub login_timeouts: u64,
-    /// Connections closed because their pending output passed the limit.
+    /// Connections closed because their pending output passed the limit,
+    /// or stayed backed up past `--stall-timeout` (also in `stalled`).
     pub evictions: u64,
+    /// Connections closed because their answers stayed backed up (unread)
+    /// for `--stall-timeout`; each is also an eviction.
+    pub stalled: u64,
+    /// Times a connection was left unread because it was over its share,
+    /// `--conn-qps-max` (read again once its bucket refills).
+    pub throttled: u64,
+    /// Times a connection was left unread because its core could not hand
+    /// on more messages or ledger entries (backpressure; read again once
+    /// there is room).
+    pub reads_paused: u64,
     /// Accepts refused by the kernel for lack of descriptors (EMFILE, ENFILE)
     /// or memory; accepting pauses briefly after each.
     pub accept_fd_exhausted: u64,
@@ -178,6 +189,9 @@ impl_add!(CoreCounters {
     auth_bad_size,
     login_timeouts,
     evictions,
+    stalled,
+    throttled,
+    reads_paused,
     accept_fd_exhausted,
     accept_errors,
     bytes_in,

@@ -49,8 +49,10 @@ pub const OVERLOAD: u32 = 17;
 pub const FIRST_ENVELOPE: u32 = 0x0010_0000;
 
 /// A server configuration for in-process tests: loopback on an ephemeral
-/// port, no HTTP, quiet, one unpinned worker, small tables, no envelopes.
-/// Tests override what they exercise.
+/// port, no HTTP, quiet, one unpinned worker, small tables, no envelopes,
+/// no per-connection rate limit (these tests pipeline thousands of requests
+/// on one connection; `tests/hostile.rs` tests the limit). Tests override
+/// what they exercise.
 ///
 /// Unpinned because the test harness runs tests in parallel: pinning every
 /// server's first worker to CPU 0 would serialise them on one core.
@@ -66,6 +68,7 @@ pub fn config() -> ServerConfig {
         ring_capacity: 4096,
         envelopes_per_sec: 0,
         envelope_total: None,
+        conn_qps_max: 0,
         ..ServerConfig::default()
     }
 }
