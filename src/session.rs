@@ -883,7 +883,12 @@ mod tests {
             .collect();
         for (i, &c) in conns.iter().enumerate() {
             let mut st = SessionState::default();
-            t.frame(usize::from(c.core), c, &mut st, Frame::LoginRequest { user });
+            t.frame(
+                usize::from(c.core),
+                c,
+                &mut st,
+                Frame::LoginRequest { user },
+            );
             let sent = t.settle();
             if i < 4 {
                 assert!(sent.is_empty(), "login {i}: {sent:?}");

@@ -473,7 +473,10 @@ fn a_user_over_the_connection_cap_keeps_only_the_latest_connections() {
     assert_eq!(counter(&total, "user_conns_kicked"), 3, "{total}");
     for (i, c) in conns.iter_mut().enumerate() {
         if i < CONNS - USER_CONNS_MAX {
-            assert!(closed_by_server(c), "connection {i} (among the oldest) was closed");
+            assert!(
+                closed_by_server(c),
+                "connection {i} (among the oldest) was closed"
+            );
         } else {
             let a = c.shake(USER);
             assert_eq!(a.result, NONE, "connection {i} (among the latest): {a:?}");
@@ -553,9 +556,11 @@ fn many_connections_of_one_user_get_at_most_the_cap_times_the_share() {
         attackers.push(s);
     }
     let kicked = (ATTACK_CONNS - USER_CONNS_MAX) as u64;
-    wait_for("the attacker's older connections to be closed", WAIT, || {
-        (counter(&totals(http), "user_conns_kicked") == kicked).then_some(())
-    });
+    wait_for(
+        "the attacker's older connections to be closed",
+        WAIT,
+        || (counter(&totals(http), "user_conns_kicked") == kicked).then_some(()),
+    );
     // From here on only the latest four are read, their bursts spent (the
     // kicks are counted once their second closed: this is a later one).
     counting.store(true, Ordering::Relaxed);
