@@ -58,9 +58,9 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 10)]
     pub conn_qps_max: u64,
 
-    /// Connections one user may hold at once, so a user's share of a core
-    /// is at most this x --conn-qps-max however many connections they open.
-    /// A login past it closes the user's OLDEST connection (counted as
+    /// Connections one user may hold at once, so a user is read at most
+    /// this x --conn-qps-max requests a second however many connections
+    /// they open (beside each new connection's first burst). A login past it closes the user's OLDEST connection (counted as
     /// user_conns_kicked), not the new one, so a client reconnecting before
     /// its old socket timed out gets in. 4 leaves room for the one
     /// connection the original client holds, a reconnect or two whose old
