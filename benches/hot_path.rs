@@ -36,6 +36,7 @@ const NOW: Now = Now { secs: 1, ms: 1_000 };
 const SETTINGS: HongbaoSettings = HongbaoSettings {
     shakes_per_sec_max: u64::MAX,
     mailbox_max: 16,
+    user_conns_max: 4,
     seed: 1,
 };
 

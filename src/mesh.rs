@@ -90,6 +90,15 @@ pub enum CoreMsg {
         /// Which.
         addr: ConnAddr,
     },
+    /// From the user's home core to the core holding `to`: the user has
+    /// more connections than `--user-conns-max`, and `to` is the oldest;
+    /// close it if it is still that connection of that user.
+    Kick {
+        /// The connection.
+        to: ConnAddr,
+        /// Its user.
+        user: UserId,
+    },
     /// To the packet's owner: `user` claims `packet`; answer to `reply`.
     Claim {
         /// The packet.
@@ -137,7 +146,8 @@ pub enum Waiting {
 /// in the senders' sockets instead. A read adds at most one message per
 /// frame (a claim, a login), so an outbox holds at most this plus one read's
 /// frames plus what one inbox's drain produces (an answer per claim, a
-/// delivery per push).
+/// delivery per push, at most one kick and a mailbox of deliveries per
+/// login).
 pub const OUTBOX_MAX: usize = 4096;
 /// Claims this core has sent to owner cores and not yet had answered: past
 /// this it stops reading its connections. Every claim sent gets exactly one
@@ -245,7 +255,7 @@ enum Presence {
 
 #[derive(Debug, Default)]
 struct Crowd {
-    /// The user's connections, latest last.
+    /// The user's connections, latest last; at most `--user-conns-max`.
     conns: Vec<ConnAddr>,
     /// Pushes waiting for a login, oldest first.
     mail: Vec<Frame>,
@@ -263,20 +273,35 @@ impl Crowd {
     }
 }
 
+/// What a login changes at the user's home core.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Arrival {
+    /// The pushes that waited for the login, oldest first: to deliver on
+    /// the new connection now.
+    pub mail: Vec<Frame>,
+    /// The user's oldest connection, when the login took them past
+    /// `--user-conns-max`: already out of the directory, to be closed.
+    pub kicked: Option<ConnAddr>,
+}
+
 /// The users whose home is this core: where they are online, and the pushes
 /// waiting for those who are not.
 #[derive(Debug)]
 pub struct Directory {
     users: HashMap<UserId, Presence>,
     mailbox_max: usize,
+    /// Connections one user may hold at once (0: no limit).
+    user_conns_max: usize,
 }
 
 impl Directory {
-    /// A directory keeping at most `mailbox_max` pushes per offline user.
-    pub fn new(mailbox_max: usize) -> Self {
+    /// A directory keeping at most `mailbox_max` pushes per offline user
+    /// and at most `user_conns_max` connections per user (0: no limit).
+    pub fn new(mailbox_max: usize, user_conns_max: usize) -> Self {
         Directory {
             users: HashMap::new(),
             mailbox_max,
+            user_conns_max,
         }
     }
 
@@ -290,10 +315,22 @@ impl Directory {
         self.users.is_empty()
     }
 
-    /// `user` logged in on `addr`; returns the mail to deliver there now.
-    pub fn online(&mut self, user: UserId, addr: ConnAddr) -> Vec<Frame> {
+    /// `user` logged in on `addr`; returns the mail to deliver there now
+    /// and, when that makes more than `--user-conns-max` connections, the
+    /// user's oldest one, which leaves the directory at once (not the new
+    /// one, so a user reconnecting before their old socket timed out gets
+    /// in). Its close later finds nothing to remove, and it never logs in
+    /// again, so a kick causes no other kick.
+    pub fn online(&mut self, user: UserId, addr: ConnAddr) -> Arrival {
+        let max = self.user_conns_max;
+        let over = |n: usize| max != 0 && n > max;
+        let mut kicked = None;
         let (presence, mail) = match self.users.remove(&user) {
             None => (Presence::One(addr), Vec::new()),
+            Some(Presence::One(before)) if over(2) => {
+                kicked = Some(before);
+                (Presence::One(addr), Vec::new())
+            }
             Some(Presence::One(before)) => (
                 Presence::More(Box::new(Crowd {
                     conns: vec![before, addr],
@@ -303,13 +340,18 @@ impl Directory {
             ),
             Some(Presence::More(mut crowd)) => {
                 crowd.conns.push(addr);
+                if over(crowd.conns.len()) {
+                    // One login adds one connection, so one goes: the
+                    // oldest, first in the list.
+                    kicked = Some(crowd.conns.remove(0));
+                }
                 let mail = std::mem::take(&mut crowd.mail);
                 let settled = crowd.settle().unwrap_or(Presence::One(addr));
                 (settled, mail)
             }
         };
         self.users.insert(user, presence);
-        mail
+        Arrival { mail, kicked }
     }
 
     /// The connection `addr` of `user` closed.
@@ -384,7 +426,8 @@ mod tests {
     #[test]
     fn the_directory_behaves_as_a_list_of_connections_and_a_mailbox() {
         let mut rng = fastrand::Rng::with_seed(7);
-        let mut d = Directory::new(3);
+        const CONNS_MAX: usize = 3;
+        let mut d = Directory::new(3, CONNS_MAX);
         let mut model: HashMap<u32, (Vec<ConnAddr>, Vec<Frame>)> = HashMap::new();
         let mut serial = 0;
         for step in 0..20_000 {
@@ -399,11 +442,16 @@ mod tests {
                         serial,
                     };
                     conns.push(a);
-                    assert_eq!(
-                        d.online(UserId(user), a),
-                        std::mem::take(mail),
-                        "step {step}"
-                    );
+                    let kicked = (conns.len() > CONNS_MAX).then(|| conns.remove(0));
+                    let want = Arrival {
+                        mail: std::mem::take(mail),
+                        kicked,
+                    };
+                    assert_eq!(d.online(UserId(user), a), want, "step {step}");
+                    if let Some(k) = kicked {
+                        // Its close reaches the directory later: nothing.
+                        d.offline(UserId(user), k);
+                    }
                 }
                 1 if !conns.is_empty() => {
                     let a = conns.remove(rng.usize(0..conns.len()));
@@ -432,7 +480,7 @@ mod tests {
 
     #[test]
     fn pushes_wait_for_a_login_up_to_the_mailbox_size() {
-        let mut d = Directory::new(2);
+        let mut d = Directory::new(2, 0);
         let u = UserId(1);
         assert_eq!(d.route(u, push(1)), Route::Queued);
         assert_eq!(d.route(u, push(2)), Route::Queued);
@@ -442,7 +490,7 @@ mod tests {
             key: 5,
             serial: 9,
         };
-        assert_eq!(d.online(u, a), vec![push(1), push(2)]);
+        assert_eq!(d.online(u, a).mail, vec![push(1), push(2)]);
         assert_eq!(d.route(u, push(4)), Route::To(a));
         let b = ConnAddr {
             core: 1,
@@ -455,5 +503,51 @@ mod tests {
         assert_eq!(d.route(u, push(6)), Route::To(a));
         d.offline(u, a);
         assert!(d.is_empty());
+    }
+
+    fn conn(serial: u32) -> ConnAddr {
+        ConnAddr {
+            core: (serial % 2) as u16,
+            key: serial,
+            serial,
+        }
+    }
+
+    /// A login past `--user-conns-max` takes out the user's oldest
+    /// connection, never the new one, once; the kicked connection's close
+    /// changes nothing; other users are not touched; 0 is no limit.
+    #[test]
+    fn a_login_past_the_cap_kicks_the_oldest_connection_once() {
+        for max in [1, 2, 4] {
+            let mut d = Directory::new(4, max);
+            let (u, other) = (UserId(3), UserId(4));
+            d.online(other, conn(100));
+            for s in 1..=max as u32 {
+                assert_eq!(d.online(u, conn(s)).kicked, None, "max {max}");
+            }
+            // Each further login kicks the oldest still there, in order.
+            for s in max as u32 + 1..=max as u32 + 5 {
+                let kicked = d.online(u, conn(s)).kicked;
+                assert_eq!(kicked, Some(conn(s - max as u32)), "max {max} login {s}");
+                d.offline(u, kicked.unwrap());
+                assert_eq!(d.route(u, push(s)), Route::To(conn(s)), "the latest");
+            }
+            // The closes of the kicked ones arriving again: no effect.
+            for s in 1..=5 {
+                d.offline(u, conn(s));
+            }
+            // The user still holds exactly `max` connections, the latest.
+            let last = max as u32 + 5;
+            for s in (last + 1 - max as u32..=last).rev() {
+                assert_eq!(d.route(u, push(s)), Route::To(conn(s)));
+                d.offline(u, conn(s));
+            }
+            assert_eq!(d.route(u, push(1)), Route::Queued, "all gone");
+            assert_eq!(d.route(other, push(1)), Route::To(conn(100)));
+        }
+        let mut open = Directory::new(4, 0);
+        for s in 1..=100 {
+            assert_eq!(open.online(UserId(1), conn(s)).kicked, None, "0: no limit");
+        }
     }
 }

@@ -275,6 +275,9 @@ pub struct HongbaoSettings {
     pub shakes_per_sec_max: u64,
     /// Pushes kept per offline user.
     pub mailbox_max: usize,
+    /// Connections one user may hold at once (0: no limit); a login past it
+    /// closes the user's oldest.
+    pub user_conns_max: usize,
     /// Seed of the packet split.
     pub seed: u64,
 }
@@ -290,7 +293,7 @@ impl Hongbao {
             packets: PacketTable::new(
                 settings.seed ^ (core.0 as u64).wrapping_mul(CORE_SEED_SPREAD),
             ),
-            directory: Directory::new(settings.mailbox_max),
+            directory: Directory::new(settings.mailbox_max, settings.user_conns_max),
             policy: LoginPolicy::open(),
         }
     }
@@ -440,9 +443,17 @@ impl Hongbao {
         }
     }
 
-    /// `user` logged in on `addr` (this core is their home): deliver the mail.
+    /// `user` logged in on `addr` (this core is their home): deliver the
+    /// mail, and close their oldest connection if this one takes them past
+    /// `--user-conns-max` (through the core holding it, this one included:
+    /// only a core loop closes connections). At most one kick per login, so
+    /// the messages stay bounded by the logins read.
     fn online(&mut self, user: UserId, addr: ConnAddr, fx: &mut Effects) {
-        for push in self.directory.online(user, addr) {
+        let arrival = self.directory.online(user, addr);
+        if let Some(old) = arrival.kicked {
+            fx.send(usize::from(old.core), CoreMsg::Kick { to: old, user });
+        }
+        for push in arrival.mail {
             fx.send(
                 usize::from(addr.core),
                 CoreMsg::Deliver {
@@ -569,7 +580,10 @@ impl Service for Hongbao {
                 }
             }
             // The core loop handles these itself.
-            CoreMsg::Shutdown | CoreMsg::Deliver { .. } | CoreMsg::ClaimAnswer { .. } => {}
+            CoreMsg::Shutdown
+            | CoreMsg::Deliver { .. }
+            | CoreMsg::Kick { .. }
+            | CoreMsg::ClaimAnswer { .. } => {}
         }
     }
 
@@ -683,6 +697,7 @@ mod tests {
         HongbaoSettings {
             shakes_per_sec_max: per_sec,
             mailbox_max: 4,
+            user_conns_max: 4,
             seed: 1,
         }
     }
@@ -714,7 +729,8 @@ mod tests {
         }
 
         /// Delivers every queued message until none is left; returns the
-        /// `Deliver` and `ClaimAnswer` messages meant for the core loops.
+        /// `Deliver`, `ClaimAnswer` and `Kick` messages meant for the core
+        /// loops.
         fn settle(&mut self) -> Vec<CoreMsg> {
             let mut for_loops = Vec::new();
             loop {
@@ -724,9 +740,9 @@ mod tests {
                         for msg in std::mem::take(&mut self.fx[from].outbox[to]) {
                             moved = true;
                             match msg {
-                                CoreMsg::Deliver { .. } | CoreMsg::ClaimAnswer { .. } => {
-                                    for_loops.push(msg)
-                                }
+                                CoreMsg::Deliver { .. }
+                                | CoreMsg::ClaimAnswer { .. }
+                                | CoreMsg::Kick { .. } => for_loops.push(msg),
                                 msg => {
                                     self.s[to].on_message(msg, NOW, &mut self.fx[to], &mut self.c)
                                 }
@@ -848,6 +864,45 @@ mod tests {
             }
         );
         assert_eq!((t.c.claims_paid, t.c.claims_zero), (1, 1));
+    }
+
+    /// A user past `--user-conns-max` (4 here) logging in on either core:
+    /// each login past it sends one kick, for the oldest connection, to the
+    /// core holding it (its own home core included); their closes reaching
+    /// home send nothing more.
+    #[test]
+    fn logins_past_the_cap_kick_the_oldest_connection_on_its_core() {
+        let mut t = TwoCores::new();
+        let user = UserId(3); // home: core 1
+        let conns: Vec<ConnAddr> = (0..7u32)
+            .map(|i| ConnAddr {
+                core: (i % 2) as u16,
+                key: i,
+                serial: i + 1,
+            })
+            .collect();
+        for (i, &c) in conns.iter().enumerate() {
+            let mut st = SessionState::default();
+            t.frame(
+                usize::from(c.core),
+                c,
+                &mut st,
+                Frame::LoginRequest { user },
+            );
+            let sent = t.settle();
+            if i < 4 {
+                assert!(sent.is_empty(), "login {i}: {sent:?}");
+                continue;
+            }
+            let old = conns[i - 4];
+            assert!(
+                matches!(sent.as_slice(), [CoreMsg::Kick { to, user: u }] if *to == old && *u == user),
+                "login {i}: {sent:?}"
+            );
+            // The kicked connection's core closes it and tells home.
+            t.s[usize::from(old.core)].on_close(user, old, &mut t.fx[usize::from(old.core)]);
+            assert!(t.settle().is_empty(), "a close kicks nothing");
+        }
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Hostile clients beside honest ones (issue 14, points 1-3): bounded memory
 //! under a claim flood across cores, with no claim lost or paid twice;
 //! stalled readers disconnected and counted; pipelining clients held to
-//! their share while honest users are served.
+//! their share while honest users are served; a user held to
+//! `--user-conns-max` connections (their oldest closed), so many
+//! connections do not buy one user more than that many shares.
 //!
 //! Owns: the attacks, each with honest users side by side, against a
 //! spawned `hongbao server` on 127.0.0.1 (its own process, so its RSS is its
@@ -19,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use util::{
-    Client, IO_TIMEOUT, NONE, OVERLOAD, Spawned, WAIT, claim_request, http_get, login_request,
-    read_frame, rss_kib, run_to_exit, scratch_dir, shake_request, wait_for,
+    Client, IO_TIMEOUT, NONE, OVERLOAD, Spawned, WAIT, claim_request, http_get, http_get_text,
+    login_request, read_frame, rss_kib, run_to_exit, scratch_dir, shake_request, wait_for,
 };
 
 const CLAIM_ANSWER: u16 = 6;
@@ -46,15 +48,27 @@ fn honest_user(
     every: Duration,
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<(u64, u64)> {
+    honest_user_counting(addr, user, every, stop, Arc::new(AtomicBool::new(true)))
+}
+
+/// As `honest_user`, counting shakes and overloads only while `counting`.
+fn honest_user_counting(
+    addr: SocketAddr,
+    user: u32,
+    every: Duration,
+    stop: Arc<AtomicBool>,
+    counting: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64)> {
     std::thread::spawn(move || {
         let mut c = Client::connect(addr);
         c.login(user);
         let (mut shakes, mut overloads) = (0, 0);
         while !stop.load(Ordering::Relaxed) {
             let a = c.shake(user);
-            shakes += 1;
+            let counted = u64::from(counting.load(Ordering::Relaxed));
+            shakes += counted;
             match a.result {
-                OVERLOAD => overloads += 1,
+                OVERLOAD => overloads += counted,
                 NONE => {}
                 r => panic!("honest user {user}: shake result {r}"),
             }
@@ -394,6 +408,192 @@ fn pipelining_attackers_are_throttled_while_honest_users_are_served() {
         counter(&total, "shakes") < (ATTACKERS * 2048) as u64 / 4,
         "the pipelines were not read at their own pace: {total}"
     );
+    drop(attackers);
+    let exited = server.terminate();
+    assert!(exited.status.success(), "{exited:?}");
+}
+
+/// The server's default `--user-conns-max`, which these tests rely on.
+const USER_CONNS_MAX: usize = 4;
+
+/// True when the server closed `c` (end of file or reset on a read).
+fn closed_by_server(c: &mut Client) -> bool {
+    c.stream
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {} // answers sent before the close
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return true,
+            Err(_) => return false, // timed out: still open
+        }
+    }
+}
+
+/// Point 3, per user: one user logs in on `USER_CONNS_MAX` + 3 connections
+/// over two cores, one after another. Each login past the cap closes the
+/// user's oldest connection (wherever it is), so the user ends with exactly
+/// the cap open, the latest ones, which still shake; the three closed are
+/// counted as `user_conns_kicked` in /status and /metrics.
+#[test]
+fn a_user_over_the_connection_cap_keeps_only_the_latest_connections() {
+    const CONNS: usize = USER_CONNS_MAX + 3;
+    const USER: u32 = 77;
+    let server = Spawned::server(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+        "--no-pin",
+        "--quiet",
+        "--envelopes-per-sec",
+        "0",
+    ]);
+    let http = server.http.expect("http on");
+    let mut conns: Vec<Client> = (0..CONNS)
+        .map(|_| {
+            let mut c = Client::connect(server.addr);
+            c.login(USER);
+            // The login's note to the user's home core leaves at the end of
+            // its core's turn: give it time to arrive before the next login,
+            // so "oldest" is the order the client logged in.
+            std::thread::sleep(Duration::from_millis(50));
+            c
+        })
+        .collect();
+    let total = wait_for("the kicks to be counted", WAIT, || {
+        let t = totals(http);
+        (counter(&t, "user_conns_kicked") >= 3).then_some(t)
+    });
+    assert_eq!(counter(&total, "user_conns_kicked"), 3, "{total}");
+    for (i, c) in conns.iter_mut().enumerate() {
+        if i < CONNS - USER_CONNS_MAX {
+            assert!(
+                closed_by_server(c),
+                "connection {i} (among the oldest) was closed"
+            );
+        } else {
+            let a = c.shake(USER);
+            assert_eq!(a.result, NONE, "connection {i} (among the latest): {a:?}");
+        }
+    }
+    let (status, metrics) = http_get_text(http, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("hongbao_server_user_conns_kicked_total 3")
+            || metrics.contains("hongbao_server_user_conns_kicked 3"),
+        "{metrics}"
+    );
+    drop(conns);
+    let total = wait_for("every connection to be closed", WAIT, || {
+        let t = totals(http);
+        (counter(&t, "closed") == CONNS as u64).then_some(t)
+    });
+    assert_eq!(
+        counter(&total, "user_conns_kicked"),
+        3,
+        "the others' closes are not kicks: {total}"
+    );
+    let exited = server.terminate();
+    assert!(exited.status.success(), "{exited:?}");
+}
+
+/// Point 3, per user: an attacker logs in as ONE user on 20 connections,
+/// each pipelining 2,048 shakes it never reads, beside five honest users.
+/// All but `USER_CONNS_MAX` of its connections are closed as it opens
+/// them, so once they are, it is read at most `USER_CONNS_MAX` x
+/// `--conn-qps-max` requests a second, not 20 x (which would pass the
+/// core's `--max-qps`); from then on the honest users get no overload, and
+/// never an error. (Each new connection's first burst is read before its
+/// login reaches the user's home core: that first second may overload.)
+#[test]
+fn many_connections_of_one_user_get_at_most_the_cap_times_the_share() {
+    const ATTACK_CONNS: usize = 20;
+    const HONEST: u32 = 5;
+    const SHARE: u64 = 50;
+    const WINDOW: Duration = Duration::from_secs(3);
+    let server = Spawned::server(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+        "--no-pin",
+        "--quiet",
+        "--envelopes-per-sec",
+        "0",
+        "--conn-qps-max",
+        "50",
+        // 20 connections at their share (1,000/s) would use this up; the
+        // cap leaves the attacker 4 x 50 = 200/s.
+        "--max-qps",
+        "600",
+    ]);
+    let http = server.http.expect("http on");
+    let stop = Arc::new(AtomicBool::new(false));
+    let counting = Arc::new(AtomicBool::new(false));
+    let honest: Vec<_> = (1..=HONEST)
+        .map(|u| {
+            let every = Duration::from_secs(1);
+            honest_user_counting(server.addr, u, every, stop.clone(), counting.clone())
+        })
+        .collect();
+    let pipeline: Vec<u8> = (0..2048).flat_map(|_| shake_request(0)).collect();
+    let mut attackers = Vec::new();
+    for _ in 0..ATTACK_CONNS {
+        let mut s = TcpStream::connect_timeout(&server.addr, IO_TIMEOUT).expect("connect");
+        s.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        s.write_all(&login_request(9999)).expect("login");
+        // A kicked connection may be reset while this is still written.
+        let _ = s.write_all(&pipeline);
+        attackers.push(s);
+    }
+    let kicked = (ATTACK_CONNS - USER_CONNS_MAX) as u64;
+    wait_for(
+        "the attacker's older connections to be closed",
+        WAIT,
+        || (counter(&totals(http), "user_conns_kicked") == kicked).then_some(()),
+    );
+    // From here on only the latest four are read, their bursts spent (the
+    // kicks are counted once their second closed: this is a later one).
+    counting.store(true, Ordering::Relaxed);
+    let before = totals(http);
+    let started = Instant::now();
+    std::thread::sleep(WINDOW);
+    let after = wait_for("a second to close after the window", WAIT, || {
+        let t = totals(http);
+        let n = counter(&t, "shakes");
+        (n > counter(&before, "shakes")).then_some(t)
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    // Counters come per closed second: allow two more seconds of reading,
+    // plus the honest users' shakes (one a second each).
+    let allowed = (USER_CONNS_MAX as u64 * SHARE + u64::from(HONEST)) as f64 * (elapsed + 2.0);
+    let read = counter(&after, "shakes") - counter(&before, "shakes");
+    assert!(
+        (read as f64) < allowed,
+        "{read} shakes read in {elapsed:.1} s: more than {USER_CONNS_MAX} x {SHARE}/s"
+    );
+    assert_eq!(
+        counter(&after, "overload"),
+        counter(&before, "overload"),
+        "the core's ceiling was not reached in the window: {after}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    for h in honest {
+        let (n, overloads) = h.join().expect("honest user");
+        assert!(n >= 1);
+        assert_eq!(overloads, 0, "an honest user got overload answers");
+    }
+    let total = totals(http);
+    assert_eq!(counter(&total, "user_conns_kicked"), kicked, "{total}");
     drop(attackers);
     let exited = server.terminate();
     assert!(exited.status.success(), "{exited:?}");

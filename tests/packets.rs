@@ -21,11 +21,21 @@ const PUSH: u16 = 4;
 const CLAIM_ANSWER: u16 = 6;
 
 fn serve(name: &str, threads: usize) -> (ServerHandle, std::path::PathBuf) {
+    serve_with(name, threads, ServerConfig::default().user_conns_max)
+}
+
+/// As `serve`, letting one user hold `user_conns_max` connections.
+fn serve_with(
+    name: &str,
+    threads: usize,
+    user_conns_max: usize,
+) -> (ServerHandle, std::path::PathBuf) {
     let dir = scratch_dir(name);
     let server = start(&ServerConfig {
         threads: Some(threads),
         no_http: false,
         data_dir: Some(dir.clone()),
+        user_conns_max,
         ..config()
     })
     .unwrap_or_else(|e| panic!("starting the server: {e}"));
@@ -101,9 +111,11 @@ fn a_push_reaches_an_online_user_at_once_and_an_offline_one_at_login() {
 
 #[test]
 fn a_storm_of_repeated_claims_from_many_connections_pays_once() {
-    let (server, dir) = serve("packets-storm", 2);
-    let id = packet(&server, "amount=300&users=5,6,7");
     const CONNS: usize = 16;
+    // One user on 16 connections at once: over the default cap
+    // (`--user-conns-max`), which would close the oldest.
+    let (server, dir) = serve_with("packets-storm", 2, CONNS);
+    let id = packet(&server, "amount=300&users=5,6,7");
     const CLAIMS: usize = 25;
     let barrier = Arc::new(Barrier::new(CONNS));
     let addr = server.addr();

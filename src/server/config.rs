@@ -58,6 +58,16 @@ pub struct ServerConfig {
     #[arg(long, default_value_t = 10)]
     pub conn_qps_max: u64,
 
+    /// Connections one user may hold at once, so a user is read at most
+    /// this x --conn-qps-max requests a second however many connections
+    /// they open (beside each new connection's first burst). A login past it closes the user's OLDEST connection (counted as
+    /// user_conns_kicked), not the new one, so a client reconnecting before
+    /// its old socket timed out gets in. 4 leaves room for the one
+    /// connection the original client holds, a reconnect or two whose old
+    /// socket is not yet gone, and a second device. 0 turns the limit off.
+    #[arg(long, default_value_t = 4)]
+    pub user_conns_max: usize,
+
     /// Shake envelopes generated per second at start (the seed's 200).
     /// 0 starts with no batch; `GET /yaohongbao` starts one later.
     #[arg(long, default_value_t = 200)]

@@ -603,6 +603,7 @@ impl<'a> Launch<'a> {
             settings: HongbaoSettings {
                 shakes_per_sec_max: config.shakes_per_sec_max.div_ceil(threads as u64),
                 mailbox_max: config.mailbox_max,
+                user_conns_max: config.user_conns_max,
                 // Set from the seed chosen in `prepare`.
                 seed: 0,
             },

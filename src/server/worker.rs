@@ -299,6 +299,9 @@ enum Close {
     DrainTimeout,
     /// Answers backed up (unread by the peer) for `--stall-timeout`.
     Stalled,
+    /// The user's oldest connection, closed by a login past
+    /// `--user-conns-max` (the home core asked, `CoreMsg::Kick`).
+    Kicked,
 }
 
 /// A running core.
@@ -597,6 +600,16 @@ impl<S: Service> Worker<S> {
                     );
                 } else {
                     self.counters.push_drops += 1;
+                }
+            }
+            CoreMsg::Kick { to, user } => {
+                // Only if it is still that connection of that user: the
+                // slot may hold a later one, which is left alone.
+                if self
+                    .conn_of(to)
+                    .is_some_and(|c| c.state == SessionState::LoggedIn(user))
+                {
+                    self.close(to.key as usize, Close::Kicked);
                 }
             }
             CoreMsg::ClaimAnswer { to, packet, cents } => {
@@ -910,6 +923,7 @@ impl<S: Service> Worker<S> {
                 self.counters.stalled += 1;
             }
             Close::LoginTimeout => self.counters.login_timeouts += 1,
+            Close::Kicked => self.counters.user_conns_kicked += 1,
             Close::Eof | Close::Peer | Close::BadFrame => {}
         }
         self.counters.closed += 1;

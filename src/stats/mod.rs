@@ -121,6 +121,9 @@ pub struct CoreCounters {
     /// Connections closed because their answers stayed backed up (unread)
     /// for `--stall-timeout`; each is also an eviction.
     pub stalled: u64,
+    /// Connections closed because their user logged in on more than
+    /// `--user-conns-max` connections: the user's oldest, each time.
+    pub user_conns_kicked: u64,
     /// Times a connection was left unread because it was over its share,
     /// `--conn-qps-max` (read again once its bucket refills).
     pub throttled: u64,
@@ -190,6 +193,7 @@ impl_add!(CoreCounters {
     login_timeouts,
     evictions,
     stalled,
+    user_conns_kicked,
     throttled,
     reads_paused,
     accept_fd_exhausted,
