@@ -20,21 +20,19 @@
 use std::io::{self, Read};
 use std::path::Path;
 
-use arbitrary::Arbitrary;
+use arbitrary::{Arbitrary, Unstructured};
 use hongbao::ids::{Cents, EnvelopeId, PacketId, UserId};
 use hongbao::ledger::file::scan_reader;
 use hongbao::ledger::{Books, RECORD_LEN, Record, ScanEnd, ScanError};
 use libfuzzer_sys::fuzz_target;
 
-#[derive(Arbitrary, Debug)]
-struct Input {
-    /// The largest read the reader returns (1 + this % 97 bytes), so that
-    /// records arrive split; and every (2 + `interrupt` % 3)-th read fails
-    /// with `Interrupted` (never when `interrupt` is 0).
-    read_max: u8,
-    interrupt: u8,
-    pieces: Vec<Piece>,
-}
+/// The input: `[mode, read_max, interrupt]`, then the file. Mode even:
+/// the rest is the file's bytes as they are (the seeds are real ledgers);
+/// odd: the rest is read (with `arbitrary`) as pieces to build it from.
+/// The largest read the reader returns is 1 + `read_max` % 97 bytes, so
+/// that records arrive split; every (2 + `interrupt` % 3)-th read fails
+/// with `Interrupted` (never when `interrupt` is 0).
+const HEAD_LEN: usize = 3;
 
 #[derive(Arbitrary, Debug)]
 enum Piece {
@@ -199,8 +197,18 @@ fn state(b: &Books) -> impl PartialEq + std::fmt::Debug {
     )
 }
 
-fuzz_target!(|input: Input| {
-    let bytes = build(&input.pieces);
+fuzz_target!(|data: &[u8]| {
+    let Some((&[mode, read_max, interrupt], rest)) = data.split_first_chunk::<HEAD_LEN>() else {
+        return;
+    };
+    let bytes = if mode % 2 == 0 {
+        rest.to_vec()
+    } else {
+        let Ok(pieces) = Vec::<Piece>::arbitrary_take_rest(Unstructured::new(rest)) else {
+            return;
+        };
+        build(&pieces)
+    };
     let len = bytes.len() as u64;
     let record = RECORD_LEN as u64;
 
@@ -211,11 +219,11 @@ fuzz_target!(|input: Input| {
     let mut chunky_books = Books::with_history();
     let mut chunky = Chunky {
         bytes: &bytes,
-        max: 1 + usize::from(input.read_max % 97),
-        interrupt: if input.interrupt == 0 {
+        max: 1 + usize::from(read_max % 97),
+        interrupt: if interrupt == 0 {
             0
         } else {
-            2 + usize::from(input.interrupt % 3)
+            2 + usize::from(interrupt % 3)
         },
         reads: 0,
     };

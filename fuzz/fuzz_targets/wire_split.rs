@@ -9,7 +9,7 @@
 //! more than the start of one frame held (< `FRAME_LEN_MAX`). No panic.
 #![no_main]
 
-use arbitrary::Arbitrary;
+use arbitrary::{Arbitrary, Unstructured};
 use hongbao::conn::{Carry, FrameStop, LazyBuffers, decode_frames};
 use hongbao::wire::{FRAME_LEN_MAX, Frame};
 use libfuzzer_sys::fuzz_target;
@@ -18,28 +18,34 @@ use libfuzzer_sys::fuzz_target;
 /// how a read ends relative to a frame, which small buffers reach faster.
 const SCRATCH_EXTRA_MAX: usize = 512;
 
+/// How the stream is read: a fixed-size head of the input (read with
+/// `arbitrary`), so that a seed is this head followed by real frames.
 #[derive(Arbitrary, Debug)]
-struct Input {
+struct Plan {
     /// The scratch buffer is `FRAME_LEN_MAX + scratch % SCRATCH_EXTRA_MAX`
     /// bytes: the smallest that always has room after a kept partial frame.
     scratch: u16,
-    /// The handler refuses the frame with this number (0-based), if any.
-    refuse_at: Option<u8>,
-    /// Each read: at most this many bytes (0 counts as 1; a read also stops
-    /// at the buffer's room), and whether the turn ends after it (the rest
-    /// goes back into the connection's buffers).
-    reads: Vec<(u16, bool)>,
-    /// The bytes the peer sends.
-    stream: Vec<u8>,
+    /// The handler refuses the frame with this number (0-based); 255: none.
+    refuse_at: u8,
+    /// Read after read, in turn: at most this many bytes (0: as many as
+    /// the buffer has room for), and whether the turn ends after it (the
+    /// rest goes back into the connection's buffers).
+    reads: [(u8, bool); 16],
 }
 
-fuzz_target!(|input: Input| {
-    let Input {
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let Ok(Plan {
         scratch,
         refuse_at,
         reads,
-        stream,
-    } = input;
+    }) = Plan::arbitrary(&mut u)
+    else {
+        return;
+    };
+    // The bytes the peer sends.
+    let stream = u.take_rest();
+    let refuse_at = (refuse_at != u8::MAX).then_some(refuse_at);
     let refuse = |n: u64| refuse_at.is_some_and(|r| u64::from(r) == n);
 
     // The whole stream at once.
@@ -65,16 +71,17 @@ fuzz_target!(|input: Input| {
     let mut got: Vec<Frame> = Vec::new();
     let mut stop = None;
     let mut sent = 0; // bytes of the stream read so far
-    let mut reads = reads.into_iter();
+    let mut reads = reads.iter().cycle();
     let mut held = 0; // bytes held at the end of the last turn
     'turns: while sent < stream.len() {
         let mut carry = Carry::take(&mut buf, &mut kept);
         assert_eq!(carry.bytes().len(), held, "the kept partial frame comes back whole");
         loop {
-            let (want, end_turn) = reads.next().unwrap_or((u16::MAX, false));
+            let &(want, end_turn) = reads.next().expect("a cycle");
             let room = carry.room();
             assert!(!room.is_empty(), "a kept partial frame leaves room to read");
-            let n = usize::from(want.max(1)).min(room.len()).min(stream.len() - sent);
+            let want = if want == 0 { room.len() } else { usize::from(want) };
+            let n = want.min(room.len()).min(stream.len() - sent);
             room[..n].copy_from_slice(&stream[sent..sent + n]);
             carry.filled(n);
             sent += n;
