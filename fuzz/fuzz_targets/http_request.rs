@@ -24,7 +24,12 @@ fn check_request(req: &Request) {
     let decoded = Request::new(&format!("/?{encoded}"));
     assert_eq!(decoded.params(), req.params(), "pairs encoded again");
     for (k, _) in req.params() {
-        let last = req.params().iter().rev().find(|(k2, _)| k2 == k).map(|(_, v)| v.as_str());
+        let last = req
+            .params()
+            .iter()
+            .rev()
+            .find(|(k2, _)| k2 == k)
+            .map(|(_, v)| v.as_str());
         assert_eq!(req.param(k), last, "a repeated name gives its last value");
     }
 }
@@ -42,7 +47,11 @@ fuzz_target!(|bytes: &[u8]| {
     if !matches!(parsed, Parsed::Partial) {
         let mut longer = bytes.to_vec();
         longer.extend_from_slice(b"GET /more HTTP/1.1\r\n\r\n\x00\xff");
-        assert_eq!(parse(&longer), parsed, "a whole head does not depend on what follows");
+        assert_eq!(
+            parse(&longer),
+            parsed,
+            "a whole head does not depend on what follows"
+        );
     }
     check_request(&Request::new(&String::from_utf8_lossy(bytes)));
 });

@@ -181,7 +181,12 @@ impl Read for Chunky<'_> {
 
 fn scan(bytes: &[u8], books: &mut Books) -> Result<ScanEnd, ScanError> {
     let mut reader = bytes;
-    scan_reader(Path::new("fuzz.log"), &mut reader, bytes.len() as u64, books)
+    scan_reader(
+        Path::new("fuzz.log"),
+        &mut reader,
+        bytes.len() as u64,
+        books,
+    )
 }
 
 /// The books' state, to compare two replays.

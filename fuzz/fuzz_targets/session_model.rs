@@ -103,12 +103,21 @@ enum Op {
 
 #[derive(Arbitrary, Debug)]
 enum ClientFrame {
-    Login { user: u8 },
-    Shake { user: u8 },
+    Login {
+        user: u8,
+    },
+    Shake {
+        user: u8,
+    },
     /// A claim of the packet made `packet`-th (or an unknown one past them).
-    Claim { user: u8, packet: u8 },
+    Claim {
+        user: u8,
+        packet: u8,
+    },
     /// A frame only servers send.
-    Server { cmd: u8 },
+    Server {
+        cmd: u8,
+    },
 }
 
 /// What the model knows of a packet.
@@ -223,7 +232,10 @@ impl World {
             return;
         };
         if now_s >= p.until_s || !p.targets.contains(&user) {
-            assert_eq!(cents, 0, "expired packet or stranger {user} paid on {packet}");
+            assert_eq!(
+                cents, 0,
+                "expired packet or stranger {user} paid on {packet}"
+            );
             return;
         }
         assert!(cents >= 1, "target {user} of live {packet} got 0");
@@ -268,8 +280,12 @@ impl World {
                         assert!(again.is_none(), "{envelope} granted twice");
                     } else {
                         assert!(
-                            [ShakeOutcome::NONE, ShakeOutcome::GONE, ShakeOutcome::OVERLOAD]
-                                .contains(&result),
+                            [
+                                ShakeOutcome::NONE,
+                                ShakeOutcome::GONE,
+                                ShakeOutcome::OVERLOAD
+                            ]
+                            .contains(&result),
                             "{result:?}"
                         );
                         assert_eq!((envelope.0, amount.0), (0, 0));
@@ -296,7 +312,10 @@ impl World {
                     self.channels[from][to].push_back(msg);
                 }
             }
-            assert!(self.fx[from].after_sync.is_empty(), "the ledger is off: nothing waits");
+            assert!(
+                self.fx[from].after_sync.is_empty(),
+                "the ledger is off: nothing waits"
+            );
         }
     }
 
@@ -464,9 +483,12 @@ impl World {
             // Decided and checked when posted; written if the connection
             // is still the same one.
             CoreMsg::ClaimAnswer { .. } => {}
-            msg => {
-                self.services[to].on_message(msg, self.now, &mut self.fx[to], &mut self.counters[to])
-            }
+            msg => self.services[to].on_message(
+                msg,
+                self.now,
+                &mut self.fx[to],
+                &mut self.counters[to],
+            ),
         }
         self.post();
         true
@@ -484,7 +506,10 @@ impl World {
             panic!("a push that is not cmd 4: {push:?}");
         };
         let p = &self.packets[&packet];
-        assert!(p.targets.contains(&user), "{packet} pushed to a stranger {user}");
+        assert!(
+            p.targets.contains(&user),
+            "{packet} pushed to a stranger {user}"
+        );
         assert_eq!((amount.0, claimants as usize), (p.amount, p.targets.len()));
         for (i, u) in users.iter().enumerate() {
             assert_eq!(*u, p.targets.get(i).copied().unwrap_or(UserId(0)));
@@ -538,9 +563,15 @@ impl World {
 
         let claimed = self.sum(|c| c.cents_claimed);
         let refunded = self.sum(|c| c.cents_refunded);
-        assert_eq!(claimed, self.cents_claimed, "counted claims = decided claims");
+        assert_eq!(
+            claimed, self.cents_claimed,
+            "counted claims = decided claims"
+        );
         assert_eq!(self.sum(|c| c.claims_paid), self.claims_paid);
-        assert_eq!(self.sum(|c| c.packets_expired), self.packet_ids.len() as u64);
+        assert_eq!(
+            self.sum(|c| c.packets_expired),
+            self.packet_ids.len() as u64
+        );
         assert_eq!(
             self.packet_cents_restored + claimed + refunded,
             self.packet_cents_issued,
@@ -552,7 +583,10 @@ impl World {
         let mut in_rings = 0;
         for c in 0..self.cores {
             while let Some(e) = self.rings.pop(CoreId(c)) {
-                assert!(!self.granted.contains_key(&e.id), "granted and still in a ring");
+                assert!(
+                    !self.granted.contains_key(&e.id),
+                    "granted and still in a ring"
+                );
                 in_rings += e.amount.0;
             }
         }

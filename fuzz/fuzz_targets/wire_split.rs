@@ -59,10 +59,16 @@ fuzz_target!(|data: &[u8]| {
     });
     assert_eq!(expected.frames, whole.len() as u64);
     if let Some(FrameStop::Refused(_)) = expected.stop {
-        assert!(stream.len() - expected.used >= 2, "a refusal needs the length");
+        assert!(
+            stream.len() - expected.used >= 2,
+            "a refusal needs the length"
+        );
     }
     if expected.stop.is_none() {
-        assert!(stream.len() - expected.used < FRAME_LEN_MAX, "rest is a partial frame");
+        assert!(
+            stream.len() - expected.used < FRAME_LEN_MAX,
+            "rest is a partial frame"
+        );
     }
 
     // The same stream in reads split where the fuzzer says.
@@ -75,12 +81,20 @@ fuzz_target!(|data: &[u8]| {
     let mut held = 0; // bytes held at the end of the last turn
     'turns: while sent < stream.len() {
         let mut carry = Carry::take(&mut buf, &mut kept);
-        assert_eq!(carry.bytes().len(), held, "the kept partial frame comes back whole");
+        assert_eq!(
+            carry.bytes().len(),
+            held,
+            "the kept partial frame comes back whole"
+        );
         loop {
             let &(want, end_turn) = reads.next().expect("a cycle");
             let room = carry.room();
             assert!(!room.is_empty(), "a kept partial frame leaves room to read");
-            let want = if want == 0 { room.len() } else { usize::from(want) };
+            let want = if want == 0 {
+                room.len()
+            } else {
+                usize::from(want)
+            };
             let n = want.min(room.len()).min(stream.len() - sent);
             room[..n].copy_from_slice(&stream[sent..sent + n]);
             carry.filled(n);
@@ -99,7 +113,10 @@ fuzz_target!(|data: &[u8]| {
                 break 'turns;
             }
             held = carry.bytes().len();
-            assert!(held < FRAME_LEN_MAX, "more than a partial frame held: {held}");
+            assert!(
+                held < FRAME_LEN_MAX,
+                "more than a partial frame held: {held}"
+            );
             if end_turn || sent == stream.len() {
                 carry.keep_rest(&mut kept);
                 let has = kept.get().is_some_and(|b| b.has_partial());
@@ -111,6 +128,10 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(got, whole, "the same frames, whatever the reads");
     assert_eq!(stop, expected.stop, "the same stop, whatever the reads");
     if stop.is_none() {
-        assert_eq!(held, stream.len() - expected.used, "the same partial frame left");
+        assert_eq!(
+            held,
+            stream.len() - expected.used,
+            "the same partial frame left"
+        );
     }
 });
