@@ -519,20 +519,32 @@ mod tests {
             at_ms: 1,
         };
         b.apply(generated(0x100000, u64::MAX)).unwrap();
-        assert!(b.apply(generated(0x100001, 1)).is_err(), "cents generated overflow");
+        assert!(
+            b.apply(generated(0x100001, 1)).is_err(),
+            "cents generated overflow"
+        );
         b.apply(created(1, u64::MAX - 1, 2)).unwrap();
         b.apply(target(1, 0, 10)).unwrap();
         b.apply(target(1, 1, 11)).unwrap();
-        assert!(b.apply(created(2, 2, 1)).is_err(), "cents in packets overflow");
+        assert!(
+            b.apply(created(2, 2, 1)).is_err(),
+            "cents in packets overflow"
+        );
         b.apply(claim(1, 10, 5)).unwrap();
         // 5 + (u64::MAX - 3) wraps to 1: it must not pass as a share.
-        assert!(b.apply(claim(1, 11, u64::MAX - 3)).is_err(), "claimed overflow");
+        assert!(
+            b.apply(claim(1, 11, u64::MAX - 3)).is_err(),
+            "claimed overflow"
+        );
         let refund = |cents: u64| Record::Refund {
             id: PacketId(1),
             cents: Cents(cents),
             at_ms: 3,
         };
-        assert!(b.apply(refund(u64::MAX - 3)).is_err(), "claimed + refund overflow");
+        assert!(
+            b.apply(refund(u64::MAX - 3)).is_err(),
+            "claimed + refund overflow"
+        );
         b.apply(refund(u64::MAX - 6)).unwrap();
         assert_eq!(b.totals().cents_claimed, 5);
         b.check_conservation().unwrap();

@@ -258,10 +258,12 @@ fn is_torn_tail(reader: &mut impl Read, bad: u64, valid_len: u64) -> io::Result<
         [] => true,
         // `records` is read from the file: a count too large for the file
         // (its bytes overflow) closes no batch that starts at `valid_len`.
-        [(c, records)] => records
-            .checked_mul(RECORD_LEN as u64)
-            .and_then(|bytes| c.checked_sub(bytes))
-            == Some(valid_len),
+        [(c, records)] => {
+            records
+                .checked_mul(RECORD_LEN as u64)
+                .and_then(|bytes| c.checked_sub(bytes))
+                == Some(valid_len)
+        }
         _ => false,
     })
 }
@@ -415,6 +417,9 @@ mod tests {
         }
         .encode_to(&mut torn);
         let end = scan_bytes(&torn).expect("damage inside the only batch is a torn tail");
-        assert_eq!((end.valid_len, end.torn_bytes()), (0, 2 * RECORD_LEN as u64));
+        assert_eq!(
+            (end.valid_len, end.torn_bytes()),
+            (0, 2 * RECORD_LEN as u64)
+        );
     }
 }
