@@ -169,7 +169,7 @@ struct Chunky<'a> {
 impl Read for Chunky<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.reads += 1;
-        if self.interrupt > 0 && self.reads % self.interrupt == 0 {
+        if self.interrupt > 0 && self.reads.is_multiple_of(self.interrupt) {
             return Err(io::ErrorKind::Interrupted.into());
         }
         let n = buf.len().min(self.max).min(self.bytes.len());

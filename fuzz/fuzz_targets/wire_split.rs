@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The whole stream at once.
     let mut whole = Vec::new();
-    let expected = decode_frames(&stream, |f| {
+    let expected = decode_frames(stream, |f| {
         if refuse(whole.len() as u64) {
             return Err(whole.len() as u64);
         }
