@@ -3,8 +3,6 @@
 
 pub mod audit;
 pub mod clock;
-/// Public for the fuzz targets (`fuzz/`), which feed it reads split where
-/// the fuzzer chooses; the programs are its only users in the crate.
 pub mod conn;
 pub mod demo;
 pub mod durable;
