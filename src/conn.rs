@@ -14,6 +14,9 @@
 //! wake-up stay each loop's own decision); allocate per request once warmed
 //! up (the buffers are allocated when a connection first needs them, then
 //! reused); lock; log; count (the callers keep their own counters).
+//!
+//! Public for the fuzz targets (`fuzz/`), which feed it reads split where
+//! the fuzzer chooses; the programs are its only users in the crate.
 
 use std::io;
 

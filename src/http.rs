@@ -507,7 +507,7 @@ fn reason(status: u16) -> &'static str {
 
 /// What the bytes received so far make.
 #[derive(Debug, PartialEq)]
-enum Parsed {
+pub enum Parsed {
     /// Not a whole request yet.
     Partial,
     /// A whole GET request, for the handler.
@@ -516,8 +516,9 @@ enum Parsed {
     Refused(Response),
 }
 
-/// Parses the request head in `bytes`. Pure, so any input can be tried.
-fn parse(bytes: &[u8]) -> Parsed {
+/// Parses the request head in `bytes`. Pure, so any input can be tried:
+/// public for the HTTP fuzz target (`fuzz/`).
+pub fn parse(bytes: &[u8]) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(bytes) {

@@ -3,7 +3,7 @@
 
 pub mod audit;
 pub mod clock;
-mod conn;
+pub mod conn;
 pub mod demo;
 pub mod durable;
 pub mod flood;

@@ -201,10 +201,17 @@ impl Books {
         if self.outstanding.contains_key(&id) {
             return violation(format!("envelope {id} generated twice"));
         }
+        // Amounts are read from the file: their sum must fit the totals
+        // (every other envelope total is a part of this one).
+        let Some(cents_generated) = self.totals.cents_generated.checked_add(cents.0) else {
+            return violation(format!(
+                "envelope {id} of {cents} overflows the cents generated"
+            ));
+        };
         self.outstanding.insert(id, (cents, at_ms));
         self.envelope_id_max = Some(self.envelope_id_max.map_or(id.0, |m| m.max(id.0)));
         self.totals.envelopes_generated += 1;
-        self.totals.cents_generated += cents.0;
+        self.totals.cents_generated = cents_generated;
         Ok(())
     }
 
@@ -271,6 +278,13 @@ impl Books {
                 "packet {id} of {cents} cannot give each of {claimants} claimants a cent"
             ));
         }
+        // Every other packet total is a part of this one, added when the
+        // last target is read.
+        if self.totals.cents_packets.checked_add(cents.0).is_none() {
+            return violation(format!(
+                "packet {id} of {cents} overflows the cents in packets"
+            ));
+        }
         self.pending = Some(PendingPacket {
             book: PacketBook {
                 id,
@@ -308,16 +322,21 @@ impl Books {
         if cents.0 == 0 {
             return violation(format!("claim of packet {id} by user {user} for 0 cents"));
         }
-        let claimed = p.claimed.0 + cents.0;
         // Every claimant after this one still needs a cent, and the
-        // last takes exactly the rest.
+        // last takes exactly the rest (checked: amounts are read from the
+        // file, and a wrapped sum would pass).
         let after = (p.targets.len() - p.claims.len() - 1) as u64;
-        if claimed + after > p.amount.0 || (after == 0 && claimed != p.amount.0) {
+        let claimed = p.claimed.0.checked_add(cents.0);
+        let fits = claimed.is_some_and(|c| {
+            c.checked_add(after).is_some_and(|need| need <= p.amount.0)
+                && (after > 0 || c == p.amount.0)
+        });
+        let Some(claimed) = claimed.filter(|_| fits) else {
             return violation(format!(
-                "claims of packet {id} reach {claimed} cents of its {} after user {user}",
-                p.amount
+                "claims of packet {id} reach {} + {cents} cents of its {} after user {user}",
+                p.claimed, p.amount
             ));
-        }
+        };
         let p = self.packets.get_mut(&id).expect("checked above");
         p.claims.push((user, cents));
         p.claimed = Cents(claimed);
@@ -337,7 +356,7 @@ impl Books {
                 "refund of packet {id}, which is not live (never created, or refunded already)"
             ));
         };
-        if p.claimed.0 + cents.0 != p.amount.0 || cents.0 == 0 {
+        if p.claimed.0.checked_add(cents.0) != Some(p.amount.0) || cents.0 == 0 {
             return violation(format!(
                 "refund of {cents} for packet {id}: claims {} + refund != amount {}",
                 p.claimed, p.amount
@@ -485,6 +504,50 @@ mod tests {
             cents: Cents(cents),
             at_ms: 2,
         }
+    }
+
+    /// Found by `fuzz/` (ledger_replay): amounts are u64 in the file, and
+    /// sums of them overflowed (a panic in debug builds; in release a
+    /// wrapped claim total passed the check and broke the balance). Each
+    /// is now a violation that leaves the books unchanged.
+    #[test]
+    fn amounts_whose_sums_overflow_are_violations() {
+        let mut b = Books::new();
+        let generated = |id: u32, cents: u64| Record::EnvelopeGenerated {
+            id: EnvelopeId(id),
+            cents: Cents(cents),
+            at_ms: 1,
+        };
+        b.apply(generated(0x100000, u64::MAX)).unwrap();
+        assert!(
+            b.apply(generated(0x100001, 1)).is_err(),
+            "cents generated overflow"
+        );
+        b.apply(created(1, u64::MAX - 1, 2)).unwrap();
+        b.apply(target(1, 0, 10)).unwrap();
+        b.apply(target(1, 1, 11)).unwrap();
+        assert!(
+            b.apply(created(2, 2, 1)).is_err(),
+            "cents in packets overflow"
+        );
+        b.apply(claim(1, 10, 5)).unwrap();
+        // 5 + (u64::MAX - 3) wraps to 1: it must not pass as a share.
+        assert!(
+            b.apply(claim(1, 11, u64::MAX - 3)).is_err(),
+            "claimed overflow"
+        );
+        let refund = |cents: u64| Record::Refund {
+            id: PacketId(1),
+            cents: Cents(cents),
+            at_ms: 3,
+        };
+        assert!(
+            b.apply(refund(u64::MAX - 3)).is_err(),
+            "claimed + refund overflow"
+        );
+        b.apply(refund(u64::MAX - 6)).unwrap();
+        assert_eq!(b.totals().cents_claimed, 5);
+        b.check_conservation().unwrap();
     }
 
     #[test]

@@ -131,15 +131,27 @@ pub fn scan(path: &Path, books: &mut Books) -> Result<ScanEnd, ScanError> {
     };
     let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
     let mut reader = io::BufReader::with_capacity(SCAN_BUFFER_BYTES, &mut file);
+    scan_reader(path, &mut reader, file_len, books)
+}
+
+/// [`scan`] over the ledger's bytes from `reader`, `file_len` of them;
+/// `path` only names the file in errors. Public so that the ledger fuzz
+/// target (`fuzz/`) replays arbitrary bytes without a file.
+pub fn scan_reader(
+    path: &Path,
+    reader: &mut impl Read,
+    file_len: u64,
+    books: &mut Books,
+) -> Result<ScanEnd, ScanError> {
     let mut end = ScanEnd {
         file_len,
         ..ScanEnd::default()
     };
-    let Some((bad, why)) = apply_batches(path, &mut reader, books, &mut end)? else {
+    let Some((bad, why)) = apply_batches(path, reader, books, &mut end)? else {
         // End of file: a partial record or an uncommitted batch is torn.
         return Ok(end);
     };
-    if is_torn_tail(&mut reader, bad, end.valid_len).map_err(|e| io_error(path, e))? {
+    if is_torn_tail(reader, bad, end.valid_len).map_err(|e| io_error(path, e))? {
         Ok(end)
     } else {
         Err(ScanError::Damaged {
@@ -244,7 +256,14 @@ fn is_torn_tail(reader: &mut impl Read, bad: u64, valid_len: u64) -> io::Result<
     }
     Ok(match commits.as_slice() {
         [] => true,
-        [(c, records)] => c.checked_sub(records * RECORD_LEN as u64) == Some(valid_len),
+        // `records` is read from the file: a count too large for the file
+        // (its bytes overflow) closes no batch that starts at `valid_len`.
+        [(c, records)] => {
+            records
+                .checked_mul(RECORD_LEN as u64)
+                .and_then(|bytes| c.checked_sub(bytes))
+                == Some(valid_len)
+        }
         _ => false,
     })
 }
@@ -349,4 +368,58 @@ pub fn open(dir: &Path, books: &mut Books) -> Result<(LedgerFile, ScanEnd), Open
         },
         end,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scan_bytes(bytes: &[u8]) -> Result<ScanEnd, ScanError> {
+        let mut reader = bytes;
+        scan_reader(
+            Path::new("test.log"),
+            &mut reader,
+            bytes.len() as u64,
+            &mut Books::new(),
+        )
+    }
+
+    /// Found by `fuzz/` (ledger_replay): a commit after damage whose record
+    /// count overflowed when turned into bytes (a panic in debug builds, a
+    /// wrapped and possibly matching batch start in release).
+    #[test]
+    fn a_commit_counting_more_records_than_bytes_after_damage_is_damage() {
+        let mut bytes = vec![0u8; RECORD_LEN]; // not a record: bad magic
+        Record::Commit {
+            batch: 1,
+            records: u64::MAX,
+        }
+        .encode_to(&mut bytes);
+        Record::Commit {
+            batch: 1,
+            records: u64::MAX / RECORD_LEN as u64 + 1,
+        }
+        .encode_to(&mut bytes);
+        // One such commit after the damage closes no batch that starts at
+        // the last intact commit, and two are more than a torn batch holds:
+        // either way a synced batch follows the damage.
+        for cut in [2 * RECORD_LEN, 3 * RECORD_LEN] {
+            let got = scan_bytes(&bytes[..cut]);
+            assert!(
+                matches!(got, Err(ScanError::Damaged { offset: 0, .. })),
+                "{cut} bytes: {got:?}"
+            );
+        }
+        let mut torn = vec![0u8; RECORD_LEN];
+        Record::Commit {
+            batch: 1,
+            records: 1,
+        }
+        .encode_to(&mut torn);
+        let end = scan_bytes(&torn).expect("damage inside the only batch is a torn tail");
+        assert_eq!(
+            (end.valid_len, end.torn_bytes()),
+            (0, 2 * RECORD_LEN as u64)
+        );
+    }
 }
