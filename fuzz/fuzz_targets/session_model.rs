@@ -182,6 +182,10 @@ impl World {
             shakes_per_sec_max: u64::from(input.shakes_per_sec % 16),
             mailbox_max: usize::from(input.mailbox % 4),
             seed: input.seed,
+            // Off: the model lets a user hold any number of connections;
+            // the cap's kicks are the core loop's (CoreMsg::Kick), which
+            // this harness does not run.
+            user_conns_max: 0,
         };
         World {
             cores,
