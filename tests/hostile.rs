@@ -598,3 +598,122 @@ fn many_connections_of_one_user_get_at_most_the_cap_times_the_share() {
     let exited = server.terminate();
     assert!(exited.status.success(), "{exited:?}");
 }
+
+/// Point 1, every kind at once: 20 clients pipeline 64 KiB batches that mix
+/// repeated logins, shakes and claims for packets of both cores (reading at
+/// their own pace, half of them ending on a bad frame), while 20 more open,
+/// log in and close connections as fast as they can (presence messages to
+/// the users' home cores). The server's RSS stays within the stated bound
+/// during and after, and an honest user shaking once a second is served
+/// throughout with no overload and no error.
+#[test]
+fn a_mixed_flood_of_logins_shakes_claims_and_bad_frames_keeps_memory_bounded() {
+    const PIPELINERS: u32 = 20;
+    const CHURNERS: u32 = 20;
+    const BATCHES: usize = 20;
+    const CHURNS: usize = 100;
+    /// As for the claim flood: the queues of two cores are a few tens of
+    /// MiB at most (docs/ARCHITECTURE.md, "Bounded queues").
+    const GROWTH_MAX_KIB: u64 = 96 * 1024;
+    let server = Spawned::server(&[
+        "server",
+        "--listen",
+        "127.0.0.1:0",
+        "--http",
+        "127.0.0.1:0",
+        "--threads",
+        "2",
+        "--no-pin",
+        "--quiet",
+        "--envelopes-per-sec",
+        "0",
+        // Read the attackers as fast as they write (the share would hide
+        // the queues), and let each user hold all its churning connections.
+        "--conn-qps-max",
+        "0",
+    ]);
+    let (addr, http) = (server.addr, server.http.expect("http on"));
+    let baseline = rss_kib(server.pid());
+    let stop = Arc::new(AtomicBool::new(false));
+    let honest = honest_user(addr, 7_000_000, Duration::from_secs(1), stop.clone());
+
+    let mut attackers: Vec<std::thread::JoinHandle<()>> = (0..PIPELINERS)
+        .map(|a| {
+            std::thread::spawn(move || {
+                let user = 1_000 + a;
+                let mut c = Client::connect(addr);
+                c.login(user);
+                let mut reader = c.stream.try_clone().expect("clone");
+                let draining = std::thread::spawn(move || {
+                    let mut sink = [0u8; 64 * 1024];
+                    // Until the server closes (a bad frame) or goes quiet.
+                    while matches!(reader.read(&mut sink), Ok(n) if n > 0) {}
+                });
+                let mixed: Vec<u8> = (0..64 * 1024 / 16 / 3)
+                    .flat_map(|i| {
+                        // A repeated login, a shake, a claim of either core.
+                        let claim = claim_request(0x4000_0000 + a * 7919 + i as u32);
+                        [login_request(user), shake_request(user), claim].concat()
+                    })
+                    .collect();
+                for _ in 0..BATCHES {
+                    if c.stream.write_all(&mixed).is_err() {
+                        break;
+                    }
+                }
+                if a % 2 == 0 {
+                    // cmd 99: a counted close of this connection only.
+                    let _ = c.stream.write_all(&util::frame(99, 0, &[0]));
+                }
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                draining.join().expect("drain");
+            })
+        })
+        .collect();
+    attackers.extend((0..CHURNERS).map(|a| {
+        std::thread::spawn(move || {
+            for i in 0..CHURNS {
+                let mut c = Client::connect(addr);
+                c.login(2_000 + a * 1_000 + i as u32 % 4);
+            }
+        })
+    }));
+    let mut peak = baseline;
+    while attackers.iter().any(|t| !t.is_finished()) {
+        peak = peak.max(rss_kib(server.pid()));
+        assert!(
+            peak - baseline < GROWTH_MAX_KIB,
+            "RSS grew from {baseline} KiB to {peak} KiB under the mixed flood"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for t in attackers {
+        t.join().expect("attacker");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (shakes, overloads) = honest.join().expect("honest user");
+    assert!(
+        shakes > 0 && overloads == 0,
+        "honest: {shakes} shakes, {overloads} overloaded"
+    );
+    let total = wait_for("the bad frames to be counted", WAIT, || {
+        let total = totals(http);
+        (counter(&total, "bad_cmd") >= u64::from(PIPELINERS / 2)).then_some(total)
+    });
+    let after = rss_kib(server.pid());
+    eprintln!(
+        "mixed flood: RSS {baseline} KiB before, {peak} KiB peak, {after} KiB after; {} shakes, {} claims, {} logins, {} reads paused",
+        counter(&total, "shakes"),
+        counter(&total, "claims"),
+        counter(&total, "logins"),
+        counter(&total, "reads_paused")
+    );
+    assert!(
+        counter(&total, "claims") > 0 && counter(&total, "shakes") > 0,
+        "the flood was read: {total}"
+    );
+    assert!(
+        after - baseline.min(after) < GROWTH_MAX_KIB,
+        "RSS after the flood {after} KiB, idle {baseline} KiB"
+    );
+}
