@@ -198,27 +198,21 @@ fn quiet_status(http: SocketAddr) -> Value {
 fn status_metrics_and_summary_equal_the_ledger_after_a_clean_stop() {
     let dir = scratch_dir("books");
     let data = dir.join("data").to_str().unwrap().to_string();
-    let server = Spawned::server(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--threads",
-        "2",
-        "--no-pin",
-        "--quiet",
-        "--seed",
-        "7",
-        "--envelopes-per-sec",
-        "0",
-        "--envelope-ttl",
-        "1",
-        "--packet-ttl",
-        "2",
-        "--data-dir",
-        &data,
-    ]);
+    let server = Spawned::on_loopback(
+        2,
+        &[
+            "--seed",
+            "7",
+            "--envelopes-per-sec",
+            "0",
+            "--envelope-ttl",
+            "1",
+            "--packet-ttl",
+            "2",
+            "--data-dir",
+            &data,
+        ],
+    );
     let http = server.http.expect("http on");
     // Bounded batches, so that the run goes quiet: 4,000 envelopes at
     // 2,000/s (more than the users take: some are returned at their ttl)

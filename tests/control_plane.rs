@@ -15,7 +15,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -295,32 +294,22 @@ fn the_flooders_qps_needs_the_token() {
     let dir = util::scratch_dir("control-plane-flood-token");
     let path = token_file(&dir, TOKEN, 0o600);
     let (server, _) = spawn_server(&[]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hongbao"))
-        .args(["flood", "--server", &server.addr.to_string()])
-        .args(["--users", "10", "--phases", "10x60s", "--warmup", "0"])
-        .args(["--threads", "1", "--http", "127.0.0.1:0"])
-        .arg("--control-token-file")
-        .arg(&path)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning hongbao flood");
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut first).expect("reading stderr");
-    let control: SocketAddr = first
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no control address in {first:?}"));
-    let drain = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
+    let (mut child, control, drain) = util::spawn_flood_with_control(&[
+        "--server",
+        &server.addr.to_string(),
+        "--users",
+        "10",
+        "--phases",
+        "10x60s",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--http",
+        "127.0.0.1:0",
+        "--control-token-file",
+        path.to_str().expect("UTF-8"),
+    ]);
     let right = format!("Authorization: Bearer {TOKEN}");
     assert_eq!(get(control, "/qps?qps=20", None).0, 401);
     assert_eq!(

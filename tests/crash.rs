@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use util::{Spawned, http_get, run_to_exit, scratch_dir, shake_and_claim, signal};
+use util::{Spawned, audit_acks, count_acks, http_get, scratch_dir, shake_and_claim, signal};
 
 const CYCLES: usize = 20;
 const USERS: u32 = 16;
@@ -79,36 +79,11 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
     assert!(exited.stdout.contains("summary:"), "{}", exited.stdout);
 
     let acks = acks.lock().unwrap();
-    let grants = acks.iter().filter(|a| a.starts_with("grant")).count();
-    let claims = acks
-        .iter()
-        .filter(|a| a.starts_with("claim") && !a.ends_with(" 0"))
-        .count();
+    let (grants, claims) = count_acks(&acks);
     assert!(
         grants > 0 && claims > 0,
         "the load moved money: {grants} grants, {claims} claims"
     );
     eprintln!("{CYCLES} kills: {grants} grants and {claims} paid claims acknowledged");
-    let log = dir.join("acks.log");
-    std::fs::write(&log, acks.join("\n") + "\n").unwrap();
-    let audit = run_to_exit(&[
-        "audit",
-        "--data-dir",
-        &data,
-        "--ack-log",
-        log.to_str().unwrap(),
-    ]);
-    assert!(
-        audit.status.success(),
-        "audit after {CYCLES} kills: {}\n{}",
-        audit.stdout,
-        audit.stderr
-    );
-    assert!(
-        audit
-            .stdout
-            .contains(&format!("{grants} grants and {claims} paid claims")),
-        "{}",
-        audit.stdout
-    );
+    audit_acks(&data, &acks, &dir.join("acks.log"));
 }

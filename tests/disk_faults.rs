@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use util::{Exited, Spawned, http_get, run_to_exit, scratch_dir, shake_and_claim};
+use util::{Exited, Spawned, audit_acks, count_acks, http_get, scratch_dir, shake_and_claim};
 
 const USERS: u32 = 8;
 
@@ -95,11 +95,7 @@ fn assert_aborted_naming(exited: &Exited, file: &Path, error: &str) {
 /// Restarts on `data` (the ledger replays, a torn tail is cut), stops
 /// cleanly, and audits the ledger against `acks`.
 fn restart_and_audit(data: &str, acks: &[String], dir: &Path) {
-    let grants = acks.iter().filter(|a| a.starts_with("grant")).count();
-    let claims = acks
-        .iter()
-        .filter(|a| a.starts_with("claim") && !a.ends_with(" 0"))
-        .count();
+    let (grants, claims) = count_acks(acks);
     assert!(
         grants > 0 && claims > 0,
         "the load moved money before the fault: {grants} grants, {claims} claims"
@@ -108,28 +104,7 @@ fn restart_and_audit(data: &str, acks: &[String], dir: &Path) {
     let server = Spawned::server(&server_args(data));
     let exited = server.terminate();
     assert!(exited.status.success(), "{exited:?}");
-    let log = dir.join("acks.log");
-    std::fs::write(&log, acks.join("\n") + "\n").unwrap();
-    let audit = run_to_exit(&[
-        "audit",
-        "--data-dir",
-        data,
-        "--ack-log",
-        log.to_str().unwrap(),
-    ]);
-    assert!(
-        audit.status.success(),
-        "audit after the fault: {}\n{}",
-        audit.stdout,
-        audit.stderr
-    );
-    assert!(
-        audit
-            .stdout
-            .contains(&format!("{grants} grants and {claims} paid claims")),
-        "{}",
-        audit.stdout
-    );
+    audit_acks(data, acks, &dir.join("acks.log"));
 }
 
 #[test]

@@ -565,33 +565,24 @@ fn qps_over_http_changes_the_rate_from_the_next_second() {
     // change carries 400, every second before it 200.
     let server = server();
     let json = json_path("qps");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hongbao"))
-        .args(["flood", "--server", &server.addr.to_string()])
-        .args(["--users", "100", "--phases", "200x6s", "--warmup", "0"])
-        .args(["--threads", "1", "--http", "127.0.0.1:0", "--json"])
-        .arg(&json)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawning hongbao flood");
-    // The control address is on the first stderr line.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr piped"));
-    let mut first = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut first).expect("reading stderr");
-    let control: SocketAddr = first
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("no control address in {first:?}"));
-    // Keep draining stderr so the flooder never blocks on it.
-    let drain = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
+    // The control address is on the first stderr line; the rest is drained
+    // so the flooder never blocks on it.
+    let (mut child, control, drain) = util::spawn_flood_with_control(&[
+        "--server",
+        &server.addr.to_string(),
+        "--users",
+        "100",
+        "--phases",
+        "200x6s",
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--http",
+        "127.0.0.1:0",
+        "--json",
+        json.to_str().expect("UTF-8"),
+    ]);
     // Wait until it shakes, then 1.5 s more.
     util::wait_for(
         "the flooder to start shaking",

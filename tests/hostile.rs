@@ -96,25 +96,19 @@ fn a_claim_flood_across_cores_keeps_memory_bounded_and_loses_no_claim() {
     const GROWTH_MAX_KIB: u64 = 96 * 1024;
     let dir = scratch_dir("hostile-claims");
     let data = dir.join("data");
-    let server = Spawned::server(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--threads",
-        "2",
-        "--no-pin",
-        "--quiet",
-        "--envelopes-per-sec",
-        "0",
-        // The attackers must be read as fast as they write, or the
-        // per-connection share would hide the queues this is about.
-        "--conn-qps-max",
-        "0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let server = Spawned::on_loopback(
+        2,
+        &[
+            "--envelopes-per-sec",
+            "0",
+            // The attackers must be read as fast as they write, or the
+            // per-connection share would hide the queues this is about.
+            "--conn-qps-max",
+            "0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+    );
     let http = server.http.expect("http on");
     let users: Vec<String> = (1..=CLIENTS).map(|u| u.to_string()).collect();
     let (status, body) = http_get(
@@ -225,22 +219,16 @@ fn a_claim_flood_across_cores_keeps_memory_bounded_and_loses_no_claim() {
 #[test]
 fn stalled_readers_are_disconnected_and_counted() {
     const STALLERS: usize = 10;
-    let server = Spawned::server(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--threads",
-        "1",
-        "--no-pin",
-        "--quiet",
-        "--envelopes-per-sec",
-        "0",
-        // Read at full speed, so they are over the bound at once.
-        "--conn-qps-max",
-        "0",
-    ]);
+    let server = Spawned::on_loopback(
+        1,
+        &[
+            "--envelopes-per-sec",
+            "0",
+            // Read at full speed, so they are over the bound at once.
+            "--conn-qps-max",
+            "0",
+        ],
+    );
     let http = server.http.expect("http on");
     let stop = Arc::new(AtomicBool::new(false));
     let honest = honest_user(server.addr, 1, Duration::from_secs(1), stop.clone());
@@ -283,27 +271,21 @@ fn stalled_readers_are_disconnected_and_counted() {
 /// counted as stalled.
 #[test]
 fn a_reader_that_stops_below_the_cap_is_disconnected_at_the_stall_timeout() {
-    let server = Spawned::server(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--threads",
-        "1",
-        "--no-pin",
-        "--quiet",
-        "--envelopes-per-sec",
-        "0",
-        "--conn-qps-max",
-        "0",
-        "--outbound-max",
-        "1048576",
-        "--send-buffer",
-        "4096",
-        "--stall-timeout",
-        "0.5",
-    ]);
+    let server = Spawned::on_loopback(
+        1,
+        &[
+            "--envelopes-per-sec",
+            "0",
+            "--conn-qps-max",
+            "0",
+            "--outbound-max",
+            "1048576",
+            "--send-buffer",
+            "4096",
+            "--stall-timeout",
+            "0.5",
+        ],
+    );
     let http = server.http.expect("http on");
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
     socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
@@ -350,24 +332,18 @@ fn a_reader_that_stops_below_the_cap_is_disconnected_at_the_stall_timeout() {
 fn pipelining_attackers_are_throttled_while_honest_users_are_served() {
     const ATTACKERS: usize = 200;
     const HONEST: u32 = 5;
-    let server = Spawned::server(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--threads",
-        "1",
-        "--no-pin",
-        "--quiet",
-        "--envelopes-per-sec",
-        "0",
-        // Without per-connection shares, 200 pipelines of 2,048 shakes use
-        // this up at once; with the default share (10/s after a burst of
-        // 32) they take at most 6,400 in their first second, 2,000/s after.
-        "--max-qps",
-        "10000",
-    ]);
+    let server = Spawned::on_loopback(
+        1,
+        &[
+            "--envelopes-per-sec",
+            "0",
+            // Without per-connection shares, 200 pipelines of 2,048 shakes use
+            // this up at once; with the default share (10/s after a burst of
+            // 32) they take at most 6,400 in their first second, 2,000/s after.
+            "--max-qps",
+            "10000",
+        ],
+    );
     let http = server.http.expect("http on");
     let stop = Arc::new(AtomicBool::new(false));
     let honest: Vec<_> = (1..=HONEST)
@@ -441,19 +417,7 @@ fn closed_by_server(c: &mut Client) -> bool {
 fn a_user_over_the_connection_cap_keeps_only_the_latest_connections() {
     const CONNS: usize = USER_CONNS_MAX + 3;
     const USER: u32 = 77;
-    let server = Spawned::server(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--threads",
-        "2",
-        "--no-pin",
-        "--quiet",
-        "--envelopes-per-sec",
-        "0",
-    ]);
+    let server = Spawned::on_loopback(2, &["--envelopes-per-sec", "0"]);
     let http = server.http.expect("http on");
     let mut conns: Vec<Client> = (0..CONNS)
         .map(|_| {
@@ -517,25 +481,19 @@ fn many_connections_of_one_user_get_at_most_the_cap_times_the_share() {
     const HONEST: u32 = 5;
     const SHARE: u64 = 50;
     const WINDOW: Duration = Duration::from_secs(3);
-    let server = Spawned::server(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--threads",
-        "2",
-        "--no-pin",
-        "--quiet",
-        "--envelopes-per-sec",
-        "0",
-        "--conn-qps-max",
-        "50",
-        // 20 connections at their share (1,000/s) would use this up; the
-        // cap leaves the attacker 4 x 50 = 200/s.
-        "--max-qps",
-        "600",
-    ]);
+    let server = Spawned::on_loopback(
+        2,
+        &[
+            "--envelopes-per-sec",
+            "0",
+            "--conn-qps-max",
+            "50",
+            // 20 connections at their share (1,000/s) would use this up; the
+            // cap leaves the attacker 4 x 50 = 200/s.
+            "--max-qps",
+            "600",
+        ],
+    );
     let http = server.http.expect("http on");
     let stop = Arc::new(AtomicBool::new(false));
     let counting = Arc::new(AtomicBool::new(false));
@@ -615,23 +573,17 @@ fn a_mixed_flood_of_logins_shakes_claims_and_bad_frames_keeps_memory_bounded() {
     /// As for the claim flood: the queues of two cores are a few tens of
     /// MiB at most (docs/ARCHITECTURE.md, "Bounded queues").
     const GROWTH_MAX_KIB: u64 = 96 * 1024;
-    let server = Spawned::server(&[
-        "server",
-        "--listen",
-        "127.0.0.1:0",
-        "--http",
-        "127.0.0.1:0",
-        "--threads",
-        "2",
-        "--no-pin",
-        "--quiet",
-        "--envelopes-per-sec",
-        "0",
-        // Read the attackers as fast as they write (the share would hide
-        // the queues), and let each user hold all its churning connections.
-        "--conn-qps-max",
-        "0",
-    ]);
+    let server = Spawned::on_loopback(
+        2,
+        &[
+            "--envelopes-per-sec",
+            "0",
+            // Read the attackers as fast as they write (the share would hide
+            // the queues), and let each user hold all its churning connections.
+            "--conn-qps-max",
+            "0",
+        ],
+    );
     let (addr, http) = (server.addr, server.http.expect("http on"));
     let baseline = rss_kib(server.pid());
     let stop = Arc::new(AtomicBool::new(false));

@@ -329,6 +329,76 @@ pub fn http_get_text(addr: SocketAddr, target: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
+/// The acknowledgements in `acks` (the flooder's `--ack-log` lines): grants,
+/// and claims that paid.
+pub fn count_acks(acks: &[String]) -> (usize, usize) {
+    let grants = acks.iter().filter(|a| a.starts_with("grant")).count();
+    let claims = acks
+        .iter()
+        .filter(|a| a.starts_with("claim") && !a.ends_with(" 0"))
+        .count();
+    (grants, claims)
+}
+
+/// Writes `acks` to `log` and runs `hongbao audit --ack-log` on the ledger
+/// in `data`: it must pass and find every one of them.
+#[track_caller]
+pub fn audit_acks(data: &str, acks: &[String], log: &std::path::Path) {
+    let (grants, claims) = count_acks(acks);
+    std::fs::write(log, acks.join("\n") + "\n").expect("writing the ack log");
+    let audit = run_to_exit(&[
+        "audit",
+        "--data-dir",
+        data,
+        "--ack-log",
+        log.to_str().expect("UTF-8"),
+    ]);
+    assert!(
+        audit.status.success(),
+        "audit: {}\n{}",
+        audit.stdout,
+        audit.stderr
+    );
+    assert!(
+        audit
+            .stdout
+            .contains(&format!("{grants} grants and {claims} paid claims")),
+        "{}",
+        audit.stdout
+    );
+}
+
+/// A flooder started with `hongbao flood ARGS` (stdout discarded), its HTTP
+/// control address (from its first stderr line) and a thread draining the
+/// rest of its stderr, so that it never blocks on a full pipe.
+#[track_caller]
+pub fn spawn_flood_with_control(args: &[&str]) -> (Child, SocketAddr, JoinHandle<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hongbao"))
+        .arg("flood")
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning hongbao flood");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr piped"));
+    let mut first = String::new();
+    stderr.read_line(&mut first).expect("reading stderr");
+    let control: SocketAddr = first
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no control address in {first:?}"));
+    let drain = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    (child, control, drain)
+}
+
 /// One user's closed loop against a server: log in, shake, read until the
 /// shake's answer, claim every packet pushed meanwhile; again until `stop`
 /// is set (then it reads out the answers to its last claims) or the server
@@ -489,6 +559,26 @@ impl Spawned {
     #[track_caller]
     pub fn server(args: &[&str]) -> Spawned {
         Spawned::start(hongbao_command(args), args)
+    }
+
+    /// `hongbao server` on 127.0.0.1 (data and HTTP control on ephemeral
+    /// ports), `threads` unpinned workers, quiet, then `args`.
+    #[track_caller]
+    pub fn on_loopback(threads: u32, args: &[&str]) -> Spawned {
+        let threads = threads.to_string();
+        let mut all = vec![
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--threads",
+            &threads,
+            "--no-pin",
+            "--quiet",
+        ];
+        all.extend_from_slice(args);
+        Spawned::server(&all)
     }
 
     /// Like [`Spawned::server`], with the open-file limit (soft and hard)
