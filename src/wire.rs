@@ -56,6 +56,21 @@ pub mod cmd {
 
 /// The total frame length each v1 command must have, indexed by cmd.
 pub const FRAME_LEN_BY_CMD: [usize; 7] = [16, 20, 16, 28, 36, 20, 20];
+
+/// The size of every frame of `cmd`, the signed login's included; `None`
+/// for a cmd this protocol does not have. The one table the decoder and
+/// [`Frame::len`] read, so a new cmd is sized in one place.
+#[inline]
+pub const fn frame_len(cmd: u16) -> Option<usize> {
+    if cmd == cmd::SIGNED_LOGIN_REQUEST {
+        return Some(SIGNED_LOGIN_LEN);
+    }
+    if (cmd as usize) < FRAME_LEN_BY_CMD.len() {
+        Some(FRAME_LEN_BY_CMD[cmd as usize])
+    } else {
+        None
+    }
+}
 /// The signed login's length: header and token, the original's 44-byte
 /// maximum exactly.
 pub const SIGNED_LOGIN_LEN: usize = HEADER_LEN + TOKEN_LEN;
@@ -210,10 +225,8 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
         return Err(DecodeError::Incomplete);
     }
     let cmd = be16(buf, 2);
-    let expected = match FRAME_LEN_BY_CMD.get(usize::from(cmd)) {
-        Some(&expected) => expected,
-        None if cmd == cmd::SIGNED_LOGIN_REQUEST => SIGNED_LOGIN_LEN,
-        None => return Err(DecodeError::UnknownCmd(cmd)),
+    let Some(expected) = frame_len(cmd) else {
+        return Err(DecodeError::UnknownCmd(cmd));
     };
     let len = usize::from(length);
     if len != expected {
@@ -286,9 +299,9 @@ impl Frame {
 
     /// Bytes this frame takes on the wire.
     pub fn len(&self) -> usize {
-        match self {
-            Frame::SignedLogin { .. } => SIGNED_LOGIN_LEN,
-            _ => FRAME_LEN_BY_CMD[usize::from(self.cmd())],
+        match frame_len(self.cmd()) {
+            Some(len) => len,
+            None => unreachable!("every Frame variant has a cmd of this protocol"),
         }
     }
 

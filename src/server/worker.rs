@@ -827,6 +827,13 @@ impl<S: Service> Worker<S> {
             .wrapping_add(self.limits.login_timeout.as_millis() as u32)
     }
 
+    /// A deadline one stall timeout from now: for a connection whose answers
+    /// are backed up, renewed while the peer takes any of them.
+    fn stall_deadline_ms(&self) -> u32 {
+        self.now_ms()
+            .wrapping_add(self.limits.stall_timeout.as_millis() as u32)
+    }
+
     fn accept_all(&mut self) {
         if self.accept_paused_until.is_some() {
             return;
@@ -1151,18 +1158,14 @@ impl<S: Service> Worker<S> {
         if sent.written > 0 && sent.was_pending && sent.is_pending() {
             // The peer reads, if slowly: a stalled reader is one that takes
             // nothing for --stall-timeout.
+            let stall_deadline = self.stall_deadline_ms();
             let conn = &mut self.conns[key];
             if conn
                 .buffers
                 .get()
                 .is_some_and(|b| b.extra.writable && !b.extra.read_closed)
             {
-                conn.deadline_ms = self
-                    .now
-                    .duration_since(self.epoch)
-                    .as_millis()
-                    .wrapping_add(self.limits.stall_timeout.as_millis())
-                    as u32;
+                conn.deadline_ms = stall_deadline;
             }
         }
         match (sent.was_pending, sent.is_pending()) {
@@ -1179,9 +1182,7 @@ impl<S: Service> Worker<S> {
     /// Asks for `WRITABLE` only while output waits: left on, every ACK that
     /// frees send space would wake the loop for nothing.
     fn want_writable(&mut self, key: usize, pending: bool) -> Result<(), Close> {
-        let stall_deadline = self
-            .now_ms()
-            .wrapping_add(self.limits.stall_timeout.as_millis() as u32);
+        let stall_deadline = self.stall_deadline_ms();
         let conn = &mut self.conns[key];
         let was_timed = conn.is_timed();
         let Conn {
