@@ -614,12 +614,18 @@ impl<S: Service> Worker<S> {
             }
             CoreMsg::ClaimAnswer { to, packet, cents } => {
                 self.fx.claims_away = self.fx.claims_away.saturating_sub(1);
-                if let Some(c) = self.conns.get_mut(to.key as usize)
-                    && c.serial == to.serial
-                {
+                // One lookup: the claim is no longer away, and its answer
+                // goes out, if the connection is still the one that sent it.
+                if let Some(c) = self.conn_of_mut(to) {
                     c.claims_away = c.claims_away.saturating_sub(1);
+                    self.write_frame(
+                        to.key as usize,
+                        Frame::ClaimResponse {
+                            packet,
+                            amount: cents,
+                        },
+                    );
                 }
-                self.answer_claim(to, packet, cents);
             }
             msg => self
                 .service
@@ -631,6 +637,13 @@ impl<S: Service> Worker<S> {
     fn conn_of(&self, addr: ConnAddr) -> Option<&Conn> {
         self.conns
             .get(addr.key as usize)
+            .filter(|c| c.serial == addr.serial)
+    }
+
+    /// As `conn_of`, to change it.
+    fn conn_of_mut(&mut self, addr: ConnAddr) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(addr.key as usize)
             .filter(|c| c.serial == addr.serial)
     }
 
