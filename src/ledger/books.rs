@@ -55,6 +55,21 @@ pub struct Totals {
     pub refunds: u64,
     /// Their cents.
     pub cents_refunded: u64,
+    /// Cluster mode: packets this node created in the engine.
+    pub cluster_packets_created: u64,
+    /// Their cents.
+    pub cents_cluster_packets: u64,
+    /// Cluster mode: paid claims this node acknowledged (mirrors of the
+    /// engine's; their packets may come from any node).
+    pub cluster_claims: u64,
+    /// Their cents.
+    pub cents_cluster_claimed: u64,
+    /// Cluster mode: refunds the engine made of this node's packets.
+    pub cluster_refunds: u64,
+    /// Their cents.
+    pub cents_cluster_refunded: u64,
+    /// Cluster mode: envelopes this node leased from the fleet's budget.
+    pub envelopes_leased: u64,
 }
 
 /// A packet as the books know it.
@@ -91,6 +106,29 @@ pub struct Outstanding {
 struct PendingPacket {
     book: PacketBook,
     claimants: u16,
+    /// Created in the cluster's engine (its claims are mirrors).
+    cluster: bool,
+}
+
+/// Cluster mode: a packet this node created in the engine, as its own
+/// ledger knows it. Its claims are decided in the engine and mirrored on
+/// whichever node acknowledged them, so only the fleet's audit can add it
+/// up; a node's books check what one ledger can: a refund once, no more
+/// than the amount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterPacketBook {
+    /// Its id.
+    pub id: PacketId,
+    /// Its amount.
+    pub amount: Cents,
+    /// Its targets, in order.
+    pub targets: Vec<UserId>,
+    /// When it was created, Unix milliseconds.
+    pub created_ms: u64,
+    /// When it expires, Unix seconds.
+    pub until_s: u32,
+    /// The engine's refund of it, once made.
+    pub refunded: Option<Cents>,
 }
 
 /// The state every record so far adds up to.
@@ -100,6 +138,12 @@ pub struct Books {
     packets: HashMap<PacketId, PacketBook>,
     /// Packets refunded: no claim or refund may follow.
     closed: HashSet<PacketId>,
+    /// Cluster mode: the packets this node created in the engine.
+    cluster_packets: HashMap<PacketId, ClusterPacketBook>,
+    /// Cluster mode: the claims this node mirrored, (packet, user) -> cents.
+    cluster_claims: HashMap<(PacketId, UserId), Cents>,
+    /// Cluster mode: envelopes leased per budget epoch.
+    leases: HashMap<u32, u64>,
     pending: Option<PendingPacket>,
     totals: Totals,
     envelope_id_max: Option<u32>,
@@ -185,7 +229,101 @@ impl Books {
             } => self.claim(id, user, cents),
             Record::Refund { id, cents, .. } => self.refund(id, cents),
             Record::Commit { .. } => violation("a commit record reached the books".to_string()),
+            Record::ClusterPacketCreated {
+                id,
+                cents,
+                claimants,
+                at_ms,
+                until_s,
+            } => {
+                self.create_packet(id, cents, claimants, at_ms, until_s)?;
+                if let Some(p) = &mut self.pending {
+                    p.cluster = true;
+                }
+                Ok(())
+            }
+            Record::ClusterClaim {
+                id, user, cents, ..
+            } => self.mirror_claim(id, user, cents),
+            Record::ClusterRefund { id, cents, .. } => self.cluster_refund(id, cents),
+            Record::Lease {
+                epoch, envelopes, ..
+            } => {
+                let Some(leased) = self.totals.envelopes_leased.checked_add(envelopes) else {
+                    return violation(format!(
+                        "lease of {envelopes} envelopes (epoch {epoch}) overflows the envelopes leased"
+                    ));
+                };
+                self.totals.envelopes_leased = leased;
+                *self.leases.entry(epoch).or_default() += envelopes;
+                Ok(())
+            }
         }
+    }
+
+    /// Cluster mode: a claim the engine paid and this node acknowledged.
+    /// One ledger can check that it is a claim of at least a cent, mirrored
+    /// once per user and packet, and, for a packet of this node's, by one
+    /// of its targets and within its amount; the rest is the fleet audit's.
+    fn mirror_claim(&mut self, id: PacketId, user: UserId, cents: Cents) -> Result<(), Violation> {
+        if cents.0 == 0 {
+            return violation(format!(
+                "mirrored claim of packet {id} by user {user} for 0 cents"
+            ));
+        }
+        if self.cluster_claims.contains_key(&(id, user)) {
+            return violation(format!(
+                "user {user}'s claim of packet {id} mirrored a second time"
+            ));
+        }
+        if let Some(p) = self.cluster_packets.get(&id) {
+            if !p.targets.contains(&user) {
+                return violation(format!(
+                    "mirrored claim of packet {id} by user {user}, who is not one of its targets"
+                ));
+            }
+            if cents > p.amount {
+                return violation(format!(
+                    "mirrored claim of packet {id} by user {user} for {cents}, more than its {}",
+                    p.amount
+                ));
+            }
+        }
+        let Some(claimed) = self.totals.cents_cluster_claimed.checked_add(cents.0) else {
+            return violation(format!(
+                "mirrored claim of packet {id} overflows the cents claimed"
+            ));
+        };
+        self.cluster_claims.insert((id, user), cents);
+        if let Some(h) = &mut self.history {
+            h.claims.insert((id, user), cents);
+        }
+        self.totals.cluster_claims += 1;
+        self.totals.cents_cluster_claimed = claimed;
+        Ok(())
+    }
+
+    /// Cluster mode: the engine refunded one of this node's packets: once,
+    /// for at most its amount.
+    fn cluster_refund(&mut self, id: PacketId, cents: Cents) -> Result<(), Violation> {
+        let Some(p) = self.cluster_packets.get_mut(&id) else {
+            return violation(format!(
+                "cluster refund of packet {id}, which this node never created"
+            ));
+        };
+        if p.refunded.is_some() {
+            return violation(format!("cluster packet {id} refunded a second time"));
+        }
+        if cents > p.amount {
+            return violation(format!(
+                "cluster refund of {cents} for packet {id} of {}",
+                p.amount
+            ));
+        }
+        p.refunded = Some(cents);
+        self.totals.cluster_refunds += 1;
+        self.totals.cents_cluster_refunded += cents.0;
+        Ok(())
     }
 
     /// An envelope generated: money enters.
@@ -265,7 +403,10 @@ impl Books {
         at_ms: u64,
         until_s: u32,
     ) -> Result<(), Violation> {
-        if self.packets.contains_key(&id) || self.closed.contains(&id) {
+        if self.packets.contains_key(&id)
+            || self.closed.contains(&id)
+            || self.cluster_packets.contains_key(&id)
+        {
             return violation(format!("packet {id} created twice"));
         }
         if !(1..=CLAIMANTS_MAX).contains(&claimants) {
@@ -296,6 +437,7 @@ impl Books {
                 until_s,
             },
             claimants,
+            cluster: false,
         });
         Ok(())
     }
@@ -386,8 +528,26 @@ impl Books {
         }
         p.book.targets.push(user);
         if p.book.targets.len() == usize::from(p.claimants) {
-            let p = self.pending.take().expect("pending above").book;
+            let PendingPacket {
+                book: p, cluster, ..
+            } = self.pending.take().expect("pending above");
             self.packet_id_max = Some(self.packet_id_max.map_or(p.id.0, |m| m.max(p.id.0)));
+            if cluster {
+                self.totals.cluster_packets_created += 1;
+                self.totals.cents_cluster_packets += p.amount.0;
+                self.cluster_packets.insert(
+                    p.id,
+                    ClusterPacketBook {
+                        id: p.id,
+                        amount: p.amount,
+                        targets: p.targets,
+                        created_ms: p.created_ms,
+                        until_s: p.until_s,
+                        refunded: None,
+                    },
+                );
+                return Ok(());
+            }
             self.totals.packets_created += 1;
             self.totals.cents_packets += p.amount.0;
             self.packets.insert(p.id, p);
@@ -435,6 +595,21 @@ impl Books {
             ));
         }
         Ok(())
+    }
+
+    /// Cluster mode: the packets this node created in the engine, by id.
+    pub fn cluster_packets(&self) -> &HashMap<PacketId, ClusterPacketBook> {
+        &self.cluster_packets
+    }
+
+    /// Cluster mode: the claims this node mirrored, (packet, user) -> cents.
+    pub fn cluster_claims(&self) -> &HashMap<(PacketId, UserId), Cents> {
+        &self.cluster_claims
+    }
+
+    /// Cluster mode: envelopes leased per budget epoch.
+    pub fn leases(&self) -> &HashMap<u32, u64> {
+        &self.leases
     }
 
     /// Envelopes outstanding, oldest id first.

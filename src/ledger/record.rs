@@ -8,10 +8,10 @@
 //! | 0 | 4 | magic | `HBL1` |
 //! | 4 | 1 | kind | see [`Record`] |
 //! | 5 | 1 | reserved | 0 |
-//! | 6 | 2 | index | claimant count (packet created), target index (packet target) |
-//! | 8 | 4 | id | envelope or packet id; batch number (commit) |
+//! | 6 | 2 | index | claimant count (packet created, cluster packet created), target index (packet target) |
+//! | 8 | 4 | id | envelope or packet id; batch number (commit); budget epoch (lease) |
 //! | 12 | 4 | user | the user money moved to (grant, claim), a packet's target |
-//! | 16 | 8 | cents | the amount; records in the batch (commit) |
+//! | 16 | 8 | cents | the amount; records in the batch (commit); envelopes (lease) |
 //! | 24 | 8 | at_ms | wall clock, Unix milliseconds, when the record was made |
 //! | 32 | 4 | until_s | a packet's expiry, Unix seconds (packet created) |
 //! | 36 | 4 | crc | CRC32 (IEEE) of bytes 0..36 |
@@ -35,6 +35,10 @@ const KIND_PACKET_TARGET: u8 = 5;
 const KIND_CLAIM: u8 = 6;
 const KIND_REFUND: u8 = 7;
 const KIND_COMMIT: u8 = 8;
+const KIND_CLUSTER_PACKET_CREATED: u8 = 9;
+const KIND_CLUSTER_CLAIM: u8 = 10;
+const KIND_CLUSTER_REFUND: u8 = 11;
+const KIND_LEASE: u8 = 12;
 
 /// A movement of money, or the end of a group commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -111,6 +115,56 @@ pub enum Record {
         /// When.
         at_ms: u64,
     },
+    /// Cluster mode: this node created a packet in the engine (recorded
+    /// before the engine call); its targets follow at once as
+    /// [`Record::PacketTarget`] records. Its claims are decided in the
+    /// engine and mirrored, on whichever node acknowledged them, as
+    /// [`Record::ClusterClaim`].
+    ClusterPacketCreated {
+        /// The packet (unique across the fleet: reserved from the engine).
+        id: PacketId,
+        /// Its amount, at least one cent per claimant.
+        cents: Cents,
+        /// How many users may claim it (1..=100).
+        claimants: u16,
+        /// When.
+        at_ms: u64,
+        /// When it expires and its remainder is refunded, Unix seconds.
+        until_s: u32,
+    },
+    /// Cluster mode: the mirror of a paid claim the engine decided and this
+    /// node acknowledged (the packet may have been created on another node).
+    ClusterClaim {
+        /// The packet.
+        id: PacketId,
+        /// Who claimed.
+        user: UserId,
+        /// Their share as the engine paid it.
+        cents: Cents,
+        /// When.
+        at_ms: u64,
+    },
+    /// Cluster mode: the engine refunded the unclaimed remainder of a packet
+    /// this node created, once, at its expiry.
+    ClusterRefund {
+        /// The packet.
+        id: PacketId,
+        /// The remainder.
+        cents: Cents,
+        /// When.
+        at_ms: u64,
+    },
+    /// Cluster mode: envelopes this node leased from the fleet's budget
+    /// (epoch = the `/yaohongbao` batch it belongs to); the node generates
+    /// no more envelopes than it leased.
+    Lease {
+        /// The budget's epoch.
+        epoch: u32,
+        /// Envelopes leased.
+        envelopes: u64,
+        /// When.
+        at_ms: u64,
+    },
     /// Ends one group commit: `records` records (this one excluded) were
     /// written with it and made durable by one sync.
     Commit {
@@ -180,6 +234,35 @@ impl Record {
             } => (KIND_CLAIM, 0, id.0, user.0, cents.0, at_ms, 0),
             Record::Refund { id, cents, at_ms } => (KIND_REFUND, 0, id.0, 0, cents.0, at_ms, 0),
             Record::Commit { batch, records } => (KIND_COMMIT, 0, batch, 0, records, 0, 0),
+            Record::ClusterPacketCreated {
+                id,
+                cents,
+                claimants,
+                at_ms,
+                until_s,
+            } => (
+                KIND_CLUSTER_PACKET_CREATED,
+                claimants,
+                id.0,
+                0,
+                cents.0,
+                at_ms,
+                until_s,
+            ),
+            Record::ClusterClaim {
+                id,
+                user,
+                cents,
+                at_ms,
+            } => (KIND_CLUSTER_CLAIM, 0, id.0, user.0, cents.0, at_ms, 0),
+            Record::ClusterRefund { id, cents, at_ms } => {
+                (KIND_CLUSTER_REFUND, 0, id.0, 0, cents.0, at_ms, 0)
+            }
+            Record::Lease {
+                epoch,
+                envelopes,
+                at_ms,
+            } => (KIND_LEASE, 0, epoch, 0, envelopes, at_ms, 0),
         };
         out[0..4].copy_from_slice(&MAGIC);
         out[4] = kind;
@@ -291,14 +374,51 @@ impl Fields {
                     at_ms: self.at_ms,
                 }
             }
-            KIND_PACKET_CREATED => {
+            KIND_PACKET_CREATED | KIND_CLUSTER_PACKET_CREATED => {
                 self.unused(&[Field::User])?;
-                Record::PacketCreated {
+                let (id, cents, claimants) = (PacketId(self.id), Cents(self.cents), self.index);
+                let (at_ms, until_s) = (self.at_ms, self.until_s);
+                if kind == KIND_PACKET_CREATED {
+                    Record::PacketCreated {
+                        id,
+                        cents,
+                        claimants,
+                        at_ms,
+                        until_s,
+                    }
+                } else {
+                    Record::ClusterPacketCreated {
+                        id,
+                        cents,
+                        claimants,
+                        at_ms,
+                        until_s,
+                    }
+                }
+            }
+            KIND_CLUSTER_CLAIM => {
+                self.unused(&[Field::Index, Field::UntilS])?;
+                Record::ClusterClaim {
+                    id: PacketId(self.id),
+                    user: UserId(self.user),
+                    cents: Cents(self.cents),
+                    at_ms: self.at_ms,
+                }
+            }
+            KIND_CLUSTER_REFUND => {
+                self.unused(&[Field::Index, Field::User, Field::UntilS])?;
+                Record::ClusterRefund {
                     id: PacketId(self.id),
                     cents: Cents(self.cents),
-                    claimants: self.index,
                     at_ms: self.at_ms,
-                    until_s: self.until_s,
+                }
+            }
+            KIND_LEASE => {
+                self.unused(&[Field::Index, Field::User, Field::UntilS])?;
+                Record::Lease {
+                    epoch: self.id,
+                    envelopes: self.cents,
+                    at_ms: self.at_ms,
                 }
             }
             KIND_PACKET_TARGET => {
@@ -346,7 +466,7 @@ mod tests {
 
     fn any_record() -> impl Strategy<Value = Record> {
         (
-            0u8..8,
+            0u8..12,
             any::<u32>(),
             any::<u32>(),
             any::<u64>(),
@@ -392,6 +512,29 @@ mod tests {
                 6 => Record::Refund {
                     id: PacketId(id),
                     cents: Cents(cents),
+                    at_ms,
+                },
+                7 => Record::ClusterPacketCreated {
+                    id: PacketId(id),
+                    cents: Cents(cents),
+                    claimants: index,
+                    at_ms,
+                    until_s,
+                },
+                8 => Record::ClusterClaim {
+                    id: PacketId(id),
+                    user: UserId(user),
+                    cents: Cents(cents),
+                    at_ms,
+                },
+                9 => Record::ClusterRefund {
+                    id: PacketId(id),
+                    cents: Cents(cents),
+                    at_ms,
+                },
+                10 => Record::Lease {
+                    epoch: id,
+                    envelopes: cents,
                     at_ms,
                 },
                 _ => Record::Commit {
