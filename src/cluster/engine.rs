@@ -436,7 +436,10 @@ impl Engine {
     }
 
     /// Decides a batch of claims (hb_claim each), pipelined: one round trip
-    /// per primary involved. Answers in the batch's order.
+    /// per primary involved. Answers in the batch's order. An error is the
+    /// whole batch's, though some of its claims may have been decided:
+    /// none of them may be answered "paid", and retrying them is safe (a
+    /// decided one comes back as a repeat with the same cents).
     pub fn claims(&mut self, batch: &[ClaimReq]) -> Result<Vec<ClaimOutcome>, EngineError> {
         if batch.is_empty() {
             return Ok(Vec::new());
@@ -711,6 +714,25 @@ impl Engine {
             ));
         }
         self.ensure_group(node)?;
+        let read = self.read_group(node, consumer, block, count);
+        if let Err(EngineError::Script(e)) = &read
+            && e.contains("NOGROUP")
+        {
+            // The stream or its group is gone (a failover before they
+            // reached the replica): made again on the next call.
+            self.groups.remove(&node);
+            return Err(EngineError::Unavailable(e.clone()));
+        }
+        read
+    }
+
+    fn read_group(
+        &mut self,
+        node: u32,
+        consumer: &str,
+        block: Duration,
+        count: usize,
+    ) -> Result<Vec<StreamPush>, EngineError> {
         let key = keys::push_stream(node);
         let cursor = self
             .cursors
