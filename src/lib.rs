@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod clock;
+pub mod cluster;
 pub mod conn;
 pub mod demo;
 pub mod durable;

@@ -34,7 +34,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         ],
     ),
     ("data", &["stats", "ledger", "ring", "conn"]),
-    ("contracts", &["seconds", "mesh", "packets", "durable"]),
+    (
+        "contracts",
+        &["seconds", "mesh", "packets", "durable", "cluster"],
+    ),
     ("logic", &["session", "generator", "audit"]),
     ("programs", &["server", "flood", "monitor"]),
     ("demo", &["demo"]),

@@ -1,0 +1,368 @@
+#!/usr/bin/env bash
+# A Redis Cluster on this machine's loopback, for hongbao's cluster mode
+# (`hongbao server --cluster ...`), its tests and the demo. Debian's
+# redis-server, installed with apt-get when missing (as root, or with
+# passwordless sudo).
+#
+#   tools/cluster.sh up [--dir D] [--port P] [--primaries 3] [--replicas 1]
+#       Starts primaries x (1 + replicas) redis-server nodes on 127.0.0.1
+#       ports P, P+1, ... (their cluster bus on P+10000, ...), each in
+#       D/node-PORT/ (redis.conf, redis.pid, redis.log, nodes.conf, the
+#       append-only files), creates the cluster with
+#       `redis-cli --cluster create`, and waits until every node says
+#       cluster_state:ok with all 16384 slots covered and every replica's
+#       link to its primary is up. Refuses a port that is taken.
+#   tools/cluster.sh down [--dir D]
+#       Stops exactly the pids in D's pidfiles (TERM, then KILL after a
+#       deadline) and removes D.
+#   tools/cluster.sh status [--dir D]
+#       Each node: port, pid, role, its view of the cluster state.
+#   tools/cluster.sh kill-primary [--dir D]
+#       kill -9 of one primary that serves slots; prints its port (alone,
+#       on stdout) for the failure tests.
+#   tools/cluster.sh restart [--dir D] --port X
+#       Starts node X again from its own directory: a killed primary comes
+#       back as a replica of the node promoted in its place.
+#
+# Defaults: D = target/cluster, P = 7000 (the tests pass their own D and a
+# base port from their range), 3 primaries, 1 replica each.
+#
+# Every node: cluster-enabled yes; appendonly yes with appendfsync always
+# (an acknowledged write is on the node's disk, not only in its memory);
+# save "" (no RDB snapshots beside the AOF); cluster-node-timeout 2000 ms
+# (below).
+set -euo pipefail
+
+# A primary unreachable for this long is marked failing by the others and
+# its replica is promoted: a failover takes about this plus an election
+# (~1 s). Short, so that tests and the demo see a failover in seconds;
+# production clusters often run 5,000-15,000 ms to ride out network blips.
+NODE_TIMEOUT_MS=2000
+# The longest `up` and `restart` wait for the cluster to be ok: creating six
+# nodes on a busy 2-core machine takes a few seconds.
+START_DEADLINE_S=60
+# The longest `down` waits after SIGTERM before SIGKILL: a node writes its
+# AOF and exits well within this.
+STOP_DEADLINE_S=10
+# Redis Cluster's hash slots, all of which must be covered.
+SLOTS=16384
+
+dir=target/cluster
+port=7000
+primaries=3
+replicas=1
+node_port=""
+stopped=0
+
+die() {
+  echo "cluster.sh: $*" >&2
+  exit 1
+}
+say() { echo "cluster.sh: $*" >&2; }
+
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+parse_options() {
+  while [ $# -gt 0 ]; do
+    case "$1" in
+    --dir) dir=${2:?--dir needs a directory}; shift 2 ;;
+    --port) port=${2:?--port needs a number}; node_port=$2; shift 2 ;;
+    --primaries) primaries=${2:?--primaries needs a number}; shift 2 ;;
+    --replicas) replicas=${2:?--replicas needs a number}; shift 2 ;;
+    -h | --help) usage ;;
+    *) die "unknown option '$1' (see tools/cluster.sh --help)" ;;
+    esac
+  done
+  for n in "$port" "$primaries" "$replicas"; do
+    [[ "$n" =~ ^[0-9]+$ ]] || die "'$n' is not a number"
+  done
+  [ "$primaries" -ge 3 ] || die "--primaries $primaries: Redis Cluster needs at least 3 primaries"
+  # Absolute, because every node runs with its own directory as cwd.
+  mkdir -p "$(dirname "$dir")"
+  dir=$(cd "$(dirname "$dir")" && pwd)/$(basename "$dir")
+}
+
+# Debian's redis-server (and redis-cli, from redis-tools, which it pulls
+# in), installed when missing, as .ci/run installs chromium.
+ensure_redis() {
+  if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
+    return
+  fi
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+  if command -v apt-get >/dev/null 2>&1; then
+    say "redis-server is missing: installing Debian's redis-server with apt-get"
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || true
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null || true
+  fi
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    die "redis-server and redis-cli are not installed and could not be installed here (no apt-get, or not root and no passwordless sudo): install Debian's redis-server (apt-get install redis-server) and run this again"
+  fi
+}
+
+# True when something listens on 127.0.0.1:$1.
+port_taken() {
+  timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+node_dir() { echo "$dir/node-$1"; }
+
+# The ports of the nodes this directory holds, in order.
+node_ports() {
+  local d
+  for d in "$dir"/node-*/; do
+    [ -e "$d/redis.conf" ] || continue
+    d=${d%/}
+    echo "${d##*/node-}"
+  done | sort -n
+}
+
+# The pid of node $1 when it is alive and is a redis-server (a stale pidfile
+# whose pid was reused by another program is not ours); empty otherwise.
+node_pid() {
+  local f pid
+  f="$(node_dir "$1")/redis.pid"
+  [ -s "$f" ] || return 0
+  pid=$(cat "$f")
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  if [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "redis-server.*:$1\b"; then
+    echo "$pid"
+  fi
+}
+
+cli() {
+  local p=$1
+  shift
+  timeout 5 redis-cli -h 127.0.0.1 -p "$p" "$@" 2>/dev/null
+}
+
+write_conf() {
+  local p=$1 d
+  d=$(node_dir "$p")
+  mkdir -p "$d"
+  cat >"$d/redis.conf" <<EOF
+# hongbao's loopback cluster node $p (tools/cluster.sh).
+port $p
+bind 127.0.0.1
+protected-mode yes
+daemonize yes
+pidfile $d/redis.pid
+logfile $d/redis.log
+dir $d
+cluster-enabled yes
+cluster-config-file nodes.conf
+cluster-node-timeout $NODE_TIMEOUT_MS
+appendonly yes
+appendfsync always
+save ""
+EOF
+}
+
+start_node() {
+  local p=$1
+  redis-server "$(node_dir "$p")/redis.conf" >/dev/null ||
+    die "redis-server on port $p did not start: see $(node_dir "$p")/redis.log"
+}
+
+# Waits, until $2 (epoch seconds), for node $1 to answer PING.
+wait_ping() {
+  local p=$1 until=$2
+  until [ "$(cli "$p" ping)" = PONG ]; do
+    [ "$(date +%s)" -lt "$until" ] || die "node $p does not answer PING: see $(node_dir "$p")/redis.log"
+    sleep 0.1
+  done
+}
+
+# True when node $1 says the cluster is ok with every slot served, and, when
+# it is a replica, its link to its primary is up.
+node_ok() {
+  local info repl
+  info=$(cli "$1" cluster info | tr -d '\r') || return 1
+  grep -q '^cluster_state:ok$' <<<"$info" || return 1
+  grep -q "^cluster_slots_ok:$SLOTS\$" <<<"$info" || return 1
+  repl=$(cli "$1" info replication | tr -d '\r') || return 1
+  if grep -q '^role:slave$' <<<"$repl"; then
+    grep -q '^master_link_status:up$' <<<"$repl" || return 1
+  fi
+}
+
+# Waits until every node given is ok, or fails naming the ones that are not.
+wait_ok() {
+  local until=$(($(date +%s) + START_DEADLINE_S)) p waiting
+  while :; do
+    waiting=()
+    for p in "$@"; do
+      node_ok "$p" || waiting+=("$p")
+    done
+    [ ${#waiting[@]} -eq 0 ] && return 0
+    [ "$(date +%s)" -lt "$until" ] ||
+      die "after ${START_DEADLINE_S}s, nodes ${waiting[*]} do not say cluster_state:ok with $SLOTS slots and a replica link up: see their redis.log in $dir, and tools/cluster.sh status --dir $dir"
+    sleep 0.2
+  done
+}
+
+cmd_up() {
+  ensure_redis
+  local count=$((primaries * (1 + replicas))) p last
+  last=$((port + count - 1))
+  [ $((last + 10000)) -le 65535 ] || die "ports $port..$last and their cluster bus ports (+10000) must fit below 65536"
+  if [ -d "$dir" ]; then
+    for p in $(node_ports); do
+      [ -z "$(node_pid "$p")" ] || die "$dir already holds a running cluster (node $p is up): stop it with tools/cluster.sh down --dir $dir"
+    done
+    [ -e "$dir/cluster.env" ] || [ -z "$(ls -A "$dir")" ] ||
+      die "$dir exists and is not a cluster directory: choose another --dir"
+    say "removing the stopped cluster left in $dir"
+    rm -rf "$dir"
+  fi
+  for ((p = port; p <= last; p++)); do
+    ! port_taken "$p" || die "port $p on 127.0.0.1 is taken: choose another --port (nodes use $port..$last and $((port + 10000))..$((last + 10000)))"
+    ! port_taken $((p + 10000)) || die "port $((p + 10000)) on 127.0.0.1 (node $p's cluster bus) is taken: choose another --port"
+  done
+  mkdir -p "$dir"
+  trap up_failed EXIT
+  printf 'port=%s\nprimaries=%s\nreplicas=%s\n' "$port" "$primaries" "$replicas" >"$dir/cluster.env"
+  local addrs=() until
+  for ((p = port; p <= last; p++)); do
+    write_conf "$p"
+    start_node "$p"
+    addrs+=("127.0.0.1:$p")
+  done
+  until=$(($(date +%s) + START_DEADLINE_S))
+  for ((p = port; p <= last; p++)); do
+    wait_ping "$p" "$until"
+  done
+  say "creating the cluster: $primaries primaries, $replicas replica(s) each, cluster-node-timeout ${NODE_TIMEOUT_MS} ms"
+  timeout "$START_DEADLINE_S" redis-cli --cluster create "${addrs[@]}" \
+    --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1 ||
+    die "redis-cli --cluster create failed: see $dir/create.log"
+  # shellcheck disable=SC2046 # one port per word
+  wait_ok $(node_ports)
+
+  # Later: the hongbao nodes of the cluster start here, once the engine is
+  # ok (each `hongbao server --cluster redis://127.0.0.1:$port,... --node-id
+  # N` with its own data dir and pidfile under $dir, stopped by `down` with
+  # the redis nodes).
+
+  trap - EXIT
+  say "up: ${addrs[*]} in $dir"
+  cmd_status
+}
+
+# Stops exactly the nodes whose pidfiles $dir holds: SIGTERM, then SIGKILL
+# after the deadline. Sets `stopped` to their count.
+stop_nodes() {
+  local p pid pids=() until
+  for p in $(node_ports); do
+    pid=$(node_pid "$p")
+    [ -z "$pid" ] || pids+=("$pid")
+  done
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill -TERM "${pids[@]}" 2>/dev/null || true
+    until=$(($(date +%s) + STOP_DEADLINE_S))
+    while :; do
+      local alive=()
+      for pid in "${pids[@]}"; do
+        ! kill -0 "$pid" 2>/dev/null || alive+=("$pid")
+      done
+      [ ${#alive[@]} -eq 0 ] && break
+      if [ "$(date +%s)" -ge "$until" ]; then
+        say "pids ${alive[*]} still up ${STOP_DEADLINE_S}s after SIGTERM: SIGKILL"
+        kill -KILL "${alive[@]}" 2>/dev/null || true
+        break
+      fi
+      sleep 0.1
+    done
+  fi
+  stopped=${#pids[@]}
+}
+
+cmd_down() {
+  [ -d "$dir" ] || {
+    say "no cluster in $dir"
+    return 0
+  }
+  [ -e "$dir/cluster.env" ] || die "$dir is not a cluster directory (no cluster.env): not removing it"
+  stop_nodes
+  rm -rf "$dir"
+  say "down: stopped $stopped node(s), removed $dir"
+}
+
+# On a failed `up`, the nodes it started are stopped; their logs stay in
+# $dir (the next `up` clears it).
+up_failed() {
+  local status=$?
+  [ "$status" -ne 0 ] || return 0
+  say "up failed: stopping the nodes it started (their logs stay in $dir)"
+  stop_nodes
+  exit "$status"
+}
+
+cmd_status() {
+  [ -e "$dir/cluster.env" ] || die "no cluster in $dir (start one with tools/cluster.sh up --dir $dir)"
+  local p pid role state
+  printf '%-6s %-8s %-8s %s\n' port pid role cluster_state
+  for p in $(node_ports); do
+    pid=$(node_pid "$p")
+    if [ -z "$pid" ]; then
+      printf '%-6s %-8s %-8s %s\n' "$p" - down -
+      continue
+    fi
+    role=$(cli "$p" cluster nodes | awk '$3 ~ /myself/ { print ($3 ~ /master/) ? "primary" : "replica" }')
+    state=$(cli "$p" cluster info | tr -d '\r' | sed -n 's/^cluster_state://p')
+    printf '%-6s %-8s %-8s %s\n' "$p" "$pid" "${role:-?}" "${state:-?}"
+  done
+}
+
+cmd_kill_primary() {
+  [ -e "$dir/cluster.env" ] || die "no cluster in $dir"
+  local p ask="" victim pid
+  for p in $(node_ports); do
+    if [ -n "$(node_pid "$p")" ] && [ "$(cli "$p" ping)" = PONG ]; then
+      ask=$p
+      break
+    fi
+  done
+  [ -n "$ask" ] || die "no node of $dir answers"
+  # A primary that serves slots and is not already failing: `cluster nodes`
+  # lines are "id ip:port@bus flags primary-id ping pong epoch link slots...".
+  for victim in $(cli "$ask" cluster nodes | awk '$3 ~ /master/ && $3 !~ /fail/ && $8 == "connected" && NF >= 9 { split($2, a, "[:@]"); print a[2] }' | sort -n); do
+    pid=$(node_pid "$victim")
+    if [ -n "$pid" ]; then
+      kill -KILL "$pid"
+      say "killed primary $victim (pid $pid) with SIGKILL"
+      echo "$victim"
+      return 0
+    fi
+  done
+  die "no live primary of $dir found to kill"
+}
+
+cmd_restart() {
+  [ -e "$dir/cluster.env" ] || die "no cluster in $dir"
+  [ -n "$node_port" ] || die "restart needs --port X (one of: $(node_ports | tr '\n' ' '))"
+  [ -e "$(node_dir "$node_port")/redis.conf" ] || die "node $node_port is not in $dir (nodes: $(node_ports | tr '\n' ' '))"
+  [ -z "$(node_pid "$node_port")" ] || die "node $node_port is already running"
+  ! port_taken "$node_port" || die "port $node_port on 127.0.0.1 is taken by another program"
+  start_node "$node_port"
+  wait_ping "$node_port" $(($(date +%s) + START_DEADLINE_S))
+  wait_ok "$node_port"
+  say "node $node_port is back: $(cli "$node_port" cluster nodes | awk '$3 ~ /myself/ { print ($3 ~ /master/) ? "primary" : "replica" }')"
+}
+
+[ $# -ge 1 ] || usage
+command=$1
+shift
+parse_options "$@"
+case "$command" in
+up) cmd_up ;;
+down) cmd_down ;;
+status) cmd_status ;;
+kill-primary) cmd_kill_primary ;;
+restart) cmd_restart ;;
+-h | --help | help) usage ;;
+*) die "unknown command '$command': up, down, status, kill-primary or restart" ;;
+esac
