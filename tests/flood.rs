@@ -669,3 +669,90 @@ fn latency_counts_from_the_intended_time_through_a_server_stall() {
     assert!(max >= 500_000.0, "max {max} µs: {c}");
     server.join().expect("fake server");
 }
+
+#[test]
+fn users_of_a_killed_server_fail_over_to_the_other_and_shaking_goes_on() {
+    // Two of our servers; user u starts on server u mod 2. Two seconds into
+    // a 6 s run, server 0 is killed: its 100 users lose their connections,
+    // retry at the next server in the list, log in there and go on shaking.
+    // The run's last seconds carry every user again, every request sent
+    // and answered.
+    let users = 200u64;
+    let killed = Spawned::on_loopback(1, &[]);
+    let kept = Spawned::on_loopback(1, &[]);
+    let json = json_path("failover");
+    let (mut child, control, drain) = util::spawn_flood_with_control(&[
+        "--server",
+        &killed.addr.to_string(),
+        "--server",
+        &kept.addr.to_string(),
+        "--users",
+        &users.to_string(),
+        "--qps",
+        "400",
+        "--warmup",
+        "0",
+        "--duration",
+        "6",
+        "--threads",
+        "1",
+        "--http",
+        "127.0.0.1:0",
+        "--json",
+        json.to_str().expect("UTF-8"),
+    ]);
+    let killed_at = util::wait_for(
+        "the flooder's run second 2",
+        Duration::from_secs(20),
+        || {
+            let (_, status) = util::http_get(control, "/status");
+            let second = status["second"].as_u64().unwrap_or(0);
+            (status["state"] == "shaking" && second >= 2).then_some(second)
+        },
+    );
+    // Our own child, by its pid.
+    util::signal(killed.pid(), libc::SIGKILL);
+    let exited = killed.wait(util::WAIT);
+    assert!(!exited.status.success(), "{exited:?}");
+    let report = {
+        let deadline = Instant::now() + RUN_MAX;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("waiting for the flooder") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill(); // our own child, by its pid
+                let _ = child.wait();
+                panic!("the flooder did not stop by itself within {RUN_MAX:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = drain.join().unwrap_or_default();
+        assert!(status.success(), "flooder failed: {status:?}\n{err}");
+        let text = std::fs::read_to_string(&json).expect("reading the JSON report");
+        let _ = std::fs::remove_file(&json);
+        serde_json::from_str::<Value>(&text).expect("parsing the JSON report")
+    };
+    let seconds = report["per_second"].as_array().expect("per_second");
+    let total = |key: &str| -> u64 { seconds.iter().map(|s| u(s, key)).sum() };
+    // Every user of the killed server moved at least once; a user of the
+    // other server never lost its connection.
+    assert!(total("failovers") >= users / 2, "{seconds:?}");
+    assert!(total("conn_errors") >= users / 2, "{seconds:?}");
+    assert_eq!(u(&report["connect"], "logged_in"), users);
+    // The last two seconds of the plan: every user logged in again, every
+    // request sent, and answered (answers counted by arrival may trade a
+    // few with the drain).
+    let window: Vec<&Value> = seconds.iter().filter(|s| s["phase"] == "window").collect();
+    assert_eq!(window.len(), 6, "{seconds:?}");
+    assert!(killed_at + 2 < 6, "killed too late, at second {killed_at}");
+    for s in &window[4..] {
+        assert_eq!(u(s, "connections"), users, "{s}");
+        assert_eq!(u(s, "unsent"), 0, "{s}");
+        assert_eq!(u(s, "sent"), u(s, "scheduled"), "{s}");
+        assert!(u(s, "answered") + 20 >= u(s, "sent"), "{s}");
+    }
+    let last = window[5];
+    assert!(u(last, "answered") > 0, "{last}");
+    drop(kept);
+}

@@ -78,7 +78,7 @@ impl Rec {
             Amount::Any(c) => c,
         });
         let at_ms = u64::from(self.at_ms);
-        match self.kind % 7 {
+        match self.kind % 11 {
             0 => Record::EnvelopeGenerated {
                 id: env,
                 cents,
@@ -113,9 +113,35 @@ impl Rec {
                 cents,
                 at_ms,
             },
-            _ => Record::Refund {
+            6 => Record::Refund {
                 id: packet,
                 cents,
+                at_ms,
+            },
+            // Cluster mode's records, on the same small ids so that they
+            // meet the local ones (a cluster packet of a local one's id) and
+            // each other (a mirror of an own packet, a refund twice).
+            7 => Record::ClusterPacketCreated {
+                id: packet,
+                cents,
+                claimants: u16::from(self.index % 4),
+                at_ms,
+                until_s: u32::from(self.until_s),
+            },
+            8 => Record::ClusterClaim {
+                id: packet,
+                user,
+                cents,
+                at_ms,
+            },
+            9 => Record::ClusterRefund {
+                id: packet,
+                cents,
+                at_ms,
+            },
+            _ => Record::Lease {
+                epoch: u32::from(self.id % 4),
+                envelopes: cents.0,
                 at_ms,
             },
         }
@@ -199,6 +225,9 @@ fn state(b: &Books) -> impl PartialEq + std::fmt::Debug {
         b.next_envelope_id(),
         b.next_packet_id(),
         b.mid_packet(),
+        b.cluster_packets().clone(),
+        b.cluster_claims().clone(),
+        b.leases().clone(),
     )
 }
 

@@ -39,8 +39,13 @@ const DAY_SECS: u64 = 86_400;
 #[derive(Clone, Debug, clap::Args)]
 pub struct FloodArgs {
     /// Servers to flood, HOST:PORT, repeated or comma-separated; user `u`
-    /// goes to server `u mod count`. Default: port 1025 on loopback, where
-    /// the original server and ours listen by default.
+    /// goes to server `u mod count` first. After its connection is lost
+    /// (closed, reset, refused) or an attempt fails, its next attempt (after
+    /// the usual backoff) goes to the next server in the list, so the users
+    /// of a node that dies carry on on the others; its claims still
+    /// unanswered (4 at most) are sent again after that login. Default:
+    /// port 1025 on loopback, where the original server and ours listen by
+    /// default.
     #[arg(
         long,
         value_name = "ADDR[,ADDR...]",

@@ -152,7 +152,8 @@ pub struct WindowReport {
     pub lost: u64,
     /// Requests intended in the warmup that never got an answer.
     pub lost_in_warmup: u64,
-    /// Claims never answered.
+    /// Claims never answered: still awaited at the end, or given up at a
+    /// close (past the few sent again after the reconnect).
     pub claims_lost: u64,
 }
 
@@ -367,17 +368,18 @@ fn write_counts(r: &Report, out: &mut String) -> std::fmt::Result {
     )?;
     writeln!(
         out,
-        "  packets        pushes {}  claims {}  answered {} ({} cents)  unanswered {}",
-        k.pushes, k.claims, k.claim_answers, k.claim_cents, w.claims_lost
+        "  packets        pushes {}  claims {} (+{} resent)  answered {} ({} cents)  unanswered {}",
+        k.pushes, k.claims, k.claims_resent, k.claim_answers, k.claim_cents, w.claims_lost
     )?;
     writeln!(
         out,
-        "  errors         unexpected frames {}  bad frames {}  conn errors {}  connect failures {}  unsent {}  \
-         lost {} (+{} in warmup)",
+        "  errors         unexpected frames {}  bad frames {}  conn errors {}  connect failures {}  \
+         (failovers {})  unsent {}  lost {} (+{} in warmup)",
         k.unexpected_frames,
         k.bad_frames,
         k.conn_errors,
         k.connect_failures,
+        k.failovers,
         k.unsent,
         w.lost,
         w.lost_in_warmup

@@ -2,8 +2,10 @@
 //! the slot rule.
 //!
 //! Owns: opening, logging in and (after any failure) re-opening its users'
-//! connections with backoff; sending the shakes the slot rule gives its
-//! users, each at its intended wall-clock time; claiming pushed packets;
+//! connections with backoff, each time at the next `--server` (failover);
+//! sending the shakes the slot rule gives its
+//! users, each at its intended wall-clock time; claiming pushed packets
+//! (once while a claim awaits its answer; again after a reconnect);
 //! matching every answer to what it answers. Must not: share anything with
 //! other threads on the send/receive path (it owns its poll, sockets,
 //! buffers, counters and histograms, and talks to the coordinator only by
@@ -83,6 +85,18 @@ const IN_FLIGHT_MAX: u64 = 1 << 20;
 
 /// Claims a thread keeps awaiting answers, at most.
 const CLAIMS_IN_FLIGHT_MAX: usize = 1 << 16;
+
+/// Claims one user keeps awaiting answers, at most: a push repeated while
+/// its claim is unanswered is found among these (a scan, so they must stay
+/// few), and a user pushed more packets than this meanwhile counts the
+/// rest unsent. Far above what a user is pushed in a round trip.
+const CLAIMS_PER_USER_MAX: usize = 64;
+
+/// Of a user's claims still unanswered when its connection closes, this
+/// many are sent again after its next login (a cluster answers a repeat
+/// with the amount it paid); the rest are counted lost. Few, so that a
+/// mass reconnect after a node's death is not a claim storm.
+const CLAIMS_RESENT_MAX: usize = 4;
 
 /// The first retry of a failed connect or login waits about this long; each
 /// further failure doubles it, up to [`BACKOFF_MAX`], with ±50 % jitter so
@@ -251,7 +265,8 @@ pub(crate) struct ThreadResult {
 #[derive(Clone, Debug)]
 pub(crate) struct WorkerConfig {
     pub index: usize,
-    /// Servers; user `u` goes to `servers[u % len]`.
+    /// Servers; user `u` goes to `servers[u % len]` first, and to the next
+    /// one in the list after each lost connection or failed attempt.
     pub servers: Arc<[SocketAddr]>,
     /// Source addresses; user `u` binds `binds[u % len]`; empty means let
     /// the kernel choose.
@@ -354,21 +369,22 @@ struct InFlight {
     sent_ns: u64,
 }
 
-/// A claim on the wire. Claims are answered by the core that owns the
-/// packet, so their answers may overtake or trail shake answers: they are
-/// matched by connection and packet, not by order.
-#[derive(Clone, Copy, Debug)]
-struct PendingClaim {
-    conn: u32,
-    packet: PacketId,
-}
-
 struct Conn {
     stream: Option<TcpStream>,
     user: UserId,
     state: State,
     /// Failed attempts in a row, for the backoff.
     failures: u8,
+    /// Index into the servers of the next (or current) connection: the
+    /// user's `u % len` at first, one further on after each failure.
+    server: u32,
+    /// Packets claimed and not yet answered. Claims are answered by the
+    /// core that owns the packet, so their answers may overtake or trail
+    /// shake answers: they are matched by connection and packet, not by
+    /// order. After a close, the few kept ([`CLAIMS_RESENT_MAX`]) wait here
+    /// to be sent again after the next login. Unallocated until the first
+    /// claim; at most [`CLAIMS_PER_USER_MAX`].
+    claims: Vec<PacketId>,
     /// Requests awaiting answers, oldest first: a server answers a
     /// connection's shakes in order. Unallocated until the first shake.
     in_flight: VecDeque<InFlight>,
@@ -379,7 +395,20 @@ struct Conn {
     spill: LazyBuffers,
 }
 
+impl Conn {
+    /// Moves the user on to the next of `servers` servers for its next
+    /// attempt; false (staying put) when there is only one.
+    fn fail_over(&mut self, servers: usize) -> bool {
+        if servers <= 1 {
+            return false;
+        }
+        self.server = ((self.server as usize + 1) % servers) as u32;
+        true
+    }
+}
+
 /// Why a connection is closed.
+#[derive(Debug)]
 enum Close {
     Eof,
     Io(io::Error),
@@ -412,8 +441,12 @@ struct Tally {
     in_flight: u64,
     lost_in_window: u64,
     lost_outside_window: u64,
-    /// Claims on the wire.
-    claims: Vec<PendingClaim>,
+    /// Claims awaiting answers over all this thread's connections, those
+    /// waiting to be sent again after a reconnect included.
+    claims_in_flight: usize,
+    /// Claims given up at a close, past [`CLAIMS_RESENT_MAX`]: never
+    /// answered.
+    claims_dropped: u64,
     ack: Option<AckLog>,
     /// Requests the slot rule gave this thread, by intended run second.
     scheduled: Vec<u64>,
@@ -576,6 +609,7 @@ impl Worker {
         let seconds = cfg.plan.end_secs() + cfg.drain_ns / NANOS_PER_SEC + SECONDS_PAST_DRAIN;
         let end_secs = cfg.plan.end_secs() as usize;
         let first = cfg.first_user;
+        let servers = cfg.servers.len().max(1) as u64;
         let ack = cfg.ack_log.clone().map(|file| AckLog {
             file,
             buf: Vec::with_capacity(ACK_FLUSH_AT + ACK_LINE_ROOM),
@@ -587,6 +621,8 @@ impl Worker {
                     user: UserId(first + i),
                     state: State::Idle,
                     failures: 0,
+                    server: (u64::from(first + i) % servers) as u32,
+                    claims: Vec::new(),
                     in_flight: VecDeque::new(),
                     spill: LazyBuffers::none(),
                 })
@@ -607,7 +643,8 @@ impl Worker {
                 in_flight: 0,
                 lost_in_window: 0,
                 lost_outside_window: 0,
-                claims: Vec::new(),
+                claims_in_flight: 0,
+                claims_dropped: 0,
                 ack,
                 scheduled: vec![0; end_secs],
             },
@@ -847,7 +884,7 @@ impl Worker {
     /// and the answers are in (or the drain is over); or the thread's hard
     /// deadline has passed.
     fn shaking_done(&self, next_due: Option<u64>, now_ns: u64, ends: &ShakeEnds) -> bool {
-        let drained = (self.tally.in_flight == 0 && self.tally.claims.is_empty())
+        let drained = (self.tally.in_flight == 0 && self.tally.claims_in_flight == 0)
             || now_ns >= ends.drain_end_ns;
         (next_due.is_none() && now_ns >= ends.end_ns && drained)
             || Instant::now() >= self.cfg.hard_deadline
@@ -992,26 +1029,18 @@ impl Worker {
                 // Before the start, answers are stamped 0 and fall outside
                 // the window anyway.
                 let answer_ns = start_ns.map_or(0, |s| stamp_ns.saturating_sub(s));
-                on_frame(
-                    conn,
-                    idx as u32,
-                    frame,
-                    answer_ns,
-                    tally,
-                    write_buf,
-                    push_answers_shake,
-                )
+                on_frame(conn, frame, answer_ns, tally, write_buf, push_answers_shake)
             })?;
         }
         Ok(())
     }
 
-    /// Starts user `idx`'s nonblocking connect and registers it; a failure
-    /// schedules a retry.
+    /// Starts user `idx`'s nonblocking connect to its current server and
+    /// registers it; a failure schedules a retry.
     fn open(&mut self, idx: usize, clock: u64) {
         let conn = &self.conns[idx];
         let user = u64::from(conn.user.0);
-        let server = self.cfg.servers[(user % self.cfg.servers.len() as u64) as usize];
+        let server = self.cfg.servers[conn.server as usize];
         let bind = (!self.cfg.binds.is_empty())
             .then(|| self.cfg.binds[(user % self.cfg.binds.len() as u64) as usize]);
         self.progress.opened += 1;
@@ -1069,8 +1098,14 @@ impl Worker {
             .get_or_insert_with(|| format!("user {user} {step}: {why}"));
     }
 
+    /// Schedules user `idx`'s next attempt after a backoff, at the next
+    /// server in the list: a server that closed or refused the user may be
+    /// gone, and any node of a cluster serves any user.
     fn schedule_retry(&mut self, idx: usize, clock: u64) {
         let conn = &mut self.conns[idx];
+        if conn.fail_over(self.cfg.servers.len()) {
+            self.tally.current.failovers += 1;
+        }
         let doubling = 1u32 << conn.failures.min(BACKOFF_DOUBLINGS_MAX);
         conn.failures = conn.failures.saturating_add(1);
         let backoff = (BACKOFF_FIRST * doubling).min(BACKOFF_MAX);
@@ -1080,8 +1115,9 @@ impl Worker {
         self.retries.push(Reverse((clock + jittered, idx as u32)));
     }
 
-    /// Closes connection `idx`, counting why, losing what it had in flight,
-    /// and schedules its retry.
+    /// Closes connection `idx`, counting why, losing the shakes it had in
+    /// flight and keeping a few of its unanswered claims to send again, and
+    /// schedules its retry.
     fn close(&mut self, idx: usize, why: Close) {
         let now_ns = self.run_clock();
         let clock = self.connect_clock(Instant::now());
@@ -1094,7 +1130,7 @@ impl Worker {
         conn.spill.clear();
         let lost = std::mem::take(&mut conn.in_flight);
         self.tally.lose(&lost, now_ns);
-        self.tally.claims.retain(|c| c.conn != idx as u32);
+        keep_claims_to_resend(conn, &mut self.tally);
         match was {
             State::Ready => {
                 self.ready -= 1;
@@ -1168,7 +1204,7 @@ impl Worker {
             latency: std::mem::take(&mut self.tally.latency),
             lost_in_window: self.tally.lost_in_window,
             lost_outside_window: self.tally.lost_outside_window,
-            claims_lost: self.tally.claims.len() as u64,
+            claims_lost: self.tally.claims_in_flight as u64 + self.tally.claims_dropped,
             scheduled: std::mem::take(&mut self.tally.scheduled),
         }
     }
@@ -1191,7 +1227,6 @@ fn readiness(event: &Event) -> Option<(usize, bool, bool)> {
 #[inline]
 fn on_frame(
     conn: &mut Conn,
-    idx: u32,
     frame: Frame,
     now_ns: u64,
     tally: &mut Tally,
@@ -1199,7 +1234,10 @@ fn on_frame(
     push_answers_shake: bool,
 ) -> Result<(), Close> {
     match conn.state {
-        State::LoggingIn => on_login_answer(conn, frame),
+        State::LoggingIn => {
+            on_login_answer(conn, frame)?;
+            resend_claims(conn, tally, write_buf)
+        }
         State::Ready => {
             let answers_shake = match frame {
                 Frame::ShakeResponse {
@@ -1213,11 +1251,11 @@ fn on_frame(
                 }
                 Frame::PacketPush { packet, .. } => {
                     tally.current.pushes += 1;
-                    claim(conn, idx, packet, tally, write_buf)?;
+                    claim(conn, packet, tally, write_buf)?;
                     push_answers_shake
                 }
                 Frame::ClaimResponse { packet, amount } => {
-                    count_claim_answer(tally, conn.user, idx, packet, amount);
+                    count_claim_answer(tally, conn, packet, amount);
                     return Ok(());
                 }
                 _ => false,
@@ -1297,21 +1335,19 @@ fn count_shake_answer(
     }
 }
 
-/// Counts a claim's answer against the claim connection `idx` sent (and
-/// logs it to the ack log); an answer to no claim of its is unexpected.
-fn count_claim_answer(tally: &mut Tally, user: UserId, idx: u32, packet: PacketId, amount: Cents) {
-    let pending = tally
-        .claims
-        .iter()
-        .position(|c| c.conn == idx && c.packet == packet);
+/// Counts a claim's answer against the claim `conn` sent (and logs it to
+/// the ack log); an answer to no claim of its is unexpected.
+fn count_claim_answer(tally: &mut Tally, conn: &mut Conn, packet: PacketId, amount: Cents) {
+    let pending = conn.claims.iter().position(|&p| p == packet);
     let counters = &mut tally.current;
     match pending {
         Some(at) => {
-            tally.claims.swap_remove(at);
+            conn.claims.swap_remove(at);
+            tally.claims_in_flight -= 1;
             counters.claim_answers += 1;
             counters.claim_cents += u64::from(amount.wire());
             if let Some(ack) = &mut tally.ack {
-                ack.line("claim", user, packet.0, amount.wire());
+                ack.line("claim", conn.user, packet.0, amount.wire());
             }
         }
         None => counters.unexpected_frames += 1,
@@ -1344,15 +1380,19 @@ fn record_answer(tally: &mut Tally, request: &InFlight, frame: &Frame, now_ns: u
     }
 }
 
-/// Claims a pushed packet on the connection it was pushed to.
+/// Claims a pushed packet on the connection it was pushed to, unless the
+/// user's claim of it still awaits its answer (a push can come twice: a
+/// cluster delivers from the user's mailbox at login as well as live).
 fn claim(
     conn: &mut Conn,
-    idx: u32,
     packet: PacketId,
     tally: &mut Tally,
     write_buf: &mut Vec<u8>,
 ) -> Result<(), Close> {
-    if tally.claims.len() >= CLAIMS_IN_FLIGHT_MAX {
+    if conn.claims.contains(&packet) {
+        return Ok(());
+    }
+    if tally.claims_in_flight >= CLAIMS_IN_FLIGHT_MAX || conn.claims.len() >= CLAIMS_PER_USER_MAX {
         tally.current.unsent += 1;
         return Ok(());
     }
@@ -1362,8 +1402,40 @@ fn claim(
         packet,
     }
     .encode(unix_secs(), write_buf);
-    tally.claims.push(PendingClaim { conn: idx, packet });
+    conn.claims.push(packet);
+    tally.claims_in_flight += 1;
     tally.current.claims += 1;
+    send(conn, write_buf)
+}
+
+/// At a close, keeps [`CLAIMS_RESENT_MAX`] of the connection's unanswered
+/// claims to send again after its next login, and gives up the rest.
+fn keep_claims_to_resend(conn: &mut Conn, tally: &mut Tally) {
+    let kept = conn.claims.len().min(CLAIMS_RESENT_MAX);
+    let dropped = conn.claims.len() - kept;
+    conn.claims.truncate(kept);
+    tally.claims_in_flight -= dropped;
+    tally.claims_dropped += dropped as u64;
+}
+
+/// Sends again, on a connection just logged in, the claims its previous
+/// connection left unanswered (at most [`CLAIMS_RESENT_MAX`], kept by
+/// `close`): a cluster answers a repeat with what it paid the first time,
+/// and a claim that never arrived is decided now.
+fn resend_claims(conn: &mut Conn, tally: &mut Tally, write_buf: &mut Vec<u8>) -> Result<(), Close> {
+    if conn.claims.is_empty() {
+        return Ok(());
+    }
+    write_buf.clear();
+    let now = unix_secs();
+    for &packet in &conn.claims {
+        Frame::ClaimRequest {
+            user: conn.user,
+            packet,
+        }
+        .encode(now, write_buf);
+    }
+    tally.current.claims_resent += conn.claims.len() as u64;
     send(conn, write_buf)
 }
 
@@ -1662,6 +1734,184 @@ mod tests {
         assert_eq!(n, 5, "burst: all of second 0 at once");
         assert_eq!(next, Some(NANOS_PER_SEC));
         assert_eq!(*asked.borrow(), [0], "second 1 not begun");
+    }
+
+    /// A logged-in user with no socket (sends go nowhere; what a step
+    /// wrote is left in the write buffer) and an empty tally.
+    fn ready_user(user: u32) -> (Conn, Tally) {
+        let conn = Conn {
+            stream: None,
+            user: UserId(user),
+            state: State::Ready,
+            failures: 0,
+            server: 0,
+            claims: Vec::new(),
+            in_flight: VecDeque::new(),
+            spill: LazyBuffers::none(),
+        };
+        let tally = Tally {
+            current: Counters::default(),
+            second: Box::new(SecondHists::new()),
+            latency: Latency::new(),
+            window_ns: 0..0,
+            in_flight: 0,
+            lost_in_window: 0,
+            lost_outside_window: 0,
+            claims_in_flight: 0,
+            claims_dropped: 0,
+            ack: None,
+            scheduled: Vec::new(),
+        };
+        (conn, tally)
+    }
+
+    fn push(packet: u32, user: u32) -> Frame {
+        Frame::PacketPush {
+            packet: PacketId(packet),
+            amount: Cents(300),
+            claimants: 1,
+            users: [UserId(user), UserId(0), UserId(0)],
+        }
+    }
+
+    /// The claims encoded in `buf`, in order.
+    fn claims_in(mut buf: &[u8]) -> Vec<u32> {
+        let mut packets = Vec::new();
+        while !buf.is_empty() {
+            let d = crate::wire::decode(buf).expect("whole frames");
+            match d.frame {
+                Frame::ClaimRequest { packet, .. } => packets.push(packet.0),
+                other => panic!("not a claim: {other:?}"),
+            }
+            buf = &buf[d.len..];
+        }
+        packets
+    }
+
+    #[test]
+    fn a_repeated_push_is_claimed_once_while_its_claim_is_unanswered() {
+        let (mut conn, mut tally) = ready_user(7);
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            on_frame(&mut conn, push(40, 7), 0, &mut tally, &mut out, false).unwrap();
+        }
+        assert_eq!(tally.current.pushes, 2);
+        assert_eq!(tally.current.claims, 1, "the repeat is not claimed again");
+        assert_eq!(tally.claims_in_flight, 1);
+        let answer = Frame::ClaimResponse {
+            packet: PacketId(40),
+            amount: Cents(120),
+        };
+        on_frame(&mut conn, answer, 0, &mut tally, &mut out, false).unwrap();
+        assert_eq!(tally.current.claim_answers, 1);
+        assert_eq!(tally.current.claim_cents, 120);
+        assert_eq!(tally.claims_in_flight, 0);
+        assert!(conn.claims.is_empty());
+        // Answered, the packet may be claimed again (the server answers a
+        // repeat as it does); a second answer to it is unexpected.
+        on_frame(&mut conn, push(40, 7), 0, &mut tally, &mut out, false).unwrap();
+        assert_eq!(tally.current.claims, 2);
+        on_frame(&mut conn, answer, 0, &mut tally, &mut out, false).unwrap();
+        on_frame(&mut conn, answer, 0, &mut tally, &mut out, false).unwrap();
+        assert_eq!(tally.current.claim_answers, 2);
+        assert_eq!(tally.current.unexpected_frames, 1);
+    }
+
+    #[test]
+    fn a_users_claims_past_its_cap_are_unsent() {
+        let (mut conn, mut tally) = ready_user(1);
+        let mut out = Vec::new();
+        let over = CLAIMS_PER_USER_MAX as u32 + 3;
+        for p in 0..over {
+            on_frame(&mut conn, push(100 + p, 1), 0, &mut tally, &mut out, false).unwrap();
+        }
+        assert_eq!(tally.current.claims, CLAIMS_PER_USER_MAX as u64);
+        assert_eq!(tally.current.unsent, 3);
+        assert_eq!(tally.claims_in_flight, CLAIMS_PER_USER_MAX);
+    }
+
+    #[test]
+    fn a_close_keeps_a_few_claims_and_sends_them_again_after_the_next_login() {
+        let (mut conn, mut tally) = ready_user(3);
+        let mut out = Vec::new();
+        let packets: Vec<u32> = (0..CLAIMS_RESENT_MAX as u32 + 2).map(|p| 500 + p).collect();
+        for &p in &packets {
+            on_frame(&mut conn, push(p, 3), 0, &mut tally, &mut out, false).unwrap();
+        }
+        // One is answered before the close: it is not sent again.
+        let answered = Frame::ClaimResponse {
+            packet: PacketId(packets[0]),
+            amount: Cents(10),
+        };
+        on_frame(&mut conn, answered, 0, &mut tally, &mut out, false).unwrap();
+        let open = packets.len() - 1;
+        assert_eq!(tally.claims_in_flight, open);
+
+        keep_claims_to_resend(&mut conn, &mut tally);
+        assert_eq!(conn.claims.len(), CLAIMS_RESENT_MAX);
+        assert_eq!(tally.claims_dropped, (open - CLAIMS_RESENT_MAX) as u64);
+        assert_eq!(tally.claims_in_flight, CLAIMS_RESENT_MAX);
+        let kept: Vec<u32> = conn.claims.iter().map(|p| p.0).collect();
+        assert!(!kept.contains(&packets[0]), "{kept:?}");
+
+        // The next connection's login answer sends them, before any frame
+        // that follows it is handled.
+        conn.state = State::LoggingIn;
+        let login = Frame::LoginResponse {
+            user: UserId(3),
+            result: 0,
+        };
+        on_frame(&mut conn, login, 0, &mut tally, &mut out, false).unwrap();
+        assert_eq!(conn.state, State::Ready);
+        assert_eq!(claims_in(&out), kept);
+        assert_eq!(tally.current.claims_resent, CLAIMS_RESENT_MAX as u64);
+        assert_eq!(tally.current.claims, packets.len() as u64, "resends apart");
+        // The new node delivers the user's mailbox: the pushes of packets
+        // claimed again are not claimed a third time.
+        out.clear();
+        for &p in &kept {
+            on_frame(&mut conn, push(p, 3), 0, &mut tally, &mut out, false).unwrap();
+        }
+        assert!(out.is_empty(), "no claim sent: {out:?}");
+        for &p in &kept {
+            let answer = Frame::ClaimResponse {
+                packet: PacketId(p),
+                amount: Cents(10),
+            };
+            on_frame(&mut conn, answer, 0, &mut tally, &mut out, false).unwrap();
+        }
+        assert_eq!(tally.claims_in_flight, 0);
+        assert_eq!(tally.current.claim_answers, 1 + kept.len() as u64);
+        assert_eq!(tally.current.unexpected_frames, 0);
+    }
+
+    #[test]
+    fn a_login_without_claims_left_sends_nothing() {
+        let (mut conn, mut tally) = ready_user(3);
+        conn.state = State::LoggingIn;
+        let mut out = Vec::new();
+        let login = Frame::LoginResponse {
+            user: UserId(3),
+            result: 0,
+        };
+        on_frame(&mut conn, login, 0, &mut tally, &mut out, false).unwrap();
+        assert!(out.is_empty());
+        assert_eq!(tally.current.claims_resent, 0);
+    }
+
+    #[test]
+    fn failover_walks_the_server_list_and_stays_with_one_server() {
+        let (mut conn, _) = ready_user(4);
+        conn.server = 4 % 3;
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            assert!(conn.fail_over(3));
+            seen.push(conn.server);
+        }
+        assert_eq!(seen, [2, 0, 1, 2], "u + attempts, mod len");
+        conn.server = 0;
+        assert!(!conn.fail_over(1));
+        assert_eq!(conn.server, 0);
     }
 
     #[test]

@@ -220,7 +220,7 @@ impl Books {
                 claimants,
                 at_ms,
                 until_s,
-            } => self.create_packet(id, cents, claimants, at_ms, until_s),
+            } => self.create_packet(id, cents, claimants, at_ms, until_s, false),
             Record::PacketTarget { id, .. } => {
                 violation(format!("target of packet {id} outside a packet's creation"))
             }
@@ -235,13 +235,7 @@ impl Books {
                 claimants,
                 at_ms,
                 until_s,
-            } => {
-                self.create_packet(id, cents, claimants, at_ms, until_s)?;
-                if let Some(p) = &mut self.pending {
-                    p.cluster = true;
-                }
-                Ok(())
-            }
+            } => self.create_packet(id, cents, claimants, at_ms, until_s, true),
             Record::ClusterClaim {
                 id, user, cents, ..
             } => self.mirror_claim(id, user, cents),
@@ -394,7 +388,8 @@ impl Books {
         Ok(())
     }
 
-    /// A packet's creation: it waits in `pending` until its targets follow.
+    /// A packet's creation, local or (`cluster`) in the engine: it waits in
+    /// `pending` until its targets follow.
     fn create_packet(
         &mut self,
         id: PacketId,
@@ -402,6 +397,7 @@ impl Books {
         claimants: u16,
         at_ms: u64,
         until_s: u32,
+        cluster: bool,
     ) -> Result<(), Violation> {
         if self.packets.contains_key(&id)
             || self.closed.contains(&id)
@@ -419,9 +415,15 @@ impl Books {
                 "packet {id} of {cents} cannot give each of {claimants} claimants a cent"
             ));
         }
-        // Every other packet total is a part of this one, added when the
-        // last target is read.
-        if self.totals.cents_packets.checked_add(cents.0).is_none() {
+        // Every other packet total is a part of this one (of the cluster
+        // packets' one, for a cluster packet), added when the last target
+        // is read.
+        let total = if cluster {
+            self.totals.cents_cluster_packets
+        } else {
+            self.totals.cents_packets
+        };
+        if total.checked_add(cents.0).is_none() {
             return violation(format!(
                 "packet {id} of {cents} overflows the cents in packets"
             ));
@@ -437,7 +439,7 @@ impl Books {
                 until_s,
             },
             claimants,
-            cluster: false,
+            cluster,
         });
         Ok(())
     }
@@ -800,6 +802,276 @@ mod tests {
         assert!(b.apply(claim(9, 2, 1)).is_err(), "after the refund");
         b.check_conservation().unwrap();
         assert_eq!(b.cents_in_packets(), 0);
+    }
+
+    fn cluster_created(id: u32, cents: u64, claimants: u16) -> Record {
+        Record::ClusterPacketCreated {
+            id: PacketId(id),
+            cents: Cents(cents),
+            claimants,
+            at_ms: 1,
+            until_s: 100,
+        }
+    }
+
+    fn mirror(id: u32, user: u32, cents: u64) -> Record {
+        Record::ClusterClaim {
+            id: PacketId(id),
+            user: UserId(user),
+            cents: Cents(cents),
+            at_ms: 2,
+        }
+    }
+
+    fn cluster_refund(id: u32, cents: u64) -> Record {
+        Record::ClusterRefund {
+            id: PacketId(id),
+            cents: Cents(cents),
+            at_ms: 3,
+        }
+    }
+
+    fn lease(epoch: u32, envelopes: u64) -> Record {
+        Record::Lease {
+            epoch,
+            envelopes,
+            at_ms: 4,
+        }
+    }
+
+    /// Books holding cluster packet 7 of 10 cents for users 1 and 2.
+    fn with_cluster_packet() -> Books {
+        let mut b = Books::with_history();
+        for r in [cluster_created(7, 10, 2), target(7, 0, 1), target(7, 1, 2)] {
+            b.apply(r).unwrap();
+        }
+        b
+    }
+
+    #[test]
+    fn a_cluster_packet_is_created_once_with_its_targets_in_order() {
+        let mut b = Books::new();
+        b.apply(cluster_created(7, 10, 2)).unwrap();
+        assert!(b.mid_packet());
+        assert!(b.apply(target(7, 1, 1)).is_err(), "out of order");
+        b.apply(target(7, 0, 1)).unwrap();
+        assert!(b.apply(target(7, 1, 1)).is_err(), "same user twice");
+        assert!(
+            b.apply(mirror(7, 1, 1)).is_err(),
+            "a mirror before the targets end"
+        );
+        assert!(b.apply(target(8, 1, 2)).is_err(), "another packet's target");
+        b.apply(target(7, 1, 2)).unwrap();
+        assert!(!b.mid_packet());
+        assert!(
+            b.apply(target(7, 2, 3)).is_err(),
+            "a target past the claimants"
+        );
+
+        let p = &b.cluster_packets()[&PacketId(7)];
+        assert_eq!(p.amount, Cents(10));
+        assert_eq!(p.targets, [UserId(1), UserId(2)]);
+        assert_eq!((p.created_ms, p.until_s, p.refunded), (1, 100, None));
+        let t = b.totals();
+        assert_eq!(
+            (t.cluster_packets_created, t.cents_cluster_packets),
+            (1, 10)
+        );
+        // Not a local packet: nothing for a core to take, nothing in the
+        // local balance.
+        assert_eq!((t.packets_created, t.cents_packets), (0, 0));
+        assert_eq!(b.packets_live(), 0);
+        assert_eq!(b.cents_in_packets(), 0);
+        b.check_conservation().unwrap();
+
+        assert!(b.apply(cluster_created(7, 10, 2)).is_err(), "twice");
+        assert!(
+            b.apply(created(7, 10, 2)).is_err(),
+            "a local packet of the same id"
+        );
+        b.apply(created(9, 10, 1)).unwrap();
+        b.apply(target(9, 0, 1)).unwrap();
+        assert!(
+            b.apply(cluster_created(9, 10, 1)).is_err(),
+            "a cluster packet of a local one's id"
+        );
+        assert_eq!(b.totals().cluster_packets_created, 1);
+
+        // Its id counts among the ids used.
+        let mut b = Books::new();
+        let id = PacketId::FIRST.0 + 5;
+        for r in [cluster_created(id, 1, 1), target(id, 0, 1)] {
+            b.apply(r).unwrap();
+        }
+        assert_eq!(b.next_packet_id(), PacketId(id + 1));
+    }
+
+    #[test]
+    fn a_cluster_packet_is_checked_as_a_local_one_at_creation() {
+        let mut b = Books::new();
+        assert!(b.apply(cluster_created(7, 10, 0)).is_err(), "no claimants");
+        assert!(
+            b.apply(cluster_created(7, 500, CLAIMANTS_MAX + 1)).is_err(),
+            "too many claimants"
+        );
+        assert!(
+            b.apply(cluster_created(7, 2, 3)).is_err(),
+            "not a cent for each claimant"
+        );
+        assert!(!b.mid_packet(), "a refused creation leaves nothing pending");
+        assert_eq!(b.totals(), Totals::default());
+    }
+
+    #[test]
+    fn a_claim_is_mirrored_once() {
+        let mut b = with_cluster_packet();
+        b.apply(mirror(7, 1, 4)).unwrap();
+        assert!(b.apply(mirror(7, 1, 4)).is_err(), "the same claim twice");
+        assert!(
+            b.apply(mirror(7, 1, 3)).is_err(),
+            "twice, for another amount"
+        );
+        b.apply(mirror(7, 2, 6)).unwrap();
+        let t = b.totals();
+        assert_eq!((t.cluster_claims, t.cents_cluster_claimed), (2, 10));
+        assert_eq!(b.cluster_claims()[&(PacketId(7), UserId(1))], Cents(4));
+        let history = b.history().expect("kept");
+        assert_eq!(history.claims[&(PacketId(7), UserId(2))], Cents(6));
+        // Cluster claims are not local ones.
+        assert_eq!((t.claims, t.cents_claimed), (0, 0));
+        b.check_conservation().unwrap();
+    }
+
+    #[test]
+    fn a_mirror_of_an_own_packet_must_be_by_a_target_within_its_amount() {
+        let mut b = with_cluster_packet();
+        assert!(b.apply(mirror(7, 3, 1)).is_err(), "not a target");
+        assert!(b.apply(mirror(7, 1, 11)).is_err(), "more than the amount");
+        assert!(b.apply(mirror(7, 1, 0)).is_err(), "zero cents");
+        assert_eq!(b.totals().cluster_claims, 0);
+        assert!(b.cluster_claims().is_empty(), "refusals change nothing");
+        b.apply(mirror(7, 1, 10)).unwrap();
+    }
+
+    #[test]
+    fn a_mirror_of_a_packet_from_another_node_is_accepted() {
+        let mut b = Books::with_history();
+        // Packet 70 was created on another node: this one knows neither
+        // its amount nor its targets.
+        b.apply(mirror(70, 5, 123)).unwrap();
+        b.apply(mirror(70, 6, 1)).unwrap();
+        assert!(b.apply(mirror(70, 5, 123)).is_err(), "still only once");
+        assert!(b.apply(mirror(71, 5, 0)).is_err(), "still at least a cent");
+        let t = b.totals();
+        assert_eq!((t.cluster_claims, t.cents_cluster_claimed), (2, 124));
+        assert!(b.cluster_packets().is_empty());
+        // A local claim or refund of it is no such thing.
+        assert!(b.apply(claim(70, 5, 123)).is_err());
+        assert!(
+            b.apply(Record::Refund {
+                id: PacketId(70),
+                cents: Cents(1),
+                at_ms: 3
+            })
+            .is_err()
+        );
+        b.check_conservation().unwrap();
+    }
+
+    #[test]
+    fn a_mirrored_claim_that_overflows_the_total_is_refused() {
+        let mut b = Books::new();
+        b.apply(mirror(70, 5, u64::MAX)).unwrap();
+        assert!(b.apply(mirror(70, 6, 1)).is_err());
+        assert_eq!(b.totals().cluster_claims, 1);
+        assert!(
+            !b.cluster_claims().contains_key(&(PacketId(70), UserId(6))),
+            "a refused mirror is not kept"
+        );
+    }
+
+    #[test]
+    fn a_cluster_refund_comes_once_for_an_own_packet_within_its_amount() {
+        let mut b = with_cluster_packet();
+        assert!(b.apply(cluster_refund(8, 1)).is_err(), "unknown packet");
+        assert!(b.apply(cluster_refund(7, 11)).is_err(), "over the amount");
+        assert_eq!(b.cluster_packets()[&PacketId(7)].refunded, None);
+        b.apply(mirror(7, 1, 4)).unwrap();
+        b.apply(cluster_refund(7, 6)).unwrap();
+        assert!(b.apply(cluster_refund(7, 6)).is_err(), "twice");
+        assert!(
+            b.apply(cluster_refund(7, 1)).is_err(),
+            "twice, another amount"
+        );
+        assert_eq!(b.cluster_packets()[&PacketId(7)].refunded, Some(Cents(6)));
+        let t = b.totals();
+        assert_eq!((t.cluster_refunds, t.cents_cluster_refunded), (1, 6));
+        assert_eq!((t.refunds, t.cents_refunded), (0, 0), "not a local refund");
+        // A local packet is not refunded by the engine, nor a cluster one
+        // by a local refund.
+        for r in [created(9, 10, 1), target(9, 0, 1)] {
+            b.apply(r).unwrap();
+        }
+        assert!(b.apply(cluster_refund(9, 10)).is_err());
+        assert!(
+            b.apply(Record::Refund {
+                id: PacketId(7),
+                cents: Cents(6),
+                at_ms: 3
+            })
+            .is_err()
+        );
+        assert!(b.apply(claim(7, 2, 6)).is_err(), "a local claim of it");
+        b.check_conservation().unwrap();
+    }
+
+    #[test]
+    fn leases_add_up_per_epoch_and_in_total() {
+        let mut b = Books::new();
+        b.apply(lease(1, 100)).unwrap();
+        b.apply(lease(2, 50)).unwrap();
+        b.apply(lease(1, 25)).unwrap();
+        b.apply(lease(3, 0)).unwrap();
+        assert_eq!(
+            *b.leases(),
+            HashMap::from([(1, 125), (2, 50), (3, 0)]),
+            "per epoch"
+        );
+        assert_eq!(b.totals().envelopes_leased, 175);
+        assert!(b.apply(lease(4, u64::MAX)).is_err(), "the total overflows");
+        assert_eq!(b.totals().envelopes_leased, 175);
+        assert!(!b.leases().contains_key(&4), "a refused lease is not kept");
+        b.check_conservation().unwrap();
+    }
+
+    #[test]
+    fn a_lease_or_a_mirror_inside_a_packets_targets_is_refused() {
+        let mut b = Books::new();
+        b.apply(cluster_created(7, 10, 2)).unwrap();
+        b.apply(target(7, 0, 1)).unwrap();
+        assert!(b.apply(lease(1, 10)).is_err());
+        assert!(b.apply(mirror(70, 1, 1)).is_err());
+        assert!(b.apply(cluster_refund(7, 1)).is_err());
+        assert!(b.mid_packet());
+    }
+
+    /// Cluster packet amounts are read from the file like local ones: their
+    /// sum must not overflow the cluster packets' total.
+    #[test]
+    fn cluster_packets_whose_amounts_overflow_are_violations() {
+        let mut b = Books::new();
+        b.apply(cluster_created(1, u64::MAX - 1, 1)).unwrap();
+        b.apply(target(1, 0, 10)).unwrap();
+        assert!(
+            b.apply(cluster_created(2, 2, 1)).is_err(),
+            "cents in cluster packets overflow"
+        );
+        assert!(!b.mid_packet());
+        assert_eq!(b.totals().cents_cluster_packets, u64::MAX - 1);
+        // Local packets have their own total: this one fits it.
+        b.apply(created(3, 2, 1)).unwrap();
+        b.apply(target(3, 0, 10)).unwrap();
+        b.check_conservation().unwrap();
     }
 
     #[test]

@@ -33,8 +33,14 @@ pub struct Counters {
     pub overload: u64,
     /// PacketPush (cmd 4) frames: a packet names this user.
     pub pushes: u64,
-    /// Claims (cmd 5) sent for pushed packets.
+    /// Claims (cmd 5) sent for pushed packets: one per packet a user was
+    /// pushed, a push repeated while its claim awaits an answer being
+    /// claimed once.
     pub claims: u64,
+    /// Claims sent again, after a reconnect and login, because the
+    /// connection they were sent on closed before their answer came.
+    #[serde(default)]
+    pub claims_resent: u64,
     /// Claim answers (cmd 6) matched to a claim.
     pub claim_answers: u64,
     /// Cents in the claim answers.
@@ -50,6 +56,10 @@ pub struct Counters {
     pub conn_errors: u64,
     /// Connect or login attempts that failed; each is retried after a backoff.
     pub connect_failures: u64,
+    /// Users moved to the next `--server` by a lost connection or a failed
+    /// attempt (never with one server): their next attempt goes there.
+    #[serde(default)]
+    pub failovers: u64,
     /// Requests that fell due but were not sent: their user was not logged
     /// in (connecting, or waiting to retry), or the thread already awaited
     /// its cap of answers (a stalled server). Claims past their cap too.
@@ -66,6 +76,7 @@ super::impl_add!(Counters {
     overload,
     pushes,
     claims,
+    claims_resent,
     claim_answers,
     claim_cents,
     other_results,
@@ -73,6 +84,7 @@ super::impl_add!(Counters {
     bad_frames,
     conn_errors,
     connect_failures,
+    failovers,
     unsent,
 });
 
@@ -144,6 +156,7 @@ mod tests {
             overload: 6,
             pushes: 7,
             claims: 14,
+            claims_resent: 18,
             claim_answers: 15,
             claim_cents: 16,
             other_results: 8,
@@ -151,6 +164,7 @@ mod tests {
             bad_frames: 10,
             conn_errors: 11,
             connect_failures: 17,
+            failovers: 19,
             unsent: 12,
         };
         let mut sum = one;
