@@ -129,12 +129,14 @@ fn generator_run(rings: &Arc<EnvelopeRings>, ledger: &Ledger) -> Duration {
         peers: Peers {
             inboxes: Vec::new(),
             wakers: Vec::new(),
+            engine: None,
         },
         outstanding: Vec::new(),
         next_envelope_id: EnvelopeId::FIRST,
         next_packet_id: PacketId::FIRST,
         envelope_ttl_s: 86_400,
         packet_ttl_s: 86_400,
+        cluster: None,
     };
     let start = Instant::now();
     let thread = std::thread::spawn(move || generator::run(setup));

@@ -38,6 +38,7 @@ const SETTINGS: HongbaoSettings = HongbaoSettings {
     mailbox_max: 16,
     user_conns_max: 4,
     seed: 1,
+    cluster: false,
 };
 
 /// A core's effects with the ledger off: the step alone is measured.

@@ -27,6 +27,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -188,6 +189,34 @@ pub struct EnvelopeSpec {
     pub seed: u64,
 }
 
+/// Cluster mode: envelopes this node may generate, leased from the fleet's
+/// budget by the engine thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseGrant {
+    /// The budget's epoch (one per `/yaohongbao`): a new one replaces the
+    /// running batch, and what is left of the old lease is not issued.
+    pub epoch: u64,
+    /// Envelopes granted now.
+    pub granted: u64,
+    /// This node's share of the fleet's rate, envelopes per second.
+    pub rate: u64,
+}
+
+/// Cluster mode: how the generator meets the engine thread. Packets get
+/// fleet-unique ids from the engine and are created there; envelopes are
+/// made only under a lease, so the fleet never issues more than its budget.
+pub struct ClusterLink {
+    /// Packet ids reserved from the engine.
+    pub ids: Receiver<PacketId>,
+    /// Packets recorded and durable, for the engine thread to create.
+    pub creates: Sender<Box<NewPacket>>,
+    /// Leases granted.
+    pub leases: Receiver<LeaseGrant>,
+    /// Envelopes leased and not yet made: the generator counts down, the
+    /// engine thread reads it to lease more in time.
+    pub allowance: Arc<AtomicU64>,
+}
+
 /// Everything the generator starts with.
 pub struct GeneratorSetup {
     /// The per-core rings.
@@ -216,6 +245,8 @@ pub struct GeneratorSetup {
     pub envelope_ttl_s: u64,
     /// Seconds a packet lives before its remainder is refunded.
     pub packet_ttl_s: u64,
+    /// Cluster mode: the engine thread's side (`None` on a single server).
+    pub cluster: Option<ClusterLink>,
 }
 
 /// Runs the generator until `commands` disconnects (the server stops).
@@ -242,6 +273,7 @@ pub fn run(setup: GeneratorSetup) {
                 return;
             }
         }
+        run.take_leases();
         run.g.emit_due(&mut run.batch);
         run.make_due_packets();
         if run.batch.schedule.is_done(run.batch.emitted)
@@ -252,6 +284,55 @@ pub fn run(setup: GeneratorSetup) {
         }
         if !run.close_second() {
             return;
+        }
+    }
+}
+
+impl Run {
+    /// Cluster mode: takes the leases the engine thread granted, each
+    /// recorded in the ledger (synced with the envelopes made under it). A
+    /// new epoch starts a new batch at this node's share of the fleet's
+    /// rate, and what was left of the old one's leases is not issued (the
+    /// budget under-issues by at most that, never over-issues); a new rate
+    /// (nodes came or went) restarts the schedule at it.
+    fn take_leases(&mut self) {
+        let Some(link) = &self.g.cluster else {
+            return;
+        };
+        while let Ok(grant) = link.leases.try_recv() {
+            if grant.granted > 0 && self.g.ledger.is_enabled() {
+                self.g.ledger.send(Entry::Record {
+                    producer: self.g.producer,
+                    record: Record::Lease {
+                        epoch: grant.epoch as u32,
+                        envelopes: grant.granted,
+                        at_ms: crate::clock::unix_now().as_millis() as u64,
+                    },
+                });
+            }
+            if grant.epoch != self.epoch {
+                self.epoch = grant.epoch;
+                link.allowance.store(grant.granted, Ordering::Relaxed);
+                self.batch = Batch::new(
+                    Schedule {
+                        rate: grant.rate,
+                        total: None,
+                    },
+                    Instant::now(),
+                );
+                self.g.rings.set_exhausted(false);
+            } else {
+                link.allowance.fetch_add(grant.granted, Ordering::Relaxed);
+                if grant.rate != self.batch.schedule.rate {
+                    self.batch = Batch::new(
+                        Schedule {
+                            rate: grant.rate,
+                            total: None,
+                        },
+                        Instant::now(),
+                    );
+                }
+            }
         }
     }
 }
@@ -268,6 +349,8 @@ struct Run {
     second: u64,
     /// The ledger's counters at the last report.
     ledger_seen: LedgerCounters,
+    /// Cluster mode: the budget epoch of the running batch.
+    epoch: u64,
 }
 
 impl Run {
@@ -287,6 +370,7 @@ impl Run {
             ledger: setup.ledger,
             producer: setup.producer,
             envelope_ttl_s: setup.envelope_ttl_s,
+            cluster: setup.cluster,
         };
         let packets = Packets {
             peers: setup.peers,
@@ -303,7 +387,16 @@ impl Run {
             rng: fastrand::Rng::with_seed(setup.spec.seed.rotate_left(PACKET_SEED_ROTATION)),
             made: Vec::new(),
         };
-        let initial = setup.initial;
+        // In cluster mode the batch comes from the fleet's budget, with
+        // the first lease.
+        let initial = if g.cluster.is_some() {
+            Schedule {
+                rate: 0,
+                total: None,
+            }
+        } else {
+            setup.initial
+        };
         let batch = Batch::new(initial, Instant::now());
         g.rings.set_exhausted(
             batch.schedule.is_done(0) && initial.total.is_some() && g.held.is_empty(),
@@ -318,6 +411,7 @@ impl Run {
             reports: setup.reports,
             second,
             ledger_seen,
+            epoch: 0,
         }
     }
 
@@ -459,17 +553,42 @@ impl Packets {
                 picked.into_boxed_slice()
             }
         };
-        let id = PacketId(self.next_id);
-        self.next_id = self.next_id.checked_add(1).unwrap_or(PacketId::FIRST.0);
+        let id = match &g.cluster {
+            // Fleet-unique ids come from the engine; none reserved means
+            // the engine is unreachable: no packet now.
+            Some(link) => match link.ids.try_recv() {
+                Ok(id) => id,
+                Err(_) => {
+                    g.counters.packets_unavailable += 1;
+                    return None;
+                }
+            },
+            None => {
+                let id = PacketId(self.next_id);
+                self.next_id = self.next_id.checked_add(1).unwrap_or(PacketId::FIRST.0);
+                id
+            }
+        };
         let amount = Cents(self.rng.u64(spec.cents_min..=spec.cents_max));
         let now = crate::clock::unix_now();
         let until_s = (now.as_secs() + self.ttl_s).min(u64::from(u32::MAX)) as u32;
-        let created = Record::PacketCreated {
-            id,
-            cents: amount,
-            claimants: targets.len() as u16,
-            at_ms: now.as_millis() as u64,
-            until_s,
+        let (cents, claimants, at_ms) = (amount, targets.len() as u16, now.as_millis() as u64);
+        let created = if g.cluster.is_some() {
+            Record::ClusterPacketCreated {
+                id,
+                cents,
+                claimants,
+                at_ms,
+                until_s,
+            }
+        } else {
+            Record::PacketCreated {
+                id,
+                cents,
+                claimants,
+                at_ms,
+                until_s,
+            }
         };
         if g.ledger.is_enabled()
             && !g.ledger.send(Entry::Packet {
@@ -501,6 +620,25 @@ impl Packets {
         }
         if !g.ledger.sync() {
             return false;
+        }
+        if let Some(link) = &g.cluster {
+            // Created in the engine by the engine thread, which retries
+            // until the engine has it (a restart creates again what the
+            // ledger holds). A full hand-over queue past its deadline
+            // leaves the packet in the ledger only, counted: the fleet
+            // audit names it as never created, the next start creates it.
+            let mut ok = true;
+            for p in made {
+                if link
+                    .creates
+                    .send_timeout(Box::new(p), INBOX_SEND_TIMEOUT)
+                    .is_err()
+                {
+                    g.counters.packets_unavailable += 1;
+                    ok = false;
+                }
+            }
+            return ok;
         }
         let cores = self.peers.inboxes.len();
         let mut woken = vec![false; cores];
@@ -565,6 +703,7 @@ struct Generator {
     ledger: Ledger,
     producer: u16,
     envelope_ttl_s: u64,
+    cluster: Option<ClusterLink>,
 }
 
 impl Generator {
@@ -582,7 +721,19 @@ impl Generator {
             return;
         }
         let until = batch.schedule.due_by(elapsed + LOOKAHEAD);
-        let n = (until - batch.emitted).min(MADE_PER_ROUND_MAX);
+        let mut n = (until - batch.emitted).min(MADE_PER_ROUND_MAX);
+        if let Some(link) = &self.cluster {
+            // Only what is leased; the schedule waits for the next lease.
+            let held = link.allowance.load(Ordering::Relaxed);
+            if held < n {
+                self.counters.lease_waits += 1;
+            }
+            n = n.min(held);
+            link.allowance.fetch_sub(n, Ordering::Relaxed);
+            if n == 0 {
+                return;
+            }
+        }
         for k in 0..n {
             let due = batch
                 .schedule
@@ -756,6 +907,7 @@ mod tests {
             ledger: Ledger::disabled(),
             producer: 0,
             envelope_ttl_s: 60,
+            cluster: None,
         };
         let now = Instant::now();
         for _ in 0..3 {

@@ -35,6 +35,48 @@ pub struct Peers {
     pub inboxes: Vec<Sender<CoreMsg>>,
     /// Each core's waker.
     pub wakers: Vec<Arc<Waker>>,
+    /// Cluster mode: the engine thread's inbox (bounded; it waits on it
+    /// with a deadline, so it needs no waker). `None` on a single server.
+    pub engine: Option<Sender<EngineJob>>,
+}
+
+/// Cluster mode: what a core asks of the engine thread (`server::engine`),
+/// which talks to the cluster's engine so that no core ever waits on it.
+#[derive(Debug)]
+pub enum EngineJob {
+    /// `user` claims `packet`: decided in the engine, answered to `reply`
+    /// (a [`CoreMsg::ClaimAnswer`]) once it is on a replica and mirrored in
+    /// this node's ledger, or 0 when that could not be confirmed. Every
+    /// claim sent gets exactly one answer.
+    Claim {
+        /// The packet.
+        packet: PacketId,
+        /// The session's user.
+        user: UserId,
+        /// Where the answer goes.
+        reply: ConnAddr,
+    },
+    /// From the user's home core: `user` has a first connection on this
+    /// node (presence in the engine; their undelivered pushes come back as
+    /// [`CoreMsg::Push`]).
+    Online {
+        /// The user.
+        user: UserId,
+    },
+    /// From the user's home core: `user`'s last connection on this node
+    /// closed.
+    Offline {
+        /// The user.
+        user: UserId,
+    },
+    /// A push from the engine was written on one of `user`'s connections:
+    /// it leaves their mailbox in the engine.
+    Delivered {
+        /// The user.
+        user: UserId,
+        /// The push frame (cmd 4) as written.
+        push: Frame,
+    },
 }
 
 /// A connection's address: its core, slab key and the serial number it got
@@ -174,6 +216,9 @@ pub struct Effects {
     pub after_sync: AfterSync<Waiting>,
     /// Claims sent to other cores whose answers have not come back.
     pub claims_away: u64,
+    /// Cluster mode: jobs for the engine thread, sent at the end of the
+    /// turn (empty and unused on a single server).
+    pub engine: Vec<EngineJob>,
 }
 
 impl Effects {
@@ -186,6 +231,7 @@ impl Effects {
             outbox: (0..cores).map(|_| Vec::new()).collect(),
             after_sync: AfterSync::new(),
             claims_away: 0,
+            engine: Vec::new(),
         }
     }
 
@@ -198,6 +244,7 @@ impl Effects {
         self.claims_away >= CLAIMS_AWAY_MAX
             || self.ledger.backlog() >= LEDGER_BACKLOG_MAX
             || self.outbox.iter().any(|o| o.len() >= OUTBOX_MAX)
+            || self.engine.len() >= OUTBOX_MAX
     }
 
     /// Queues `msg` for `core`.
@@ -352,6 +399,15 @@ impl Directory {
         };
         self.users.insert(user, presence);
         Arrival { mail, kicked }
+    }
+
+    /// True while `user` has a connection here.
+    pub fn is_online(&self, user: UserId) -> bool {
+        match self.users.get(&user) {
+            Some(Presence::One(_)) => true,
+            Some(Presence::More(crowd)) => !crowd.conns.is_empty(),
+            None => false,
+        }
     }
 
     /// The connection `addr` of `user` closed.

@@ -23,7 +23,7 @@ use crate::clock::Now;
 use crate::durable::Hold;
 use crate::ids::{Cents, CoreId, EnvelopeId, PacketId, UserId};
 use crate::ledger::Record;
-use crate::mesh::{ConnAddr, CoreMsg, Directory, Effects, Route, Waiting};
+use crate::mesh::{ConnAddr, CoreMsg, Directory, Effects, EngineJob, Route, Waiting};
 use crate::packets::{Claimed, PacketTable};
 use crate::ring::EnvelopeRings;
 use crate::stats::CoreCounters;
@@ -266,6 +266,8 @@ pub struct Hongbao {
     packets: PacketTable,
     directory: Directory,
     policy: LoginPolicy,
+    /// See [`HongbaoSettings::cluster`].
+    cluster: bool,
 }
 
 /// Settings of the product's business on one core.
@@ -280,6 +282,10 @@ pub struct HongbaoSettings {
     pub user_conns_max: usize,
     /// Seed of the packet split.
     pub seed: u64,
+    /// Cluster mode: packets, claims, presence and mailboxes live in the
+    /// cluster's engine; this core hands claims and presence to the engine
+    /// thread and keeps no packet and no mail of its own.
+    pub cluster: bool,
 }
 
 impl Hongbao {
@@ -293,8 +299,18 @@ impl Hongbao {
             packets: PacketTable::new(
                 settings.seed ^ (core.0 as u64).wrapping_mul(CORE_SEED_SPREAD),
             ),
-            directory: Directory::new(settings.mailbox_max, settings.user_conns_max),
+            // In cluster mode the engine keeps the mail of users not
+            // online here (it knows where they are, if anywhere).
+            directory: Directory::new(
+                if settings.cluster {
+                    0
+                } else {
+                    settings.mailbox_max
+                },
+                settings.user_conns_max,
+            ),
             policy: LoginPolicy::open(),
+            cluster: settings.cluster,
         }
     }
 
@@ -439,6 +455,9 @@ impl Hongbao {
                 },
             ),
             Route::Queued => counters.pushes_queued += 1,
+            // Not online here: the engine's mailbox has it for their next
+            // login, on any node.
+            Route::Dropped if self.cluster => counters.pushes_left_to_engine += 1,
             Route::Dropped => counters.push_drops += 1,
         }
     }
@@ -449,6 +468,9 @@ impl Hongbao {
     /// only a core loop closes connections). At most one kick per login, so
     /// the messages stay bounded by the logins read.
     fn online(&mut self, user: UserId, addr: ConnAddr, fx: &mut Effects) {
+        if self.cluster && !self.directory.is_online(user) {
+            fx.engine.push(EngineJob::Online { user });
+        }
         let arrival = self.directory.online(user, addr);
         if let Some(old) = arrival.kicked {
             fx.send(usize::from(old.core), CoreMsg::Kick { to: old, user });
@@ -463,6 +485,17 @@ impl Hongbao {
                     hops: 0,
                 },
             );
+        }
+    }
+}
+
+impl Hongbao {
+    /// The connection `addr` of `user` closed (this core is their home); in
+    /// cluster mode the engine learns when their last one here is gone.
+    fn offline(&mut self, user: UserId, addr: ConnAddr, fx: &mut Effects) {
+        self.directory.offline(user, addr);
+        if self.cluster && !self.directory.is_online(user) {
+            fx.engine.push(EngineJob::Offline { user });
         }
     }
 }
@@ -483,7 +516,17 @@ impl Service for Hongbao {
                 // before they are read (`--conn-qps-max`).
                 self.shakes_this_sec = self.shakes_this_sec.saturating_add(1);
                 let owner = cx.fx.owner(packet);
-                if owner == self.core.0 {
+                if self.cluster {
+                    // Decided in the engine; its answer comes back as a
+                    // message, counted as away until then. (The engine
+                    // thread counts how it was decided.)
+                    cx.fx.claims_away += 1;
+                    cx.fx.engine.push(EngineJob::Claim {
+                        packet,
+                        user,
+                        reply: conn,
+                    });
+                } else if owner == self.core.0 {
                     let claimed = self.claim_here(packet, user, conn, cx.now, cx.fx, cx.counters);
                     if let Some(cents) = claimed {
                         Frame::ClaimResponse {
@@ -562,7 +605,7 @@ impl Service for Hongbao {
             }
             CoreMsg::Push { user, push, hops } => self.route_push(user, push, hops, fx, counters),
             CoreMsg::Online { user, addr } => self.online(user, addr, fx),
-            CoreMsg::Offline { user, addr } => self.directory.offline(user, addr),
+            CoreMsg::Offline { user, addr } => self.offline(user, addr, fx),
             CoreMsg::Claim {
                 packet,
                 user,
@@ -590,7 +633,7 @@ impl Service for Hongbao {
     fn on_close(&mut self, user: UserId, conn: ConnAddr, fx: &mut Effects) {
         let home = fx.home(user);
         if home == self.core.0 {
-            self.directory.offline(user, conn);
+            self.offline(user, conn, fx);
         } else {
             fx.send(home, CoreMsg::Offline { user, addr: conn });
         }
@@ -699,6 +742,7 @@ mod tests {
             mailbox_max: 4,
             user_conns_max: 4,
             seed: 1,
+            cluster: false,
         }
     }
 

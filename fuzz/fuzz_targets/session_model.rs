@@ -186,6 +186,7 @@ impl World {
             // the cap's kicks are the core loop's (CoreMsg::Kick), which
             // this harness does not run.
             user_conns_max: 0,
+            cluster: false,
         };
         World {
             cores,

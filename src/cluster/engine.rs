@@ -509,10 +509,28 @@ impl Engine {
                 "set_budget({qps}, {total}): each must be below 2^53"
             )));
         }
-        let mut c = fcall("hb_budget_set", &[keys::BUDGET]);
+        let mut c = fcall("hb_budget_set", &[keys::BUDGET, keys::BUDGET_TOTALS]);
         c.arg(qps).arg(total);
         let v = self.run("hb_budget_set", |conn| conn.req_command(&c))?;
         nonneg(&v, "hb_budget_set")
+    }
+
+    /// Every budget epoch's total (epoch -> envelopes), for the audit.
+    pub fn budget_totals(&mut self) -> Result<std::collections::HashMap<u64, u64>, EngineError> {
+        let mut c = cmd("HGETALL");
+        c.arg(keys::BUDGET_TOTALS);
+        let v = self.run("HGETALL budget totals", |conn| conn.req_command(&c))?;
+        let f = items(&v, "HGETALL budget totals")?;
+        let mut out = std::collections::HashMap::new();
+        for pair in f.chunks(2) {
+            let [k, t] = pair else {
+                return Err(EngineError::BadReply(format!(
+                    "HGETALL budget totals: {v:?}"
+                )));
+            };
+            out.insert(nonneg(k, "budget epoch")?, nonneg(t, "budget total")?);
+        }
+        Ok(out)
     }
 
     /// The budget as it stands (zeros before the first set).
@@ -684,14 +702,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Removes a delivered note from `user`'s mailbox (hb_delivered); true
-    /// when it was there.
+    /// Removes the notes of `note`'s packet from `user`'s mailbox (hb_delivered:
+    /// by packet, as a core knows the push frame, not its expiry); true when
+    /// one was there.
     pub fn delivered(&mut self, user: UserId, note: &PushNote) -> Result<bool, EngineError> {
         let k = UserKeys::new(user);
         let mut c = fcall("hb_delivered", &[&k.mailbox]);
-        c.arg(note.encode());
+        c.arg(note.packet.0);
         let v = self.run("hb_delivered", |conn| conn.req_command(&c))?;
-        Ok(int(&v, "hb_delivered")? == 1)
+        Ok(int(&v, "hb_delivered")? >= 1)
     }
 
     /// Reads up to `count` pushes from node `node`'s stream as `consumer`

@@ -239,21 +239,34 @@ local function hb_route(keys, args)
   return { tonumber(node or -1), dropped }
 end
 
--- hb_delivered(m; note) -> 1 when the note was in the mailbox and is gone.
+-- hb_delivered(m; packet) -> how many notes of that packet left the
+-- mailbox (0 or 1). By packet, not by the whole note: the core that wrote
+-- the push knows its frame, not its expiry. A mailbox holds at most
+-- mailbox_max notes, so the scan is short.
 local function hb_delivered(keys, args)
-  return redis.call('ZREM', keys[1], args[1])
+  local m = keys[1]
+  local prefix = args[1] .. ':'
+  local removed = 0
+  for _, note in ipairs(redis.call('ZRANGE', m, 0, -1)) do
+    if string.sub(note, 1, #prefix) == prefix then
+      removed = removed + redis.call('ZREM', m, note)
+    end
+  end
+  return removed
 end
 
--- hb_budget_set(b; qps, total) -> the new epoch. Leases start again from 0:
--- a set is a reset (a retried set resets again).
+-- hb_budget_set(b, totals; qps, total) -> the new epoch. Leases start
+-- again from 0: a set is a reset (a retried set resets again). Each epoch's
+-- total is kept (totals: epoch -> total) for the fleet's audit.
 local function hb_budget_set(keys, args)
-  local b = keys[1]
+  local b, totals = keys[1], keys[2]
   local qps, total = whole(args[1], 0), whole(args[2], 0)
   if not (qps and total) then
     return fail('hb_budget_set: bad arguments')
   end
   local epoch = redis.call('HINCRBY', b, 'epoch', 1)
   redis.call('HSET', b, 'qps', args[1], 'total', args[2], 'leased', 0)
+  redis.call('HSET', totals, epoch, args[2])
   return epoch
 end
 

@@ -16,6 +16,8 @@ pub const BUDGET_NODES: &str = "hb:{budget}:nodes";
 /// Node id -> `seq:epoch:granted` of its last lease, so that a retried lease
 /// returns the same grant.
 pub const BUDGET_REQ: &str = "hb:{budget}:req";
+/// Budget epoch -> its total: every epoch's, for the fleet's audit.
+pub const BUDGET_TOTALS: &str = "hb:{budget}:totals";
 /// The consumer group every node's push stream is read through.
 pub const PUSH_GROUP: &str = "hongbao";
 /// A push stream's length cap (XADD MAXLEN ~): a node down for longer than
@@ -98,7 +100,7 @@ mod tests {
         let u = UserKeys::new(UserId(7));
         assert_eq!(tag(&u.presence), "u:7");
         assert_eq!(tag(&u.mailbox), "u:7");
-        for k in [BUDGET, BUDGET_NODES, BUDGET_REQ] {
+        for k in [BUDGET, BUDGET_NODES, BUDGET_REQ, BUDGET_TOTALS] {
             assert_eq!(tag(k), "budget", "{k}");
         }
         assert_eq!(tag(IDS), "ids");

@@ -862,7 +862,8 @@ fn audit_ledger(out: &Path, plan: &Plan) -> AuditOutcome {
         .filter(|p| p.exists())
         .collect();
     match audit(&AuditArgs {
-        data_dir: out.join("data"),
+        data_dir: vec![out.join("data")],
+        cluster: None,
         ack_log: acks,
         json: false,
     }) {

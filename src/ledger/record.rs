@@ -132,8 +132,9 @@ pub enum Record {
         /// When it expires and its remainder is refunded, Unix seconds.
         until_s: u32,
     },
-    /// Cluster mode: the mirror of a paid claim the engine decided and this
-    /// node acknowledged (the packet may have been created on another node).
+    /// Cluster mode: the mirror of a claim the engine paid and this node
+    /// acknowledged (the packet may have been created on another node); a
+    /// repeat acknowledged here is mirrored too, for the same amount.
     ClusterClaim {
         /// The packet.
         id: PacketId,

@@ -54,7 +54,7 @@ pub enum Entry {
     Packet {
         /// Who sent it.
         producer: u16,
-        /// The `PacketCreated` record.
+        /// The `PacketCreated` (or `ClusterPacketCreated`) record.
         created: Record,
         /// Its targets, in order.
         targets: Box<[UserId]>,
@@ -355,7 +355,9 @@ impl Batch {
                 targets,
             } => {
                 created.encode_to(&mut self.buf);
-                let Record::PacketCreated { id, .. } = created else {
+                let (Record::PacketCreated { id, .. } | Record::ClusterPacketCreated { id, .. }) =
+                    created
+                else {
                     unreachable!("a packet entry starts with its creation");
                 };
                 for (index, &user) in targets.iter().enumerate() {

@@ -66,8 +66,10 @@ pub enum Kind {
 
 #[derive(Clone, Debug)]
 enum Bucket {
-    Server(SecondStats),
-    Client(ClientSecond),
+    // Boxed, both: each is some hundreds of bytes, and a source's seconds
+    // sit in a map until they close.
+    Server(Box<SecondStats>),
+    Client(Box<ClientSecond>),
 }
 
 /// One source as the monitor knows it.
@@ -172,14 +174,14 @@ impl Collector {
                 s.kind = Some(Kind::Server);
                 seconds
                     .into_iter()
-                    .map(|b| (b.second, Bucket::Server(b)))
+                    .map(|b| (b.second, Bucket::Server(Box::new(b))))
                     .collect()
             }
             Seconds::Flooder { seconds } => {
                 s.kind = Some(Kind::Flooder);
                 seconds
                     .into_iter()
-                    .map(|b| (b.second, Bucket::Client(b)))
+                    .map(|b| (b.second, Bucket::Client(Box::new(b))))
                     .collect()
             }
         };

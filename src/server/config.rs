@@ -215,6 +215,32 @@ pub struct ServerConfig {
     /// Do not print a line per second (the start line and summary remain).
     #[arg(long)]
     pub quiet: bool,
+
+    /// Cluster mode: join the red-packet system whose shared state (packets,
+    /// claims, presence, pushes, the envelope budget) lives in this Redis
+    /// Cluster, given as one or more seed nodes `redis://HOST:PORT`,
+    /// comma-separated. Shakes never wait for it. Without it the server is
+    /// an island with its own ledger (the default).
+    #[arg(long, value_name = "URLS")]
+    pub cluster: Option<String>,
+
+    /// Cluster mode: this node's id, unique in the fleet (1..=65535): its
+    /// push stream, its presence entries and its leases carry it. A node
+    /// restarted with the same id takes up its stream where it stopped.
+    #[arg(long, requires = "cluster")]
+    pub node_id: Option<u32>,
+
+    /// Cluster mode: replicas that must have a claim (Redis `WAIT`) before
+    /// it is answered. 1 survives a primary's loss; 0 only for a cluster
+    /// without replicas (a test), where a primary's loss can lose claims.
+    #[arg(long, default_value_t = 1, requires = "cluster")]
+    pub engine_replicas: u32,
+
+    /// Cluster mode: how long a claim may wait for the engine (a failover,
+    /// an unreachable cluster) before it is answered 0 (not confirmed: safe
+    /// to retry). Above Redis's `cluster-node-timeout` plus a failover.
+    #[arg(long, default_value_t = 10.0, requires = "cluster")]
+    pub engine_timeout: f64,
 }
 
 /// Whether logins must be signed (`--auth`).
@@ -327,6 +353,18 @@ impl ServerConfig {
             return err(
                 "send-buffer",
                 "--send-buffer and --recv-buffer must be under 1 GiB",
+            );
+        }
+        if self.cluster.is_some() && !self.node_id.is_some_and(|n| (1..=65_535).contains(&n)) {
+            return err(
+                "node-id",
+                "cluster mode needs --node-id N, 1..=65535, unique in the fleet",
+            );
+        }
+        if !(self.engine_timeout > 0.0 && self.engine_timeout <= TIMEOUT_SECS_MAX) {
+            return err(
+                "engine-timeout",
+                "must be more than 0 and at most 3600 seconds",
             );
         }
         if self.outbound_max < crate::wire::FRAME_LEN_MAX {

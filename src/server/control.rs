@@ -28,6 +28,7 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 use serde_json::json;
 
+use super::engine::{EngineRequest, EngineStatus};
 use super::published::{self, Published};
 use crate::generator::{Command, PacketSpec, PacketUsers, Schedule};
 use crate::http::{self, ControlToken, Counters, Guard, Listener, Request, Response};
@@ -58,6 +59,17 @@ const PACKET_CENTS_DEFAULT: (u64, u64) = (10, 309);
 /// The original's claimants per packet.
 const PACKET_CLAIMANTS_DEFAULT: u16 = 3;
 
+/// Cluster mode: what the control asks of and reads from the engine thread.
+#[derive(Clone, Debug)]
+pub struct ClusterControl {
+    /// This node's id.
+    pub node: u32,
+    /// Requests to the engine thread (`/yaohongbao` sets the fleet's budget).
+    pub requests: Sender<EngineRequest>,
+    /// The engine threads' counters, shown by `/status`.
+    pub status: Arc<EngineStatus>,
+}
+
 /// The running control loop.
 #[derive(Debug)]
 pub struct ControlServer {
@@ -82,6 +94,7 @@ impl ControlServer {
         generator: Sender<Command>,
         published: Arc<Mutex<Published>>,
         conns_cap: usize,
+        cluster: Option<ClusterControl>,
     ) -> io::Result<ControlServer> {
         let counters = listener.counters();
         let guard = Guard {
@@ -89,7 +102,14 @@ impl ControlServer {
             paths: MUTATING,
         };
         let server = http::Server::start_guarded(listener, "hongbao-http", guard, move |req| {
-            route(req, &generator, &published, &counters, conns_cap)
+            route(
+                req,
+                &generator,
+                &published,
+                &counters,
+                conns_cap,
+                cluster.as_ref(),
+            )
         })?;
         Ok(ControlServer {
             addr: server.addr(),
@@ -109,9 +129,13 @@ fn route(
     published: &Mutex<Published>,
     control: &Counters,
     conns_cap: usize,
+    cluster: Option<&ClusterControl>,
 ) -> Response {
     match req.path() {
-        "/yaohongbao" => start_batch(req, generator),
+        "/yaohongbao" => match cluster {
+            Some(c) => set_budget(req, c),
+            None => start_batch(req, generator),
+        },
         "/fahongbao" => start_packets(req, generator),
         "/packet" => create_packet(req, generator),
         "/stats" => {
@@ -123,13 +147,17 @@ fn route(
             let batch = ask(generator, Command::Status);
             let p = Published::lock(published);
             let (envelopes, packets) = batch.unzip();
-            Response::ok(json!({
+            let mut status = json!({
                 "total": p.total,
                 "batch": envelopes,
                 "packets": packets,
                 "conns_cap": conns_cap,
                 "control": control.to_json(),
-            }))
+            });
+            if let Some(c) = cluster {
+                status["cluster"] = json!(c.status.report(c.node));
+            }
+            Response::ok(status)
         }
         path => Response::not_found(path, PATHS),
     }
@@ -146,19 +174,50 @@ fn ask<T>(generator: &Sender<Command>, make: impl FnOnce(Sender<T>) -> Command) 
     answer.recv_timeout(GENERATOR_TIMEOUT).ok()
 }
 
-fn start_batch(req: &Request, generator: &Sender<Command>) -> Response {
+/// `qps` and `sum` of `/yaohongbao`, or the 400 that says what they must be.
+fn batch_params(req: &Request) -> Result<(u64, u64), Response> {
     let qps = req.param("qps").map(str::parse::<u64>);
     let sum = req.param("sum").map(str::parse::<u64>);
-    let (qps, sum) = match (qps, sum) {
-        (Some(Ok(q)), Some(Ok(s))) if (1..=BATCH_RATE_MAX).contains(&q) => (q, s),
-        _ => {
-            return Response::error(
-                400,
-                format!(
-                    "need qps in 1..={BATCH_RATE_MAX} and sum, both whole numbers: /yaohongbao?qps=200&sum=40000"
-                ),
-            );
-        }
+    match (qps, sum) {
+        (Some(Ok(q)), Some(Ok(s))) if (1..=BATCH_RATE_MAX).contains(&q) => Ok((q, s)),
+        _ => Err(Response::error(
+            400,
+            format!(
+                "need qps in 1..={BATCH_RATE_MAX} and sum, both whole numbers: /yaohongbao?qps=200&sum=40000"
+            ),
+        )),
+    }
+}
+
+/// Cluster mode: `/yaohongbao` sets the fleet's envelope budget in the
+/// engine (every node leases from it within 200 ms).
+fn set_budget(req: &Request, cluster: &ClusterControl) -> Response {
+    let (qps, sum) = match batch_params(req) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    let sent = cluster.requests.try_send(EngineRequest::SetBudget {
+        qps,
+        total: sum,
+        reply,
+    });
+    if sent.is_err() {
+        return Response::error(503, "the engine thread is busy or not running");
+    }
+    match answer.recv_timeout(GENERATOR_TIMEOUT) {
+        Ok(Ok(epoch)) => Response::ok(json!({
+            "ok": true, "qps": qps, "sum": sum, "cluster": true, "epoch": epoch
+        })),
+        Ok(Err(why)) => Response::error(503, format!("the cluster's engine: {why}")),
+        Err(_) => Response::error(503, "the cluster's engine did not answer in time"),
+    }
+}
+
+fn start_batch(req: &Request, generator: &Sender<Command>) -> Response {
+    let (qps, sum) = match batch_params(req) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     let schedule = Schedule {
         rate: qps,

@@ -10,6 +10,7 @@
 pub mod answer;
 mod config;
 mod control;
+pub mod engine;
 mod handle;
 mod latency_log;
 pub(crate) mod limits;

@@ -8,11 +8,13 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
 
 use super::control::ControlServer;
+use super::engine::{EngineRequest, EngineStatus};
 use super::stats_thread::Summary;
 use crate::generator::Command;
 use crate::ledger::Ledger;
@@ -40,6 +42,39 @@ pub(super) struct GeneratorThread {
     pub(super) commands: Sender<Command>,
 }
 
+/// Cluster mode: the engine thread and the push reader, with what stops
+/// them (the flag, which each looks at within a second) and what the
+/// control and the handle read.
+pub(super) struct EngineThreads {
+    pub(super) node: u32,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) status: Arc<EngineStatus>,
+    pub(super) requests: Sender<EngineRequest>,
+    pub(super) engine: Option<JoinHandle<()>>,
+    pub(super) reader: Option<JoinHandle<()>>,
+}
+
+impl EngineThreads {
+    /// Stops both threads and waits for them; true if one panicked.
+    fn stop(&mut self) -> bool {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut panicked = false;
+        for t in [self.engine.take(), self.reader.take()]
+            .into_iter()
+            .flatten()
+        {
+            panicked |= t.join().is_err();
+        }
+        panicked
+    }
+}
+
+impl Drop for EngineThreads {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
 /// A running core, as its owner holds it: it ends when told to in its inbox.
 pub(super) struct CoreThread {
     pub(super) thread: JoinHandle<io::Result<()>>,
@@ -54,6 +89,7 @@ pub(super) struct CoreThread {
 pub(super) struct Running {
     pub(super) stats: Option<StatsThread>,
     pub(super) ledger: Option<LedgerThread>,
+    pub(super) engine: Option<EngineThreads>,
     pub(super) generator: Option<GeneratorThread>,
     pub(super) control: Option<ControlServer>,
     pub(super) cores: Vec<CoreThread>,
@@ -61,7 +97,8 @@ pub(super) struct Running {
 
 impl Running {
     /// Stops what runs, in the reverse order of its start: the cores (which
-    /// flush pending answers first), the control, the generator, the ledger
+    /// flush pending answers first), the control, the generator, the engine
+    /// threads (cluster mode), the ledger
     /// writer (it drains once every producer is gone), then the stats thread,
     /// whose totals are returned. Each part is joined even when one before
     /// it panicked; `Err` names the first that did. A second call finds
@@ -86,6 +123,13 @@ impl Running {
             drop(commands);
             if thread.join().is_err() {
                 panicked.get_or_insert("generator thread");
+            }
+        }
+        // After the generator (which hands it packets) and before the
+        // ledger writer (its mirrors are records).
+        if let Some(mut e) = self.engine.take() {
+            if e.stop() {
+                panicked.get_or_insert("engine thread");
             }
         }
         if let Some(LedgerThread { thread, ledger }) = self.ledger.take() {

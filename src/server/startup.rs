@@ -7,7 +7,8 @@
 //! core's poll) is taken in [`prepare`], before any thread runs, so that such
 //! a failure leaves nothing behind and writes nothing to the ledger. Then
 //! [`Launch::run`] starts the threads one step at a time (stats, ledger
-//! writer, generator, HTTP control, cores), handing each to [`Running`] the
+//! writer, in cluster mode the engine thread and push reader, generator,
+//! HTTP control, cores), handing each to [`Running`] the
 //! moment it runs: a later step that fails drops `Running`, which stops what
 //! ran in the reverse order, and the success path hands the same `Running`
 //! to the `ServerHandle`. Must not: sit on the request path, or start a
@@ -22,21 +23,26 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::config::{ConfigError, ServerConfig};
+use super::control::ClusterControl;
 use super::control::{self, ControlServer};
+use super::engine::{self, EngineSetup, EngineStatus, PushReaderSetup};
 use super::handle::{Replayed, SeedSource, ServerHandle};
 use super::latency_log::LatencyLog;
 use super::limits::{self, FdLimit};
 use super::published::Published;
-use super::running::{CoreThread, GeneratorThread, LedgerThread, Running, StatsThread};
+use super::running::{
+    CoreThread, EngineThreads, GeneratorThread, LedgerThread, Running, StatsThread,
+};
 use super::stats_thread::{StatsSetup, aggregate};
 use super::worker::{self, WorkerLimits, WorkerSetup};
 use crate::clock::MILLIS_PER_SEC;
-use crate::generator::{self, Command, EnvelopeSpec, GeneratorSetup, Schedule};
+use crate::cluster::EngineConfig;
+use crate::generator::{self, ClusterLink, Command, EnvelopeSpec, GeneratorSetup, Schedule};
 use crate::hlog::LatencyHistogram;
 use crate::http;
 use crate::ids::{CoreId, EnvelopeId, PacketId};
 use crate::ledger::{self, Books, Ledger, LedgerFile};
-use crate::mesh::{CoreMsg, Peers};
+use crate::mesh::{CoreMsg, EngineJob, Peers};
 use crate::packets::NewPacket;
 use crate::ring::{Envelope, EnvelopeRings};
 use crate::session::{Hongbao, HongbaoSettings, LoginPolicy, Reference};
@@ -65,6 +71,8 @@ pub enum ThreadStep {
     Stats,
     /// The ledger writer (only with `--data-dir`).
     LedgerWriter,
+    /// Cluster mode: the engine thread (the push reader follows it).
+    Engine,
     /// The generator.
     Generator,
     /// The HTTP control (unless `--no-http`).
@@ -163,6 +171,7 @@ fn start_with(
         cores,
         seed,
         policy,
+        engine_config,
     } = prepare(config)?;
     let mut launch = Launch::new(
         config,
@@ -173,6 +182,7 @@ fn start_with(
     );
     launch.settings.seed = seed.0;
     launch.policy = policy;
+    launch.engine_config = engine_config;
     let replayed = replay.replayed;
     let mut running = Running::default();
     // On a failure `running` is dropped here, which stops what it holds.
@@ -216,6 +226,8 @@ struct Prepared {
     seed: (u64, SeedSource),
     /// Which logins the cores take.
     policy: LoginPolicy,
+    /// Cluster mode: where the engine is.
+    engine_config: Option<EngineConfig>,
 }
 
 /// The steps that can fail for a reason the operator can fix, in order; no
@@ -247,7 +259,20 @@ fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
     // anything runs.
     let mut replay = replay_ledger(config, threads, &mut warnings)?;
     let outputs = open_outputs(config)?;
-    let cores = make_cores(listeners, std::mem::take(&mut replay.packets_by_core))?;
+    let cores = make_cores(
+        listeners,
+        std::mem::take(&mut replay.packets_by_core),
+        config.cluster.is_some(),
+    )?;
+    let engine_config = match &config.cluster {
+        Some(urls) => Some(EngineConfig::parse(urls).map_err(|why| {
+            StartError::Config(ConfigError {
+                option: "cluster",
+                why: why.to_string(),
+            })
+        })?),
+        None => None,
+    };
     Ok(Prepared {
         threads,
         cpus,
@@ -260,6 +285,7 @@ fn prepare(config: &ServerConfig) -> Result<Prepared, StartError> {
         cores,
         seed,
         policy,
+        engine_config,
     })
 }
 
@@ -369,6 +395,10 @@ struct Replay {
     queued: Queued,
     /// Live packets, by the core that owns each.
     packets_by_core: Vec<Vec<NewPacket>>,
+    /// Cluster mode: this node's packets not yet refunded, for the engine
+    /// thread to create again (a no-op when the engine has them) and
+    /// refund at expiry.
+    cluster_packets: Vec<NewPacket>,
 }
 
 /// The generator's share of the replay.
@@ -406,11 +436,25 @@ fn replay_ledger(
         replayed.packets_live += 1;
         packets_by_core[p.id.0 as usize % threads].push(p.into());
     }
+    let mut cluster_packets: Vec<NewPacket> = books
+        .cluster_packets()
+        .values()
+        .filter(|p| p.refunded.is_none())
+        .map(|p| NewPacket {
+            id: p.id,
+            amount: p.amount,
+            targets: p.targets.clone().into_boxed_slice(),
+            claims: Vec::new(),
+            until_s: p.until_s,
+        })
+        .collect();
+    cluster_packets.sort_by_key(|p| (p.until_s, p.id));
     Ok(Replay {
         file,
         replayed,
         queued,
         packets_by_core,
+        cluster_packets,
     })
 }
 
@@ -512,6 +556,8 @@ struct Cores {
     peers: Peers,
     /// The stats thread's ends of the cores' histogram returns, by core.
     recycle: Vec<Sender<Box<LatencyHistogram>>>,
+    /// Cluster mode: the engine thread's end of the cores' jobs.
+    engine_jobs: Option<Receiver<EngineJob>>,
 }
 
 /// Makes every core's poll, waker, inbox and histogram return before any
@@ -519,15 +565,24 @@ struct Cores {
 fn make_cores(
     listeners: Vec<TcpListener>,
     packets_by_core: Vec<Vec<NewPacket>>,
+    cluster: bool,
 ) -> Result<Cores, StartError> {
     let threads = listeners.len();
+    let (engine, engine_jobs) = if cluster {
+        let (tx, rx) = crossbeam_channel::bounded(engine::JOBS_LEN);
+        (Some(tx), Some(rx))
+    } else {
+        (None, None)
+    };
     let mut cores = Cores {
         plans: Vec::with_capacity(threads),
         peers: Peers {
             inboxes: Vec::with_capacity(threads),
             wakers: Vec::with_capacity(threads),
+            engine,
         },
         recycle: Vec::with_capacity(threads),
+        engine_jobs,
     };
     for (listener, initial_packets) in listeners.into_iter().zip(packets_by_core) {
         let (poll, waker) =
@@ -570,6 +625,8 @@ struct Launch<'a> {
     worker_limits: WorkerLimits,
     settings: HongbaoSettings,
     policy: LoginPolicy,
+    /// Cluster mode: where the engine is.
+    engine_config: Option<EngineConfig>,
 }
 
 impl<'a> Launch<'a> {
@@ -606,8 +663,10 @@ impl<'a> Launch<'a> {
                 user_conns_max: config.user_conns_max,
                 // Set from the seed chosen in `prepare`.
                 seed: 0,
+                cluster: config.cluster.is_some(),
             },
             policy: LoginPolicy::open(),
+            engine_config: None,
         }
     }
 
@@ -625,12 +684,29 @@ impl<'a> Launch<'a> {
         let ledger = running
             .ledger
             .insert(self.start_ledger_writer(replay.file)?);
+        let (engine, link) = match (cores.engine_jobs, &self.engine_config) {
+            (Some(jobs), Some(config)) => {
+                let (e, link) =
+                    self.start_engine(config, jobs, replay.cluster_packets, &ledger.ledger)?;
+                (Some(running.engine.insert(e)), Some(link))
+            }
+            _ => (None, None),
+        };
         let generator = running.generator.insert(self.start_generator(
             replay.queued,
             &stats.reports,
             &ledger.ledger,
+            link,
         )?);
-        running.control = self.serve_control(control_listener, &generator.commands)?;
+        running.control = self.serve_control(
+            control_listener,
+            &generator.commands,
+            engine.map(|e| ClusterControl {
+                node: e.node,
+                requests: e.requests.clone(),
+                status: e.status.clone(),
+            }),
+        )?;
         for (i, plan) in cores.plans.into_iter().enumerate() {
             let core = self.start_core(CoreId(i), plan, &stats.reports, &ledger.ledger)?;
             running.cores.push(core);
@@ -694,12 +770,97 @@ impl<'a> Launch<'a> {
         })
     }
 
+    /// Cluster mode: the engine thread and the push reader, and the
+    /// generator's side of their channels.
+    fn start_engine(
+        &self,
+        config: &EngineConfig,
+        jobs: Receiver<EngineJob>,
+        replayed: Vec<NewPacket>,
+        ledger: &Ledger,
+    ) -> Result<(EngineThreads, ClusterLink), StartError> {
+        let node = self.config.node_id.unwrap_or(0);
+        let status = Arc::new(EngineStatus::default());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ids_tx, ids) = crossbeam_channel::bounded(2 * engine::IDS_AHEAD);
+        let (creates, creates_rx) = crossbeam_channel::bounded(engine::CREATES_LEN);
+        let (leases_tx, leases) = crossbeam_channel::bounded(engine::LEASES_LEN);
+        let (requests, requests_rx) = crossbeam_channel::bounded(engine::REQUESTS_LEN);
+        let allowance = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let peers = Peers {
+            engine: None,
+            ..self.peers.clone()
+        };
+        let setup = EngineSetup {
+            config: config.clone(),
+            node,
+            jobs,
+            creates: creates_rx,
+            requests: requests_rx,
+            peers: peers.clone(),
+            ledger: ledger.clone(),
+            // Producers 0..threads are the cores, then the generator; the
+            // engine thread waits with barriers as the generator does.
+            producer: self.threads as u16,
+            status: status.clone(),
+            stop: stop.clone(),
+            mailbox_max: self.config.mailbox_max as u32,
+            replicas: self.config.engine_replicas,
+            timeout: Duration::from_secs_f64(self.config.engine_timeout),
+            ids: ids_tx,
+            leases: leases_tx,
+            allowance: allowance.clone(),
+            seed: self.settings.seed,
+            replayed,
+        };
+        let reader = PushReaderSetup {
+            config: config.clone(),
+            node,
+            peers,
+            status: status.clone(),
+            stop: stop.clone(),
+        };
+        let mut threads = EngineThreads {
+            node,
+            stop,
+            status,
+            requests,
+            engine: None,
+            reader: None,
+        };
+        threads.engine = Some(
+            self.injected(ThreadStep::Engine)
+                .and_then(|()| {
+                    std::thread::Builder::new()
+                        .name("hongbao-engine".into())
+                        .spawn(move || engine::run(setup))
+                })
+                .map_err(resource("starting the engine thread"))?,
+        );
+        // On a failure here `threads` is dropped, which stops the engine
+        // thread started above.
+        threads.reader = Some(
+            std::thread::Builder::new()
+                .name("hongbao-pushes".into())
+                .spawn(move || engine::run_push_reader(reader))
+                .map_err(resource("starting the push reader thread"))?,
+        );
+        let link = ClusterLink {
+            ids,
+            creates,
+            leases,
+            allowance,
+        };
+        Ok((threads, link))
+    }
+
     /// The generator, carrying on with what the ledger held.
     fn start_generator(
         &self,
         queued: Queued,
         reports: &Sender<Report>,
         ledger: &Ledger,
+        cluster: Option<ClusterLink>,
     ) -> Result<GeneratorThread, StartError> {
         let config = self.config;
         let (commands, commands_rx) = crossbeam_channel::unbounded();
@@ -725,6 +886,7 @@ impl<'a> Launch<'a> {
             next_packet_id: queued.next_packet_id,
             envelope_ttl_s: config.envelope_ttl,
             packet_ttl_s: config.packet_ttl,
+            cluster,
         };
         let thread = self
             .injected(ThreadStep::Generator)
@@ -742,6 +904,7 @@ impl<'a> Launch<'a> {
         &self,
         bound: Option<ControlBound>,
         commands: &Sender<Command>,
+        cluster: Option<ClusterControl>,
     ) -> Result<Option<ControlServer>, StartError> {
         let Some(ControlBound { listener, token }) = bound else {
             return Ok(None);
@@ -755,6 +918,7 @@ impl<'a> Launch<'a> {
                     commands.clone(),
                     self.published.clone(),
                     conns_cap,
+                    cluster,
                 )
             })
             .map(Some)

@@ -68,7 +68,7 @@ use crate::durable::{HELD_FRAME_MAX, HeldAnswers};
 use crate::hlog::{LatencyHistogram, latency_histogram};
 use crate::ids::{Cents, CoreId, PacketId};
 use crate::ledger::Producer;
-use crate::mesh::{ConnAddr, CoreMsg, Effects, Peers, Waiting};
+use crate::mesh::{ConnAddr, CoreMsg, Effects, EngineJob, Peers, Waiting};
 use crate::session::{FrameContext, Service, SessionState};
 use crate::stats::{CoreCounters, Report, recycle};
 use crate::wire::{FRAME_LEN_BY_CMD, Frame, cmd};
@@ -336,6 +336,8 @@ struct Worker<S: Service> {
     peers: Peers,
     /// An empty outbox swapped in while one is sent (keeps allocations).
     spare_outbox: Vec<CoreMsg>,
+    /// The same for the engine thread's jobs (cluster mode).
+    engine_spare: Vec<EngineJob>,
     /// Accepts so far: the next connection's serial.
     serial: u32,
     counters: CoreCounters,
@@ -402,6 +404,7 @@ pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
         inbox: setup.inbox,
         peers: setup.peers,
         spare_outbox: Vec::new(),
+        engine_spare: Vec::new(),
         serial: 0,
         counters: CoreCounters::default(),
         latency: Box::new(latency_histogram()),
@@ -586,6 +589,10 @@ impl<S: Service> Worker<S> {
                 if here {
                     self.counters.pushes += 1;
                     self.write_frame(to.key as usize, push);
+                    if self.peers.engine.is_some() {
+                        // Out of the user's mailbox in the engine.
+                        self.fx.engine.push(EngineJob::Delivered { user, push });
+                    }
                 } else if hops < PUSH_HOPS_MAX {
                     // Gone since the home core looked: back home, which
                     // knows by now (this core's Offline went first).
@@ -689,7 +696,9 @@ impl<S: Service> Worker<S> {
 
     /// True when messages or ledger entries wait for room in a channel.
     fn has_undelivered(&self) -> bool {
-        self.fx.ledger.backlog() > 0 || self.fx.outbox.iter().any(|o| !o.is_empty())
+        self.fx.ledger.backlog() > 0
+            || self.fx.outbox.iter().any(|o| !o.is_empty())
+            || !self.fx.engine.is_empty()
     }
 
     /// The end of a turn: handles this core's messages to itself, releases
@@ -708,6 +717,7 @@ impl<S: Service> Worker<S> {
         }
         self.fx.ledger.flush();
         self.release_durable();
+        self.send_engine_jobs();
         for core in 0..self.fx.cores {
             if core == me || self.fx.outbox[core].is_empty() {
                 continue;
@@ -737,6 +747,32 @@ impl<S: Service> Worker<S> {
                 let _ = self.peers.wakers[core].wake();
             }
         }
+    }
+
+    /// Cluster mode: hands the engine thread this turn's jobs, in order;
+    /// what its bounded inbox cannot take waits for the next turn (and
+    /// stops this core's reads meanwhile: `Effects::backpressure`).
+    fn send_engine_jobs(&mut self) {
+        let Some(engine) = &self.peers.engine else {
+            return;
+        };
+        let mut jobs = self.fx.engine.drain(..);
+        while let Some(job) = jobs.next() {
+            match engine.try_send(job) {
+                Ok(()) => {}
+                Err(TrySendError::Full(job)) => {
+                    self.engine_spare.push(job);
+                    self.engine_spare.extend(jobs.by_ref());
+                    break;
+                }
+                // The engine thread is gone: the server is stopping.
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+        drop(jobs);
+        // The kept jobs become the outbox; the emptied one the spare, so
+        // both keep their allocations.
+        std::mem::swap(&mut self.fx.engine, &mut self.engine_spare);
     }
 
     /// Releases every answer whose ledger entry is durable now.

@@ -80,6 +80,10 @@ pub struct CoreCounters {
     pub pushes_queued: u64,
     /// Pushes dropped because the offline user's mailbox was full.
     pub push_drops: u64,
+    /// Cluster mode: pushes from the engine for a user no longer online on
+    /// this node, left in their mailbox in the engine for their next login.
+    #[serde(default)]
+    pub pushes_left_to_engine: u64,
     /// Packets that expired on their owning core.
     pub packets_expired: u64,
     /// Cents refunded by expired packets (the part nobody claimed).
@@ -176,6 +180,7 @@ impl_add!(CoreCounters {
     pushes,
     pushes_queued,
     push_drops,
+    pushes_left_to_engine,
     packets_expired,
     cents_refunded,
     cents_granted,
@@ -224,6 +229,14 @@ pub struct GeneratorCounters {
     pub packets_created: u64,
     /// Cents in those packets.
     pub cents_packets: u64,
+    /// Cluster mode: packets not made or not handed to the engine thread
+    /// (no packet id reserved: the engine unreachable; or its queue full).
+    #[serde(default)]
+    pub packets_unavailable: u64,
+    /// Cluster mode: refills that found fewer envelopes leased than due
+    /// (the budget spent, or the engine slow to lease).
+    #[serde(default)]
+    pub lease_waits: u64,
 }
 
 impl_add!(GeneratorCounters {
@@ -234,6 +247,8 @@ impl_add!(GeneratorCounters {
     ring_full_stalls,
     packets_created,
     cents_packets,
+    packets_unavailable,
+    lease_waits,
 });
 
 /// What a source sends when it closes a second.

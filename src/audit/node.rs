@@ -1,10 +1,9 @@
-//! `hongbao audit`: replays a ledger read-only and proves its books.
+//! One node's audit: its ledger replayed read-only into books that refuse
+//! any record breaking a rule of money, the totals balanced, and the
+//! flooders' acknowledgements found in it.
 //!
-//! Owns: the audit command — scan the ledger (never cutting or locking it),
-//! apply every record to the books (which refuse any record that breaks a
-//! rule of money), check that the totals balance, and, given the flooder's
-//! `--ack-log` files, that every acknowledged grant and claim is in the
-//! ledger with the same amount. Must not: change the ledger.
+//! Owns: `AuditArgs`, `AuditReport`, the single ledger's audit and the
+//! ack-log check the fleet's audit reuses. Must not: change the ledger.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,9 +19,14 @@ use crate::ledger::{self, Books, Totals};
 /// `hongbao audit` options.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AuditArgs {
-    /// The server's `--data-dir`.
-    #[arg(long)]
-    pub data_dir: PathBuf,
+    /// The server's `--data-dir`; with `--cluster`, every node's (repeat
+    /// the option once per node).
+    #[arg(long, required = true)]
+    pub data_dir: Vec<PathBuf>,
+    /// Cluster mode: the fleet's engine (`redis://HOST:PORT`, comma
+    /// separated), to reconcile every node's ledger with it.
+    #[arg(long, value_name = "URLS")]
+    pub cluster: Option<String>,
     /// Acknowledgement logs written by `hongbao flood --ack-log` (repeatable):
     /// every `grant` and paid `claim` in them must be in the ledger.
     #[arg(long)]
@@ -57,20 +61,24 @@ pub struct AuditReport {
     pub acks_zero_claims: u64,
 }
 
-/// Runs the audit. `Err` names the first violation; the binary exits non-zero.
-pub fn run(args: &AuditArgs) -> anyhow::Result<AuditReport> {
-    let report = audit(args)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
+/// The audit without printing.
+pub fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
+    let [dir] = args.data_dir.as_slice() else {
+        bail!("one --data-dir without --cluster (several only for a fleet's audit)");
+    };
+    let (report, books) = audit_node(dir)?;
+    let mut report = report;
+    let history = books.history().expect("books made with history");
+    for log in &args.ack_log {
+        check_acks(log, &history.grants, &history.claims, &mut report)?;
     }
     Ok(report)
 }
 
-/// The audit without printing.
-pub fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
-    let path = args.data_dir.join(ledger::FILE_NAME);
+/// One node's ledger, replayed read-only into books that keep every grant
+/// and claim: its report (no acknowledgements checked yet) and its books.
+pub fn audit_node(dir: &std::path::Path) -> anyhow::Result<(AuditReport, Books)> {
+    let path = dir.join(ledger::FILE_NAME);
     if !path.exists() {
         bail!(
             "no ledger at {} (is --data-dir the server's?)",
@@ -82,7 +90,7 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
     books
         .check_conservation()
         .map_err(|v| anyhow::anyhow!("{}: {v}", path.display()))?;
-    let mut report = AuditReport {
+    let report = AuditReport {
         records: end.records,
         batches: end.batches,
         torn_bytes: end.torn_bytes(),
@@ -92,14 +100,10 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
         packets_live: books.packets_live() as u64,
         ..AuditReport::default()
     };
-    let history = books.history().expect("books made with history");
-    for log in &args.ack_log {
-        check_acks(log, &history.grants, &history.claims, &mut report)?;
-    }
-    Ok(report)
+    Ok((report, books))
 }
 
-fn check_acks(
+pub(super) fn check_acks(
     log: &PathBuf,
     grants: &HashMap<EnvelopeId, (UserId, Cents)>,
     claims: &HashMap<(PacketId, UserId), Cents>,
@@ -163,7 +167,7 @@ fn check_acks(
     Ok(())
 }
 
-fn print_table(r: &AuditReport) {
+pub(super) fn print_table(r: &AuditReport) {
     let t = &r.totals;
     println!(
         "ledger: {} records in {} group commits{}",
