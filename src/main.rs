@@ -153,6 +153,13 @@ fn print_start(server: &hongbao::server::ServerHandle, config: &hongbao::server:
             hongbao::server::SeedSource::Os => "drawn from the OS's randomness",
         }
     );
+    if let (Some(urls), Some(node)) = (&config.cluster, config.node_id) {
+        println!(
+            "cluster mode: node {node} on the engine at {urls}; claims wait for {} replica(s) and this node's ledger; \
+             shakes never wait for the engine (its state: GET /status, \"cluster\")",
+            config.engine_replicas
+        );
+    }
     let r = server.replayed();
     if r.enabled {
         println!(
