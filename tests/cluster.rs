@@ -22,7 +22,7 @@ use std::sync::{Arc, Barrier, Mutex, Weak};
 use std::time::Duration;
 
 use hongbao::server::{ServerConfig, ServerHandle, start};
-use util::{Client, claim_request, config, http_get, scratch_dir, wait_for};
+use util::{Client, NONE, claim_request, config, http_get, scratch_dir, wait_for};
 
 const PUSH: u16 = 4;
 const CLAIM_ANSWER: u16 = 6;
@@ -337,4 +337,37 @@ fn three_nodes_leasing_at_once_never_issue_more_than_the_budget() {
         made <= leased(&nodes),
         "{made} envelopes made, more than leased"
     );
+}
+
+#[test]
+fn a_node_whose_engine_is_unreachable_serves_shakes_and_says_claims_are_unavailable() {
+    // No Redis at all here: a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let url = format!("redis://{}", closed.local_addr().expect("addr"));
+    drop(closed);
+    let n = start(&ServerConfig {
+        threads: Some(1),
+        no_http: false,
+        data_dir: Some(scratch_dir("unreachable-node")),
+        cluster: Some(url),
+        node_id: Some(99),
+        engine_timeout: 1.0,
+        ..config()
+    })
+    .unwrap_or_else(|e| panic!("a node starts without its engine: {e}"));
+    let mut c = logged_in(&n, 40_000);
+    assert_eq!(c.shake(40_000).result, NONE, "shakes are served");
+    assert_eq!(claim(&mut c, 12_345), 0, "a claim it cannot record is 0");
+    let status = cluster_status(&n);
+    assert_eq!(status["available"], false, "{status}");
+    assert!(status["claims_unconfirmed"].as_u64() >= Some(1), "{status}");
+    assert!(
+        !status["last_error"].as_str().unwrap_or("").is_empty(),
+        "{status}"
+    );
+    let (code, body) = http_get(n.http_addr().expect("http"), "/packet?amount=10&users=1");
+    assert_eq!(code, 503, "{body}");
+    let (code, body) = http_get(n.http_addr().expect("http"), "/yaohongbao?qps=10&sum=10");
+    assert_eq!(code, 503, "{body}");
+    n.shutdown();
 }

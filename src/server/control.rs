@@ -353,6 +353,10 @@ fn create_packet(req: &Request, generator: &Sender<Command>) -> Response {
     };
     match ask(generator, |reply| Command::CreatePacket { spec, reply }) {
         Some(Some(id)) => Response::ok(json!({ "ok": true, "packet": id })),
-        _ => Response::error(503, "the generator or the ledger is not running"),
+        _ => Response::error(
+            503,
+            "no packet made: the generator or the ledger is not running, or (cluster mode) the \
+             cluster's engine is unreachable (GET /status, \"cluster\")",
+        ),
     }
 }
