@@ -202,6 +202,17 @@ pub struct LeaseGrant {
     pub rate: u64,
 }
 
+/// Cluster mode: a packet recorded and durable, handed to the engine thread
+/// to create in the engine; `created` (for `/packet`) is answered with its
+/// id once the engine has it.
+#[derive(Debug)]
+pub struct HandOver {
+    /// The packet.
+    pub packet: NewPacket,
+    /// Who waits for its creation in the engine, if anyone.
+    pub created: Option<Sender<Option<PacketId>>>,
+}
+
 /// Cluster mode: how the generator meets the engine thread. Packets get
 /// fleet-unique ids from the engine and are created there; envelopes are
 /// made only under a lease, so the fleet never issues more than its budget.
@@ -209,7 +220,7 @@ pub struct ClusterLink {
     /// Packet ids reserved from the engine.
     pub ids: Receiver<PacketId>,
     /// Packets recorded and durable, for the engine thread to create.
-    pub creates: Sender<Box<NewPacket>>,
+    pub creates: Sender<Box<HandOver>>,
     /// Leases granted.
     pub leases: Receiver<LeaseGrant>,
     /// Envelopes leased and not yet made: the generator counts down, the
@@ -386,6 +397,7 @@ impl Run {
             spec: None,
             rng: fastrand::Rng::with_seed(setup.spec.seed.rotate_left(PACKET_SEED_ROTATION)),
             made: Vec::new(),
+            created: None,
         };
         // In cluster mode the batch comes from the fleet's budget, with
         // the first lease.
@@ -472,7 +484,13 @@ impl Run {
             }
             Command::CreatePacket { spec, reply } => {
                 let id = self.packets.make(&spec, &mut self.g);
-                let _ = reply.send(id.filter(|_| self.packets.hand_over(&mut self.g)));
+                if id.is_some() && self.g.cluster.is_some() {
+                    // Answered by the engine thread once the engine has it.
+                    self.packets.created = Some(reply);
+                    self.packets.hand_over(&mut self.g);
+                } else {
+                    let _ = reply.send(id.filter(|_| self.packets.hand_over(&mut self.g)));
+                }
             }
             Command::Status(reply) => {
                 let _ = reply.send((self.batch.status(), self.packets.batch.status()));
@@ -534,6 +552,9 @@ struct Packets {
     rng: fastrand::Rng,
     /// Made and recorded, not yet synced and handed to their cores.
     made: Vec<NewPacket>,
+    /// Cluster mode: who waits for the last packet made to be created in
+    /// the engine (`/packet`).
+    created: Option<Sender<Option<PacketId>>>,
 }
 
 impl Packets {
@@ -628,13 +649,15 @@ impl Packets {
             // leaves the packet in the ledger only, counted: the fleet
             // audit names it as never created, the next start creates it.
             let mut ok = true;
-            for p in made {
-                if link
-                    .creates
-                    .send_timeout(Box::new(p), INBOX_SEND_TIMEOUT)
-                    .is_err()
-                {
+            let last = made.len() - 1;
+            for (i, packet) in made.into_iter().enumerate() {
+                let created = if i == last { self.created.take() } else { None };
+                let h = HandOver { packet, created };
+                if let Err(e) = link.creates.send_timeout(Box::new(h), INBOX_SEND_TIMEOUT) {
                     g.counters.packets_unavailable += 1;
+                    if let Some(reply) = e.into_inner().created {
+                        let _ = reply.send(None);
+                    }
                     ok = false;
                 }
             }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::cluster::{
     ClaimOutcome, ClaimReq, Created, Engine, EngineConfig, EngineError, EnginePacket, PushNote,
 };
-use crate::generator::LeaseGrant;
+use crate::generator::{HandOver, LeaseGrant};
 use crate::ids::{Cents, PacketId, UserId};
 use crate::ledger::{Entry, Ledger, Record};
 use crate::mesh::{CoreMsg, EngineJob, Peers};
@@ -297,7 +297,7 @@ pub struct EngineSetup {
     /// Jobs from the cores.
     pub jobs: Receiver<EngineJob>,
     /// Packets from the generator, recorded and durable, to create.
-    pub creates: Receiver<Box<NewPacket>>,
+    pub creates: Receiver<Box<HandOver>>,
     /// Requests from the control.
     pub requests: Receiver<EngineRequest>,
     /// The cores' inboxes and wakers.
@@ -353,6 +353,9 @@ struct Creation {
     created: bool,
     /// Targets routed so far.
     routed: usize,
+    /// Who waits for the creation (`/packet`), answered once the engine
+    /// has the packet.
+    created_reply: Option<Sender<Option<PacketId>>>,
 }
 
 /// Runs the engine thread until `stop` is set.
@@ -498,11 +501,12 @@ impl EngineThread {
             }
         }
         while self.creations.len() < CREATES_LEN {
-            let Ok(p) = self.s.creates.try_recv() else {
+            let Ok(h) = self.s.creates.try_recv() else {
                 break;
             };
-            self.creations
-                .push_back(creation(&p, self.s.node, &mut self.rng));
+            let mut c = creation(&h.packet, self.s.node, &mut self.rng);
+            c.created_reply = h.created;
+            self.creations.push_back(c);
         }
         self.s
             .status
@@ -784,6 +788,9 @@ impl EngineThread {
                 match engine.create_packet(&c.packet) {
                     Ok(created) => {
                         c.created = true;
+                        if let Some(reply) = c.created_reply.take() {
+                            let _ = reply.send(Some(c.packet.id));
+                        }
                         self.expiring.push_back(Expiring {
                             id: c.packet.id,
                             until_s: c.until_s,
@@ -985,6 +992,7 @@ fn creation(p: &NewPacket, node: u32, rng: &mut fastrand::Rng) -> Creation {
         until_s: p.until_s,
         created: false,
         routed: 0,
+        created_reply: None,
     }
 }
 
