@@ -12,6 +12,10 @@
 #       `redis-cli --cluster create`, and waits until every node says
 #       cluster_state:ok with all 16384 slots covered and every replica's
 #       link to its primary is up. Refuses a port that is taken.
+#       1 or 2 primaries (which `redis-cli --cluster create` refuses; for
+#       benchmarks) are joined by hand: slots split evenly, CLUSTER MEET,
+#       CLUSTER REPLICATE. A single primary cannot fail over (its replica
+#       needs a majority of primaries to vote for it).
 #   tools/cluster.sh down [--dir D]
 #       Stops exactly the pids in D's pidfiles (TERM, then KILL after a
 #       deadline) and removes D.
@@ -79,7 +83,7 @@ parse_options() {
   for n in "$port" "$primaries" "$replicas"; do
     [[ "$n" =~ ^[0-9]+$ ]] || die "'$n' is not a number"
   done
-  [ "$primaries" -ge 3 ] || die "--primaries $primaries: Redis Cluster needs at least 3 primaries"
+  [ "$primaries" -ge 1 ] || die "--primaries $primaries: at least 1"
   # Absolute, because every node runs with its own directory as cwd.
   mkdir -p "$(dirname "$dir")"
   dir=$(cd "$(dirname "$dir")" && pwd)/$(basename "$dir")
@@ -204,6 +208,43 @@ wait_ok() {
   done
 }
 
+# Fewer than 3 primaries, which `redis-cli --cluster create` refuses: the
+# first $primaries ports are primaries with the slots split evenly, the rest
+# replicas of them in turn; every node meets the first one. Each step is
+# checked; the caller's wait_ok then waits for the cluster to be ok.
+create_by_hand() {
+  local last=$1 p i from to ids=() id until
+  for ((i = 0; i < primaries; i++)); do
+    p=$((port + i))
+    from=$((SLOTS * i / primaries))
+    to=$((SLOTS * (i + 1) / primaries - 1))
+    [ "$(cli "$p" cluster addslotsrange "$from" "$to")" = OK ] || return 1
+    echo "primary $p: slots $from-$to"
+  done
+  # A fresh config epoch per primary, as `--cluster create` sets them.
+  for ((i = 0; i < primaries; i++)); do
+    cli $((port + i)) cluster set-config-epoch $((i + 1)) >/dev/null || return 1
+  done
+  for ((p = port + 1; p <= last; p++)); do
+    [ "$(cli "$p" cluster meet 127.0.0.1 "$port")" = OK ] || return 1
+  done
+  for ((i = 0; i < primaries; i++)); do
+    id=$(cli $((port + i)) cluster myid) || return 1
+    [ -n "$id" ] || return 1
+    ids+=("$id")
+  done
+  until=$(($(date +%s) + START_DEADLINE_S))
+  for ((p = port + primaries; p <= last; p++)); do
+    i=$(((p - port - primaries) % primaries))
+    # A replica can follow its primary only once it has learnt of it.
+    until [ "$(cli "$p" cluster replicate "${ids[$i]}")" = OK ]; do
+      [ "$(date +%s)" -lt "$until" ] || return 1
+      sleep 0.2
+    done
+    echo "replica $p of $((port + i))"
+  done
+}
+
 cmd_up() {
   ensure_redis
   local count=$((primaries * (1 + replicas))) p last
@@ -236,9 +277,14 @@ cmd_up() {
     wait_ping "$p" "$until"
   done
   say "creating the cluster: $primaries primaries, $replicas replica(s) each, cluster-node-timeout ${NODE_TIMEOUT_MS} ms"
-  timeout "$START_DEADLINE_S" redis-cli --cluster create "${addrs[@]}" \
-    --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1 ||
-    die "redis-cli --cluster create failed: see $dir/create.log"
+  if [ "$primaries" -ge 3 ]; then
+    timeout "$START_DEADLINE_S" redis-cli --cluster create "${addrs[@]}" \
+      --cluster-replicas "$replicas" --cluster-yes >"$dir/create.log" 2>&1 ||
+      die "redis-cli --cluster create failed: see $dir/create.log"
+  else
+    create_by_hand "$last" >"$dir/create.log" 2>&1 ||
+      die "joining $primaries primaries by hand failed: see $dir/create.log"
+  fi
   # shellcheck disable=SC2046 # one port per word
   wait_ok $(node_ports)
 
