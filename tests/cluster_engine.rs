@@ -548,6 +548,62 @@ fn logins_get_the_mailbox_and_routes_find_the_node() {
 }
 
 #[test]
+fn pipelined_routes_pushes_and_deliveries_do_what_one_by_one_calls_do() {
+    let Some(c) = cluster() else { return };
+    let _g = shared_lock();
+    let mut e = engine(c);
+    let now = now_ms();
+    let soon = now / 1000 + 600;
+    let node = 911;
+    // Enough users for their keys to sit on every primary.
+    let all = users(6_100, 40);
+    let (online, offline) = all.split_at(20);
+    let batch: Vec<(UserId, u64)> = online.iter().map(|&u| (u, now)).collect();
+    e.logins(&batch, node).expect("logins");
+    let n = note(300, soon);
+    let routed = e.route_pushes(&all, &n, 16).expect("routes");
+    assert_eq!(routed.len(), all.len(), "one answer per user, in order");
+    for (u, r) in all.iter().zip(&routed) {
+        let want = online.contains(u).then_some(node);
+        assert_eq!((r.online_at, r.dropped), (want, 0), "user {u:?}");
+    }
+    // Routed again (a retried round): the same answers, nothing dropped.
+    assert_eq!(e.route_pushes(&all, &n, 16).expect("routes again"), routed);
+    // The cap still drops the earliest-expiring notes and says how many.
+    let capped = UserId(6_200);
+    let dropped: u32 = (0..5)
+        .map(|i| {
+            let r = e
+                .route_pushes(&[capped], &note(400 + i, soon + u64::from(i)), 3)
+                .expect("route");
+            r[0].dropped
+        })
+        .sum();
+    assert_eq!(dropped, 2);
+    // The pushes of the online users reach their node's stream, in order.
+    let pushes: Vec<(u32, UserId)> = online.iter().map(|&u| (node, u)).collect();
+    e.send_pushes(&pushes, &n).expect("pushes");
+    let mut reader = engine(c);
+    let got = reader
+        .read_pushes(node, "node-911", Duration::from_millis(500), 100)
+        .expect("read");
+    assert_eq!(
+        got.iter()
+            .map(|p| (p.user, p.note.packet))
+            .collect::<Vec<_>>(),
+        online.iter().map(|&u| (u, n.packet)).collect::<Vec<_>>()
+    );
+    let ids: Vec<String> = got.iter().map(|p| p.id.clone()).collect();
+    reader.ack_pushes(node, &ids).expect("ack");
+    // Delivered: out of every mailbox, once.
+    let delivered: Vec<(UserId, PushNote)> = all.iter().map(|&u| (u, n)).collect();
+    assert_eq!(e.delivered_many(&delivered).expect("delivered"), 40);
+    assert_eq!(e.delivered_many(&delivered).expect("delivered twice"), 0);
+    let mail = e.logins(&[(offline[0], now)], node).expect("login");
+    assert_eq!(mail, vec![vec![]], "the mailbox is empty");
+}
+
+#[test]
 fn stream_pushes_are_read_acked_and_reread_after_a_restart() {
     let Some(c) = cluster() else { return };
     let _g = shared_lock();

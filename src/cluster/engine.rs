@@ -668,15 +668,48 @@ impl Engine {
         let mut c = fcall("hb_route", &[&k.presence, &k.mailbox]);
         c.arg(note.encode()).arg(note.expires_s).arg(mailbox_max);
         let v = self.run("hb_route", |conn| conn.req_command(&c))?;
-        let f = items(&v, "hb_route")?;
-        if f.len() != 2 {
-            return Err(EngineError::BadReply(format!("hb_route: {v:?}")));
+        routed(&v)
+    }
+
+    /// [`Engine::route_push`] of one note to each of `users`, pipelined:
+    /// one round trip per primary involved, not one per user (each round
+    /// trip is a write the primary fsyncs). Answers in `users`' order. An
+    /// error is the whole call's, though some users may have been routed:
+    /// routing them again is harmless (the mailbox keeps one entry per
+    /// note, and a note already there drops nothing).
+    pub fn route_pushes(
+        &mut self,
+        users: &[UserId],
+        note: &PushNote,
+        mailbox_max: u32,
+    ) -> Result<Vec<Routed>, EngineError> {
+        if mailbox_max == 0 {
+            return Err(EngineError::Invalid("route_pushes: mailbox_max 0".into()));
         }
-        let node = int(&f[0], "hb_route node")?;
-        Ok(Routed {
-            online_at: u32::try_from(node).ok(),
-            dropped: u32::try_from(nonneg(&f[1], "hb_route dropped")?).unwrap_or(u32::MAX),
-        })
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encoded = note.encode();
+        let mut pipe = cluster_pipe();
+        for &user in users {
+            let k = UserKeys::new(user);
+            pipe.add_command(
+                fcall("hb_route", &[&k.presence, &k.mailbox])
+                    .arg(&encoded)
+                    .arg(note.expires_s)
+                    .arg(mailbox_max)
+                    .clone(),
+            );
+        }
+        let replies = self.run("hb_route", |c| pipe.query::<Vec<Value>>(c))?;
+        if replies.len() != users.len() {
+            return Err(EngineError::BadReply(format!(
+                "{} answers to {} routes",
+                replies.len(),
+                users.len()
+            )));
+        }
+        replies.iter().map(routed).collect()
     }
 
     /// Appends a push for `user` to node `node`'s stream (XADD, capped at
@@ -702,6 +735,45 @@ impl Engine {
         Ok(())
     }
 
+    /// [`Engine::send_push`] of one note for each `(node, user)`,
+    /// pipelined: one round trip per primary involved. A retried call may
+    /// add some entries twice (delivery is at least once).
+    pub fn send_pushes(
+        &mut self,
+        pushes: &[(u32, UserId)],
+        note: &PushNote,
+    ) -> Result<(), EngineError> {
+        if pushes.is_empty() {
+            return Ok(());
+        }
+        let encoded = note.encode();
+        let mut pipe = cluster_pipe();
+        for &(node, user) in pushes {
+            pipe.add_command(
+                cmd("XADD")
+                    .arg(keys::push_stream(node))
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(keys::PUSH_STREAM_MAXLEN)
+                    .arg("*")
+                    .arg("u")
+                    .arg(user.0)
+                    .arg("n")
+                    .arg(&encoded)
+                    .clone(),
+            );
+        }
+        let replies = self.run("XADD push", |c| pipe.query::<Vec<Value>>(c))?;
+        if replies.len() != pushes.len() {
+            return Err(EngineError::BadReply(format!(
+                "{} answers to {} pushes",
+                replies.len(),
+                pushes.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Removes the notes of `note`'s packet from `user`'s mailbox (hb_delivered:
     /// by packet, as a core knows the push frame, not its expiry); true when
     /// one was there.
@@ -711,6 +783,36 @@ impl Engine {
         c.arg(note.packet.0);
         let v = self.run("hb_delivered", |conn| conn.req_command(&c))?;
         Ok(int(&v, "hb_delivered")? >= 1)
+    }
+
+    /// [`Engine::delivered`] for each `(user, note)`, pipelined: one round
+    /// trip per primary involved. Returns how many notes left mailboxes.
+    pub fn delivered_many(&mut self, items: &[(UserId, PushNote)]) -> Result<u64, EngineError> {
+        if items.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = cluster_pipe();
+        for (user, note) in items {
+            let k = UserKeys::new(*user);
+            pipe.add_command(
+                fcall("hb_delivered", &[&k.mailbox])
+                    .arg(note.packet.0)
+                    .clone(),
+            );
+        }
+        let replies = self.run("hb_delivered", |c| pipe.query::<Vec<Value>>(c))?;
+        if replies.len() != items.len() {
+            return Err(EngineError::BadReply(format!(
+                "{} answers to {} deliveries",
+                replies.len(),
+                items.len()
+            )));
+        }
+        let mut removed = 0;
+        for r in &replies {
+            removed += nonneg(r, "hb_delivered")?;
+        }
+        Ok(removed)
     }
 
     /// Reads up to `count` pushes from node `node`'s stream as `consumer`
@@ -999,6 +1101,19 @@ fn check_packet(p: &EnginePacket) -> Result<(), EngineError> {
 }
 
 /// `FCALL name numkeys keys...`, arguments to follow.
+/// hb_route's answer: `{node or -1, dropped}`.
+fn routed(v: &Value) -> Result<Routed, EngineError> {
+    let f = items(v, "hb_route")?;
+    if f.len() != 2 {
+        return Err(EngineError::BadReply(format!("hb_route: {v:?}")));
+    }
+    let node = int(&f[0], "hb_route node")?;
+    Ok(Routed {
+        online_at: u32::try_from(node).ok(),
+        dropped: u32::try_from(nonneg(&f[1], "hb_route dropped")?).unwrap_or(u32::MAX),
+    })
+}
+
 fn fcall(name: &str, keys: &[&str]) -> Cmd {
     let mut c = cmd("FCALL");
     c.arg(name).arg(keys.len());

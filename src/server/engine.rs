@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 use serde::Serialize;
 
 use crate::cluster::{
@@ -72,6 +72,12 @@ pub const IDS_AHEAD: usize = 256;
 const WAIT_MAX: Duration = Duration::from_secs(1);
 /// How long a message to a core may wait on its full inbox.
 const CORE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Delivered pushes taken out of mailboxes in one round trip.
+const DELIVERED_BATCH_MAX: usize = 512;
+/// The longest one round spends creating and routing packets before it
+/// turns to claims again (the packet in hand is finished first: at most
+/// three round trips).
+const CREATIONS_ROUND_MAX: Duration = Duration::from_millis(5);
 /// Pushes read from the stream per read.
 const PUSH_READ_MAX: usize = 256;
 /// How long one blocking read of the push stream waits.
@@ -439,29 +445,29 @@ impl EngineThread {
         match connected {
             Ok(e) => {
                 self.engine = Some(e);
-                self.s.status.available.store(true, Ordering::Relaxed);
                 EngineStatus::add(&self.s.status.connects, 1);
+                // Packet ids before the node says it is available: a
+                // /packet right after would find none and fail.
+                if self.serve_ids() {
+                    self.s.status.available.store(true, Ordering::Relaxed);
+                }
             }
             Err(e) => self.s.status.failed(&e),
         }
     }
 
-    /// Takes what the cores, the generator and the control sent: waits up
-    /// to [`IDLE_WAIT`] for the first job, then takes what is there.
+    /// Takes what the cores, the generator and the control sent: with
+    /// nothing left to do, first waits up to [`IDLE_WAIT`] for any of them,
+    /// then takes what is there.
     fn take_work(&mut self) {
-        let busy = !self.claims.is_empty() || !self.presence.is_empty();
+        let busy = !self.claims.is_empty()
+            || !self.presence.is_empty()
+            || !self.creations.is_empty()
+            || !self.delivered.is_empty();
         let first = if busy {
             self.s.jobs.try_recv().ok()
         } else {
-            match self.s.jobs.recv_timeout(IDLE_WAIT) {
-                Ok(j) => Some(j),
-                Err(RecvTimeoutError::Timeout) => None,
-                // Every core is gone: the server is stopping.
-                Err(RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(IDLE_WAIT);
-                    None
-                }
-            }
+            self.wait_for_work()
         };
         let now = Instant::now();
         for job in first
@@ -514,6 +520,33 @@ impl EngineThread {
             .store(self.creations.len() as u64, Ordering::Relaxed);
     }
 
+    /// Waits up to [`IDLE_WAIT`] for a core's job, a packet from the
+    /// generator or a control request, whichever comes first (a packet or
+    /// a request must not wait out the timeout: `/packet` and the pushes
+    /// of every packet wait for it); the job, if that is what came.
+    fn wait_for_work(&self) -> Option<EngineJob> {
+        let mut select = Select::new();
+        let jobs = select.recv(&self.s.jobs);
+        let creates = select.recv(&self.s.creates);
+        let requests = select.recv(&self.s.requests);
+        let ready = select.ready_timeout(IDLE_WAIT).ok()?;
+        // Ready also means disconnected: every core, the generator or the
+        // control gone, the server is stopping. Not a spin: wait instead.
+        let gone = match ready {
+            i if i == jobs => match self.s.jobs.try_recv() {
+                Ok(j) => return Some(j),
+                Err(e) => e.is_disconnected(),
+            },
+            i if i == creates => self.s.creates.is_empty(),
+            i if i == requests => self.s.requests.is_empty(),
+            _ => false,
+        };
+        if gone {
+            std::thread::sleep(IDLE_WAIT);
+        }
+        None
+    }
+
     /// One round of engine work; claims first.
     fn serve(&mut self) {
         // Claims past their deadline are answered 0 whatever the engine does.
@@ -526,6 +559,9 @@ impl EngineThread {
         if self.engine.is_none() {
             self.fail_presence_past_deadline();
             self.answer_requests_unavailable();
+            // Nothing to do until the next dial (claims and logins wait
+            // for their deadline): not a spin on the work they leave.
+            std::thread::sleep(IDLE_WAIT);
             return;
         }
         let ok = self.serve_claims()
@@ -739,12 +775,15 @@ impl EngineThread {
         }
     }
 
-    /// Pushes written to their users leave the mailboxes; best effort (a
-    /// failure leaves the push to be delivered again at a later login).
+    /// Pushes written to their users leave the mailboxes, a batch of up to
+    /// [`DELIVERED_BATCH_MAX`] in one round trip; best effort (a failure
+    /// leaves the pushes to be delivered again at a later login).
     fn serve_delivered(&mut self) -> bool {
-        while let Some((user, note)) = self.delivered.pop_front() {
+        while !self.delivered.is_empty() {
+            let n = self.delivered.len().min(DELIVERED_BATCH_MAX);
+            let batch: Vec<(UserId, PushNote)> = self.delivered.drain(..n).collect();
             let engine = self.engine.as_mut().expect("checked by serve");
-            if let Err(e) = engine.delivered(user, &note) {
+            if let Err(e) = engine.delivered_many(&batch) {
                 return self.failed(&e);
             }
         }
@@ -779,10 +818,17 @@ impl EngineThread {
 
     /// Creates the packets handed over, then routes each to its targets:
     /// into their mailboxes, and to the push stream of the node where each
-    /// is online. Each step may be repeated: creating twice is a no-op,
-    /// routing twice adds the same mailbox entry.
+    /// is online (the routes of a packet in one round trip, its pushes in
+    /// another). Each step may be repeated: creating twice is a no-op,
+    /// routing twice adds the same mailbox entry. Gives the rest back to
+    /// the next round after [`CREATIONS_ROUND_MAX`], so that claims never
+    /// wait behind a long queue of packets.
     fn serve_creations(&mut self) -> bool {
+        let started = Instant::now();
         while let Some(c) = self.creations.front_mut() {
+            if started.elapsed() >= CREATIONS_ROUND_MAX {
+                return true;
+            }
             let engine = self.engine.as_mut().expect("checked by serve");
             if !c.created {
                 match engine.create_packet(&c.packet) {
@@ -806,31 +852,28 @@ impl EngineThread {
                     Err(e) => return self.failed(&e),
                 }
             }
-            let note = note_of_packet(&c.packet, c.until_s);
-            while c.routed < c.packet.targets.len() {
-                let user = c.packet.targets[c.routed];
-                let routed = match engine.route_push(user, &note, self.s.mailbox_max) {
+            if c.routed < c.packet.targets.len() {
+                let note = note_of_packet(&c.packet, c.until_s);
+                let users = &c.packet.targets[c.routed..];
+                let routed = match engine.route_pushes(users, &note, self.s.mailbox_max) {
                     Ok(r) => r,
-                    Err(e) => {
-                        self.s.status.failed(&e);
-                        if !e.is_retryable() {
-                            self.engine = None;
-                        }
-                        return false;
-                    }
+                    Err(e) => return self.failed(&e),
                 };
-                EngineStatus::add(&self.s.status.mailbox_drops, u64::from(routed.dropped));
-                if let Some(node) = routed.online_at {
-                    if let Err(e) = engine.send_push(node, user, &note) {
-                        self.s.status.failed(&e);
-                        if !e.is_retryable() {
-                            self.engine = None;
-                        }
-                        return false;
-                    }
-                    EngineStatus::add(&self.s.status.pushes_routed, 1);
+                // Counted once: a note routed again drops nothing more.
+                let dropped: u64 = routed.iter().map(|r| u64::from(r.dropped)).sum();
+                EngineStatus::add(&self.s.status.mailbox_drops, dropped);
+                let online: Vec<(u32, UserId)> = users
+                    .iter()
+                    .zip(&routed)
+                    .filter_map(|(&user, r)| r.online_at.map(|node| (node, user)))
+                    .collect();
+                if let Err(e) = engine.send_pushes(&online, &note) {
+                    // Routed again next round (the same mailbox entries),
+                    // and pushed again.
+                    return self.failed(&e);
                 }
-                c.routed += 1;
+                EngineStatus::add(&self.s.status.pushes_routed, online.len() as u64);
+                c.routed = c.packet.targets.len();
             }
             self.creations.pop_front();
         }
@@ -1056,7 +1099,7 @@ pub struct PushReaderSetup {
 }
 
 /// Runs the push reader until `stop` is set: this node's push stream, read
-/// with a blocking read of at most [`PUSH_BLOCK`], each push handed to its
+/// with a blocking read of at most `PUSH_BLOCK`, each push handed to its
 /// user's home core, then acknowledged (a push handed over and lost with a
 /// crash is still in the user's mailbox in the engine).
 pub fn run_push_reader(s: PushReaderSetup) {
