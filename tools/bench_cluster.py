@@ -48,6 +48,10 @@ side, their order alternating between rounds:
           claims paid, claim latency under that load, and the CPU per
           packet (its creation, 3 routes, 3 pushes and 3 claims) of the
           nodes and of Redis.
+  logins  --login-users users connect and log in at --login-rate a second,
+          spread over the nodes: the CPU per login (the node's, and Redis's
+          for the presence hb_login sets) until every login's presence is in
+          the engine.
   shakes  (in the --primaries with the most primaries) `hongbao server
           --threads 1` with and without `--cluster`, 10,000 flooder users at
           --shake-rate (60,000) shakes/s: the server's CPU per shake (the
@@ -103,7 +107,7 @@ REDIS_PORT = 17400
 NODE_PORT_FIRST = 17410
 NODE_PORT_LAST = 17499
 
-PARTS = ("claims", "push", "flow", "shakes")
+PARTS = ("claims", "push", "flow", "logins", "shakes")
 
 # Wire v1 (docs/PROTOCOL.md).
 LOGIN, LOGIN_ANSWER, SHAKE, SHAKE_ANSWER, PUSH, CLAIM, CLAIM_ANSWER = 0, 1, 2, 3, 4, 5, 6
@@ -164,6 +168,8 @@ def parse_args():
     p.add_argument("--push-samples", type=int, default=100, help="packets timed in the push part (default 100)")
     p.add_argument("--flow-rate", type=int, default=300, help="packets/s over the fleet in the flow part (default 300)")
     p.add_argument("--flow-users", type=int, default=600, help="users online in the flow part (default 600)")
+    p.add_argument("--login-users", type=int, default=3000, help="users of the logins part (default 3000)")
+    p.add_argument("--login-rate", type=int, default=1500, help="logins/s of the logins part (default 1500)")
     p.add_argument("--shake-rate", type=int, default=60000, help="shakes/s of the shakes part (default 60000)")
     p.add_argument("--shake-users", type=int, default=10000, help="flooder users of the shakes part (default 10000)")
     p.add_argument("--duration", type=int, default=10, help="measurement windows, seconds (default 10)")
@@ -907,6 +913,33 @@ def part_flow(args, nodes, users_pool, meter):
             "cpu_us_per_packet": {g: us / created for g, us in cpu["cpu_us"].items()} if created else None}
 
 
+def part_logins(args, nodes, users_pool, meter):
+    """CPU per login, node and Redis (presence), at a steady login rate."""
+    users = users_pool.take(args.login_users)
+    client = Client()
+    try:
+        before = sum_status(nodes, "presence")
+        a = meter.sample()
+        t0 = time.monotonic()
+        chunk = 50
+        for i in range(0, len(users), chunk):
+            due = t0 + i / args.login_rate
+            while time.monotonic() < due:
+                client.pump(max(0.0, min(0.01, due - time.monotonic())), lambda *x: None)
+            client.connect(users[i:i + chunk], nodes)
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while sum_status(nodes, "presence") - before < len(users):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"presence of {len(users)} logins not in the engine after {SETTLE_TIMEOUT_S} s")
+            time.sleep(0.02)
+        b = meter.sample()
+    finally:
+        client.close()
+    cpu = CpuMeter.delta(a, b)
+    return {"logins": len(users), "secs": cpu["secs"], "logins_per_sec": len(users) / cpu["secs"], "cpu": cpu,
+            "cpu_us_per_login": {g: us / len(users) for g, us in cpu["cpu_us"].items()}}
+
+
 def part_shakes(args, workdir, redis, ids, ports, round_no):
     """Server CPU per shake, with and without --cluster, side by side."""
     out = {}
@@ -1020,6 +1053,13 @@ def run_config(args, workdir, redis, count, ids, ports, users_pool, round_no):
                 f"{fmt(f['claim_service']['p99_us'])} µs, backlog {f['backlog_end']}, µs/packet nodes "
                 f"{fmt(per.get('nodes'))} primaries {fmt(per.get('primaries'))} replicas "
                 f"{fmt(per.get('replicas'))}; others {fmt(f['cpu']['others_pct'])} %")
+        if "logins" in args.parts:
+            lg = part_logins(args, nodes, users_pool, meter)
+            rec["logins"] = lg
+            per = lg["cpu_us_per_login"]
+            log(f"    logins: {lg['logins']} at {lg['logins_per_sec']:.0f}/s, µs/login nodes {fmt(per['nodes'], 1)} "
+                f"primaries {fmt(per['primaries'], 1)} replicas {fmt(per['replicas'], 1)}; others "
+                f"{fmt(lg['cpu']['others_pct'])} %")
         rec["status"] = {n.id: n.cluster() for n in nodes}
         rec["ok"] = True
     except (RuntimeError, OSError, ValueError, KeyError, subprocess.TimeoutExpired) as e:
@@ -1094,6 +1134,11 @@ def summarise(runs, args_primaries, args_nodes):
         "flow_primaries_us_per_packet": ("flow", "cpu_us_per_packet", "primaries"),
         "flow_replicas_us_per_packet": ("flow", "cpu_us_per_packet", "replicas"),
         "flow_others_pct": ("flow", "cpu", "others_pct"),
+        "login_nodes_us": ("logins", "cpu_us_per_login", "nodes"),
+        "login_primaries_us": ("logins", "cpu_us_per_login", "primaries"),
+        "login_replicas_us": ("logins", "cpu_us_per_login", "replicas"),
+        "login_others_pct": ("logins", "cpu", "others_pct"),
+        "logins_per_sec": ("logins", "logins_per_sec"),
     }
     out = {"configs": [], "ratios": {}, "shakes": None}
     for (p, n), recs in sorted(configs.items()):
@@ -1178,6 +1223,15 @@ def markdown(meta, s):
                      f"{fs(r['flow_claim_p99_us'])} | {fs(r['flow_nodes_us_per_packet'])} | "
                      f"{fs(r['flow_primaries_us_per_packet'])} | {fs(r['flow_replicas_us_per_packet'])} | "
                      f"{fs(r['flow_others_pct'])} |")
+    if any(r["login_nodes_us"] for r in s["configs"]):
+        o.append("")
+        o.append("| primaries | nodes | logins/s | µs/login: nodes | primaries | replicas | others % |")
+        o.append("|---:|---:|---:|---:|---:|---:|---:|")
+        for r in s["configs"]:
+            if r["login_nodes_us"]:
+                o.append(f"| {r['primaries']} | {r['nodes']} | {fs(r['logins_per_sec'])} | "
+                         f"{fs(r['login_nodes_us'], 1)} | {fs(r['login_primaries_us'], 1)} | "
+                         f"{fs(r['login_replicas_us'], 1)} | {fs(r['login_others_pct'])} |")
     if s["shakes"]:
         sh = s["shakes"]
         o.append("")
@@ -1241,6 +1295,9 @@ def extrapolation(s):
         med(r["flow_replicas_us_per_packet"]), SEED_PACKETS, "a packet")
     row(f"{SEED_PACKETS:,} packets/s × {SEED_CLAIMANTS} claims, nodes", med(r["flow_nodes_us_per_packet"]),
         SEED_PACKETS, "a packet")
+    row(f"{SEED_ONLINE / 3600 / 1e3:,.0f}k logins/s ({SEED_ONLINE / 1e6:,.0f} M in an hour), Redis primaries",
+        med(r["login_primaries_us"]), SEED_ONLINE / 3600, "a login")
+    row(f"{SEED_ONLINE / 3600 / 1e3:,.0f}k logins/s, nodes", med(r["login_nodes_us"]), SEED_ONLINE / 3600, "a login")
     row(f"{SEED_PACKETS * SEED_CLAIMANTS:,} claims/s batched as at capacity, Redis primaries",
         med(r["primaries_us_per_claim"]), SEED_PACKETS * SEED_CLAIMANTS, "a claim")
     o.append("")
