@@ -46,6 +46,14 @@ pub const JOBS_LEN: usize = 16 * 1024;
 /// Packets the generator may have handed over and the engine thread not
 /// yet created: past this the generator waits (up to its deadline).
 pub const CREATES_LEN: usize = 4096;
+/// Presence updates kept while the engine is slow or away (each is given
+/// up after `--engine-timeout` anyway): past this the oldest is given up
+/// at once (`presence_lost`).
+const PRESENCE_MAX: usize = 256 * 1024;
+/// Deliveries waiting to leave their mailboxes: past this the oldest is
+/// forgotten (`deliveries_dropped`; the push may then come again at a
+/// later login).
+const DELIVERED_MAX: usize = 64 * 1024;
 /// Control requests waiting (each one HTTP request, which waits 2 s).
 pub const REQUESTS_LEN: usize = 64;
 /// Lease grants waiting for the generator (it takes them every 100 ms;
@@ -131,8 +139,11 @@ pub struct EngineStatus {
     pub pushes_at_login: AtomicU64,
     /// Presence updates (logins, last logouts) made.
     pub presence: AtomicU64,
-    /// Presence updates given up after `--engine-timeout`.
+    /// Presence updates given up after `--engine-timeout` (or past
+    /// [`PRESENCE_MAX`] waiting).
     pub presence_lost: AtomicU64,
+    /// Deliveries not reported to the engine (past [`DELIVERED_MAX`]).
+    pub deliveries_dropped: AtomicU64,
     /// Envelopes leased from the fleet's budget.
     pub envelopes_leased: AtomicU64,
     /// The budget's epoch as last seen.
@@ -196,6 +207,8 @@ pub struct EngineReport {
     pub presence: u64,
     /// Presence updates given up.
     pub presence_lost: u64,
+    /// Deliveries not reported.
+    pub deliveries_dropped: u64,
     /// Envelopes leased by this node.
     pub envelopes_leased: u64,
     /// The fleet budget as last seen: epoch, qps, total, leased, live nodes.
@@ -248,6 +261,7 @@ impl EngineStatus {
             pushes_at_login: g(&self.pushes_at_login),
             presence: g(&self.presence),
             presence_lost: g(&self.presence_lost),
+            deliveries_dropped: g(&self.deliveries_dropped),
             envelopes_leased: g(&self.envelopes_leased),
             budget: BudgetReport {
                 epoch: g(&self.budget_epoch),
@@ -499,6 +513,14 @@ impl EngineThread {
                     }
                 }
             }
+        }
+        while self.presence.len() > PRESENCE_MAX {
+            self.presence.pop_front();
+            EngineStatus::add(&self.s.status.presence_lost, 1);
+        }
+        while self.delivered.len() > DELIVERED_MAX {
+            self.delivered.pop_front();
+            EngineStatus::add(&self.s.status.deliveries_dropped, 1);
         }
         while self.creations.len() < CREATES_LEN {
             let Ok(h) = self.s.creates.try_recv() else {
