@@ -532,7 +532,11 @@ impl EngineThread {
             && self.serve_ids()
             && self.serve_lease()
             && self.serve_expiry();
-        if !ok {
+        if ok {
+            // Every call of the round succeeded: available again, whether
+            // or not claims came (a node without users leases and routes).
+            self.s.status.available.store(true, Ordering::Relaxed);
+        } else {
             self.paused_until = Some(Instant::now() + RETRY_PAUSE);
         }
         self.fail_presence_past_deadline();
