@@ -1052,7 +1052,7 @@ pub struct PushReaderSetup {
 }
 
 /// Runs the push reader until `stop` is set: this node's push stream, read
-/// with a blocking read of at most [`PUSH_BLOCK`], each push handed to its
+/// with a blocking read of at most `PUSH_BLOCK`, each push handed to its
 /// user's home core, then acknowledged (a push handed over and lost with a
 /// crash is still in the user's mailbox in the engine).
 pub fn run_push_reader(s: PushReaderSetup) {
