@@ -28,7 +28,7 @@
 //! (every node's ledger against the engine, and the flooders'
 //! acknowledgements), then stops the Redis Cluster. Its defaults are small
 //! (3,000 users, 2,000 then 4,000 shakes/s for 20 s each) so that the
-//! whole takes about a minute and a half on a 2-core machine.
+//! whole takes about a minute on a 2-core machine.
 
 mod child;
 mod fleet;
@@ -78,8 +78,9 @@ pub struct DemoArgs {
     #[arg(long)]
     pub duration: Option<u64>,
 
-    /// Server worker threads, pinned to the first cores; the flooders get
-    /// the rest. Default: half the cores (at least one).
+    /// Server worker threads (each node's, with `--nodes`), pinned to the
+    /// first cores; the flooders get the rest. Default: half the cores (at
+    /// least one).
     #[arg(long)]
     pub threads: Option<usize>,
 
@@ -88,7 +89,8 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 2)]
     pub flooders: usize,
 
-    /// Envelopes per second from the generator.
+    /// Envelopes per second from the generator (with `--nodes`: the fleet's
+    /// budget, set on node 1 with `/yaohongbao` and leased by every node).
     #[arg(long, default_value_t = 200)]
     pub envelopes_per_sec: u64,
 
@@ -115,7 +117,7 @@ pub struct DemoArgs {
     /// is killed with SIGKILL and started again, a Redis primary is killed
     /// and brought back, and the run ends with the fleet audit. Defaults
     /// then: 3,000 users, `--phases 2000,4000`, `--duration 40` (about a
-    /// minute and a half on 2 cores).
+    /// minute on 2 cores).
     #[arg(long, value_name = "N")]
     pub nodes: Option<u32>,
 
