@@ -558,7 +558,11 @@ impl EngineThread {
             && self.serve_ids()
             && self.serve_lease()
             && self.serve_expiry();
-        if !ok {
+        if ok {
+            // Every call of the round succeeded: available again, whether
+            // or not claims came (a node without users leases and routes).
+            self.s.status.available.store(true, Ordering::Relaxed);
+        } else {
             self.paused_until = Some(Instant::now() + RETRY_PAUSE);
         }
         self.fail_presence_past_deadline();
@@ -1078,7 +1082,7 @@ pub struct PushReaderSetup {
 }
 
 /// Runs the push reader until `stop` is set: this node's push stream, read
-/// with a blocking read of at most [`PUSH_BLOCK`], each push handed to its
+/// with a blocking read of at most `PUSH_BLOCK`, each push handed to its
 /// user's home core, then acknowledged (a push handed over and lost with a
 /// crash is still in the user's mailbox in the engine).
 pub fn run_push_reader(s: PushReaderSetup) {
