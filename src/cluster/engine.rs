@@ -475,7 +475,12 @@ impl Engine {
         let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
         let mut c = cmd("WAIT");
         c.arg(replicas).arg(ms);
-        let v = self.with_read_timeout(timeout, "WAIT", |conn| conn.req_command(&c))?;
+        // Once only: WAIT counts the writes of the connection it runs on,
+        // so on a fresh connection (the retry of `run`) it would count none
+        // and answer at once, confirming writes no replica has. A failure
+        // is the caller's: it decides the batch again (repeats are writes
+        // on the new connection, which the next WAIT then covers).
+        let v = self.with_read_timeout_tries(timeout, 1, "WAIT", |conn| conn.req_command(&c))?;
         let n = int(&v, "WAIT")?;
         Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
     }
@@ -817,10 +822,21 @@ impl Engine {
     fn run<T>(
         &mut self,
         step: &str,
+        f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, EngineError> {
+        self.run_tries(step, 2, f)
+    }
+
+    /// [`Engine::run`] with `tries` attempts (1: no retry on a new
+    /// connection).
+    fn run_tries<T>(
+        &mut self,
+        step: &str,
+        tries: u32,
         mut f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
     ) -> Result<T, EngineError> {
         let mut last = None;
-        for _ in 0..2 {
+        for _ in 0..tries {
             let conn = match self.connection() {
                 Ok(c) => c,
                 Err(e) => return Err(last.unwrap_or(e)),
@@ -847,11 +863,22 @@ impl Engine {
         &mut self,
         extra: Duration,
         step: &str,
+        f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, EngineError> {
+        self.with_read_timeout_tries(extra, 2, step, f)
+    }
+
+    /// [`Engine::with_read_timeout`] with `tries` attempts.
+    fn with_read_timeout_tries<T>(
+        &mut self,
+        extra: Duration,
+        tries: u32,
+        step: &str,
         mut f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
     ) -> Result<T, EngineError> {
         let base = self.config.response_timeout;
         let raised = base.saturating_add(extra);
-        self.run(step, |conn| {
+        self.run_tries(step, tries, |conn| {
             conn.set_read_timeout(Some(raised))?;
             let out = f(conn);
             let restored = conn.set_read_timeout(Some(base));
