@@ -435,6 +435,34 @@ impl Engine {
         }
     }
 
+    /// Marks packet `p` as routed to every target (the field `routed` of
+    /// its hash), so that a node replaying it after a restart, or retrying
+    /// a create whose answer it lost, knows whether its pushes went out.
+    /// The packet's expiry is set again with it: the field never outlives
+    /// the packet, nor makes a hash without one (a packet whose keys are
+    /// gone by `now_ms` is not marked).
+    pub fn mark_routed(&mut self, p: &EnginePacket, now_ms: u64) -> Result<(), EngineError> {
+        let keep = p.expires_ms.saturating_add(keys::PACKET_KEEP_MS);
+        if keep <= now_ms {
+            return Ok(());
+        }
+        let k = PacketKeys::new(p.id);
+        let mut pipe = cluster_pipe();
+        pipe.add_command(cmd("HSET").arg(&k.hash).arg("routed").arg(1).clone());
+        pipe.add_command(cmd("PEXPIREAT").arg(&k.hash).arg(keep).clone());
+        self.run("mark routed", |c| pipe.query::<Vec<Value>>(c))?;
+        Ok(())
+    }
+
+    /// Whether packet `id` was marked routed ([`Engine::mark_routed`]).
+    pub fn is_routed(&mut self, id: PacketId) -> Result<bool, EngineError> {
+        let k = PacketKeys::new(id);
+        let mut c = cmd("HEXISTS");
+        c.arg(&k.hash).arg("routed");
+        let v = self.run("HEXISTS routed", |conn| conn.req_command(&c))?;
+        Ok(int(&v, "HEXISTS routed")? == 1)
+    }
+
     /// Decides a batch of claims (hb_claim each), pipelined: one round trip
     /// per primary involved. Answers in the batch's order. An error is the
     /// whole batch's, though some of its claims may have been decided:

@@ -805,14 +805,37 @@ impl EngineThread {
 
     /// Creates the packets handed over, then routes each to its targets:
     /// into their mailboxes, and to the push stream of the node where each
-    /// is online. Each step may be repeated: creating twice is a no-op,
-    /// routing twice adds the same mailbox entry.
+    /// is online, then marks it routed in the engine. Each step may be
+    /// repeated: creating twice is a no-op, routing twice adds the same
+    /// mailbox entry; a packet found created already (a replay, a retry) is
+    /// routed again unless it is marked.
     fn serve_creations(&mut self) -> bool {
         while let Some(c) = self.creations.front_mut() {
             let engine = self.engine.as_mut().expect("checked by serve");
             if !c.created {
                 match engine.create_packet(&c.packet) {
                     Ok(created) => {
+                        if created == Created::Exists {
+                            // Replayed after a restart, or our own retry
+                            // after a lost answer: there already, but its
+                            // pushes went out only if its routing finished
+                            // (the node may have died, or the call failed,
+                            // part way). Routed again unless marked done;
+                            // a push twice is a repeat claim at worst.
+                            match engine.is_routed(c.packet.id) {
+                                Ok(true) => c.routed = c.packet.targets.len(),
+                                Ok(false) => {}
+                                Err(e) => {
+                                    self.s.status.failed(&e);
+                                    if !e.is_retryable() {
+                                        self.engine = None;
+                                    }
+                                    return false;
+                                }
+                            }
+                        } else {
+                            EngineStatus::add(&self.s.status.packets_created, 1);
+                        }
                         c.created = true;
                         if let Some(reply) = c.created_reply.take() {
                             let _ = reply.send(Some(c.packet.id));
@@ -821,13 +844,6 @@ impl EngineThread {
                             id: c.packet.id,
                             until_s: c.until_s,
                         });
-                        if created == Created::Exists {
-                            // Replayed after a restart and already there:
-                            // its pushes went out then.
-                            c.routed = c.packet.targets.len();
-                        } else {
-                            EngineStatus::add(&self.s.status.packets_created, 1);
-                        }
                     }
                     Err(e) => return self.failed(&e),
                 }
@@ -857,6 +873,15 @@ impl EngineThread {
                     EngineStatus::add(&self.s.status.pushes_routed, 1);
                 }
                 c.routed += 1;
+            }
+            // Done: a replay or a retry of it need not route it again.
+            let now_ms = crate::clock::unix_now().as_millis() as u64;
+            if let Err(e) = engine.mark_routed(&c.packet, now_ms) {
+                self.s.status.failed(&e);
+                if !e.is_retryable() {
+                    self.engine = None;
+                }
+                return false;
             }
             self.creations.pop_front();
         }
