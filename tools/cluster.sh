@@ -42,7 +42,8 @@
 #
 # Every node: cluster-enabled yes; appendonly yes with appendfsync always
 # (an acknowledged write is on the node's disk, not only in its memory);
-# save "" (no RDB snapshots beside the AOF); cluster-node-timeout 2000 ms
+# save "" (no RDB snapshots beside the AOF); repl-diskless-sync-delay 0 (a
+# replica that comes back is synced at once); cluster-node-timeout 2000 ms
 # (below).
 set -euo pipefail
 
@@ -279,6 +280,10 @@ cluster-node-timeout $NODE_TIMEOUT_MS
 appendonly yes
 appendfsync always
 save ""
+# A replica (a killed primary back, say) gets its full sync at once, not
+# after Redis's default 5 s wait for more replicas to share the transfer:
+# until it has it, its shard confirms no write (WAIT).
+repl-diskless-sync-delay 0
 EOF
 }
 
