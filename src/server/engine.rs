@@ -140,9 +140,9 @@ pub struct EngineStatus {
     /// Presence updates (logins, last logouts) made.
     pub presence: AtomicU64,
     /// Presence updates given up after `--engine-timeout` (or past
-    /// [`PRESENCE_MAX`] waiting).
+    /// `PRESENCE_MAX` waiting).
     pub presence_lost: AtomicU64,
-    /// Deliveries not reported to the engine (past [`DELIVERED_MAX`]).
+    /// Deliveries not reported to the engine (past `DELIVERED_MAX`).
     pub deliveries_dropped: AtomicU64,
     /// Envelopes leased from the fleet's budget.
     pub envelopes_leased: AtomicU64,
