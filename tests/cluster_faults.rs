@@ -652,7 +652,12 @@ fn a_fleet_survives_killed_nodes_and_killed_primaries_and_its_books_balance() {
         wait_for("a probe claim paid before the kill", DEADLINE, || {
             probe.paid_after(t0)
         });
-        let port = redis.kill_primary();
+        // The primary holding the probe's packet: its shard's claims pause
+        // (WAIT is sent only to the primaries a batch wrote to, so the
+        // other shards' claims go on).
+        let probe_key =
+            hongbao::cluster::keys::PacketKeys::new(hongbao::ids::PacketId(probe_packet)).hash;
+        let port = redis.kill_primary_of(Some(&probe_key));
         // The script kills, prints the port and exits: the kill came
         // milliseconds before this (so the figures below are a little
         // short, never long).

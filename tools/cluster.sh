@@ -29,9 +29,10 @@
 #       Each node: port, pid, role, its view of the cluster state; then each
 #       hongbao node: id, listen and HTTP ports, pid, whether it reaches the
 #       engine.
-#   tools/cluster.sh kill-primary [--dir D]
-#       kill -9 of one primary that serves slots; prints its port (alone,
-#       on stdout) for the failure tests.
+#   tools/cluster.sh kill-primary [--dir D] [--key KEY]
+#       kill -9 of one primary that serves slots (with --key, the one that
+#       serves KEY's slot); prints its port (alone, on stdout) for the
+#       failure tests.
 #   tools/cluster.sh restart [--dir D] --port X
 #       Starts node X again from its own directory: a killed primary comes
 #       back as a replica of the node promoted in its place.
@@ -67,6 +68,7 @@ NODE_START_DEADLINE_S=30
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 dir=target/cluster
+key=""
 port=7000
 primaries=3
 replicas=1
@@ -97,6 +99,7 @@ parse_options() {
     --primaries) primaries=${2:?--primaries needs a number}; shift 2 ;;
     --replicas) replicas=${2:?--replicas needs a number}; shift 2 ;;
     --nodes) nodes=${2:?--nodes needs a number}; shift 2 ;;
+    --key) key=${2:?--key needs a key}; shift 2 ;;
     --node-port) hongbao_port=${2:?--node-port needs a number}; shift 2 ;;
     --node-http-port) hongbao_http_port=${2:?--node-http-port needs a number}; shift 2 ;;
     --hongbao) hongbao=${2:?--hongbao needs the path of the hongbao binary}; shift 2 ;;
@@ -495,9 +498,18 @@ cmd_kill_primary() {
     fi
   done
   [ -n "$ask" ] || die "no node of $dir answers"
-  # A primary that serves slots and is not already failing: `cluster nodes`
-  # lines are "id ip:port@bus flags primary-id ping pong epoch link slots...".
-  for victim in $(cli "$ask" cluster nodes | awk '$3 ~ /master/ && $3 !~ /fail/ && $8 == "connected" && NF >= 9 { split($2, a, "[:@]"); print a[2] }' | sort -n); do
+  # A primary that serves slots (with --key, KEY's slot) and is not already
+  # failing: `cluster nodes` lines are "id ip:port@bus flags primary-id
+  # ping pong epoch link slots...", a slot range being "A-B" or "A".
+  local slot=-1
+  if [ -n "$key" ]; then
+    slot=$(cli "$ask" cluster keyslot "$key")
+  fi
+  for victim in $(cli "$ask" cluster nodes | awk -v slot="$slot" '$3 ~ /master/ && $3 !~ /fail/ && $8 == "connected" && NF >= 9 {
+      serves = (slot < 0)
+      for (i = 9; i <= NF; i++) { n = split($i, r, "-"); lo = r[1]; hi = (n > 1) ? r[2] : r[1]; if (slot >= lo + 0 && slot <= hi + 0) serves = 1 }
+      if (serves) { split($2, a, "[:@]"); print a[2] }
+    }' | sort -n); do
     pid=$(node_pid "$victim")
     if [ -n "$pid" ]; then
       kill -KILL "$pid"

@@ -14,7 +14,9 @@ use std::ops::Range;
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection, cluster_pipe};
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{Cmd, ConnectionLike, Value, cmd};
 
 pub use super::error::EngineError;
@@ -22,6 +24,10 @@ use super::keys::{self, PacketKeys, UserKeys};
 use super::library::{LIBRARY, LIBRARY_VERSION};
 pub use super::note::PushNote;
 use crate::ids::{Cents, PacketId, UserId};
+
+/// Distinct slots a batch's WAIT is sent to one by one; past this, one WAIT
+/// on every primary instead.
+pub const WAIT_SLOTS_MAX: usize = 8;
 
 /// How to reach the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -511,6 +517,47 @@ impl Engine {
         let v = self.with_read_timeout_tries(timeout, 1, "WAIT", |conn| conn.req_command(&c))?;
         let n = int(&v, "WAIT")?;
         Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+    }
+
+    /// As [`Engine::wait_replicas`], but only on the primaries that hold
+    /// `packets` (WAIT routed by each packet's slot): a primary that lost
+    /// its replica (a failover, until a replica is back) then holds up the
+    /// claims of its own shard only, not the fleet's. Past
+    /// [`WAIT_SLOTS_MAX`] distinct slots, every primary (one WAIT each
+    /// beats many on the same few primaries).
+    pub fn wait_replicas_for(
+        &mut self,
+        packets: &[PacketId],
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<u32, EngineError> {
+        let mut routes: Vec<Route> = Vec::new();
+        for &p in packets {
+            let r = Route::with_key(PacketKeys::new(p).hash, SlotAddr::Master);
+            if !routes.contains(&r) {
+                routes.push(r);
+                if routes.len() > WAIT_SLOTS_MAX {
+                    return self.wait_replicas(replicas, timeout);
+                }
+            }
+        }
+        let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
+        let mut c = cmd("WAIT");
+        c.arg(replicas).arg(ms);
+        let mut fewest = u32::MAX;
+        for route in routes {
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            // Once only, as in `wait_replicas`.
+            let v = self.with_read_timeout_tries(timeout, 1, "WAIT", |conn| {
+                conn.route_command(&c, routing.clone())
+            })?;
+            let n = u32::try_from(int(&v, "WAIT")?.max(0)).unwrap_or(u32::MAX);
+            fewest = fewest.min(n);
+            if fewest < replicas {
+                break;
+            }
+        }
+        Ok(fewest)
     }
 
     /// Refunds what is left of an expired packet (hb_expire): the cents

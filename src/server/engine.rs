@@ -12,7 +12,7 @@
 //!
 //! Claims travel: core → [`EngineJob::Claim`] (bounded channel) → a batch of
 //! up to [`CLAIM_BATCH_MAX`] `hb_claim` calls in one round trip → `WAIT`
-//! (every primary) → [`Record::ClusterClaim`] mirrors, one ledger sync for
+//! (the primaries the batch wrote to) → [`Record::ClusterClaim`] mirrors, one ledger sync for
 //! the batch → [`CoreMsg::ClaimAnswer`] to each claim's core. A batch that
 //! fails anywhere is tried again whole (the engine answers a repeat with
 //! the same amount); a claim older than `--engine-timeout` is answered 0
@@ -626,7 +626,9 @@ impl EngineThread {
             c.paid_before |= matches!(o, ClaimOutcome::Paid(_));
         }
         if self.s.replicas > 0 {
-            match engine.wait_replicas(self.s.replicas, WAIT_MAX.min(self.s.timeout)) {
+            let packets: Vec<PacketId> = reqs.iter().map(|r| r.packet).collect();
+            match engine.wait_replicas_for(&packets, self.s.replicas, WAIT_MAX.min(self.s.timeout))
+            {
                 Ok(got) if got >= self.s.replicas => {}
                 Ok(_) => {
                     EngineStatus::add(&self.s.status.wait_short, 1);
