@@ -35,6 +35,8 @@ enum Command {
     /// The seed experiment on this machine in one command: a server, a
     /// monitor and flooders as children; connect, shake at 30k/s with
     /// envelopes and packets, shake at 60k/s; then the report and the audit.
+    /// With --nodes N: across N nodes on a Redis Cluster it starts, one node
+    /// and one Redis primary killed mid-run, then the fleet audit.
     Demo(Box<hongbao::demo::DemoArgs>),
     /// Signed logins: make a key file (`--new-key FILE`), or issue a token
     /// (`--key-file FILE --user ID --ttl SECS`), printed as the 64 hex digits

@@ -371,3 +371,51 @@ fn a_node_whose_engine_is_unreachable_serves_shakes_and_says_claims_are_unavaila
     assert_eq!(code, 503, "{body}");
     n.shutdown();
 }
+
+#[test]
+fn an_expired_packet_is_refunded_once_by_its_node_and_the_books_agree() {
+    let Some(redis) = redis() else { return };
+    let name = "expiry";
+    let nodes: Vec<ServerHandle> = (0..2)
+        .map(|i| {
+            start(&ServerConfig {
+                threads: Some(1),
+                no_http: false,
+                data_dir: Some(scratch_dir(&format!("{name}-node{}", 20 + i))),
+                cluster: Some(redis.urls.clone()),
+                node_id: Some(20 + i),
+                packet_ttl: 2,
+                ..config()
+            })
+            .unwrap_or_else(|e| panic!("starting node {}: {e}", 20 + i))
+        })
+        .collect();
+    let (a, b) = (50_000, 50_001);
+    let mut on_b = logged_in(&nodes[1], a);
+    // Once the node has reached the engine and reserved packet ids.
+    let id = wait_for("a packet made", DEADLINE, || {
+        let (status, body) = http_get(
+            nodes[0].http_addr().expect("http"),
+            &format!("/packet?amount=1000&users={a},{b}"),
+        );
+        (status == 200).then(|| body["packet"].as_u64().expect("packet id") as u32)
+    });
+    let paid = claim(&mut on_b, id);
+    assert!((1..1000).contains(&paid), "a's share of two");
+    // Past its two seconds, its creator refunds the rest, once.
+    let refunded = wait_for("the refund", DEADLINE, || {
+        let s = cluster_status(&nodes[0]);
+        (s["refunds"].as_u64() >= Some(1)).then(|| s["cents_refunded"].as_u64())
+    });
+    assert_eq!(refunded, Some(1000 - u64::from(paid)), "the remainder");
+    let mut late = logged_in(&nodes[0], b);
+    assert_eq!(claim(&mut late, id), 0, "nothing after the refund");
+    std::thread::sleep(Duration::from_millis(1_500));
+    assert_eq!(
+        cluster_status(&nodes[0])["refunds"].as_u64(),
+        Some(1),
+        "once"
+    );
+    drop((on_b, late));
+    stop_and_audit(&redis, nodes, name, 20);
+}

@@ -129,6 +129,41 @@ fn a_failed_thread_step_stops_every_thread_started_before_it() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The same in cluster mode, whose engine thread and push reader start
+/// between the ledger writer and the generator (the engine need not be
+/// reachable for a start: a port nothing listens on).
+#[test]
+fn a_failed_thread_step_in_cluster_mode_stops_the_engine_threads_too() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert_no_server_thread("nothing");
+    let dir = scratch_dir("start-unwinds-cluster");
+    let (listen, http) = free_addrs();
+    let (nobody, _) = free_addrs();
+    let config = ServerConfig {
+        cluster: Some(format!("redis://{nobody}")),
+        node_id: Some(1),
+        ..busy_config(listen, http, &dir)
+    };
+    for step in [
+        ThreadStep::Engine,
+        ThreadStep::Generator,
+        ThreadStep::LastCore,
+    ] {
+        let failed = format!("a cluster-mode start failing at {step:?}");
+        let error = match start_failing_at(&config, step) {
+            Ok(_) => panic!("{failed} started"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.contains("injected by a test"),
+            "{failed} failed otherwise: {error}"
+        );
+        assert_no_server_thread(&failed);
+        start_and_stop(&config, &failed);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_taken_control_port_fails_the_start_and_leaves_no_thread() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::node::{AuditArgs, AuditReport, audit_node, check_acks};
+use super::node::{AuditArgs, AuditReport, GrantFound, audit_node, check_acks};
 use crate::cluster::{Engine, EngineConfig};
 use crate::ids::{Cents, EnvelopeId, PacketId, UserId};
 use crate::ledger::Books;
@@ -257,31 +257,24 @@ fn check_packets(
 }
 
 /// The flooders' acknowledgements against every node's ledger: a grant is
-/// a node's (by envelope id, user and amount), a paid claim a node's mirror.
+/// a node's (by envelope id, user and amount: every node numbers its
+/// envelopes from the same first id, so one ack log holds the same id
+/// granted by several nodes), a paid claim a node's mirror.
 fn check_fleet_acks(
     log: &PathBuf,
     grants: &HashMap<EnvelopeId, Vec<(UserId, Cents)>>,
     claims: &HashMap<(PacketId, UserId), Cents>,
     report: &mut AuditReport,
 ) -> anyhow::Result<()> {
-    // One node's grants for `check_acks`: for each envelope id, the grant
-    // that matches the line if any node has one (ids repeat across nodes).
-    let text = std::fs::read_to_string(log)
-        .with_context(|| format!("reading ack log {}", log.display()))?;
-    let mut matching: HashMap<EnvelopeId, (UserId, Cents)> = HashMap::new();
-    for line in text.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if let ["grant", user, id, cents] = f.as_slice()
-            && let (Ok(u), Ok(i), Ok(c)) = (user.parse(), id.parse(), cents.parse())
-        {
-            let want = (UserId(u), Cents(c));
-            if let Some(all) = grants.get(&EnvelopeId(i)) {
-                let pick = all.iter().find(|&&g| g == want).unwrap_or(&all[0]);
-                matching.insert(EnvelopeId(i), *pick);
-            }
+    let grant = |id: EnvelopeId, user: UserId, cents: Cents| {
+        let all = grants.get(&id).map_or(&[][..], Vec::as_slice);
+        match all.first() {
+            _ if all.contains(&(user, cents)) => GrantFound::Same,
+            Some(&(u, c)) => GrantFound::Other(u, c),
+            None => GrantFound::Missing,
         }
-    }
-    check_acks(log, &matching, claims, report)
+    };
+    check_acks(log, &grant, claims, report)
 }
 
 /// The fleet's audit as a table.
@@ -335,4 +328,40 @@ pub fn print_fleet(r: &FleetReport) {
         );
     }
     println!("audit: OK");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_ack_log_may_hold_the_same_envelope_id_from_several_nodes() {
+        let dir = std::env::temp_dir().join(format!("hongbao-fleet-acks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("acks.log");
+        // Envelope 7 granted by two nodes, to two users, both acknowledged.
+        std::fs::write(&log, "grant 12 7 216\ngrant 1183 7 15\nclaim 5 9 40\n").unwrap();
+        let mut grants: HashMap<EnvelopeId, Vec<(UserId, Cents)>> = HashMap::new();
+        grants.insert(
+            EnvelopeId(7),
+            vec![(UserId(1183), Cents(15)), (UserId(12), Cents(216))],
+        );
+        let claims = HashMap::from([((PacketId(9), UserId(5)), Cents(40))]);
+        let mut r = AuditReport::default();
+        check_fleet_acks(&log, &grants, &claims, &mut r).unwrap();
+        assert_eq!((r.acks_grants, r.acks_claims), (2, 1));
+
+        // A grant no node made for that user and amount is named.
+        std::fs::write(&log, "grant 12 7 217\n").unwrap();
+        let e = check_fleet_acks(&log, &grants, &claims, &mut AuditReport::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("envelope 7 to user 12 for 217"), "{e}");
+        std::fs::write(&log, "grant 12 8 216\n").unwrap();
+        let e = check_fleet_acks(&log, &grants, &claims, &mut AuditReport::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("was lost"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

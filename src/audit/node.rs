@@ -70,7 +70,12 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
     let mut report = report;
     let history = books.history().expect("books made with history");
     for log in &args.ack_log {
-        check_acks(log, &history.grants, &history.claims, &mut report)?;
+        let grant = |id: EnvelopeId, user: UserId, cents: Cents| match history.grants.get(&id) {
+            Some(&(u, c)) if (u, c) == (user, cents) => GrantFound::Same,
+            Some(&(u, c)) => GrantFound::Other(u, c),
+            None => GrantFound::Missing,
+        };
+        check_acks(log, &grant, &history.claims, &mut report)?;
     }
     Ok(report)
 }
@@ -103,9 +108,23 @@ pub fn audit_node(dir: &std::path::Path) -> anyhow::Result<(AuditReport, Books)>
     Ok((report, books))
 }
 
+/// What the ledgers hold of an acknowledged grant's envelope id.
+pub(super) enum GrantFound {
+    /// A grant of that envelope to that user for that amount.
+    Same,
+    /// A grant of that envelope, to another user or for another amount.
+    Other(UserId, Cents),
+    /// No grant of that envelope.
+    Missing,
+}
+
+/// Every line of the ack log `log` against the ledgers: a `grant` is looked
+/// up with `grant` (one ledger's grants by envelope id; a fleet's, whose
+/// nodes number envelopes alike, by id, user and amount), a paid `claim`
+/// in `claims`.
 pub(super) fn check_acks(
     log: &PathBuf,
-    grants: &HashMap<EnvelopeId, (UserId, Cents)>,
+    grant: &dyn Fn(EnvelopeId, UserId, Cents) -> GrantFound,
     claims: &HashMap<(PacketId, UserId), Cents>,
     report: &mut AuditReport,
 ) -> anyhow::Result<()> {
@@ -130,14 +149,14 @@ pub(super) fn check_acks(
         match kind {
             "grant" => {
                 report.acks_grants += 1;
-                match grants.get(&EnvelopeId(id)) {
-                    Some(&(u, c)) if u == user && c == cents => {}
-                    Some(&(u, c)) => bail!(
+                match grant(EnvelopeId(id), user, cents) {
+                    GrantFound::Same => {}
+                    GrantFound::Other(u, c) => bail!(
                         "{}: acknowledged grant of envelope {id} to user {user} for {cents} \
                          but the ledger granted it to user {u} for {c}",
                         at()
                     ),
-                    None => bail!(
+                    GrantFound::Missing => bail!(
                         "{}: acknowledged grant of envelope {id} to user {user} for {cents} \
                          is not in the ledger: an acknowledged grant was lost",
                         at()

@@ -14,7 +14,9 @@ use std::ops::Range;
 use std::time::Duration;
 
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection, cluster_pipe};
-use redis::cluster_routing::{MultipleNodeRoutingInfo, RoutingInfo, SingleNodeRoutingInfo};
+use redis::cluster_routing::{
+    MultipleNodeRoutingInfo, Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
+};
 use redis::{Cmd, ConnectionLike, Value, cmd};
 
 pub use super::error::EngineError;
@@ -22,6 +24,10 @@ use super::keys::{self, PacketKeys, UserKeys};
 use super::library::{LIBRARY, LIBRARY_VERSION};
 pub use super::note::PushNote;
 use crate::ids::{Cents, PacketId, UserId};
+
+/// Distinct slots a batch's WAIT is sent to one by one; past this, one WAIT
+/// on every primary instead.
+pub const WAIT_SLOTS_MAX: usize = 8;
 
 /// How to reach the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -435,6 +441,34 @@ impl Engine {
         }
     }
 
+    /// Marks packet `p` as routed to every target (the field `routed` of
+    /// its hash), so that a node replaying it after a restart, or retrying
+    /// a create whose answer it lost, knows whether its pushes went out.
+    /// The packet's expiry is set again with it: the field never outlives
+    /// the packet, nor makes a hash without one (a packet whose keys are
+    /// gone by `now_ms` is not marked).
+    pub fn mark_routed(&mut self, p: &EnginePacket, now_ms: u64) -> Result<(), EngineError> {
+        let keep = p.expires_ms.saturating_add(keys::PACKET_KEEP_MS);
+        if keep <= now_ms {
+            return Ok(());
+        }
+        let k = PacketKeys::new(p.id);
+        let mut pipe = cluster_pipe();
+        pipe.add_command(cmd("HSET").arg(&k.hash).arg("routed").arg(1).clone());
+        pipe.add_command(cmd("PEXPIREAT").arg(&k.hash).arg(keep).clone());
+        self.run("mark routed", |c| pipe.query::<Vec<Value>>(c))?;
+        Ok(())
+    }
+
+    /// Whether packet `id` was marked routed ([`Engine::mark_routed`]).
+    pub fn is_routed(&mut self, id: PacketId) -> Result<bool, EngineError> {
+        let k = PacketKeys::new(id);
+        let mut c = cmd("HEXISTS");
+        c.arg(&k.hash).arg("routed");
+        let v = self.run("HEXISTS routed", |conn| conn.req_command(&c))?;
+        Ok(int(&v, "HEXISTS routed")? == 1)
+    }
+
     /// Decides a batch of claims (hb_claim each), pipelined: one round trip
     /// per primary involved. Answers in the batch's order. An error is the
     /// whole batch's, though some of its claims may have been decided:
@@ -475,9 +509,55 @@ impl Engine {
         let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
         let mut c = cmd("WAIT");
         c.arg(replicas).arg(ms);
-        let v = self.with_read_timeout(timeout, "WAIT", |conn| conn.req_command(&c))?;
+        // Once only: WAIT counts the writes of the connection it runs on,
+        // so on a fresh connection (the retry of `run`) it would count none
+        // and answer at once, confirming writes no replica has. A failure
+        // is the caller's: it decides the batch again (repeats are writes
+        // on the new connection, which the next WAIT then covers).
+        let v = self.with_read_timeout_tries(timeout, 1, "WAIT", |conn| conn.req_command(&c))?;
         let n = int(&v, "WAIT")?;
         Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
+    }
+
+    /// As [`Engine::wait_replicas`], but only on the primaries that hold
+    /// `packets` (WAIT routed by each packet's slot): a primary that lost
+    /// its replica (a failover, until a replica is back) then holds up the
+    /// claims of its own shard only, not the fleet's. Past
+    /// [`WAIT_SLOTS_MAX`] distinct slots, every primary (one WAIT each
+    /// beats many on the same few primaries).
+    pub fn wait_replicas_for(
+        &mut self,
+        packets: &[PacketId],
+        replicas: u32,
+        timeout: Duration,
+    ) -> Result<u32, EngineError> {
+        let mut routes: Vec<Route> = Vec::new();
+        for &p in packets {
+            let r = Route::with_key(PacketKeys::new(p).hash, SlotAddr::Master);
+            if !routes.contains(&r) {
+                routes.push(r);
+                if routes.len() > WAIT_SLOTS_MAX {
+                    return self.wait_replicas(replicas, timeout);
+                }
+            }
+        }
+        let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
+        let mut c = cmd("WAIT");
+        c.arg(replicas).arg(ms);
+        let mut fewest = u32::MAX;
+        for route in routes {
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+            // Once only, as in `wait_replicas`.
+            let v = self.with_read_timeout_tries(timeout, 1, "WAIT", |conn| {
+                conn.route_command(&c, routing.clone())
+            })?;
+            let n = u32::try_from(int(&v, "WAIT")?.max(0)).unwrap_or(u32::MAX);
+            fewest = fewest.min(n);
+            if fewest < replicas {
+                break;
+            }
+        }
+        Ok(fewest)
     }
 
     /// Refunds what is left of an expired packet (hb_expire): the cents
@@ -919,10 +999,21 @@ impl Engine {
     fn run<T>(
         &mut self,
         step: &str,
+        f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, EngineError> {
+        self.run_tries(step, 2, f)
+    }
+
+    /// [`Engine::run`] with `tries` attempts (1: no retry on a new
+    /// connection).
+    fn run_tries<T>(
+        &mut self,
+        step: &str,
+        tries: u32,
         mut f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
     ) -> Result<T, EngineError> {
         let mut last = None;
-        for _ in 0..2 {
+        for _ in 0..tries {
             let conn = match self.connection() {
                 Ok(c) => c,
                 Err(e) => return Err(last.unwrap_or(e)),
@@ -949,11 +1040,22 @@ impl Engine {
         &mut self,
         extra: Duration,
         step: &str,
+        f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
+    ) -> Result<T, EngineError> {
+        self.with_read_timeout_tries(extra, 2, step, f)
+    }
+
+    /// [`Engine::with_read_timeout`] with `tries` attempts.
+    fn with_read_timeout_tries<T>(
+        &mut self,
+        extra: Duration,
+        tries: u32,
+        step: &str,
         mut f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
     ) -> Result<T, EngineError> {
         let base = self.config.response_timeout;
         let raised = base.saturating_add(extra);
-        self.run(step, |conn| {
+        self.run_tries(step, tries, |conn| {
             conn.set_read_timeout(Some(raised))?;
             let out = f(conn);
             let restored = conn.set_read_timeout(Some(base));

@@ -25,11 +25,16 @@ pub const PUSH_GROUP: &str = "hongbao";
 /// mailboxes, which still hold them for the next login.
 pub const PUSH_STREAM_MAXLEN: u64 = 100_000;
 
+/// How long a packet's keys outlive its expiry (for the audit): a day, as
+/// `KEEP_MS` in `hongbao.lua` (a test checks).
+pub const PACKET_KEEP_MS: u64 = 86_400_000;
+
 /// A packet's four keys, tagged `{p:ID}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PacketKeys {
     /// Hash: amount, remaining, claimants, left, expires_ms, creator,
-    /// repeats, refunded (absent until the refund).
+    /// repeats, refunded (absent until the refund), routed (set once the
+    /// creating node has routed its pushes to every target).
     pub hash: String,
     /// Set of the target user ids.
     pub targets: String,

@@ -31,6 +31,18 @@ mod tests {
     }
 
     #[test]
+    fn the_rust_and_lua_packet_keep_agree() {
+        let lua: u64 = LIBRARY
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("local KEEP_MS = "))
+            .expect("hongbao.lua sets `local KEEP_MS = N`")
+            .trim()
+            .parse()
+            .expect("a whole number");
+        assert_eq!(lua, crate::cluster::keys::PACKET_KEEP_MS);
+    }
+
+    #[test]
     fn every_function_is_registered() {
         for f in [
             "hb_version",

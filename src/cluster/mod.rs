@@ -35,7 +35,9 @@
 //!
 //! Plain commands, each on one key: `INCRBY hb:{ids}` (packet ids), `XADD`,
 //! `XREADGROUP`, `XACK` on `hb:{n:NODE}:push` (a node's pushes), `HMGET
-//! hb:{budget}`, `WAIT` (every primary).
+//! hb:{budget}`, `HSET`/`PEXPIREAT` and `HEXISTS` of `routed` on
+//! `hb:{p:ID}` (a packet's pushes all routed), `WAIT` (on the primaries of a batch's packets, or every primary past
+//! `WAIT_SLOTS_MAX` slots).
 //!
 //! Every function is idempotent (the client retries after MOVED, ASK,
 //! TRYAGAIN or a failover): a retried create is `Exists`, a retried claim a

@@ -149,6 +149,22 @@ impl Child {
         status
     }
 
+    /// Kills it with SIGKILL at once (the fault the demo injects into a
+    /// fleet: no chance to stop cleanly) and reaps it. Returns how it ended.
+    pub fn kill(&mut self) -> ExitStatus {
+        if let Some(s) = self.exited() {
+            return s;
+        }
+        // std's kill is SIGKILL, to our own unreaped child.
+        let _ = self.child.kill();
+        let status = self
+            .child
+            .wait()
+            .unwrap_or(ExitStatus::from_raw(libc::SIGKILL));
+        self.status = Some(status);
+        status
+    }
+
     /// The last `lines` lines of its log, for an error message.
     pub fn log_tail(&self, lines: usize) -> String {
         tail(&self.log, lines)

@@ -468,7 +468,7 @@ const PORT_SCAN_ROOM_MIN: u16 = 2_000;
 /// Ports below this need privileges to bind.
 const PORTS_PRIVILEGED_END: u16 = 1_024;
 /// Linux's default start of the ephemeral range, when it cannot be read.
-const EPHEMERAL_LOW_DEFAULT: u16 = 32_768;
+pub const EPHEMERAL_LOW_DEFAULT: u16 = 32_768;
 
 /// Local ports for the run: the preferred one when free, else the first
 /// free one scanning up from 20000. Every candidate is below the ephemeral

@@ -1,11 +1,15 @@
 //! The demo's results: per phase, from the files the children wrote.
 //!
-//! Owns: turning the flooders' `--json` reports, the server's
-//! `--stats-jsonl` seconds, both sides' interval logs and the server CPU
-//! samples into one [`Summary`] (written as JSON) and the table printed at
-//! the end. Must not: measure anything itself; every figure comes from a
-//! file a child wrote or a sample the run took.
+//! Owns: turning the flooders' `--json` reports, the servers'
+//! `--stats-jsonl` seconds (one server, or every node of a fleet, added up
+//! per second), both sides' interval logs and the server CPU samples into
+//! one [`Summary`] (written as JSON) and the table printed at the end; with
+//! `--nodes`, the fleet's part ([`ClusterSummary`]: the faults and when,
+//! the clients' failovers) and the fleet audit's verdict. Must not: measure
+//! anything itself; every figure comes from a file a child wrote or a
+//! sample the run took.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +20,7 @@ use serde_json::Value;
 
 use super::plan::{Check, Machine, Plan, Verdict};
 use crate::audit::AuditReport;
+use crate::audit::fleet::FleetReport;
 use crate::flood::schedule::{self, Phase};
 use crate::hlog;
 use crate::stats::SecondStats;
@@ -154,8 +159,72 @@ pub struct AuditOutcome {
     pub ok: bool,
     /// The violation, or what kept the audit from running.
     pub error: Option<String>,
-    /// What it read and checked.
+    /// What it read and checked (one server).
     pub report: Option<AuditReport>,
+    /// What the fleet audit read and checked (`--nodes`: every node's
+    /// ledger against the engine, and the flooders' acknowledgements).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetReport>,
+}
+
+/// One step of the fault schedule (`--nodes`), as it happened.
+#[derive(Clone, Debug, Serialize)]
+pub struct FaultEvent {
+    /// When, Unix seconds.
+    pub unix: f64,
+    /// When, seconds into the shaking phases (after the warmup).
+    pub shaking_secs: f64,
+    /// What happened, in words.
+    pub what: String,
+}
+
+/// The fleet's Redis Cluster.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RedisSummary {
+    /// Its nodes' ports on 127.0.0.1 (each node's cluster bus is 10000
+    /// above).
+    pub ports: Vec<u16>,
+    /// Primaries.
+    pub primaries: u16,
+    /// Replicas per primary.
+    pub replicas: u16,
+    /// Its `cluster-node-timeout`: how long a primary must be unreachable
+    /// before its replica is promoted.
+    pub node_timeout_ms: Option<u64>,
+    /// Every redis-server process it ran, the restarted one included.
+    pub pids: Vec<u32>,
+}
+
+/// What the flooders saw of the fleet, summed over every second they
+/// reported.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FleetClients {
+    /// Users moved on to the next node after a lost connection.
+    pub failovers: u64,
+    /// Unanswered claims sent again after such a move.
+    pub claims_resent: u64,
+    /// Pushes (cmd 4) received.
+    pub pushes: u64,
+    /// Connections lost.
+    pub conn_errors: u64,
+}
+
+/// `--nodes`: the fleet, what was done to it, and what it said.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ClusterSummary {
+    /// hongbao nodes.
+    pub nodes: u32,
+    /// Each node's shakes address, by node id from 1.
+    pub node_addrs: Vec<String>,
+    /// The Redis Cluster.
+    pub redis: RedisSummary,
+    /// The fault schedule as it ran.
+    pub faults: Vec<FaultEvent>,
+    /// The flooders' side.
+    pub clients: FleetClients,
+    /// Each node's `cluster` object of `/status` when the run ended (a
+    /// restarted node's counters start at its restart).
+    pub node_status: Vec<Value>,
 }
 
 /// How a child ended.
@@ -194,6 +263,9 @@ pub struct Summary {
     pub money: MoneySummary,
     /// The ledger audit.
     pub audit: AuditOutcome,
+    /// `--nodes`: the fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterSummary>,
     /// The children.
     pub children: Vec<ChildSummary>,
     /// The report and the other files, relative to the output directory.
@@ -205,7 +277,8 @@ pub struct Summary {
 pub struct CpuSample {
     /// Unix time, seconds.
     pub unix: f64,
-    /// The server's CPU time, all threads, microseconds.
+    /// The server's CPU time, all threads, microseconds (a fleet's: every
+    /// node's, a killed node's last sample kept).
     pub cpu_us: u64,
 }
 
@@ -215,10 +288,10 @@ pub struct Inputs<'a> {
     pub flooder_json: &'a [PathBuf],
     /// The flooders' `--hlog` files.
     pub flooder_hlogs: &'a [PathBuf],
-    /// The server's `--stats-jsonl`.
-    pub server_stats: &'a Path,
-    /// The server's `--hlog`.
-    pub server_hlog: &'a Path,
+    /// The server's `--stats-jsonl` (every node's, with `--nodes`).
+    pub server_stats: &'a [PathBuf],
+    /// The server's `--hlog` (every node process's, with `--nodes`).
+    pub server_hlogs: &'a [PathBuf],
     /// The server CPU samples, in time order.
     pub cpu: &'a [CpuSample],
     /// Server RSS before the first connect and after the last login.
@@ -311,8 +384,9 @@ struct Files {
     flooders: Vec<Flooder>,
     /// Each flooder's interval log, in the flooders' order.
     flooder_hlogs: Vec<Vec<hlog::Interval>>,
-    /// The server's closed seconds.
+    /// The servers' closed seconds, every server's in one list.
     stats: Vec<SecondStats>,
+    /// Every server's intervals in one list.
     server_hlog: Vec<hlog::Interval>,
 }
 
@@ -327,8 +401,16 @@ impl Files {
                 .map(|p| read_flooder(p))
                 .collect::<anyhow::Result<_>>()?,
             flooder_hlogs: inputs.flooder_hlogs.iter().map(|p| read_hlog(p)).collect(),
-            stats: read_stats(inputs.server_stats),
-            server_hlog: read_hlog(inputs.server_hlog),
+            stats: inputs
+                .server_stats
+                .iter()
+                .flat_map(|p| read_stats(p))
+                .collect(),
+            server_hlog: inputs
+                .server_hlogs
+                .iter()
+                .flat_map(|p| read_hlog(p))
+                .collect(),
         })
     }
 }
@@ -386,6 +468,23 @@ fn connect_summary(
             Some(after.saturating_sub(before) as f64 / connect.logged_in as f64);
     }
     connect
+}
+
+/// What the flooders saw of a fleet: failovers, resent claims, pushes and
+/// lost connections, over every second they reported (before the start
+/// included); None when a report cannot be read.
+pub fn fleet_clients(flooder_json: &[PathBuf]) -> Option<FleetClients> {
+    let mut c = FleetClients::default();
+    for path in flooder_json {
+        let f = read_flooder(path).ok()?;
+        for s in f.per_second.iter().chain(std::iter::once(&f.before_start)) {
+            c.failovers += u(s, "failovers");
+            c.claims_resent += u(s, "claims_resent");
+            c.pushes += u(s, "pushes");
+            c.conn_errors += u(s, "conn_errors");
+        }
+    }
+    Some(c)
 }
 
 /// The money the flooders received, over every second they reported
@@ -461,23 +560,27 @@ impl ClientPhase {
 
 /// The server's side of the phase over Unix seconds `[unix_start,
 /// unix_end)`: its stats, its service-time log and its CPU samples there.
+/// A fleet's nodes are added up per second.
 fn server_phase(files: &Files, cpu: &[CpuSample], unix_start: u64, unix_end: u64) -> ServerPhase {
     let mut server = ServerPhase::default();
     let mut shakes = 0u64;
+    // Connections open at each second's close, every server's added.
+    let mut conns: BTreeMap<u64, u64> = BTreeMap::new();
     for s in files
         .stats
         .iter()
         .filter(|s| (unix_start..unix_end).contains(&s.second))
     {
-        server.seconds += 1;
         shakes += s.server.shakes;
         server.got_per_sec += s.server.got as f64;
         server.overload_per_sec += s.server.overload as f64;
         server.packets_created += s.generator.packets_created;
         server.claims_paid += s.server.claims_paid;
         server.bad_frames += s.server.bad_frames();
-        server.conns_open = s.conns_open;
+        *conns.entry(s.second).or_default() += s.conns_open;
     }
+    server.seconds = conns.len() as u64;
+    server.conns_open = conns.last_key_value().map_or(0, |(_, &c)| c);
     if server.seconds > 0 {
         let n = server.seconds as f64;
         server.shakes_per_sec = shakes as f64 / n;
@@ -536,8 +639,48 @@ pub fn table(s: &Summary) -> String {
         "\nmoney     clients got {} envelopes ({} cents) and {} claim answers ({} cents)",
         m.client_envelopes, m.client_envelope_cents, m.client_claim_answers, m.client_claim_cents
     );
+    if let Some(c) = &s.cluster {
+        write_cluster(&mut out, c);
+    }
     write_audit(&mut out, &s.audit);
     out
+}
+
+/// The fleet, its faults as they happened, and what the clients saw.
+fn write_cluster(out: &mut String, c: &ClusterSummary) {
+    let r = &c.redis;
+    let ports = match (r.ports.first(), r.ports.last()) {
+        (Some(a), Some(b)) => format!("127.0.0.1:{a}..{b}"),
+        _ => "-".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "fleet     {} hongbao nodes ({}) on a Redis Cluster of {} primaries x {} replica(s) ({ports}, cluster-node-timeout {} ms)",
+        c.nodes,
+        c.node_addrs.join(", "),
+        r.primaries,
+        r.replicas,
+        r.node_timeout_ms
+            .map_or_else(|| "?".to_owned(), |t| t.to_string()),
+    );
+    for (i, e) in c.faults.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{:<9} {:>+6.1} s  {}",
+            if i == 0 { "faults" } else { "" },
+            e.shaking_secs,
+            e.what
+        );
+    }
+    if c.faults.is_empty() {
+        let _ = writeln!(out, "faults    none ran (the run ended first)");
+    }
+    let k = &c.clients;
+    let _ = writeln!(
+        out,
+        "clients   {} failovers to another node, {} claims sent again after one, {} pushes received, {} connections lost",
+        k.failovers, k.claims_resent, k.pushes, k.conn_errors
+    );
 }
 
 /// The phases' table: its header and a line per shaking phase.
@@ -582,8 +725,8 @@ fn write_phases(out: &mut String, phases: &[PhaseSummary]) {
 
 /// The ledger's totals and the audit's verdict.
 fn write_audit(out: &mut String, audit: &AuditOutcome) {
-    match (&audit.report, &audit.error) {
-        (Some(r), None) => {
+    match (&audit.report, &audit.fleet, &audit.error) {
+        (Some(r), _, None) => {
             let t = &r.totals;
             let _ = writeln!(
                 out,
@@ -604,11 +747,61 @@ fn write_audit(out: &mut String, audit: &AuditOutcome) {
                 r.acks_grants, r.acks_claims
             );
         }
-        (_, Some(e)) => {
+        (None, Some(f), None) => write_fleet_audit(out, f),
+        (_, _, Some(e)) => {
             let _ = writeln!(out, "audit     FAILED: {e}");
         }
-        (None, None) => {}
+        (None, None, None) => {}
     }
+}
+
+/// The fleet audit's totals and its verdict.
+fn write_fleet_audit(out: &mut String, f: &FleetReport) {
+    let records: u64 = f.nodes.iter().map(|n| n.records).sum();
+    let granted: u64 = f.nodes.iter().map(|n| n.totals.envelopes_granted).sum();
+    let _ = writeln!(
+        out,
+        "ledgers   {} node ledgers, {records} records: generated {} envelopes, granted {granted}; {} packets created ({} cents), {} in the engine: claims {} ({} cents) + refunds {} ({} cents) + remaining {} cents = their amounts",
+        f.nodes.len(),
+        f.envelopes_generated,
+        f.packets,
+        f.cents_packets,
+        f.packets_checked,
+        f.claims,
+        f.cents_claimed,
+        f.refunds,
+        f.cents_refunded,
+        f.cents_remaining,
+    );
+    if !f.packets_not_in_engine.is_empty() {
+        let _ = writeln!(
+            out,
+            "          {} packet(s) recorded by a node that never reached the engine (never claimable, made again at that node's next start)",
+            f.packets_not_in_engine.len()
+        );
+    }
+    let budget: Vec<String> = f
+        .leased_by_epoch
+        .iter()
+        .map(|(epoch, leased)| {
+            format!(
+                "epoch {epoch} leased {leased} of {}",
+                f.budget_by_epoch.get(epoch).copied().unwrap_or(0)
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "audit     OK: the fleet's books balance; the nodes' {} paid claim answers (repeats included) all in the engine with their amounts; envelope budget {}; {} acknowledged grants and {} paid claims of the flooders all in a node's ledger",
+        f.mirrors,
+        if budget.is_empty() {
+            "not used".to_owned()
+        } else {
+            budget.join(", ")
+        },
+        f.acks_grants,
+        f.acks_claims
+    );
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //!
 //! Claims travel: core → [`EngineJob::Claim`] (bounded channel) → a batch of
 //! up to [`CLAIM_BATCH_MAX`] `hb_claim` calls in one round trip → `WAIT`
-//! (every primary) → [`Record::ClusterClaim`] mirrors, one ledger sync for
+//! (the primaries the batch wrote to) → [`Record::ClusterClaim`] mirrors, one ledger sync for
 //! the batch → [`CoreMsg::ClaimAnswer`] to each claim's core. A batch that
 //! fails anywhere is tried again whole (the engine answers a repeat with
 //! the same amount); a claim older than `--engine-timeout` is answered 0
@@ -46,6 +46,14 @@ pub const JOBS_LEN: usize = 16 * 1024;
 /// Packets the generator may have handed over and the engine thread not
 /// yet created: past this the generator waits (up to its deadline).
 pub const CREATES_LEN: usize = 4096;
+/// Presence updates kept while the engine is slow or away (each is given
+/// up after `--engine-timeout` anyway): past this the oldest is given up
+/// at once (`presence_lost`).
+const PRESENCE_MAX: usize = 256 * 1024;
+/// Deliveries waiting to leave their mailboxes: past this the oldest is
+/// forgotten (`deliveries_dropped`; the push may then come again at a
+/// later login).
+const DELIVERED_MAX: usize = 64 * 1024;
 /// Control requests waiting (each one HTTP request, which waits 2 s).
 pub const REQUESTS_LEN: usize = 64;
 /// Lease grants waiting for the generator (it takes them every 100 ms;
@@ -76,7 +84,7 @@ const CORE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 const DELIVERED_BATCH_MAX: usize = 512;
 /// The longest one round spends creating and routing packets before it
 /// turns to claims again (the packet in hand is finished first: at most
-/// three round trips).
+/// four round trips).
 const CREATIONS_ROUND_MAX: Duration = Duration::from_millis(5);
 /// Pushes read from the stream per read.
 const PUSH_READ_MAX: usize = 256;
@@ -137,8 +145,11 @@ pub struct EngineStatus {
     pub pushes_at_login: AtomicU64,
     /// Presence updates (logins, last logouts) made.
     pub presence: AtomicU64,
-    /// Presence updates given up after `--engine-timeout`.
+    /// Presence updates given up after `--engine-timeout` (or past
+    /// `PRESENCE_MAX` waiting).
     pub presence_lost: AtomicU64,
+    /// Deliveries not reported to the engine (past `DELIVERED_MAX`).
+    pub deliveries_dropped: AtomicU64,
     /// Envelopes leased from the fleet's budget.
     pub envelopes_leased: AtomicU64,
     /// The budget's epoch as last seen.
@@ -202,6 +213,8 @@ pub struct EngineReport {
     pub presence: u64,
     /// Presence updates given up.
     pub presence_lost: u64,
+    /// Deliveries not reported.
+    pub deliveries_dropped: u64,
     /// Envelopes leased by this node.
     pub envelopes_leased: u64,
     /// The fleet budget as last seen: epoch, qps, total, leased, live nodes.
@@ -254,6 +267,7 @@ impl EngineStatus {
             pushes_at_login: g(&self.pushes_at_login),
             presence: g(&self.presence),
             presence_lost: g(&self.presence_lost),
+            deliveries_dropped: g(&self.deliveries_dropped),
             envelopes_leased: g(&self.envelopes_leased),
             budget: BudgetReport {
                 epoch: g(&self.budget_epoch),
@@ -506,6 +520,14 @@ impl EngineThread {
                 }
             }
         }
+        while self.presence.len() > PRESENCE_MAX {
+            self.presence.pop_front();
+            EngineStatus::add(&self.s.status.presence_lost, 1);
+        }
+        while self.delivered.len() > DELIVERED_MAX {
+            self.delivered.pop_front();
+            EngineStatus::add(&self.s.status.deliveries_dropped, 1);
+        }
         while self.creations.len() < CREATES_LEN {
             let Ok(h) = self.s.creates.try_recv() else {
                 break;
@@ -572,7 +594,11 @@ impl EngineThread {
             && self.serve_ids()
             && self.serve_lease()
             && self.serve_expiry();
-        if !ok {
+        if ok {
+            // Every call of the round succeeded: available again, whether
+            // or not claims came (a node without users leases and routes).
+            self.s.status.available.store(true, Ordering::Relaxed);
+        } else {
             self.paused_until = Some(Instant::now() + RETRY_PAUSE);
         }
         self.fail_presence_past_deadline();
@@ -636,7 +662,9 @@ impl EngineThread {
             c.paid_before |= matches!(o, ClaimOutcome::Paid(_));
         }
         if self.s.replicas > 0 {
-            match engine.wait_replicas(self.s.replicas, WAIT_MAX.min(self.s.timeout)) {
+            let packets: Vec<PacketId> = reqs.iter().map(|r| r.packet).collect();
+            match engine.wait_replicas_for(&packets, self.s.replicas, WAIT_MAX.min(self.s.timeout))
+            {
                 Ok(got) if got >= self.s.replicas => {}
                 Ok(_) => {
                     EngineStatus::add(&self.s.status.wait_short, 1);
@@ -819,10 +847,12 @@ impl EngineThread {
     /// Creates the packets handed over, then routes each to its targets:
     /// into their mailboxes, and to the push stream of the node where each
     /// is online (the routes of a packet in one round trip, its pushes in
-    /// another). Each step may be repeated: creating twice is a no-op,
-    /// routing twice adds the same mailbox entry. Gives the rest back to
-    /// the next round after [`CREATIONS_ROUND_MAX`], so that claims never
-    /// wait behind a long queue of packets.
+    /// another), then marks it routed in the engine. Each step may be
+    /// repeated: creating twice is a no-op, routing twice adds the same
+    /// mailbox entry; a packet found created already (a replay, a retry) is
+    /// routed again unless it is marked. Gives the rest back to the next
+    /// round after [`CREATIONS_ROUND_MAX`], so that claims never wait
+    /// behind a long queue of packets.
     fn serve_creations(&mut self) -> bool {
         let started = Instant::now();
         while let Some(c) = self.creations.front_mut() {
@@ -833,6 +863,21 @@ impl EngineThread {
             if !c.created {
                 match engine.create_packet(&c.packet) {
                     Ok(created) => {
+                        if created == Created::Exists {
+                            // Replayed after a restart, or our own retry
+                            // after a lost answer: there already, but its
+                            // pushes went out only if its routing finished
+                            // (the node may have died, or the call failed,
+                            // part way). Routed again unless marked done;
+                            // a push twice is a repeat claim at worst.
+                            match engine.is_routed(c.packet.id) {
+                                Ok(true) => c.routed = c.packet.targets.len(),
+                                Ok(false) => {}
+                                Err(e) => return self.failed(&e),
+                            }
+                        } else {
+                            EngineStatus::add(&self.s.status.packets_created, 1);
+                        }
                         c.created = true;
                         if let Some(reply) = c.created_reply.take() {
                             let _ = reply.send(Some(c.packet.id));
@@ -841,13 +886,6 @@ impl EngineThread {
                             id: c.packet.id,
                             until_s: c.until_s,
                         });
-                        if created == Created::Exists {
-                            // Replayed after a restart and already there:
-                            // its pushes went out then.
-                            c.routed = c.packet.targets.len();
-                        } else {
-                            EngineStatus::add(&self.s.status.packets_created, 1);
-                        }
                     }
                     Err(e) => return self.failed(&e),
                 }
@@ -874,6 +912,11 @@ impl EngineThread {
                 }
                 EngineStatus::add(&self.s.status.pushes_routed, online.len() as u64);
                 c.routed = c.packet.targets.len();
+            }
+            // Done: a replay or a retry of it need not route it again.
+            let now_ms = crate::clock::unix_now().as_millis() as u64;
+            if let Err(e) = engine.mark_routed(&c.packet, now_ms) {
+                return self.failed(&e);
             }
             self.creations.pop_front();
         }

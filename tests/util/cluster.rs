@@ -56,7 +56,19 @@ impl TestCluster {
     /// `tools/cluster.sh kill-primary`: kill -9 of one primary; its port.
     #[track_caller]
     pub fn kill_primary(&self) -> u16 {
-        let out = script(&["kill-primary", "--dir", &self.dir.to_string_lossy()]);
+        self.kill_primary_of(None)
+    }
+
+    /// `tools/cluster.sh kill-primary --key KEY`: kill -9 of the primary
+    /// serving `key`'s slot (any primary without a key); its port.
+    #[track_caller]
+    pub fn kill_primary_of(&self, key: Option<&str>) -> u16 {
+        let dir = self.dir.to_string_lossy();
+        let mut args = vec!["kill-primary", "--dir", &dir];
+        if let Some(k) = key {
+            args.extend(["--key", k]);
+        }
+        let out = script(&args);
         assert!(out.status.success(), "kill-primary: {}", both(&out));
         String::from_utf8_lossy(&out.stdout)
             .trim()
