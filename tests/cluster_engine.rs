@@ -548,7 +548,7 @@ fn logins_get_the_mailbox_and_routes_find_the_node() {
 }
 
 #[test]
-fn pipelined_routes_pushes_and_deliveries_do_what_one_by_one_calls_do() {
+fn pipelined_routes_pushes_deliveries_and_logouts_do_what_one_by_one_calls_do() {
     let Some(c) = cluster() else { return };
     let _g = shared_lock();
     let mut e = engine(c);
@@ -601,6 +601,17 @@ fn pipelined_routes_pushes_and_deliveries_do_what_one_by_one_calls_do() {
     assert_eq!(e.delivered_many(&delivered).expect("delivered twice"), 0);
     let mail = e.logins(&[(offline[0], now)], node).expect("login");
     assert_eq!(mail, vec![vec![]], "the mailbox is empty");
+    // Logouts in one pipeline: only those online at this node leave, once;
+    // one who logged in elsewhere since stays.
+    e.logins(&[(online[0], now)], node + 1)
+        .expect("login elsewhere");
+    assert_eq!(e.logouts(online, node).expect("logouts"), 19);
+    assert_eq!(e.logouts(online, node).expect("logouts again"), 0);
+    let routed = e
+        .route_pushes(online, &note(301, soon), 16)
+        .expect("routes");
+    assert_eq!(routed[0].online_at, Some(node + 1));
+    assert!(routed[1..].iter().all(|r| r.online_at.is_none()));
 }
 
 #[test]

@@ -731,6 +731,33 @@ impl Engine {
         Ok(int(&v, "hb_logout")? == 1)
     }
 
+    /// [`Engine::logout`] of each of `users` from `node`, pipelined: one
+    /// round trip per primary involved. Returns how many were online at
+    /// `node` (and no longer are).
+    pub fn logouts(&mut self, users: &[UserId], node: u32) -> Result<u64, EngineError> {
+        if users.is_empty() {
+            return Ok(0);
+        }
+        let mut pipe = cluster_pipe();
+        for &user in users {
+            let k = UserKeys::new(user);
+            pipe.add_command(fcall("hb_logout", &[&k.presence]).arg(node).clone());
+        }
+        let replies = self.run("hb_logout", |c| pipe.query::<Vec<Value>>(c))?;
+        if replies.len() != users.len() {
+            return Err(EngineError::BadReply(format!(
+                "{} answers to {} logouts",
+                replies.len(),
+                users.len()
+            )));
+        }
+        let mut out = 0;
+        for r in &replies {
+            out += nonneg(r, "hb_logout")?;
+        }
+        Ok(out)
+    }
+
     /// Puts `note` in `user`'s mailbox (capped at `mailbox_max`, the
     /// earliest-expiring dropped) and says where the user is online
     /// (hb_route). The mailbox keeps the note until [`Engine::delivered`],

@@ -38,7 +38,7 @@ use crate::wire::Frame;
 
 /// Claims decided in one round trip to the engine.
 pub const CLAIM_BATCH_MAX: usize = 512;
-/// Logins whose presence is set in one round trip.
+/// Logins (or logouts) whose presence is set in one round trip.
 const LOGIN_BATCH_MAX: usize = 512;
 /// Jobs the cores may have queued for the engine thread: past this a core
 /// keeps its jobs and stops reading its connections (backpressure).
@@ -82,10 +82,12 @@ const WAIT_MAX: Duration = Duration::from_secs(1);
 const CORE_SEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Delivered pushes taken out of mailboxes in one round trip.
 const DELIVERED_BATCH_MAX: usize = 512;
-/// The longest one round spends creating and routing packets before it
-/// turns to claims again (the packet in hand is finished first: at most
-/// four round trips).
-const CREATIONS_ROUND_MAX: Duration = Duration::from_millis(5);
+/// The longest one round spends on each queue of other work (packets to
+/// create and route, logins and logouts, delivered pushes) before claims
+/// get their turn again; what is in hand is finished first (a packet: at
+/// most four round trips; a batch of presence or deliveries: one). So a
+/// packet storm or a mass disconnect never holds claims back for long.
+const QUEUE_ROUND_MAX: Duration = Duration::from_millis(5);
 /// Pushes read from the stream per read.
 const PUSH_READ_MAX: usize = 256;
 /// How long one blocking read of the push stream waits.
@@ -751,29 +753,35 @@ impl EngineThread {
     }
 
     /// Presence in order: a run of logins in one round trip (their mail
-    /// comes back as pushes), a logout alone.
+    /// comes back as pushes), a run of logouts in another. Gives the rest
+    /// back to the next round after [`QUEUE_ROUND_MAX`] (a mass login or
+    /// disconnect must not hold claims back).
     fn serve_presence(&mut self) -> bool {
         let node = self.s.node;
+        let started = Instant::now();
         while let Some(first) = self.presence.front() {
-            let engine = self.engine.as_mut().expect("checked by serve");
-            if !first.online {
-                match engine.logout(first.user, node) {
-                    Ok(_) => {
-                        self.presence.pop_front();
-                        EngineStatus::add(&self.s.status.presence, 1);
-                        continue;
-                    }
-                    Err(e) => return self.failed(&e),
-                }
+            if started.elapsed() >= QUEUE_ROUND_MAX {
+                return true;
             }
+            let online = first.online;
+            let engine = self.engine.as_mut().expect("checked by serve");
             let now_ms = crate::clock::unix_now().as_millis() as u64;
             let batch: Vec<(UserId, u64)> = self
                 .presence
                 .iter()
                 .take(LOGIN_BATCH_MAX)
-                .take_while(|p| p.online)
+                .take_while(|p| p.online == online)
                 .map(|p| (p.user, now_ms))
                 .collect();
+            if !online {
+                let users: Vec<UserId> = batch.iter().map(|&(u, _)| u).collect();
+                if let Err(e) = engine.logouts(&users, node) {
+                    return self.failed(&e);
+                }
+                EngineStatus::add(&self.s.status.presence, batch.len() as u64);
+                self.presence.drain(..batch.len());
+                continue;
+            }
             match engine.logins(&batch, node) {
                 Ok(mail) => {
                     for ((user, _), notes) in batch.iter().zip(mail) {
@@ -804,10 +812,12 @@ impl EngineThread {
     }
 
     /// Pushes written to their users leave the mailboxes, a batch of up to
-    /// [`DELIVERED_BATCH_MAX`] in one round trip; best effort (a failure
-    /// leaves the pushes to be delivered again at a later login).
+    /// [`DELIVERED_BATCH_MAX`] in one round trip, for at most
+    /// [`QUEUE_ROUND_MAX`] a round; best effort (a failure leaves the
+    /// pushes to be delivered again at a later login).
     fn serve_delivered(&mut self) -> bool {
-        while !self.delivered.is_empty() {
+        let started = Instant::now();
+        while !self.delivered.is_empty() && started.elapsed() < QUEUE_ROUND_MAX {
             let n = self.delivered.len().min(DELIVERED_BATCH_MAX);
             let batch: Vec<(UserId, PushNote)> = self.delivered.drain(..n).collect();
             let engine = self.engine.as_mut().expect("checked by serve");
@@ -851,12 +861,12 @@ impl EngineThread {
     /// repeated: creating twice is a no-op, routing twice adds the same
     /// mailbox entry; a packet found created already (a replay, a retry) is
     /// routed again unless it is marked. Gives the rest back to the next
-    /// round after [`CREATIONS_ROUND_MAX`], so that claims never wait
+    /// round after [`QUEUE_ROUND_MAX`], so that claims never wait
     /// behind a long queue of packets.
     fn serve_creations(&mut self) -> bool {
         let started = Instant::now();
         while let Some(c) = self.creations.front_mut() {
-            if started.elapsed() >= CREATIONS_ROUND_MAX {
+            if started.elapsed() >= QUEUE_ROUND_MAX {
                 return true;
             }
             let engine = self.engine.as_mut().expect("checked by serve");
