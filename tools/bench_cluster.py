@@ -223,18 +223,19 @@ def task_cpu_ns(pid):
 
 
 def machine_busy_ns():
-    """Every CPU's busy time so far (/proc/stat: all but idle and iowait), ns."""
+    """Every CPU's busy time so far (/proc/stat: all but idle, iowait and
+    steal), and the time the hypervisor stole from this guest, ns."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     v = [int(x) for x in fields]
-    busy = sum(v[:8]) - v[3] - v[4]  # user nice system idle iowait irq softirq steal
-    return busy * 1_000_000_000 // CLK_TCK
+    busy = sum(v[:7]) - v[3] - v[4]  # user nice system idle iowait irq softirq
+    return busy * 1_000_000_000 // CLK_TCK, v[7] * 1_000_000_000 // CLK_TCK
 
 
 def cpu_busy_ns(cpu):
     for line in Path("/proc/stat").read_text().splitlines():
         if line.startswith(f"cpu{cpu} "):
             v = [int(x) for x in line.split()[1:]]
-            return (sum(v[:8]) - v[3] - v[4]) * 1_000_000_000 // CLK_TCK
+            return (sum(v[:7]) - v[3] - v[4]) * 1_000_000_000 // CLK_TCK
     return 0
 
 
@@ -249,7 +250,8 @@ class CpuMeter:
             "t": time.monotonic_ns(),
             "groups": {g: sum(task_cpu_ns(p) or 0 for p in pids) for g, pids in self.groups.items()},
             "self": task_cpu_ns(os.getpid()),
-            "machine": machine_busy_ns(),
+            "machine": machine_busy_ns()[0],
+            "steal": machine_busy_ns()[1],
             "cpu0": cpu_busy_ns(0),
             "cpu1": cpu_busy_ns(1),
         }
@@ -269,6 +271,10 @@ class CpuMeter:
             "others_pct": (machine - own) / 1e4 / secs if secs > 0 else None,
             "core0_pct": (b["cpu0"] - a["cpu0"]) / 1e7 / secs if secs > 0 else None,
             "core1_pct": (b["cpu1"] - a["cpu1"]) / 1e7 / secs if secs > 0 else None,
+            # Time the hypervisor ran something else on our vCPUs, in % of
+            # one: a host busy with other guests (our run times then
+            # stretch too).
+            "steal_pct": (b["steal"] - a["steal"]) / 1e7 / secs if secs > 0 else None,
         }
 
 
@@ -1034,7 +1040,8 @@ def run_config(args, workdir, redis, count, ids, ports, users_pool, round_no):
                 f"{fmt(cap['service']['p99_us'])} µs, µs/claim nodes {fmt(per.get('nodes'), 1)} primaries "
                 f"{fmt(per.get('primaries'), 1)} replicas {fmt(per.get('replicas'), 1)} load "
                 f"{fmt(cap['load_us_per_claim'], 1)}; core0 {fmt(cap['cpu']['core0_pct'])} % core1 "
-                f"{fmt(cap['cpu']['core1_pct'])} % others {fmt(cap['cpu']['others_pct'])} %"
+                f"{fmt(cap['cpu']['core1_pct'])} % others {fmt(cap['cpu']['others_pct'])} % steal "
+                f"{fmt(cap['cpu'].get('steal_pct'), 1)} %"
                 f"{' CUT SHORT' if cap['cut_short'] else ''}; {cap['zero']} zero")
         if "push" in args.parts:
             p = part_push(args, nodes, users_pool)
@@ -1122,6 +1129,7 @@ def summarise(runs, args_primaries, args_nodes):
         "cap_core0_pct": ("claims", "capacity", "cpu", "core0_pct"),
         "cap_core1_pct": ("claims", "capacity", "cpu", "core1_pct"),
         "cap_others_pct": ("claims", "capacity", "cpu", "others_pct"),
+        "cap_steal_pct": ("claims", "capacity", "cpu", "steal_pct"),
         "push_p50_us": ("push", "push", "p50_us"),
         "push_p99_us": ("push", "push", "p99_us"),
         "push_http_p50_us": ("push", "http", "p50_us"),
@@ -1194,13 +1202,14 @@ def markdown(meta, s):
     o.append("")
     o.append("| primaries | nodes | claims/s (capacity) | p50 µs | p99 µs | latency at "
              f"{meta['claim_rate']:,}/s: p50 µs | p99 µs | µs/claim: nodes | primaries | replicas | "
-             "core 0 % | others % |")
-    o.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "core 0 % | others % | steal % |")
+    o.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in s["configs"]:
         o.append(f"| {r['primaries']} | {r['nodes']} | {fs(r['claims_per_sec'])} | {fs(r['cap_p50_us'])} | "
                  f"{fs(r['cap_p99_us'])} | {fs(r['lat_p50_us'])} | {fs(r['lat_p99_us'])} | "
                  f"{fs(r['nodes_us_per_claim'], 1)} | {fs(r['primaries_us_per_claim'], 1)} | "
-                 f"{fs(r['replicas_us_per_claim'], 1)} | {fs(r['cap_core0_pct'])} | {fs(r['cap_others_pct'])} |")
+                 f"{fs(r['replicas_us_per_claim'], 1)} | {fs(r['cap_core0_pct'])} | {fs(r['cap_others_pct'])} | "
+                 f"{fs(r['cap_steal_pct'], 1)} |")
     o.append("")
     for k, v in s["ratios"].items():
         o.append(f"- {k}: {fs(v, 2)}")
