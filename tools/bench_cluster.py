@@ -363,6 +363,17 @@ class Redis:
         for p in self.ports:
             self.cli(p, "config", "resetstat")
 
+    def used_memory(self):
+        """The primaries' used_memory (INFO memory), summed, bytes."""
+        total = 0
+        for p in self.ports:
+            if self.roles.get(p) != "primary":
+                continue
+            for line in self.cli(p, "info", "memory").splitlines():
+                if line.startswith("used_memory:"):
+                    total += int(line.split(":", 1)[1])
+        return total
+
     def command_stats(self):
         """The primaries' INFO commandstats since the last reset, summed:
         command -> calls, µs inside the command (the rest of a primary's
@@ -919,7 +930,7 @@ def part_flow(args, nodes, users_pool, meter):
             "cpu_us_per_packet": {g: us / created for g, us in cpu["cpu_us"].items()} if created else None}
 
 
-def part_logins(args, nodes, users_pool, meter):
+def part_logins(args, nodes, users_pool, meter, redis):
     """CPU per login, node and Redis (presence), at a steady login rate."""
     users = users_pool.take(args.login_users)
     client = Client()
@@ -939,10 +950,12 @@ def part_logins(args, nodes, users_pool, meter):
                 raise RuntimeError(f"presence of {len(users)} logins not in the engine after {SETTLE_TIMEOUT_S} s")
             time.sleep(0.02)
         b = meter.sample()
+        # An online user's presence in the primaries' memory.
+        memory_online = redis.used_memory()
     finally:
         client.close()
     cpu = CpuMeter.delta(a, b)
-    return {"logins": len(users), "secs": cpu["secs"], "logins_per_sec": len(users) / cpu["secs"], "cpu": cpu,
+    return {"memory_online": memory_online, "logins": len(users), "secs": cpu["secs"], "logins_per_sec": len(users) / cpu["secs"], "cpu": cpu,
             "cpu_us_per_login": {g: us / len(users) for g, us in cpu["cpu_us"].items()}}
 
 
@@ -1051,8 +1064,13 @@ def run_config(args, workdir, redis, count, ids, ports, users_pool, round_no):
                 f"{p['missing']} missing")
         if "flow" in args.parts:
             redis.reset_stats()
+            mem0, made0 = redis.used_memory(), sum_status(nodes, "packets_created")
             f = part_flow(args, nodes, users_pool, meter)
             f["redis_commands"] = redis.command_stats()
+            made = sum_status(nodes, "packets_created") - made0
+            # What a packet of 3 (claimed, pushed, its mailbox notes gone)
+            # keeps in the primaries' memory until its keys expire.
+            f["redis_bytes_per_packet"] = (redis.used_memory() - mem0) / made if made else None
             rec["flow"] = f
             per = f["cpu_us_per_packet"] or {}
             log(f"    flow at {f['rate']}/s: {f['packets_per_sec']:.0f} packets/s, {f['claims_paid_per_sec']:.0f} "
@@ -1061,7 +1079,9 @@ def run_config(args, workdir, redis, count, ids, ports, users_pool, round_no):
                 f"{fmt(per.get('nodes'))} primaries {fmt(per.get('primaries'))} replicas "
                 f"{fmt(per.get('replicas'))}; others {fmt(f['cpu']['others_pct'])} %")
         if "logins" in args.parts:
-            lg = part_logins(args, nodes, users_pool, meter)
+            mem0 = redis.used_memory()
+            lg = part_logins(args, nodes, users_pool, meter, redis)
+            lg["redis_bytes_per_login"] = (lg.pop("memory_online") - mem0) / lg["logins"]
             rec["logins"] = lg
             per = lg["cpu_us_per_login"]
             log(f"    logins: {lg['logins']} at {lg['logins_per_sec']:.0f}/s, µs/login nodes {fmt(per['nodes'], 1)} "
@@ -1147,6 +1167,8 @@ def summarise(runs, args_primaries, args_nodes):
         "login_replicas_us": ("logins", "cpu_us_per_login", "replicas"),
         "login_others_pct": ("logins", "cpu", "others_pct"),
         "logins_per_sec": ("logins", "logins_per_sec"),
+        "login_redis_bytes": ("logins", "redis_bytes_per_login"),
+        "flow_redis_bytes": ("flow", "redis_bytes_per_packet"),
     }
     out = {"configs": [], "ratios": {}, "shakes": None}
     for (p, n), recs in sorted(configs.items()):
@@ -1202,13 +1224,14 @@ def markdown(meta, s):
     o.append("")
     o.append("| primaries | nodes | claims/s (capacity) | p50 µs | p99 µs | latency at "
              f"{meta['claim_rate']:,}/s: p50 µs | p99 µs | µs/claim: nodes | primaries | replicas | "
-             "core 0 % | others % | steal % |")
-    o.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "load gen | core 0 % | others % | steal % |")
+    o.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in s["configs"]:
         o.append(f"| {r['primaries']} | {r['nodes']} | {fs(r['claims_per_sec'])} | {fs(r['cap_p50_us'])} | "
                  f"{fs(r['cap_p99_us'])} | {fs(r['lat_p50_us'])} | {fs(r['lat_p99_us'])} | "
                  f"{fs(r['nodes_us_per_claim'], 1)} | {fs(r['primaries_us_per_claim'], 1)} | "
-                 f"{fs(r['replicas_us_per_claim'], 1)} | {fs(r['cap_core0_pct'])} | {fs(r['cap_others_pct'])} | "
+                 f"{fs(r['replicas_us_per_claim'], 1)} | {fs(r['load_us_per_claim'], 1)} | {fs(r['cap_core0_pct'])} | "
+                 f"{fs(r['cap_others_pct'])} | "
                  f"{fs(r['cap_steal_pct'], 1)} |")
     o.append("")
     for k, v in s["ratios"].items():
@@ -1223,24 +1246,26 @@ def markdown(meta, s):
                      f"{r['push_missing']} |")
     o.append("")
     o.append(f"| primaries | nodes | packets/s asked | made/s | claims paid/s | backlog at end | claim p50 µs | "
-             "claim p99 µs | µs/packet: nodes | primaries | replicas | others % |")
-    o.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+             "claim p99 µs | µs/packet: nodes | primaries | replicas | others % | Redis bytes per packet |")
+    o.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in s["configs"]:
         if r["flow_packets_per_sec"]:
             o.append(f"| {r['primaries']} | {r['nodes']} | {meta['flow_rate']:,} | {fs(r['flow_packets_per_sec'])} | "
                      f"{fs(r['flow_claims_per_sec'])} | {fs(r['flow_backlog'])} | {fs(r['flow_claim_p50_us'])} | "
                      f"{fs(r['flow_claim_p99_us'])} | {fs(r['flow_nodes_us_per_packet'])} | "
                      f"{fs(r['flow_primaries_us_per_packet'])} | {fs(r['flow_replicas_us_per_packet'])} | "
-                     f"{fs(r['flow_others_pct'])} |")
+                     f"{fs(r['flow_others_pct'])} | {fs(r['flow_redis_bytes'])} |")
     if any(r["login_nodes_us"] for r in s["configs"]):
         o.append("")
-        o.append("| primaries | nodes | logins/s | µs/login: nodes | primaries | replicas | others % |")
-        o.append("|---:|---:|---:|---:|---:|---:|---:|")
+        o.append("| primaries | nodes | logins/s | µs/login: nodes | primaries | replicas | others % | "
+                 "Redis bytes per online user |")
+        o.append("|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in s["configs"]:
             if r["login_nodes_us"]:
                 o.append(f"| {r['primaries']} | {r['nodes']} | {fs(r['logins_per_sec'])} | "
                          f"{fs(r['login_nodes_us'], 1)} | {fs(r['login_primaries_us'], 1)} | "
-                         f"{fs(r['login_replicas_us'], 1)} | {fs(r['login_others_pct'])} |")
+                         f"{fs(r['login_replicas_us'], 1)} | {fs(r['login_others_pct'])} | "
+                         f"{fs(r['login_redis_bytes'])} |")
     if s["shakes"]:
         sh = s["shakes"]
         o.append("")
@@ -1309,6 +1334,18 @@ def extrapolation(s):
     row(f"{SEED_ONLINE / 3600 / 1e3:,.0f}k logins/s, nodes", med(r["login_nodes_us"]), SEED_ONLINE / 3600, "a login")
     row(f"{SEED_PACKETS * SEED_CLAIMANTS:,} claims/s batched as at capacity, Redis primaries",
         med(r["primaries_us_per_claim"]), SEED_PACKETS * SEED_CLAIMANTS, "a claim")
+    login_b, packet_b = med(r.get("login_redis_bytes")), med(r.get("flow_redis_bytes"))
+    if login_b or packet_b:
+        o.append("")
+        o.append("| Redis memory (primaries; each replica holds as much again) | per unit | total |")
+        o.append("|---|---:|---:|")
+        if login_b:
+            o.append(f"| {SEED_ONLINE / 1e6:,.0f} M users online (presence) | {login_b:,.0f} B a user | "
+                     f"{SEED_ONLINE * login_b / 1e9:,.0f} GB |")
+        if packet_b:
+            hour = SEED_PACKETS * 3600
+            o.append(f"| an hour of {SEED_PACKETS:,} packets/s ({hour / 1e6:,.0f} M packets, kept until their "
+                     f"expiry and a day) | {packet_b:,.0f} B a packet | {hour * packet_b / 1e9:,.0f} GB |")
     o.append("")
     o.append(f"10^11 requests at {SEED_SHAKES / 1e6:.0f} M/s: {SEED_REQUESTS / SEED_SHAKES / 60:,.0f} min; "
              f"at {SEED_SERVERS} nodes × 60,000/s: {SEED_REQUESTS / (SEED_SERVERS * 60_000) / 60:,.0f} min.")
