@@ -64,9 +64,10 @@ round (side by side), then the median. The machine may be shared: each
 window's CPU used by anything but our processes is reported ("others").
 
 Usage:
-  tools/bench_cluster.py                      # 3 rounds, every part (~15 min)
-  tools/bench_cluster.py --quick              # 1 round, short windows: smoke run (~4 min)
+  tools/bench_cluster.py                      # 3 rounds, every part (~23 min)
+  tools/bench_cluster.py --quick              # 1 round, short windows: smoke run (~7 min)
   tools/bench_cluster.py --parts claims,push --primaries 3 --nodes 3 --repeats 1
+  tools/bench_cluster.py --binary target/bench/hongbao-OLD --parts push,flow
   tools/bench_cluster.py --summarise target/bench/cluster-....json
 """
 
