@@ -594,23 +594,8 @@ impl Packets {
         let now = crate::clock::unix_now();
         let until_s = (now.as_secs() + self.ttl_s).min(u64::from(u32::MAX)) as u32;
         let (cents, claimants, at_ms) = (amount, targets.len() as u16, now.as_millis() as u64);
-        let created = if g.cluster.is_some() {
-            Record::ClusterPacketCreated {
-                id,
-                cents,
-                claimants,
-                at_ms,
-                until_s,
-            }
-        } else {
-            Record::PacketCreated {
-                id,
-                cents,
-                claimants,
-                at_ms,
-                until_s,
-            }
-        };
+        let created =
+            Record::packet_created(g.cluster.is_some(), id, cents, claimants, at_ms, until_s);
         if g.ledger.is_enabled()
             && !g.ledger.send(Entry::Packet {
                 producer: g.producer,

@@ -1,7 +1,7 @@
 //! Cluster mode end to end: three hongbao nodes (in this process) on one
 //! real Redis Cluster (3 primaries x 1 replica, Debian's redis-server,
-//! started by `tools/cluster.sh` on loopback ports 17100.., stopped when the
-//! last test using it ends).
+//! started by `tools/cluster.sh` through `util::cluster` on loopback ports
+//! 17100..=17199, stopped when the binary exits).
 //!
 //! Owns: what crosses nodes over real TCP: a packet made on node A reaches
 //! its targets on B and C and is claimed there; 100 claimants over 3 nodes
@@ -16,87 +16,35 @@
 
 mod util;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, Barrier, Mutex, Weak};
+use std::path::Path;
+use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
 use hongbao::server::{ServerConfig, ServerHandle, start};
+use util::cluster::{TestCluster, shared};
 use util::{Client, NONE, claim_request, config, http_get, scratch_dir, wait_for};
 
 const PUSH: u16 = 4;
 const CLAIM_ANSWER: u16 = 6;
-/// This test binary's Redis ports: 17100..17105 (and their bus ports
-/// 27100..27105); `tests/cluster_engine.rs` keeps to 17000..17099.
-const REDIS_PORT: u16 = 17100;
 /// Generous: a claim's answer waits for a replica's `WAIT` and a ledger
 /// sync; a push for a stream read. Both take milliseconds here; the bound
 /// only keeps a broken run from hanging.
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// The Redis Cluster this binary's tests share: started by the first test
-/// that needs it, stopped (`tools/cluster.sh down`) when the last one
-/// drops its handle.
-struct RedisCluster {
-    dir: PathBuf,
-    urls: String,
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        let _ = cluster_sh(&["down", "--dir", &self.dir.to_string_lossy()]);
-    }
-}
-
-fn cluster_sh(args: &[&str]) -> std::io::Result<std::process::Output> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/cluster.sh");
-    Command::new("bash").arg(script).args(args).output()
-}
-
-static SHARED: Mutex<Weak<RedisCluster>> = Mutex::new(Weak::new());
-
-/// The shared cluster, or `None` when `HONGBAO_SKIP_CLUSTER=1` and there
-/// is no redis-server.
-fn redis() -> Option<Arc<RedisCluster>> {
-    let mut shared = SHARED.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(c) = shared.upgrade() {
-        return Some(c);
-    }
-    if std::env::var_os("HONGBAO_SKIP_CLUSTER").is_some()
-        && Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-    {
-        eprintln!("!!! SKIPPED: no redis-server here and HONGBAO_SKIP_CLUSTER is set !!!");
-        return None;
-    }
-    let dir = scratch_dir("cluster-redis");
-    let port = REDIS_PORT.to_string();
-    let out = cluster_sh(&["up", "--dir", &dir.to_string_lossy(), "--port", &port])
-        .expect("running tools/cluster.sh");
-    assert!(
-        out.status.success(),
-        "tools/cluster.sh up failed (install Debian's redis-server, or set HONGBAO_SKIP_CLUSTER=1 to skip):\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let urls = (0..3)
-        .map(|i| format!("redis://127.0.0.1:{}", REDIS_PORT + i))
-        .collect::<Vec<_>>()
-        .join(",");
-    let c = Arc::new(RedisCluster { dir, urls });
-    *shared = Arc::downgrade(&c);
-    Some(c)
+/// The Redis Cluster this binary's tests share (`util::cluster`: started
+/// on first use on the first free base port of 17100..=17199, stopped at
+/// exit); `None` when skipped.
+fn redis() -> Option<&'static TestCluster> {
+    shared("cluster", 17_100..=17_199)
 }
 
 /// One hongbao node of the fleet, with its own ledger.
-fn node(redis: &RedisCluster, id: u32, name: &str) -> ServerHandle {
+fn node(redis: &TestCluster, id: u32, name: &str) -> ServerHandle {
     start(&ServerConfig {
         threads: Some(2),
         no_http: false,
         data_dir: Some(scratch_dir(&format!("{name}-node{id}"))),
-        cluster: Some(redis.urls.clone()),
+        cluster: Some(redis.list()),
         node_id: Some(id),
         ..config()
     })
@@ -104,7 +52,7 @@ fn node(redis: &RedisCluster, id: u32, name: &str) -> ServerHandle {
 }
 
 /// Three nodes, once the engine is reachable from each.
-fn fleet(redis: &RedisCluster, name: &str, first_id: u32) -> Vec<ServerHandle> {
+fn fleet(redis: &TestCluster, name: &str, first_id: u32) -> Vec<ServerHandle> {
     let nodes: Vec<ServerHandle> = (0..3).map(|i| node(redis, first_id + i, name)).collect();
     for n in &nodes {
         wait_for("the node to reach the engine", DEADLINE, || {
@@ -116,7 +64,7 @@ fn fleet(redis: &RedisCluster, name: &str, first_id: u32) -> Vec<ServerHandle> {
 
 /// Stops the nodes, then audits the fleet: their ledgers against the
 /// engine (`hongbao audit --cluster`), which must pass.
-fn stop_and_audit(redis: &RedisCluster, nodes: Vec<ServerHandle>, name: &str, first_id: u32) {
+fn stop_and_audit(redis: &TestCluster, nodes: Vec<ServerHandle>, name: &str, first_id: u32) {
     let count = nodes.len() as u32;
     for n in nodes {
         n.shutdown();
@@ -126,7 +74,7 @@ fn stop_and_audit(redis: &RedisCluster, nodes: Vec<ServerHandle>, name: &str, fi
         .collect();
     let report = hongbao::audit::fleet::audit_fleet(&hongbao::audit::AuditArgs {
         data_dir,
-        cluster: Some(redis.urls.clone()),
+        cluster: Some(redis.list()),
         ack_log: Vec::new(),
         json: false,
     })
@@ -174,7 +122,7 @@ fn claim(c: &mut Client, packet: u32) -> u32 {
 #[test]
 fn a_packet_made_on_one_node_is_pushed_and_claimed_on_the_others() {
     let Some(redis) = redis() else { return };
-    let nodes = fleet(&redis, "across", 1);
+    let nodes = fleet(redis, "across", 1);
     let (b, c, a) = (3_001, 3_002, 3_003);
     let mut on_b = logged_in(&nodes[1], b);
     let mut on_c = logged_in(&nodes[2], c);
@@ -208,13 +156,13 @@ fn a_packet_made_on_one_node_is_pushed_and_claimed_on_the_others() {
         .sum();
     assert_eq!(paid, 3, "three paid claims across the fleet");
     drop((on_a, on_b, on_c, b_again, stranger));
-    stop_and_audit(&redis, nodes, "across", 1);
+    stop_and_audit(redis, nodes, "across", 1);
 }
 
 #[test]
 fn a_hundred_claimants_on_three_nodes_at_once_add_up_exactly() {
     let Some(redis) = redis() else { return };
-    let nodes = fleet(&redis, "hundred", 4);
+    let nodes = fleet(redis, "hundred", 4);
     let users: Vec<u32> = (10_000..10_100).collect();
     let list = users
         .iter()
@@ -248,7 +196,7 @@ fn a_hundred_claimants_on_three_nodes_at_once_add_up_exactly() {
 #[test]
 fn a_storm_of_one_users_repeat_claims_from_every_node_pays_once() {
     let Some(redis) = redis() else { return };
-    let nodes = fleet(&redis, "storm", 7);
+    let nodes = fleet(redis, "storm", 7);
     let user = 20_000;
     let id = packet(&nodes[0], &format!("amount=5000&users={user},20001"));
     let addrs: Vec<_> = nodes.iter().map(ServerHandle::addr).collect();
@@ -280,13 +228,13 @@ fn a_storm_of_one_users_repeat_claims_from_every_node_pays_once() {
         .map(|n| cluster_status(n)["claims_paid"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(paid, 1, "paid once across the fleet");
-    stop_and_audit(&redis, nodes, "storm", 7);
+    stop_and_audit(redis, nodes, "storm", 7);
 }
 
 #[test]
 fn a_user_offline_at_creation_gets_the_push_at_login_on_another_node() {
     let Some(redis) = redis() else { return };
-    let nodes = fleet(&redis, "offline", 10);
+    let nodes = fleet(redis, "offline", 10);
     let user = 30_000;
     let id = packet(&nodes[0], &format!("amount=77&users={user}"));
     // Let the engine thread create and route it before the login.
@@ -302,7 +250,7 @@ fn a_user_offline_at_creation_gets_the_push_at_login_on_another_node() {
 #[test]
 fn three_nodes_leasing_at_once_never_issue_more_than_the_budget() {
     let Some(redis) = redis() else { return };
-    let nodes = fleet(&redis, "budget", 13);
+    let nodes = fleet(redis, "budget", 13);
     let total = 900;
     let (status, body) = http_get(
         nodes[1].http_addr().expect("http"),
@@ -382,7 +330,7 @@ fn an_expired_packet_is_refunded_once_by_its_node_and_the_books_agree() {
                 threads: Some(1),
                 no_http: false,
                 data_dir: Some(scratch_dir(&format!("{name}-node{}", 20 + i))),
-                cluster: Some(redis.urls.clone()),
+                cluster: Some(redis.list()),
                 node_id: Some(20 + i),
                 packet_ttl: 2,
                 ..config()
@@ -417,5 +365,5 @@ fn an_expired_packet_is_refunded_once_by_its_node_and_the_books_agree() {
         "once"
     );
     drop((on_b, late));
-    stop_and_audit(&redis, nodes, name, 20);
+    stop_and_audit(redis, nodes, name, 20);
 }

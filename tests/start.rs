@@ -106,16 +106,13 @@ fn start_and_stop(config: &ServerConfig, after: &str) {
     assert_no_server_thread(&format!("a shutdown following {after}"));
 }
 
-#[test]
-fn a_failed_thread_step_stops_every_thread_started_before_it() {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    assert_no_server_thread("nothing");
-    let dir = scratch_dir("start-unwinds");
-    let (listen, http) = free_addrs();
-    let config = busy_config(listen, http, &dir);
-    for step in THREAD_STEPS {
-        let failed = format!("a start failing at {step:?}");
-        let error = match start_failing_at(&config, step) {
+/// Makes `config`'s start fail at each of `steps` in turn: each failure is
+/// the injected one, leaves no thread, and a start after it runs and stops.
+#[track_caller]
+fn fail_at_each(config: &ServerConfig, steps: &[ThreadStep], what: &str) {
+    for &step in steps {
+        let failed = format!("{what} failing at {step:?}");
+        let error = match start_failing_at(config, step) {
             Ok(_) => panic!("{failed} started"),
             Err(e) => e.to_string(),
         };
@@ -124,8 +121,18 @@ fn a_failed_thread_step_stops_every_thread_started_before_it() {
             "{failed} failed otherwise: {error}"
         );
         assert_no_server_thread(&failed);
-        start_and_stop(&config, &failed);
+        start_and_stop(config, &failed);
     }
+}
+
+#[test]
+fn a_failed_thread_step_stops_every_thread_started_before_it() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert_no_server_thread("nothing");
+    let dir = scratch_dir("start-unwinds");
+    let (listen, http) = free_addrs();
+    let config = busy_config(listen, http, &dir);
+    fail_at_each(&config, &THREAD_STEPS, "a start");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -144,23 +151,15 @@ fn a_failed_thread_step_in_cluster_mode_stops_the_engine_threads_too() {
         node_id: Some(1),
         ..busy_config(listen, http, &dir)
     };
-    for step in [
-        ThreadStep::Engine,
-        ThreadStep::Generator,
-        ThreadStep::LastCore,
-    ] {
-        let failed = format!("a cluster-mode start failing at {step:?}");
-        let error = match start_failing_at(&config, step) {
-            Ok(_) => panic!("{failed} started"),
-            Err(e) => e.to_string(),
-        };
-        assert!(
-            error.contains("injected by a test"),
-            "{failed} failed otherwise: {error}"
-        );
-        assert_no_server_thread(&failed);
-        start_and_stop(&config, &failed);
-    }
+    fail_at_each(
+        &config,
+        &[
+            ThreadStep::Engine,
+            ThreadStep::Generator,
+            ThreadStep::LastCore,
+        ],
+        "a cluster-mode start",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

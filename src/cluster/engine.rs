@@ -478,24 +478,13 @@ impl Engine {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = cluster_pipe();
-        for r in batch {
+        let cmds = batch.iter().map(|r| {
             let k = PacketKeys::new(r.packet);
-            pipe.add_command(
-                fcall("hb_claim", &[&k.hash, &k.targets, &k.claims, &k.shares])
-                    .arg(r.user.0)
-                    .arg(r.now_ms)
-                    .clone(),
-            );
-        }
-        let replies = self.run("hb_claim", |c| pipe.query::<Vec<Value>>(c))?;
-        if replies.len() != batch.len() {
-            return Err(EngineError::BadReply(format!(
-                "{} answers to {} claims",
-                replies.len(),
-                batch.len()
-            )));
-        }
+            let mut c = fcall("hb_claim", &[&k.hash, &k.targets, &k.claims, &k.shares]);
+            c.arg(r.user.0).arg(r.now_ms);
+            c
+        });
+        let replies = self.pipelined("hb_claim", cmds)?;
         replies.iter().map(claim_outcome).collect()
     }
 
@@ -687,26 +676,13 @@ impl Engine {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = cluster_pipe();
-        for &(user, now_ms) in batch {
+        let cmds = batch.iter().map(|&(user, now_ms)| {
             let k = UserKeys::new(user);
-            pipe.add_command(
-                fcall("hb_login", &[&k.presence, &k.mailbox])
-                    .arg(user.0)
-                    .arg(node)
-                    .arg(now_ms / 1000)
-                    .arg(now_ms)
-                    .clone(),
-            );
-        }
-        let replies = self.run("hb_login", |c| pipe.query::<Vec<Value>>(c))?;
-        if replies.len() != batch.len() {
-            return Err(EngineError::BadReply(format!(
-                "{} answers to {} logins",
-                replies.len(),
-                batch.len()
-            )));
-        }
+            let mut c = fcall("hb_login", &[&k.presence, &k.mailbox]);
+            c.arg(user.0).arg(node).arg(now_ms / 1000).arg(now_ms);
+            c
+        });
+        let replies = self.pipelined("hb_login", cmds)?;
         let mut out = Vec::with_capacity(batch.len());
         for r in &replies {
             let mut notes = Vec::new();
@@ -724,11 +700,7 @@ impl Engine {
     /// Marks `user` offline (hb_logout) when they are online at `node`;
     /// true when they were. A login on another node since is left alone.
     pub fn logout(&mut self, user: UserId, node: u32) -> Result<bool, EngineError> {
-        let k = UserKeys::new(user);
-        let mut c = fcall("hb_logout", &[&k.presence]);
-        c.arg(node);
-        let v = self.run("hb_logout", |conn| conn.req_command(&c))?;
-        Ok(int(&v, "hb_logout")? == 1)
+        Ok(self.logouts(&[user], node)? == 1)
     }
 
     /// [`Engine::logout`] of each of `users` from `node`, pipelined: one
@@ -738,19 +710,12 @@ impl Engine {
         if users.is_empty() {
             return Ok(0);
         }
-        let mut pipe = cluster_pipe();
-        for &user in users {
-            let k = UserKeys::new(user);
-            pipe.add_command(fcall("hb_logout", &[&k.presence]).arg(node).clone());
-        }
-        let replies = self.run("hb_logout", |c| pipe.query::<Vec<Value>>(c))?;
-        if replies.len() != users.len() {
-            return Err(EngineError::BadReply(format!(
-                "{} answers to {} logouts",
-                replies.len(),
-                users.len()
-            )));
-        }
+        let cmds = users.iter().map(|&user| {
+            let mut c = fcall("hb_logout", &[&UserKeys::new(user).presence]);
+            c.arg(node);
+            c
+        });
+        let replies = self.pipelined("hb_logout", cmds)?;
         let mut out = 0;
         for r in &replies {
             out += nonneg(r, "hb_logout")?;
@@ -768,14 +733,9 @@ impl Engine {
         note: &PushNote,
         mailbox_max: u32,
     ) -> Result<Routed, EngineError> {
-        if mailbox_max == 0 {
-            return Err(EngineError::Invalid("route_push: mailbox_max 0".into()));
-        }
-        let k = UserKeys::new(user);
-        let mut c = fcall("hb_route", &[&k.presence, &k.mailbox]);
-        c.arg(note.encode()).arg(note.expires_s).arg(mailbox_max);
-        let v = self.run("hb_route", |conn| conn.req_command(&c))?;
-        routed(&v)
+        let mut one = self.route_pushes(&[user], note, mailbox_max)?;
+        one.pop()
+            .ok_or_else(|| EngineError::BadReply("hb_route: no answer".into()))
     }
 
     /// [`Engine::route_push`] of one note to each of `users`, pipelined:
@@ -797,25 +757,13 @@ impl Engine {
             return Ok(Vec::new());
         }
         let encoded = note.encode();
-        let mut pipe = cluster_pipe();
-        for &user in users {
+        let cmds = users.iter().map(|&user| {
             let k = UserKeys::new(user);
-            pipe.add_command(
-                fcall("hb_route", &[&k.presence, &k.mailbox])
-                    .arg(&encoded)
-                    .arg(note.expires_s)
-                    .arg(mailbox_max)
-                    .clone(),
-            );
-        }
-        let replies = self.run("hb_route", |c| pipe.query::<Vec<Value>>(c))?;
-        if replies.len() != users.len() {
-            return Err(EngineError::BadReply(format!(
-                "{} answers to {} routes",
-                replies.len(),
-                users.len()
-            )));
-        }
+            let mut c = fcall("hb_route", &[&k.presence, &k.mailbox]);
+            c.arg(&encoded).arg(note.expires_s).arg(mailbox_max);
+            c
+        });
+        let replies = self.pipelined("hb_route", cmds)?;
         replies.iter().map(routed).collect()
     }
 
@@ -828,18 +776,7 @@ impl Engine {
         user: UserId,
         note: &PushNote,
     ) -> Result<(), EngineError> {
-        let mut c = cmd("XADD");
-        c.arg(keys::push_stream(node))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(keys::PUSH_STREAM_MAXLEN)
-            .arg("*")
-            .arg("u")
-            .arg(user.0)
-            .arg("n")
-            .arg(note.encode());
-        self.run("XADD push", |conn| conn.req_command(&c))?;
-        Ok(())
+        self.send_pushes(&[(node, user)], note)
     }
 
     /// [`Engine::send_push`] of one note for each `(node, user)`,
@@ -854,30 +791,20 @@ impl Engine {
             return Ok(());
         }
         let encoded = note.encode();
-        let mut pipe = cluster_pipe();
-        for &(node, user) in pushes {
-            pipe.add_command(
-                cmd("XADD")
-                    .arg(keys::push_stream(node))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(keys::PUSH_STREAM_MAXLEN)
-                    .arg("*")
-                    .arg("u")
-                    .arg(user.0)
-                    .arg("n")
-                    .arg(&encoded)
-                    .clone(),
-            );
-        }
-        let replies = self.run("XADD push", |c| pipe.query::<Vec<Value>>(c))?;
-        if replies.len() != pushes.len() {
-            return Err(EngineError::BadReply(format!(
-                "{} answers to {} pushes",
-                replies.len(),
-                pushes.len()
-            )));
-        }
+        let cmds = pushes.iter().map(|&(node, user)| {
+            let mut c = cmd("XADD");
+            c.arg(keys::push_stream(node))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(keys::PUSH_STREAM_MAXLEN)
+                .arg("*")
+                .arg("u")
+                .arg(user.0)
+                .arg("n")
+                .arg(&encoded);
+            c
+        });
+        self.pipelined("XADD push", cmds)?;
         Ok(())
     }
 
@@ -885,11 +812,7 @@ impl Engine {
     /// by packet, as a core knows the push frame, not its expiry); true when
     /// one was there.
     pub fn delivered(&mut self, user: UserId, note: &PushNote) -> Result<bool, EngineError> {
-        let k = UserKeys::new(user);
-        let mut c = fcall("hb_delivered", &[&k.mailbox]);
-        c.arg(note.packet.0);
-        let v = self.run("hb_delivered", |conn| conn.req_command(&c))?;
-        Ok(int(&v, "hb_delivered")? >= 1)
+        Ok(self.delivered_many(&[(user, *note)])? >= 1)
     }
 
     /// [`Engine::delivered`] for each `(user, note)`, pipelined: one round
@@ -898,23 +821,12 @@ impl Engine {
         if items.is_empty() {
             return Ok(0);
         }
-        let mut pipe = cluster_pipe();
-        for (user, note) in items {
-            let k = UserKeys::new(*user);
-            pipe.add_command(
-                fcall("hb_delivered", &[&k.mailbox])
-                    .arg(note.packet.0)
-                    .clone(),
-            );
-        }
-        let replies = self.run("hb_delivered", |c| pipe.query::<Vec<Value>>(c))?;
-        if replies.len() != items.len() {
-            return Err(EngineError::BadReply(format!(
-                "{} answers to {} deliveries",
-                replies.len(),
-                items.len()
-            )));
-        }
+        let cmds = items.iter().map(|(user, note)| {
+            let mut c = fcall("hb_delivered", &[&UserKeys::new(*user).mailbox]);
+            c.arg(note.packet.0);
+            c
+        });
+        let replies = self.pipelined("hb_delivered", cmds)?;
         let mut removed = 0;
         for r in &replies {
             removed += nonneg(r, "hb_delivered")?;
@@ -1029,6 +941,30 @@ impl Engine {
         f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
     ) -> Result<T, EngineError> {
         self.run_tries(step, 2, f)
+    }
+
+    /// `cmds` in one cluster pipeline (one round trip per primary
+    /// involved), through [`Engine::run`]; one answer per command, in
+    /// order, or `BadReply`.
+    fn pipelined(
+        &mut self,
+        step: &str,
+        cmds: impl IntoIterator<Item = Cmd>,
+    ) -> Result<Vec<Value>, EngineError> {
+        let mut pipe = cluster_pipe();
+        let mut sent = 0;
+        for c in cmds {
+            pipe.add_command(c);
+            sent += 1;
+        }
+        let replies = self.run(step, |c| pipe.query::<Vec<Value>>(c))?;
+        if replies.len() != sent {
+            return Err(EngineError::BadReply(format!(
+                "{step}: {} answers to {sent} commands",
+                replies.len()
+            )));
+        }
+        Ok(replies)
     }
 
     /// [`Engine::run`] with `tries` attempts (1: no retry on a new

@@ -453,6 +453,24 @@ struct Tally {
 }
 
 impl Tally {
+    /// Nothing counted yet; acknowledgements to `ack`, if any; `scheduled`
+    /// the per-second plan's slots.
+    fn new(ack: Option<AckLog>, scheduled: Vec<u64>) -> Tally {
+        Tally {
+            current: Counters::default(),
+            second: Box::new(SecondHists::new()),
+            latency: Latency::new(),
+            window_ns: 0..0,
+            in_flight: 0,
+            lost_in_window: 0,
+            lost_outside_window: 0,
+            claims_in_flight: 0,
+            claims_dropped: 0,
+            ack,
+            scheduled,
+        }
+    }
+
     /// Counts requests that will never be answered. Those of the window also
     /// go into the latency histograms, at the time waited so far (`now_ns`,
     /// a lower bound): left out, they would flatter the tail exactly when the
@@ -635,19 +653,7 @@ impl Worker {
             to_main,
             read_buf: vec![0; READ_BUF_LEN].into_boxed_slice(),
             write_buf: Vec::with_capacity(WRITE_BUF_LEN),
-            tally: Tally {
-                current: Counters::default(),
-                second: Box::new(SecondHists::new()),
-                latency: Latency::new(),
-                window_ns: 0..0,
-                in_flight: 0,
-                lost_in_window: 0,
-                lost_outside_window: 0,
-                claims_in_flight: 0,
-                claims_dropped: 0,
-                ack,
-                scheduled: vec![0; end_secs],
-            },
+            tally: Tally::new(ack, vec![0; end_secs]),
             before_start: Counters::default(),
             start_ns: None,
             progress: ConnectProgress::default(),
@@ -1749,19 +1755,7 @@ mod tests {
             in_flight: VecDeque::new(),
             spill: LazyBuffers::none(),
         };
-        let tally = Tally {
-            current: Counters::default(),
-            second: Box::new(SecondHists::new()),
-            latency: Latency::new(),
-            window_ns: 0..0,
-            in_flight: 0,
-            lost_in_window: 0,
-            lost_outside_window: 0,
-            claims_in_flight: 0,
-            claims_dropped: 0,
-            ack: None,
-            scheduled: Vec::new(),
-        };
+        let tally = Tally::new(None, Vec::new());
         (conn, tally)
     }
 

@@ -194,6 +194,35 @@ pub enum RecordError {
 }
 
 impl Record {
+    /// A packet's creation: [`Record::ClusterPacketCreated`] in cluster
+    /// mode (its claims are the engine's), [`Record::PacketCreated`] else.
+    pub fn packet_created(
+        cluster: bool,
+        id: PacketId,
+        cents: Cents,
+        claimants: u16,
+        at_ms: u64,
+        until_s: u32,
+    ) -> Record {
+        if cluster {
+            Record::ClusterPacketCreated {
+                id,
+                cents,
+                claimants,
+                at_ms,
+                until_s,
+            }
+        } else {
+            Record::PacketCreated {
+                id,
+                cents,
+                claimants,
+                at_ms,
+                until_s,
+            }
+        }
+    }
+
     /// Writes the record's 40 bytes.
     pub fn encode(&self, out: &mut [u8; RECORD_LEN]) {
         let (kind, index, id, user, cents, at_ms, until_s) = match *self {
@@ -378,24 +407,8 @@ impl Fields {
             KIND_PACKET_CREATED | KIND_CLUSTER_PACKET_CREATED => {
                 self.unused(&[Field::User])?;
                 let (id, cents, claimants) = (PacketId(self.id), Cents(self.cents), self.index);
-                let (at_ms, until_s) = (self.at_ms, self.until_s);
-                if kind == KIND_PACKET_CREATED {
-                    Record::PacketCreated {
-                        id,
-                        cents,
-                        claimants,
-                        at_ms,
-                        until_s,
-                    }
-                } else {
-                    Record::ClusterPacketCreated {
-                        id,
-                        cents,
-                        claimants,
-                        at_ms,
-                        until_s,
-                    }
-                }
+                let cluster = kind == KIND_CLUSTER_PACKET_CREATED;
+                Record::packet_created(cluster, id, cents, claimants, self.at_ms, self.until_s)
             }
             KIND_CLUSTER_CLAIM => {
                 self.unused(&[Field::Index, Field::UntilS])?;
