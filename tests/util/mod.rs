@@ -498,7 +498,19 @@ pub struct Exited {
 }
 
 fn hongbao_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hongbao"));
+    wrapped_command(&[], args)
+}
+
+/// `hongbao ARGS`, or `WRAPPER... hongbao ARGS` (say, under strace).
+fn wrapped_command(wrapper: &[&str], args: &[&str]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(env!("CARGO_BIN_EXE_hongbao")),
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(env!("CARGO_BIN_EXE_hongbao"));
+            cmd
+        }
+    };
     cmd.args(args)
         // What an operator sees by default, whatever the test runner's env.
         .env_remove("RUST_BACKTRACE")
@@ -600,6 +612,13 @@ impl Spawned {
         ];
         all.extend_from_slice(args);
         Spawned::server(&all)
+    }
+
+    /// Like [`Spawned::server`], run by `wrapper` (`strace -f -o FILE`):
+    /// its pid is the wrapper's.
+    #[track_caller]
+    pub fn server_under(wrapper: &[&str], args: &[&str]) -> Spawned {
+        Spawned::start(wrapped_command(wrapper, args), args)
     }
 
     /// Like [`Spawned::server`], with these environment variables set.
