@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod conn;
 pub mod demo;
 pub mod durable;
+pub mod environment;
 pub mod flood;
 pub mod generator;
 pub mod hlog;

@@ -46,7 +46,7 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     ignore_file_size_signal();
-    let result = match Cli::parse().command {
+    let result = match parse_cli().command {
         Command::Server(config) => serve(&config),
         Command::Flood(args) => hongbao::flood::run(&args),
         Command::Audit(args) => hongbao::audit::run(&args).map(|_| ()),
@@ -60,6 +60,40 @@ fn main() -> std::process::ExitCode {
             // One line: the step that failed, its cause, and the fix.
             eprintln!("hongbao: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The command line, each option of `server`, `flood` and `monitor` also
+/// from its `HONGBAO_<SUBCOMMAND>_<OPTION>` variable: a flag beats the
+/// environment, which beats the default (`hongbao::environment`).
+fn parse_cli() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    match hongbao::environment::try_get_matches_from(Cli::command(), std::env::args_os())
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        // --help and --version: clap prints them and exits as `Cli::parse`
+        // would.
+        Err(e) if !e.use_stderr() => e.exit(),
+        // A bad option: clap names the flag even when the value came from
+        // a variable, so the variables set are named too.
+        Err(e) => {
+            let _ = e.print();
+            let set: Vec<String> = std::env::vars_os()
+                .filter_map(|(k, v)| {
+                    let k = k.into_string().ok()?;
+                    hongbao::environment::is_option_var(&k)
+                        .then(|| format!("{k}={}", v.to_string_lossy()))
+                })
+                .collect();
+            if !set.is_empty() {
+                eprintln!(
+                    "(options also come from the environment; set here: {})",
+                    set.join(" ")
+                );
+            }
+            std::process::exit(e.exit_code())
         }
     }
 }

@@ -30,7 +30,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "formats",
         &[
-            "ids", "clock", "wire", "token", "hlog", "http", "host", "prom",
+            "ids",
+            "clock",
+            "wire",
+            "token",
+            "hlog",
+            "http",
+            "host",
+            "prom",
+            "environment",
         ],
     ),
     ("data", &["stats", "ledger", "ring", "conn"]),

@@ -48,6 +48,7 @@ pub struct FloodArgs {
     /// default.
     #[arg(
         long,
+        env = "HONGBAO_FLOOD_SERVER",
         value_name = "ADDR[,ADDR...]",
         value_delimiter = ',',
         default_value = "127.0.0.1:1025"
@@ -55,29 +56,39 @@ pub struct FloodArgs {
     pub server: Vec<String>,
 
     /// The first of this process's user ids. Default 0, as the original.
-    #[arg(long, value_name = "ID", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_MIN",
+        value_name = "ID",
+        default_value_t = 0
+    )]
     pub min: u32,
 
     /// The last of this process's user ids (inclusive). Default: `--min` +
     /// 9,999, i.e. 10,000 users: the per-core benchmarks' population, under
     /// one process's 20,000 open files and one source address's ports.
-    #[arg(long, value_name = "ID", conflicts_with = "users")]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_MAX",
+        value_name = "ID",
+        conflicts_with = "users"
+    )]
     pub max: Option<u32>,
 
     /// Shorthand for `--max` = `--min` + N − 1.
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "HONGBAO_FLOOD_USERS", value_name = "N")]
     pub users: Option<u32>,
 
     /// Users in the whole experiment, over every flooder process: the slot
     /// rule's `totalUsers`. Every process of one experiment must get the same
     /// `--total` and `--qps`, and disjoint `--min..=--max` ranges. Default:
     /// `--max` + 1 (this process alone holds users 0..=max).
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "HONGBAO_FLOOD_TOTAL", value_name = "N")]
     pub total: Option<u64>,
 
     /// Worker threads, each with its own poll and a contiguous share of the
     /// users. Default: the cores this process may run on.
-    #[arg(long, value_name = "N")]
+    #[arg(long, env = "HONGBAO_FLOOD_THREADS", value_name = "N")]
     pub threads: Option<usize>,
 
     /// Global shakes per second, summed over every flooder process of the
@@ -86,6 +97,7 @@ pub struct FloodArgs {
     /// idle (memory runs). Default 30,000: the seed experiment's first rate.
     #[arg(
         long,
+        env = "HONGBAO_FLOOD_QPS",
         visible_alias = "rate",
         value_name = "QPS",
         default_value_t = 30_000,
@@ -96,6 +108,7 @@ pub struct FloodArgs {
     /// Measurement window in seconds, after the warmup. Default 10.
     #[arg(
         long,
+        env = "HONGBAO_FLOOD_DURATION",
         value_name = "SECS",
         default_value_t = 10,
         conflicts_with = "phases"
@@ -104,100 +117,135 @@ pub struct FloodArgs {
 
     /// A scripted ramp instead of `--qps`/`--duration`: steps `QPSxSECSs`,
     /// comma-separated, e.g. `30000x60s,60000x60s`. The window is all steps.
-    #[arg(long, value_name = "QPSxSECSs[,...]")]
+    #[arg(long, env = "HONGBAO_FLOOD_PHASES", value_name = "QPSxSECSs[,...]")]
     pub phases: Option<String>,
 
     /// Seconds of shaking before the window, at the first step's rate, not
     /// recorded in the window's figures. Default 2: enough for caches,
     /// buffers and queues to reach their working size.
-    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_WARMUP",
+        value_name = "SECS",
+        default_value_t = 2
+    )]
     pub warmup: u64,
 
     /// Fire each second's users all at its start, as the original client did,
     /// instead of spreading them evenly over the second.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_FLOOD_BURST", value_parser = clap::builder::BoolishValueParser::new())]
     pub burst: bool,
 
     /// Take pushes (cmd 4) as the answer to a pending shake, as the original
     /// server sent them, rather than as unsolicited (ours). Either way the
     /// pushed packet is claimed.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_FLOOD_PUSH_ANSWERS_SHAKE", value_parser = clap::builder::BoolishValueParser::new())]
     pub push_answers_shake: bool,
 
     /// HTTP control: `GET /qps?qps=N` (the original client's) changes the
     /// global rate from the next second until the next `--phases` step;
     /// `GET /status` answers JSON.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_HTTP",
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9090"
+    )]
     pub http: String,
 
     /// Run without the HTTP control (as the server's `--no-http`).
-    #[arg(long, conflicts_with = "http")]
+    #[arg(long, env = "HONGBAO_FLOOD_NO_HTTP", value_parser = clap::builder::BoolishValueParser::new(), conflicts_with = "http")]
     pub no_http: bool,
 
     /// Require `Authorization: Bearer TOKEN` on `GET /qps` (as the
     /// server's `--control-token-file`: the file's text, trimmed, 16..=1024
     /// visible ASCII characters, not open to other users); `/status`,
     /// `/seconds` and `/metrics` stay open.
-    #[arg(long, value_name = "PATH", conflicts_with = "no_http")]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_CONTROL_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "no_http"
+    )]
     pub control_token_file: Option<std::path::PathBuf>,
 
     /// Register this flooder's HTTP control with a running `hongbao
     /// monitor` at this address (its `--http`), so that the monitor
     /// collects it without a `--source`. A failure is a warning.
-    #[arg(long, value_name = "ADDR", conflicts_with = "no_http")]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_MONITOR",
+        value_name = "ADDR",
+        conflicts_with = "no_http"
+    )]
     pub monitor: Option<String>,
 
     /// Total connects per second. Default 0 = as fast as the server takes
     /// them (still at most 512 handshakes in flight per thread, so the
     /// server's accept backlog never overflows).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_CONNECT_RATE",
+        value_name = "N",
+        default_value_t = 0
+    )]
     pub connect_rate: u64,
 
     /// Source addresses, round-robin over users: a list and/or IPv4 ranges,
     /// e.g. `127.0.0.2-127.0.0.60` or `127.0.0.2,127.0.0.3`. Each gives its own
     /// ~28,000 ephemeral ports per server address, so one host can hold more
     /// than 64k connections to one server port. Default: the kernel's choice.
-    #[arg(long, value_name = "IP[-IP][,...]", value_delimiter = ',', value_parser = parse_bind)]
+    #[arg(long, env = "HONGBAO_FLOOD_BIND", value_name = "IP[-IP][,...]", value_delimiter = ',', value_parser = parse_bind)]
     pub bind: Vec<Vec<IpAddr>>,
 
     /// Write the results as JSON to this file.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HONGBAO_FLOOD_JSON", value_name = "FILE")]
     pub json: Option<PathBuf>,
 
     /// Write the corrected latency of every second as an HdrHistogram
     /// interval log (V2 deflate, milliseconds), which HistogramLogProcessor
     /// and HistogramLogAnalyzer read, plus the window's percentile
     /// distribution beside it with the extension `.hgrm`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HONGBAO_FLOOD_HLOG", value_name = "FILE")]
     pub hlog: Option<PathBuf>,
 
     /// Append a line for every acknowledged grant (`grant USER ENVELOPE
     /// CENTS`) and claim answer (`claim USER PACKET CENTS`) to this file,
     /// for `hongbao audit --ack-log` to check against the ledger.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HONGBAO_FLOOD_ACK_LOG", value_name = "FILE")]
     pub ack_log: Option<PathBuf>,
 
     /// Log in with signed logins (cmd 16), each signed at its connect with
     /// the newest key of this file (the server's `--auth-key-file`) and valid
     /// for an hour. Without it, logins are v1's (cmd 0).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HONGBAO_FLOOD_AUTH_KEY_FILE", value_name = "FILE")]
     pub auth_key_file: Option<PathBuf>,
 
     /// Server process to measure: its CPU (from /proc/PID/task/*/schedstat)
     /// at the window's edges, its RSS before the first connect and
     /// `--settle-secs` after the last login.
-    #[arg(long, value_name = "PID")]
+    #[arg(long, env = "HONGBAO_FLOOD_SERVER_PID", value_name = "PID")]
     pub server_pid: Option<u32>,
 
     /// Seconds to wait after the last login before sampling the server's
     /// RSS and starting to shake. Default 2.
-    #[arg(long, value_name = "SECS", default_value_t = 2)]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_SETTLE_SECS",
+        value_name = "SECS",
+        default_value_t = 2
+    )]
     pub settle_secs: u64,
 
     /// Seconds the connect + login phase may take. Users not in by then keep
     /// retrying in the background while the run goes on (their requests are
     /// counted unsent); the run fails only if no user logged in. Default 30.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_LOGIN_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 30
+    )]
     pub login_timeout: u64,
 
     /// Shortest sleep between two sends of a thread, in microseconds:
@@ -209,18 +257,23 @@ pub struct FloodArgs {
     /// (1.58 x at 200, ~1.9 x at 50) with send-lag p99 ~0.55 ms; use 50
     /// when the latency figure must carry as little of the flooder as
     /// possible (docs/BENCHMARKS.md, "The flooder's own cost")
-    #[arg(long, default_value_t = 500, value_name = "US")]
+    #[arg(
+        long,
+        env = "HONGBAO_FLOOD_SEND_INTERVAL_US",
+        default_value_t = 500,
+        value_name = "US"
+    )]
     pub send_interval_us: u64,
 
     /// Never sleep while shaking: poll without blocking between sends. For a
     /// load core of its own on a virtual machine, where a sleeping vCPU can
     /// take long to wake. The flooder then uses its whole core, so its CPU
     /// per request says nothing.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_FLOOD_SPIN", value_parser = clap::builder::BoolishValueParser::new())]
     pub spin: bool,
 
     /// No per-second progress lines; only the summary.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_FLOOD_QUIET", value_parser = clap::builder::BoolishValueParser::new())]
     pub quiet: bool,
 }
 

@@ -28,70 +28,82 @@ use crate::clock::unix_now;
 pub struct MonitorArgs {
     /// A server's or flooder's HTTP control (`host:port`), as given to its
     /// `--http`. Repeat for every process; the kind is learnt from its
-    /// answer.
-    #[arg(long = "source", value_name = "ADDR")]
+    /// answer. Comma-separated too (`a:9090,b:8989`), as its variable takes
+    /// them.
+    #[arg(
+        long = "source",
+        env = "HONGBAO_MONITOR_SOURCE",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
     pub sources: Vec<String>,
 
     /// Stop after this many seconds (default: at SIGINT or SIGTERM).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_MONITOR_DURATION")]
     pub duration: Option<u64>,
 
     /// Append each closed second as one JSON object per line to this file.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_MONITOR_JSONL")]
     pub jsonl: Option<PathBuf>,
 
     /// Append each closed second as a CSV line to this file (a header is
     /// written when the file is new or empty).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_MONITOR_CSV")]
     pub csv: Option<PathBuf>,
 
     /// Write the static HTML report of the run here at the end.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_MONITOR_REPORT")]
     pub report: Option<PathBuf>,
 
     /// Also write every chart as PNG (and SVG) files into this directory at
     /// the end.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_MONITOR_CHARTS_DIR")]
     pub charts_dir: Option<PathBuf>,
 
     /// HdrHistogram interval logs to plot as whole-run percentile
     /// distributions in the report, as `LABEL=FILE` (say
-    /// `server=server.hlog`, `client=flood.hlog`).
-    #[arg(long = "hlog", value_name = "LABEL=FILE")]
+    /// `server=server.hlog`, `client=flood.hlog`). Comma-separated too, as
+    /// its variable takes them (so a FILE may not hold a comma).
+    #[arg(
+        long = "hlog",
+        env = "HONGBAO_MONITOR_HLOG",
+        value_name = "LABEL=FILE",
+        value_delimiter = ','
+    )]
     pub hlogs: Vec<String>,
 
     /// Serve the live dashboard here (`/`), with `/series` and
     /// `/chart?name=N` behind it. Loopback by default.
-    #[arg(long, default_value = "127.0.0.1:9100")]
+    #[arg(long, env = "HONGBAO_MONITOR_HTTP", default_value = "127.0.0.1:9100")]
     pub http: std::net::SocketAddr,
 
     /// Do not serve the dashboard.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_MONITOR_NO_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_http: bool,
 
     /// Seconds a second waits for a late source before it closes without
     /// it. Sources close their seconds within a tick; a clock skewed by
     /// more than this shows the source as idle and its buckets as late.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, env = "HONGBAO_MONITOR_LAG", default_value_t = 5)]
     pub lag: u64,
 
     /// At start, take up to this many past seconds the sources still hold
     /// (they keep 300).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, env = "HONGBAO_MONITOR_HISTORY", default_value_t = 300)]
     pub history: u64,
 
     /// The network interface to count (default: the one that reaches the
     /// first source).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_MONITOR_IFACE")]
     pub iface: Option<String>,
 
     /// Build the report from a series file written by `--jsonl` instead of
     /// collecting (no source is fetched).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HONGBAO_MONITOR_REPLAY", value_name = "FILE")]
     pub replay: Option<PathBuf>,
 
     /// Do not print a line per second.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_MONITOR_QUIET", value_parser = clap::builder::BoolishValueParser::new())]
     pub quiet: bool,
 }
 

@@ -14,28 +14,28 @@ use clap::Parser;
 pub struct ServerConfig {
     /// Address every worker listens on, each with its own SO_REUSEPORT socket.
     /// Port 1025 is the original's.
-    #[arg(long, default_value = "0.0.0.0:1025")]
+    #[arg(long, env = "HONGBAO_SERVER_LISTEN", default_value = "0.0.0.0:1025")]
     pub listen: SocketAddr,
 
     /// Worker threads, one per core, each pinned. Default: the cores this
     /// process may run on (so `taskset -c 0` gives one).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_THREADS")]
     pub threads: Option<usize>,
 
     /// Do not pin workers to cores (for hosts where another process owns them).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_NO_PIN", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_pin: bool,
 
     /// listen(2) backlog per worker. The kernel caps it at net.core.somaxconn;
     /// 65535 absorbs a reconnect storm of a million clients without SYN drops
     /// on a tuned host.
-    #[arg(long, default_value_t = 65_535)]
+    #[arg(long, env = "HONGBAO_SERVER_BACKLOG", default_value_t = 65_535)]
     pub backlog: i32,
 
     /// Connections the server plans for: split evenly over workers, each of
     /// which stops accepting at its share. A connection costs ~4.3 KB of kernel
     /// memory and under 100 B here, so 1M needs ~4.5 GB.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, env = "HONGBAO_SERVER_CONNS_MAX", default_value_t = 1_000_000)]
     pub conns_max: usize,
 
     /// Shakes per second the whole server answers before it says "overloaded"
@@ -44,7 +44,12 @@ pub struct ServerConfig {
     /// Set it below the measured
     /// saturation of the host (see docs/BENCHMARKS.md) so overload is cheap
     /// refusals, not queues; the default is above what 8 cores can reach.
-    #[arg(long = "max-qps", value_name = "MAX_QPS", default_value_t = 2_000_000)]
+    #[arg(
+        long = "max-qps",
+        env = "HONGBAO_SERVER_MAX_QPS",
+        value_name = "MAX_QPS",
+        default_value_t = 2_000_000
+    )]
     pub shakes_per_sec_max: u64,
 
     /// Requests per second one connection is served (logins, shakes, claims
@@ -55,7 +60,7 @@ pub struct ServerConfig {
     /// core-wide --max-qps stays as the last resort. The original client
     /// sends one request a second. Raise it for the flooder's high-rate modes
     /// (requests per user per second above 10); 0 turns the limit off.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "HONGBAO_SERVER_CONN_QPS_MAX", default_value_t = 10)]
     pub conn_qps_max: u64,
 
     /// Connections one user may hold at once, so a user is read at most
@@ -65,58 +70,58 @@ pub struct ServerConfig {
     /// its old socket timed out gets in. 4 leaves room for the one
     /// connection the original client holds, a reconnect or two whose old
     /// socket is not yet gone, and a second device. 0 turns the limit off.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "HONGBAO_SERVER_USER_CONNS_MAX", default_value_t = 4)]
     pub user_conns_max: usize,
 
     /// Shake envelopes generated per second at start (the seed's 200).
     /// 0 starts with no batch; `GET /yaohongbao` starts one later.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, env = "HONGBAO_SERVER_ENVELOPES_PER_SEC", default_value_t = 200)]
     pub envelopes_per_sec: u64,
 
     /// Stop after this many envelopes (default: run until replaced).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_ENVELOPE_TOTAL")]
     pub envelope_total: Option<u64>,
 
     /// Smallest envelope amount in cents (the original's 10).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, env = "HONGBAO_SERVER_ENVELOPE_CENTS_MIN", default_value_t = 10)]
     pub envelope_cents_min: u64,
 
     /// Largest envelope amount in cents (the original's 309).
-    #[arg(long, default_value_t = 309)]
+    #[arg(long, env = "HONGBAO_SERVER_ENVELOPE_CENTS_MAX", default_value_t = 309)]
     pub envelope_cents_max: u64,
 
     /// Seed for envelope amounts, packet amounts, targets and splits, so a
     /// run can be replayed. Default: drawn from the OS's randomness at
     /// start (and printed, so that run can be replayed too), so amounts are
     /// not the same in every run.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_SEED")]
     pub seed: Option<u64>,
 
     /// Directory of the ledger (`ledger.log`): every movement of money,
     /// made durable before it is answered, replayed at start. Without it the
     /// server keeps money in memory only and answers at once (benchmarks,
     /// tests of the loop).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// Seconds a sent packet may be claimed; then what nobody claimed is
     /// refunded. A day, as WeChat does.
-    #[arg(long, default_value_t = 86_400)]
+    #[arg(long, env = "HONGBAO_SERVER_PACKET_TTL", default_value_t = 86_400)]
     pub packet_ttl: u64,
 
     /// Seconds an envelope may wait in a ring; then it is returned. A day.
-    #[arg(long, default_value_t = 86_400)]
+    #[arg(long, env = "HONGBAO_SERVER_ENVELOPE_TTL", default_value_t = 86_400)]
     pub envelope_ttl: u64,
 
     /// Pushes kept for a user who is offline, delivered at their next login;
     /// more are dropped (counted). Bounds the memory a packet storm to absent
     /// users can take.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, env = "HONGBAO_SERVER_MAILBOX_MAX", default_value_t = 16)]
     pub mailbox_max: usize,
 
     /// Envelopes each core's ring holds. 65,536 is over five minutes of the
     /// default rate per core; when all rings are full the generator waits.
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, env = "HONGBAO_SERVER_RING_CAPACITY", default_value_t = 65_536)]
     pub ring_capacity: usize,
 
     /// Bytes of answers a connection may leave unread (beyond what its
@@ -129,13 +134,13 @@ pub struct ServerConfig {
     /// hold under 200 GB, the kernel's part also capped by net.ipv4.tcp_mem.
     /// Disconnected at once past this, or --stall-timeout after its output
     /// first backs up.
-    #[arg(long, default_value_t = 65_536)]
+    #[arg(long, env = "HONGBAO_SERVER_OUTBOUND_MAX", default_value_t = 65_536)]
     pub outbound_max: usize,
 
     /// Seconds a connection's answers may stay backed up (the kernel took
     /// not all of them, and it did not read them since) before it is
     /// disconnected as a stalled reader (counted in evictions).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, env = "HONGBAO_SERVER_STALL_TIMEOUT", default_value_t = 3.0)]
     pub stall_timeout: f64,
 
     /// SO_SNDBUF of every accepted connection, in bytes (set on the
@@ -144,7 +149,7 @@ pub struct ServerConfig {
     /// connection that stops reading holds: 16 KiB gives 32 KiB, about 1,100
     /// shake answers. 0 leaves the kernel's autotuning (up to
     /// net.ipv4.tcp_wmem's maximum, 4 MiB by default).
-    #[arg(long, default_value_t = 16_384)]
+    #[arg(long, env = "HONGBAO_SERVER_SEND_BUFFER", default_value_t = 16_384)]
     pub send_buffer: usize,
 
     /// SO_RCVBUF of every accepted connection, in bytes, set like
@@ -152,12 +157,12 @@ pub struct ServerConfig {
     /// a connection sends while it is not read (paused or over
     /// --conn-qps-max). 0 leaves the kernel's autotuning (up to
     /// net.ipv4.tcp_rmem's maximum, 6 MiB by default).
-    #[arg(long, default_value_t = 16_384)]
+    #[arg(long, env = "HONGBAO_SERVER_RECV_BUFFER", default_value_t = 16_384)]
     pub recv_buffer: usize,
 
     /// Seconds a new connection has to log in before it is closed, so that
     /// half-open or silent sockets do not hold descriptors.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, env = "HONGBAO_SERVER_LOGIN_TIMEOUT", default_value_t = 10.0)]
     pub login_timeout: f64,
 
     /// Keys that sign logins (cmd 16): one `ID:HEX` line per key (a u32 id,
@@ -165,26 +170,26 @@ pub struct ServerConfig {
     /// it replaces live side by side. Mode 0600 or the start is refused.
     /// Make one with `hongbao token --new-key FILE`. Without it, logins are
     /// v1's, unchecked: anyone can log in as anyone.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "HONGBAO_SERVER_AUTH_KEY_FILE", value_name = "FILE")]
     pub auth_key_file: Option<PathBuf>,
 
     /// `required`: only signed logins (a v1 login is answered result 1 and
     /// closed); `off`: v1 logins too, unchecked (signed ones are still
     /// checked). Default: `required` with `--auth-key-file`, else `off`.
-    #[arg(long, value_enum, value_name = "MODE")]
+    #[arg(long, env = "HONGBAO_SERVER_AUTH", value_enum, value_name = "MODE")]
     pub auth: Option<AuthMode>,
 
     /// Seconds to keep flushing pending answers after a stop is asked.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, env = "HONGBAO_SERVER_SHUTDOWN_GRACE", default_value_t = 2.0)]
     pub shutdown_grace: f64,
 
     /// HTTP control address (`GET /yaohongbao`, `/stats`, `/status`).
     /// Loopback by default: control is not for the open network.
-    #[arg(long, default_value = "127.0.0.1:8989")]
+    #[arg(long, env = "HONGBAO_SERVER_HTTP", default_value = "127.0.0.1:8989")]
     pub http: SocketAddr,
 
     /// Do not serve HTTP control.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_NO_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
     pub no_http: bool,
 
     /// Require `Authorization: Bearer TOKEN` on the HTTP control's mutating
@@ -193,27 +198,32 @@ pub struct ServerConfig {
     /// visible ASCII characters), read at start; the start is refused if the
     /// file is missing, empty or open to other users (`chmod 600`). Read-only
     /// routes stay open.
-    #[arg(long, value_name = "PATH", conflicts_with = "no_http")]
+    #[arg(
+        long,
+        env = "HONGBAO_SERVER_CONTROL_TOKEN_FILE",
+        value_name = "PATH",
+        conflicts_with = "no_http"
+    )]
     pub control_token_file: Option<PathBuf>,
 
     /// Serve the zero-logic reference instead: same loop and frames, every
     /// shake answered "no envelope". The benchmark's floor.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_REFERENCE", value_parser = clap::builder::BoolishValueParser::new())]
     pub reference: bool,
 
     /// Append each closed second, as one JSON object per line, to this file.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_STATS_JSONL")]
     pub stats_jsonl: Option<PathBuf>,
 
     /// Write service time (frame read to answer handed to write, every core
     /// merged) to this HdrHistogram interval log, one interval per second,
     /// in the flooder's `--hlog` format; `FILE.hgrm` gets the run's
     /// percentile distribution at shutdown.
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_HLOG")]
     pub hlog: Option<PathBuf>,
 
     /// Do not print a line per second (the start line and summary remain).
-    #[arg(long)]
+    #[arg(long, env = "HONGBAO_SERVER_QUIET", value_parser = clap::builder::BoolishValueParser::new())]
     pub quiet: bool,
 
     /// Cluster mode: join the red-packet system whose shared state (packets,
@@ -221,25 +231,35 @@ pub struct ServerConfig {
     /// Cluster, given as one or more seed nodes `redis://HOST:PORT`,
     /// comma-separated. Shakes never wait for it. Without it the server is
     /// an island with its own ledger (the default).
-    #[arg(long, value_name = "URLS")]
+    #[arg(long, env = "HONGBAO_SERVER_CLUSTER", value_name = "URLS")]
     pub cluster: Option<String>,
 
     /// Cluster mode: this node's id, unique in the fleet (1..=65535): its
     /// push stream, its presence entries and its leases carry it. A node
     /// restarted with the same id takes up its stream where it stopped.
-    #[arg(long, requires = "cluster")]
+    #[arg(long, env = "HONGBAO_SERVER_NODE_ID", requires = "cluster")]
     pub node_id: Option<u32>,
 
     /// Cluster mode: replicas that must have a claim (Redis `WAIT`) before
     /// it is answered. 1 survives a primary's loss; 0 only for a cluster
     /// without replicas (a test), where a primary's loss can lose claims.
-    #[arg(long, default_value_t = 1, requires = "cluster")]
+    #[arg(
+        long,
+        env = "HONGBAO_SERVER_ENGINE_REPLICAS",
+        default_value_t = 1,
+        requires = "cluster"
+    )]
     pub engine_replicas: u32,
 
     /// Cluster mode: how long a claim may wait for the engine (a failover,
     /// an unreachable cluster) before it is answered 0 (not confirmed: safe
     /// to retry). Above Redis's `cluster-node-timeout` plus a failover.
-    #[arg(long, default_value_t = 10.0, requires = "cluster")]
+    #[arg(
+        long,
+        env = "HONGBAO_SERVER_ENGINE_TIMEOUT",
+        default_value_t = 10.0,
+        requires = "cluster"
+    )]
     pub engine_timeout: f64,
 }
 
@@ -270,9 +290,21 @@ struct DefaultsOnly {
 }
 
 impl Default for ServerConfig {
-    /// The command line's defaults, from the one place they are written.
+    /// The command line's defaults, from the one place they are written;
+    /// never the environment's `HONGBAO_SERVER_*` (a test or an embedder
+    /// gets the same settings in every shell).
     fn default() -> Self {
-        DefaultsOnly::parse_from(["hongbao"]).config
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = crate::environment::without_env(DefaultsOnly::command());
+        match cmd
+            .try_get_matches_from(["hongbao"])
+            .and_then(|m| DefaultsOnly::from_arg_matches(&m))
+        {
+            Ok(defaults) => defaults.config,
+            // Unreachable unless a default does not parse, which every
+            // test that builds a config would show at once.
+            Err(e) => e.exit(),
+        }
     }
 }
 

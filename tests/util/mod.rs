@@ -498,7 +498,19 @@ pub struct Exited {
 }
 
 fn hongbao_command(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_hongbao"));
+    wrapped_command(&[], args)
+}
+
+/// `hongbao ARGS`, or `WRAPPER... hongbao ARGS` (say, under strace).
+fn wrapped_command(wrapper: &[&str], args: &[&str]) -> Command {
+    let mut cmd = match wrapper.split_first() {
+        None => Command::new(env!("CARGO_BIN_EXE_hongbao")),
+        Some((program, rest)) => {
+            let mut cmd = Command::new(program);
+            cmd.args(rest).arg(env!("CARGO_BIN_EXE_hongbao"));
+            cmd
+        }
+    };
     cmd.args(args)
         // What an operator sees by default, whatever the test runner's env.
         .env_remove("RUST_BACKTRACE")
@@ -506,6 +518,16 @@ fn hongbao_command(args: &[&str]) -> Command {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // Nor the shell's HONGBAO_SERVER_* (... _FLOOD_*, _MONITOR_*) options:
+    // a test sets what it means with flags or `Spawned::server_with_env`.
+    for (name, _) in std::env::vars_os() {
+        if name
+            .to_str()
+            .is_some_and(hongbao::environment::is_option_var)
+        {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
 
@@ -539,7 +561,16 @@ fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
 /// Runs `hongbao ARGS` to its exit, bounded by [`WAIT`].
 #[track_caller]
 pub fn run_to_exit(args: &[&str]) -> Exited {
-    let mut child = hongbao_command(args).spawn().expect("spawning hongbao");
+    run_to_exit_with_env(args, &[])
+}
+
+/// Like [`run_to_exit`], with these environment variables set.
+#[track_caller]
+pub fn run_to_exit_with_env(args: &[&str], vars: &[(&str, &str)]) -> Exited {
+    let mut child = hongbao_command(args)
+        .envs(vars.iter().copied())
+        .spawn()
+        .expect("spawning hongbao");
     let stderr = collect_stderr(&mut child);
     let mut stdout_pipe = child.stdout.take().expect("stdout piped");
     let stdout = std::thread::spawn(move || {
@@ -581,6 +612,21 @@ impl Spawned {
         ];
         all.extend_from_slice(args);
         Spawned::server(&all)
+    }
+
+    /// Like [`Spawned::server`], run by `wrapper` (`strace -f -o FILE`):
+    /// its pid is the wrapper's.
+    #[track_caller]
+    pub fn server_under(wrapper: &[&str], args: &[&str]) -> Spawned {
+        Spawned::start(wrapped_command(wrapper, args), args)
+    }
+
+    /// Like [`Spawned::server`], with these environment variables set.
+    #[track_caller]
+    pub fn server_with_env(args: &[&str], vars: &[(&str, &str)]) -> Spawned {
+        let mut cmd = hongbao_command(args);
+        cmd.envs(vars.iter().copied());
+        Spawned::start(cmd, args)
     }
 
     /// Like [`Spawned::server`], with the open-file limit (soft and hard)
