@@ -150,7 +150,6 @@ impl Flooder {
             "1",
             "--http",
             "127.0.0.1:0",
-            "--quiet",
         ]);
         Flooder { child, control }
     }
@@ -338,12 +337,30 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
     }
 
-    /// `GET /api/v1/...`, its `data` when the status is success.
+    /// `GET /api/v1/...`, its `data` when the status is success. Asked
+    /// as HTTP/1.0, so that a long answer comes whole, not chunked.
     fn api(&self, target: &str) -> Option<Value> {
-        let (code, body) =
-            hongbao::http::get(&self.addr.to_string(), target, Duration::from_secs(5)).ok()?;
-        let v: Value = serde_json::from_str(&body).ok()?;
-        (code == 200 && v["status"] == "success").then(|| v["data"].clone())
+        use std::io::Read;
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        stream
+            .set_write_timeout(Some(Duration::from_secs(5)))
+            .ok()?;
+        write!(
+            stream,
+            "GET {target} HTTP/1.0\r\nHost: {}\r\n\r\n",
+            self.addr
+        )
+        .ok()?;
+        let mut answer = String::new();
+        stream.take(64 << 20).read_to_string(&mut answer).ok()?;
+        let (head, body) = answer.split_once("\r\n\r\n")?;
+        let v: Value = serde_json::from_str(body).ok()?;
+        (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"))
+            .then_some(())
+            .filter(|()| v["status"] == "success")
+            .map(|()| v["data"].clone())
     }
 
     /// The one value of an instant `query` at Unix time `at`; None when
@@ -487,6 +504,11 @@ fn a_real_prometheus_scrapes_server_and_flooder_and_agrees_with_them() {
         .unwrap_or_else(|| fail("no /api/v1/rules"));
     let groups = rules["groups"].as_array().cloned().unwrap_or_default();
     assert!(!groups.is_empty(), "no rule group loaded: {rules}");
+    for g in &groups {
+        for r in g["rules"].as_array().cloned().unwrap_or_default() {
+            assert_ne!(r["health"], "err", "a rule fails to evaluate: {r}");
+        }
+    }
     // The flooder shaking for a whole rate window, every user logged in.
     let window_full = || {
         let (_, s) = http_get(flooder.control, "/status");
