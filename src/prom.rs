@@ -6,7 +6,7 @@
 //! and the shape of a histogram ready to write ([`Buckets`]), and the
 //! `process_*` metrics every Prometheus client library exposes
 //! ([`Exposition::process`], read from `/proc/self` through
-//! [`crate::host`]). Must not: read a clock, lock anything, know HTTP,
+//! `host`). Must not: read a clock, lock anything, know HTTP,
 //! take buckets from an HdrHistogram (that is `stats::SummaryNs`'s file,
 //! the one way a histogram is read), or know a counter struct: each program
 //! writes its own document (`server::published`, `flood::published`,
@@ -54,6 +54,10 @@ pub struct Buckets {
     pub sum_seconds: f64,
 }
 
+/// One sample of a [`Family`]: its label value and how its count is read
+/// from the struct.
+pub type Sample<T> = (&'static str, fn(&T) -> u64);
+
 /// One counter family of a counter struct `T`: its name, help, and its
 /// samples, each read from `T` by a function: one unlabelled sample
 /// (`label` empty, the sample's value `""`), or one per value of `label`.
@@ -66,7 +70,7 @@ pub struct Family<T: 'static> {
     /// The label that tells the samples apart; empty for one sample.
     pub label: &'static str,
     /// `(label value, read the count)`.
-    pub samples: &'static [(&'static str, fn(&T) -> u64)],
+    pub samples: &'static [Sample<T>],
 }
 
 /// The type of a metric family.
