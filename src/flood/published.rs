@@ -108,10 +108,11 @@ impl FloodSeconds {
                 })),
                 Err(bad) => bad,
             }),
-            "/metrics" => Some(Response::text(
-                prom::CONTENT_TYPE,
-                flooder(&self.lock().metrics),
-            )),
+            "/metrics" => {
+                // Copied out: the coordinator never waits on the document.
+                let metrics = self.lock().metrics.clone();
+                Some(Response::text(prom::CONTENT_TYPE, flooder(&metrics)))
+            }
             _ => None,
         }
     }

@@ -59,7 +59,18 @@ pub fn route(req: &Request, board: &Mutex<Board>) -> Response {
         "/chart" => chart_route(req, board),
         "/series" => series_route(req, board),
         "/register" => register_route(req, board),
-        "/metrics" => Response::text(prom::CONTENT_TYPE, metrics(&Board::lock(board))),
+        "/metrics" => {
+            // Copied out: the loop never waits on the document.
+            let (sources, rows, last) = {
+                let b = Board::lock(board);
+                (
+                    b.sources.clone(),
+                    b.rows.len(),
+                    b.rows.last().map(|r| r.second),
+                )
+            };
+            Response::text(prom::CONTENT_TYPE, metrics(&sources, rows, last))
+        }
         "/sources" => {
             let b = Board::lock(board);
             Response::ok(json!({
@@ -86,7 +97,7 @@ pub fn route(req: &Request, board: &Mutex<Board>) -> Response {
 /// The monitor's `/metrics`: what it fetched and collected, per source
 /// (labelled by its address and, once known, its kind), and the
 /// `process_*` metrics.
-pub fn metrics(b: &Board) -> String {
+pub fn metrics(sources: &[SourceState], rows: usize, last_second: Option<u64>) -> String {
     let mut e = Exposition::new();
     let kind = |s: &SourceState| match s.kind {
         Some(Kind::Server) => "server",
@@ -98,7 +109,7 @@ pub fn metrics(b: &Board) -> String {
         "Fetches of a source's /seconds, once a second, by result: ok, or failed (no answer in time, refused, or not understood).",
         prom::Type::Counter,
     );
-    for s in &b.sources {
+    for s in sources {
         for (result, n) in [("ok", s.fetches_ok), ("failed", s.fetches_failed)] {
             e.sample(
                 "hongbao_monitor_source_fetches_total",
@@ -112,7 +123,7 @@ pub fn metrics(b: &Board) -> String {
         "1 when the last fetch of the source succeeded.",
         prom::Type::Gauge,
     );
-    for s in &b.sources {
+    for s in sources {
         e.sample(
             "hongbao_monitor_source_up",
             &[("source", &s.addr), ("kind", kind(s))],
@@ -124,7 +135,7 @@ pub fn metrics(b: &Board) -> String {
         "Seconds the monitor closed, per source and how the source counted in each: reported (its bucket in the sum), missed (it was down at the close); and late (buckets that arrived after their second closed, dropped).",
         prom::Type::Counter,
     );
-    for s in &b.sources {
+    for s in sources {
         for (result, n) in [
             ("reported", s.reported),
             ("missed", s.missed),
@@ -140,12 +151,12 @@ pub fn metrics(b: &Board) -> String {
     e.counter(
         "hongbao_monitor_seconds_closed_total",
         "Seconds closed into rows (written to --jsonl and --csv, drawn on the charts).",
-        b.rows.len() as u64,
+        rows as u64,
     );
     e.gauge(
         "hongbao_monitor_last_closed_second_timestamp_seconds",
         "The last Unix second closed into a row (0 before the first).",
-        b.rows.last().map_or(0.0, |r| r.second as f64),
+        last_second.map_or(0.0, |t| t as f64),
     );
     e.process();
     e.finish()

@@ -60,16 +60,19 @@ pub fn metrics_route(
     conns_cap: usize,
     engine: Option<&EngineReport>,
 ) -> Response {
-    let text = {
+    // Copied out, so that the stats thread never waits on the document
+    // (nor on the /proc reads of its process_* metrics).
+    let (total, last, service) = {
         let p = Published::lock(published);
-        metrics(&Figures {
-            total: &p.total,
-            last: p.recent.last(),
-            service: &p.service,
-            conns_cap: Some(conns_cap),
-            engine,
-        })
+        (p.total.clone(), p.recent.last().cloned(), p.service.clone())
     };
+    let text = metrics(&Figures {
+        total: &total,
+        last: last.as_ref(),
+        service: &service,
+        conns_cap: Some(conns_cap),
+        engine,
+    });
     Response::text(prom::CONTENT_TYPE, text)
 }
 
