@@ -65,6 +65,11 @@ impl<T: Labelled + Clone> Kept<T> {
         self.seconds.push_back(second);
     }
 
+    /// The latest kept second.
+    pub fn last(&self) -> Option<&T> {
+        self.seconds.back()
+    }
+
     /// The kept seconds after Unix second `since` (all when None), oldest
     /// first: a `/seconds?since=T` answer.
     pub fn after(&self, since: Option<u64>) -> Vec<T> {

@@ -63,30 +63,24 @@ fn metrics_books(text: &str) -> HashMap<&'static str, u64> {
     HashMap::from([
         (
             "envelopes_generated",
-            n("hongbao_server_generator_recorded_total"),
+            n("hongbao_server_envelopes_recorded_total"),
         ),
+        ("cents_generated", n("hongbao_server_recorded_cents_total")),
         (
-            "cents_generated",
-            n("hongbao_server_generator_cents_recorded_total"),
+            "envelopes_granted",
+            n("hongbao_server_shakes_total{result=\"got\"}"),
         ),
-        ("envelopes_granted", n("hongbao_server_got_total")),
-        ("cents_granted", n("hongbao_server_cents_granted_total")),
+        ("cents_granted", n("hongbao_server_granted_cents_total")),
         (
             "envelopes_returned",
             n("hongbao_server_envelopes_returned_total"),
         ),
-        ("cents_returned", n("hongbao_server_cents_returned_total")),
-        (
-            "packets_created",
-            n("hongbao_server_generator_packets_created_total"),
-        ),
-        (
-            "cents_packets",
-            n("hongbao_server_generator_cents_packets_total"),
-        ),
-        ("claims", n("hongbao_server_claims_paid_total")),
-        ("cents_claimed", n("hongbao_server_cents_claimed_total")),
-        ("cents_refunded", n("hongbao_server_cents_refunded_total")),
+        ("cents_returned", n("hongbao_server_returned_cents_total")),
+        ("packets_created", n("hongbao_server_packets_created_total")),
+        ("cents_packets", n("hongbao_server_packet_cents_total")),
+        ("claims", n("hongbao_server_claims_total{result=\"paid\"}")),
+        ("cents_claimed", n("hongbao_server_claimed_cents_total")),
+        ("cents_refunded", n("hongbao_server_refunded_cents_total")),
         (
             "envelopes_outstanding",
             n("hongbao_server_envelopes_in_rings") + n("hongbao_server_envelopes_ahead"),

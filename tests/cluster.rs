@@ -155,6 +155,30 @@ fn a_packet_made_on_one_node_is_pushed_and_claimed_on_the_others() {
         .map(|n| cluster_status(n)["claims_paid"].as_u64().unwrap_or(0))
         .sum();
     assert_eq!(paid, 3, "three paid claims across the fleet");
+    // The same counts on each node's /metrics, the engine's families there
+    // because --cluster is on.
+    let paid_in_metrics: u64 = nodes
+        .iter()
+        .map(|n| {
+            let (status, text) = util::http_get_text(n.http_addr().expect("http on"), "/metrics");
+            assert_eq!(status, 200, "{text}");
+            assert!(
+                text.lines().any(|l| l == "hongbao_server_engine_up 1"),
+                "{text}"
+            );
+            text.lines()
+                .find_map(|l| {
+                    l.strip_prefix("hongbao_server_engine_claims_total{result=\"paid\"} ")?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .unwrap_or_else(|| panic!("the engine's paid claims in /metrics:\n{text}"))
+        })
+        .sum();
+    assert_eq!(
+        paid_in_metrics, 3,
+        "three paid claims in the nodes' /metrics"
+    );
     drop((on_a, on_b, on_c, b_again, stranger));
     stop_and_audit(redis, nodes, "across", 1);
 }

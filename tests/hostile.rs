@@ -449,8 +449,9 @@ fn a_user_over_the_connection_cap_keeps_only_the_latest_connections() {
     let (status, metrics) = http_get_text(http, "/metrics");
     assert_eq!(status, 200);
     assert!(
-        metrics.contains("hongbao_server_user_conns_kicked_total 3")
-            || metrics.contains("hongbao_server_user_conns_kicked 3"),
+        metrics
+            .lines()
+            .any(|l| l == "hongbao_server_connections_dropped_total{reason=\"user_conns_max\"} 3"),
         "{metrics}"
     );
     drop(conns);

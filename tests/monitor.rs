@@ -473,6 +473,37 @@ fn value(scrape: &prometheus_parse::Scrape, name: &str) -> f64 {
     }
 }
 
+/// The buckets of histogram `name` in a scrape.
+#[track_caller]
+fn histogram(s: &prometheus_parse::Scrape, name: &str) -> Vec<prometheus_parse::HistogramCount> {
+    let sample = s
+        .samples
+        .iter()
+        .find(|x| x.metric == name)
+        .unwrap_or_else(|| panic!("{name} not in the scrape"));
+    match &sample.value {
+        prometheus_parse::Value::Histogram(bs) => bs.clone(),
+        other => panic!("{name} is not a histogram: {other:?}"),
+    }
+}
+
+/// The value of `name{label="value"}` in a scrape.
+#[track_caller]
+fn labelled(s: &prometheus_parse::Scrape, name: &str, label: &str, value: &str) -> f64 {
+    let text = format!("{name}{{{label}=\"{value}\"}}");
+    let sample = s
+        .samples
+        .iter()
+        .find(|x| x.metric == name && x.labels.get(label) == Some(value))
+        .unwrap_or_else(|| panic!("{text} not in the scrape"));
+    match &sample.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        other => panic!("{text}: {other:?}"),
+    }
+}
+
 #[test]
 fn server_and_flooder_metrics_parse_with_a_prometheus_parser() {
     let (server, http) = server_with_http(0);
@@ -485,24 +516,29 @@ fn server_and_flooder_metrics_parse_with_a_prometheus_parser() {
         let (status, body) = get(&http, "/metrics", Duration::from_secs(5)).ok()?;
         assert_eq!(status, 200);
         let s = scrape(&body);
-        (value(&s, "hongbao_server_shakes_total") >= 5.0).then_some(body)
+        (labelled(&s, "hongbao_server_shakes_total", "result", "none") >= 5.0).then_some(body)
     });
     let s = scrape(&text);
-    assert_eq!(value(&s, "hongbao_server_shakes_total"), 5.0);
-    assert_eq!(value(&s, "hongbao_server_logins_total"), 1.0);
-    assert_eq!(value(&s, "hongbao_server_conns_open"), 1.0);
-    let summary = s
-        .samples
-        .iter()
-        .find(|x| x.metric == "hongbao_server_service_seconds")
-        .expect("the service-time summary");
-    match &summary.value {
-        prometheus_parse::Value::Summary(qs) => {
-            assert_eq!(qs.len(), hongbao::prom::QUANTILES.len());
-            assert!(qs.iter().all(|q| q.count > 0.0 && q.count < 1.0), "{qs:?}");
-        }
-        other => panic!("not a summary: {other:?}"),
-    }
+    assert_eq!(
+        labelled(&s, "hongbao_server_shakes_total", "result", "none"),
+        5.0
+    );
+    assert_eq!(
+        labelled(&s, "hongbao_server_shakes_total", "result", "got"),
+        0.0
+    );
+    assert_eq!(
+        labelled(&s, "hongbao_server_logins_total", "result", "ok"),
+        1.0
+    );
+    assert_eq!(value(&s, "hongbao_server_connections_open"), 1.0);
+    // The service time is a histogram: cumulative buckets up to +Inf,
+    // which holds every shake and the login.
+    let bs = histogram(&s, "hongbao_server_service_seconds");
+    assert_eq!(bs.len(), hongbao::prom::LATENCY_BUCKETS_SECONDS.len() + 1);
+    assert!(bs.windows(2).all(|w| w[0].count <= w[1].count), "{bs:?}");
+    let inf = bs.last().expect("+Inf");
+    assert!(inf.less_than.is_infinite() && inf.count >= 5.0, "{bs:?}");
     // Every TYPE line names a metric that has samples.
     let names: BTreeSet<&str> = s.samples.iter().map(|x| x.metric.as_str()).collect();
     for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
@@ -525,8 +561,12 @@ fn server_and_flooder_metrics_parse_with_a_prometheus_parser() {
     let answer = store.route(&Request::new("/metrics")).expect("served");
     let (_, text) = answer.text.expect("a text body");
     let s = scrape(&text);
-    assert_eq!(value(&s, "hongbao_flood_sent_total"), 10.0);
-    assert_eq!(value(&s, "hongbao_flood_qps_target"), 10.0);
+    assert_eq!(value(&s, "hongbao_flood_shakes_sent_total"), 10.0);
+    assert_eq!(value(&s, "hongbao_flood_target_shakes_per_second"), 10.0);
+    // Ten samples of 250 µs: none at 100 µs, all at 250 µs.
+    let bs = histogram(&s, "hongbao_flood_latency_seconds");
+    let at = |le: f64| bs.iter().find(|b| b.less_than == le).map(|b| b.count);
+    assert_eq!((at(0.0001), at(0.00025)), (Some(0.0), Some(10.0)));
     let state = s
         .samples
         .iter()

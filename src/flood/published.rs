@@ -14,9 +14,8 @@ use serde::Serialize;
 
 use crate::hlog::{LatencyHistogram, encode_histogram, latency_histogram};
 use crate::http::{Request, Response};
-use crate::prom::{self, Exposition, LatencySummary};
+use crate::prom::{self, Buckets, Exposition, Family};
 use crate::seconds::{self, ClientSecond, Kept, Seconds};
-use crate::stats::SummaryNs;
 use crate::stats::client::Counters;
 
 /// A flooder's complete seconds and its metrics, shared between its
@@ -79,8 +78,8 @@ impl FloodSeconds {
         g.metrics.qps = second.qps;
         g.metrics.connections = second.connections;
         g.metrics.thread_cpu_max_pct = second.thread_cpu_max_pct;
-        g.metrics.latency = SummaryNs::of(&g.latency).to_prom();
-        g.metrics.send_lag = SummaryNs::of(&g.send_lag).to_prom();
+        g.metrics.latency = crate::stats::buckets(&g.latency);
+        g.metrics.send_lag = crate::stats::buckets(&g.send_lag);
         g.seconds.push(second);
     }
 
@@ -109,10 +108,11 @@ impl FloodSeconds {
                 })),
                 Err(bad) => bad,
             }),
-            "/metrics" => Some(Response::text(
-                prom::CONTENT_TYPE,
-                flooder(&self.lock().metrics),
-            )),
+            "/metrics" => {
+                // Copied out: the coordinator never waits on the document.
+                let metrics = self.lock().metrics.clone();
+                Some(Response::text(prom::CONTENT_TYPE, flooder(&metrics)))
+            }
             _ => None,
         }
     }
@@ -120,7 +120,7 @@ impl FloodSeconds {
 
 /// What the flooder publishes for `/metrics`: its cumulative counters over
 /// the shaking phase, the last complete second's gauges and the latency
-/// summaries over the run.
+/// histograms over the run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FloodMetrics {
     /// `connecting`, `shaking` or `done`.
@@ -136,19 +136,104 @@ pub struct FloodMetrics {
     /// The busiest thread's CPU over that second, percent.
     pub thread_cpu_max_pct: f64,
     /// Latency from intended send time (corrected), every complete second.
-    pub latency: LatencySummary,
+    pub latency: Buckets,
     /// The flooder's own lateness, every complete second.
-    pub send_lag: LatencySummary,
+    pub send_lag: Buckets,
 }
+
+/// The flooder's counters as Prometheus families. Every field of
+/// [`Counters`] moves some sample here (a unit test holds it to that).
+const FAMILIES: &[Family<Counters>] = &[
+    Family {
+        name: "hongbao_flood_shakes_sent_total",
+        help: "Shake requests handed to the socket.",
+        label: "",
+        samples: &[("", |c| c.sent)],
+    },
+    Family {
+        name: "hongbao_flood_answers_total",
+        help: "Answers matched to a request: shake results of any code, and pushes sent in place of a shake result.",
+        label: "",
+        samples: &[("", |c| c.answered)],
+    },
+    Family {
+        name: "hongbao_flood_shakes_total",
+        help: "Shake results received, by result: got (14, an envelope), none (15, no envelope now), gone (16, all envelopes gone), overload (17, server overloaded), other (a code v1 does not define).",
+        label: "result",
+        samples: &[
+            ("got", |c| c.got),
+            ("none", |c| c.none),
+            ("gone", |c| c.gone),
+            ("overload", |c| c.overload),
+            ("other", |c| c.other_results),
+        ],
+    },
+    Family {
+        name: "hongbao_flood_got_cents_total",
+        help: "Cents in the envelopes got.",
+        label: "",
+        samples: &[("", |c| c.got_cents)],
+    },
+    Family {
+        name: "hongbao_flood_pushes_total",
+        help: "Packet pushes (cmd 4) received: a packet names this user.",
+        label: "",
+        samples: &[("", |c| c.pushes)],
+    },
+    Family {
+        name: "hongbao_flood_claims_sent_total",
+        help: "Claims (cmd 5) sent, by kind: first (one per packet a user was pushed), resent (again after a reconnect, their connection closed before the answer).",
+        label: "kind",
+        samples: &[("first", |c| c.claims), ("resent", |c| c.claims_resent)],
+    },
+    Family {
+        name: "hongbao_flood_claim_answers_total",
+        help: "Claim answers (cmd 6) matched to a claim.",
+        label: "",
+        samples: &[("", |c| c.claim_answers)],
+    },
+    Family {
+        name: "hongbao_flood_claimed_cents_total",
+        help: "Cents in the claim answers.",
+        label: "",
+        samples: &[("", |c| c.claim_cents)],
+    },
+    Family {
+        name: "hongbao_flood_bad_frames_total",
+        help: "Frames received that answer nothing, by reason: unexpected (well-formed, but no request outstanding or a cmd a server should not send), undecodable (not a v1 frame; the connection is closed).",
+        label: "reason",
+        samples: &[
+            ("unexpected", |c| c.unexpected_frames),
+            ("undecodable", |c| c.bad_frames),
+        ],
+    },
+    Family {
+        name: "hongbao_flood_connection_errors_total",
+        help: "Connection failures, by kind: lost (closed by the peer, reset, or failed on I/O), connect (a connect or login attempt failed; retried after a backoff).",
+        label: "kind",
+        samples: &[
+            ("lost", |c| c.conn_errors),
+            ("connect", |c| c.connect_failures),
+        ],
+    },
+    Family {
+        name: "hongbao_flood_failovers_total",
+        help: "Users moved to the next --server by a lost connection or a failed attempt.",
+        label: "",
+        samples: &[("", |c| c.failovers)],
+    },
+    Family {
+        name: "hongbao_flood_unsent_total",
+        help: "Requests that fell due but were not sent: their user was not logged in, or the thread already awaited its cap of answers.",
+        label: "",
+        samples: &[("", |c| c.unsent)],
+    },
+];
 
 /// The flooder's `/metrics`.
 pub fn flooder(m: &FloodMetrics) -> String {
     let mut e = Exposition::new();
-    e.counters_of(
-        "hongbao_flood_",
-        "events counted by the flooder's threads since shaking started",
-        &m.totals,
-    );
+    e.families(FAMILIES, &m.totals);
     let states = ["connecting", "shaking", "done"];
     let samples: Vec<(&str, f64)> = states
         .iter()
@@ -156,40 +241,41 @@ pub fn flooder(m: &FloodMetrics) -> String {
         .collect();
     e.gauge_labelled(
         "hongbao_flood_state",
-        "1 for the phase the flooder is in",
+        "1 for the phase the flooder is in.",
         "state",
         &samples,
     );
     e.gauge(
-        "hongbao_flood_qps_target",
-        "global shakes per second the plan asked in the last complete second",
+        "hongbao_flood_target_shakes_per_second",
+        "Global shakes per second the plan asked in the last complete second.",
         m.qps as f64,
     );
     e.gauge(
-        "hongbao_flood_connections",
-        "this process's users logged in during the last complete second",
+        "hongbao_flood_users_logged_in",
+        "This process's users logged in during the last complete second.",
         m.connections as f64,
     );
     e.gauge(
         "hongbao_flood_thread_cpu_max_ratio",
-        "the busiest flooder thread's CPU over the last complete second, 1 = a whole core",
+        "The busiest flooder thread's CPU over the last complete second, 1 = a whole core.",
         m.thread_cpu_max_pct / 100.0,
     );
     e.gauge(
-        "hongbao_flood_last_second",
-        "the last complete Unix second these figures include (0 before the first)",
+        "hongbao_flood_last_complete_second_timestamp_seconds",
+        "The last complete Unix second these figures include (0 before the first).",
         m.last_second as f64,
     );
-    e.summary(
+    e.histogram(
         "hongbao_flood_latency_seconds",
-        "shake latency from the intended send time to the answer's arrival (corrected for coordinated omission)",
+        "Shake latency from the intended send time to the answer's arrival (corrected for coordinated omission), over every complete second.",
         &m.latency,
     );
-    e.summary(
+    e.histogram(
         "hongbao_flood_send_lag_seconds",
-        "how late the flooder handed requests to the kernel against their intended time",
+        "How late the flooder handed requests to the kernel against their intended time, over every complete second.",
         &m.send_lag,
     );
+    e.process();
     e.finish()
 }
 
@@ -197,6 +283,30 @@ pub fn flooder(m: &FloodMetrics) -> String {
 mod tests {
     use super::*;
     use crate::seconds::SECONDS_KEPT;
+
+    #[test]
+    fn every_counter_field_moves_a_sample() {
+        // Less the process_* metrics, which move by themselves.
+        let doc = |m: &FloodMetrics| -> Vec<String> {
+            flooder(m)
+                .lines()
+                .filter(|l| !l.contains("process_"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let quiet = doc(&FloodMetrics::default());
+        let v = serde_json::to_value(Counters::default()).expect("a struct");
+        for field in v.as_object().expect("fields").keys() {
+            let mut c = v.clone();
+            c[field] = 7.into();
+            let totals: Counters = serde_json::from_value(c).expect("the same struct");
+            let m = FloodMetrics {
+                totals,
+                ..FloodMetrics::default()
+            };
+            assert_ne!(doc(&m), quiet, "{field}");
+        }
+    }
 
     #[test]
     fn seconds_since_t_are_the_later_ones() {
@@ -256,6 +366,8 @@ mod tests {
         let m = s.lock().metrics.clone();
         assert_eq!(m.totals.sent, 3 * (SECONDS_KEPT as u64 + 5));
         assert_eq!(m.latency.count, SECONDS_KEPT as u64 + 5);
+        assert_eq!(m.latency.cumulative[0], 0);
+        assert_eq!(m.latency.cumulative[1], SECONDS_KEPT as u64 + 5);
         let r = s.route(&Request::new("/seconds")).expect("served");
         assert_eq!(r.body["kind"], "flooder");
         assert_eq!(r.body["seconds"].as_array().map(Vec::len), Some(300));

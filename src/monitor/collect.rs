@@ -95,6 +95,10 @@ pub struct SourceState {
     pub missed: u64,
     /// Buckets that arrived after their second closed, dropped.
     pub late: u64,
+    /// Fetches of its `/seconds` that succeeded.
+    pub fetches_ok: u64,
+    /// Fetches that failed (no answer in time, a refusal, a bad answer).
+    pub fetches_failed: u64,
     #[serde(skip)]
     buckets: BTreeMap<u64, Bucket>,
 }
@@ -112,6 +116,8 @@ impl SourceState {
             reported: 0,
             missed: 0,
             late: 0,
+            fetches_ok: 0,
+            fetches_failed: 0,
             buckets: BTreeMap::new(),
         }
     }
@@ -164,10 +170,12 @@ impl Collector {
             Err(e) => {
                 s.up = false;
                 s.error = Some(e);
+                s.fetches_failed += 1;
                 return;
             }
         };
         s.up = true;
+        s.fetches_ok += 1;
         s.error = None;
         let buckets: Vec<(u64, Bucket)> = match seconds {
             Seconds::Server { seconds } => {

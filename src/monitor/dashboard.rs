@@ -3,9 +3,10 @@
 //!
 //! Owns: the monitor's HTTP routes: `/` (the page), `/chart?name=N` (one
 //! chart as SVG, drawn by `chart` from the rows so far), `/series?since=T`
-//! (rows after Unix second T, JSON), `/sources` (each source's state) and
+//! (rows after Unix second T, JSON), `/sources` (each source's state),
 //! `/register?source=ADDR` (a source adding itself, as `flood --monitor`
-//! does).
+//! does) and `/metrics` (the monitor's own Prometheus document: fetches
+//! by result, sources up, seconds collected).
 //! Must not: keep state of its own beyond the [`Board`], which the
 //! monitor's loop (`run`) writes once a second and the routes only read.
 //! The page's script only fetches and swaps in what the routes answer, so
@@ -17,9 +18,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use serde_json::json;
 
 use super::chart;
-use super::collect::SourceState;
+use super::collect::{Kind, SourceState};
 use super::series::Row;
 use crate::http::{self, Request, Response};
+use crate::prom::{self, Exposition};
 
 /// Seconds of rows a dashboard chart shows: the last ten minutes, so a
 /// long run stays readable and cheap to draw.
@@ -57,6 +59,18 @@ pub fn route(req: &Request, board: &Mutex<Board>) -> Response {
         "/chart" => chart_route(req, board),
         "/series" => series_route(req, board),
         "/register" => register_route(req, board),
+        "/metrics" => {
+            // Copied out: the loop never waits on the document.
+            let (sources, rows, last) = {
+                let b = Board::lock(board);
+                (
+                    b.sources.clone(),
+                    b.rows.len(),
+                    b.rows.last().map(|r| r.second),
+                )
+            };
+            Response::text(prom::CONTENT_TYPE, metrics(&sources, rows, last))
+        }
         "/sources" => {
             let b = Board::lock(board);
             Response::ok(json!({
@@ -73,12 +87,81 @@ pub fn route(req: &Request, board: &Mutex<Board>) -> Response {
                 "/series?since=T",
                 "/sources",
                 "/register?source=ADDR",
+                "/metrics",
             ],
         ),
     }
 }
 
 /// `/chart?name=N`: one chart of the last [`WINDOW_SECS`] rows, as SVG.
+/// The monitor's `/metrics`: what it fetched and collected, per source
+/// (labelled by its address and, once known, its kind), and the
+/// `process_*` metrics.
+pub fn metrics(sources: &[SourceState], rows: usize, last_second: Option<u64>) -> String {
+    let mut e = Exposition::new();
+    let kind = |s: &SourceState| match s.kind {
+        Some(Kind::Server) => "server",
+        Some(Kind::Flooder) => "flooder",
+        None => "unknown",
+    };
+    e.family(
+        "hongbao_monitor_source_fetches_total",
+        "Fetches of a source's /seconds, once a second, by result: ok, or failed (no answer in time, refused, or not understood).",
+        prom::Type::Counter,
+    );
+    for s in sources {
+        for (result, n) in [("ok", s.fetches_ok), ("failed", s.fetches_failed)] {
+            e.sample(
+                "hongbao_monitor_source_fetches_total",
+                &[("source", &s.addr), ("kind", kind(s)), ("result", result)],
+                n as f64,
+            );
+        }
+    }
+    e.family(
+        "hongbao_monitor_source_up",
+        "1 when the last fetch of the source succeeded.",
+        prom::Type::Gauge,
+    );
+    for s in sources {
+        e.sample(
+            "hongbao_monitor_source_up",
+            &[("source", &s.addr), ("kind", kind(s))],
+            f64::from(u8::from(s.up)),
+        );
+    }
+    e.family(
+        "hongbao_monitor_source_seconds_total",
+        "Seconds the monitor closed, per source and how the source counted in each: reported (its bucket in the sum), missed (it was down at the close); and late (buckets that arrived after their second closed, dropped).",
+        prom::Type::Counter,
+    );
+    for s in sources {
+        for (result, n) in [
+            ("reported", s.reported),
+            ("missed", s.missed),
+            ("late", s.late),
+        ] {
+            e.sample(
+                "hongbao_monitor_source_seconds_total",
+                &[("source", &s.addr), ("kind", kind(s)), ("result", result)],
+                n as f64,
+            );
+        }
+    }
+    e.counter(
+        "hongbao_monitor_seconds_closed_total",
+        "Seconds closed into rows (written to --jsonl and --csv, drawn on the charts).",
+        rows as u64,
+    );
+    e.gauge(
+        "hongbao_monitor_last_closed_second_timestamp_seconds",
+        "The last Unix second closed into a row (0 before the first).",
+        last_second.map_or(0.0, |t| t as f64),
+    );
+    e.process();
+    e.finish()
+}
+
 fn chart_route(req: &Request, board: &Mutex<Board>) -> Response {
     let Some(name) = req.param("name") else {
         return Response::error(400, "missing name: /chart?name=qps");

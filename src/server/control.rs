@@ -142,7 +142,11 @@ fn route(
             let p = Published::lock(published);
             Response::ok(json!({ "seconds": p.recent }))
         }
-        "/seconds" | "/metrics" => published::route(req, published),
+        "/seconds" => published::route(req, published),
+        "/metrics" => {
+            let engine = cluster.map(|c| c.status.report(c.node));
+            published::metrics_route(published, conns_cap, engine.as_ref())
+        }
         "/status" => {
             let batch = ask(generator, Command::Status);
             let p = Published::lock(published);

@@ -14,7 +14,7 @@ pub mod engine;
 mod handle;
 mod latency_log;
 pub(crate) mod limits;
-mod published;
+pub mod published;
 pub mod rate;
 mod running;
 mod startup;

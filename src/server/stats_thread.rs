@@ -122,7 +122,7 @@ fn publish(published: &Mutex<Published>, agg: &Aggregator, closed: Vec<SecondSta
         p.recent.push(s);
     }
     p.total = agg.total.clone();
-    p.service = agg.total_latency_ns().to_prom();
+    p.service = crate::stats::buckets(agg.total_latency());
 }
 
 /// One line per second, for people watching a terminal.

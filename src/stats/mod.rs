@@ -20,7 +20,7 @@ pub mod client;
 pub(crate) mod recycle;
 mod summary;
 
-pub use summary::SummaryNs;
+pub use summary::{SummaryNs, buckets};
 
 use std::collections::VecDeque;
 

@@ -5,17 +5,19 @@
 //! Owns: [`SummaryNs`] (count, mean, the quantiles of
 //! [`crate::prom::QUANTILES`], max) and its conversions: to microseconds for
 //! the flooder's report and `/seconds`
-//! ([`crate::stats::client::Percentiles::from_summary`]), to seconds for
-//! `/metrics` ([`SummaryNs::to_prom`]), and into the server's per-second
-//! nanosecond fields ([`crate::stats::SecondStats::set_service`]). Must not: change a published
-//! number: each conversion does the arithmetic its document always did, so
-//! `/seconds`, `/metrics` and the reports stay byte for byte the same.
+//! ([`crate::stats::client::Percentiles::from_summary`]) and into the
+//! server's per-second nanosecond fields
+//! ([`crate::stats::SecondStats::set_service_percentiles`]); and
+//! [`buckets`], the histogram `/metrics` shows (cumulative counts per
+//! Prometheus bucket). Must not: change a published number: each
+//! conversion does the arithmetic its document always did, so `/seconds`
+//! and the reports stay byte for byte the same.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::clock::NANOS_PER_SEC;
-use crate::prom::{self, LatencySummary};
+use crate::prom;
 
 /// A latency histogram summarised, nanoseconds. All zero for an empty
 /// histogram: a quantile of nothing is no number, and every document shows
@@ -60,52 +62,81 @@ impl SummaryNs {
     pub fn quantiles_ns(&self) -> [u64; 4] {
         [self.p50_ns, self.p90_ns, self.p99_ns, self.p999_ns]
     }
+}
 
-    /// As a Prometheus summary, in seconds; no quantile when empty.
-    pub fn to_prom(&self) -> LatencySummary {
-        if self.count == 0 {
-            return LatencySummary::default();
+/// `h` (nanoseconds) as a Prometheus histogram over
+/// [`prom::LATENCY_BUCKETS_SECONDS`]: for each bound, the samples at most
+/// it. A sample counts as at most a bound when the HdrHistogram bucket it
+/// was recorded in starts at or below the bound, as
+/// `count_between(0, bound)` counts (three significant digits: a sample up
+/// to 0.1 % past a bound may count in it). One pass over the recorded
+/// values, off the request path (the stats threads, once a second).
+pub fn buckets(h: &Histogram<u64>) -> prom::Buckets {
+    let bounds_ns =
+        prom::LATENCY_BUCKETS_SECONDS.map(|s| (s * NANOS_PER_SEC as f64).round() as u64);
+    let mut per_bucket = [0u64; prom::LATENCY_BUCKETS_SECONDS.len()];
+    for v in h.iter_recorded() {
+        let low = h.lowest_equivalent(v.value_iterated_to());
+        // The first bound the sample fits under; past the last, only +Inf.
+        if let Some(i) = bounds_ns.iter().position(|&b| low <= b) {
+            per_bucket[i] += v.count_at_value();
         }
-        LatencySummary {
-            count: self.count,
-            sum_seconds: self.mean_ns * self.count as f64 / NANOS_PER_SEC as f64,
-            quantiles: prom::QUANTILES
-                .iter()
-                .zip(self.quantiles_ns())
-                .map(|(&q, ns)| (q, ns as f64 / NANOS_PER_SEC as f64))
-                .collect(),
-        }
+    }
+    let mut running = 0;
+    let cumulative = per_bucket
+        .iter()
+        .map(|n| {
+            running += n;
+            running
+        })
+        .collect();
+    prom::Buckets {
+        cumulative,
+        count: h.len(),
+        sum_seconds: if h.is_empty() {
+            0.0
+        } else {
+            h.mean() * h.len() as f64 / NANOS_PER_SEC as f64
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prom::Exposition;
 
     #[test]
-    fn an_empty_summary_has_no_quantiles_but_a_count() {
-        let s = SummaryNs::of(&crate::hlog::latency_histogram()).to_prom();
-        let mut e = Exposition::new();
-        e.summary("x_seconds", "help", &s);
-        assert_eq!(
-            e.finish(),
-            "# HELP x_seconds help\n# TYPE x_seconds summary\nx_seconds_sum 0\nx_seconds_count 0\n"
-        );
+    fn an_empty_histogram_has_empty_buckets_and_a_zero_count() {
+        let b = buckets(&crate::hlog::latency_histogram());
+        assert_eq!(b.count, 0);
+        assert_eq!(b.sum_seconds, 0.0);
+        assert!(b.cumulative.iter().all(|&n| n == 0));
+        assert_eq!(SummaryNs::of(&crate::hlog::latency_histogram()).count, 0);
     }
 
     #[test]
-    fn a_summary_is_in_seconds() {
+    fn buckets_count_what_count_between_counts() {
         let mut h = crate::hlog::latency_histogram();
-        for ns in [1_000, 2_000, 3_000, 1_000_000] {
+        // Every bound exactly, just past it, and a spread of others,
+        // past the last bound too.
+        for le in prom::LATENCY_BUCKETS_SECONDS {
+            let ns = (le * 1e9).round() as u64;
             h.record(ns).expect("in bounds");
+            h.record(ns + ns / 100 + 1).expect("in bounds");
         }
-        let s = SummaryNs::of(&h).to_prom();
-        assert_eq!(s.count, 4);
-        assert_eq!(s.quantiles.len(), prom::QUANTILES.len());
-        let p50 = s.quantiles[0].1;
-        assert!((p50 - 2e-6).abs() < 1e-8, "{p50}");
-        assert!((s.sum_seconds - 1.006e-3).abs() < 1e-5, "{}", s.sum_seconds);
+        for i in 1..=5_000u64 {
+            h.record(i * i * 997).expect("in bounds");
+        }
+        h.record(30_000_000_000).expect("in bounds");
+        let b = buckets(&h);
+        for (i, le) in prom::LATENCY_BUCKETS_SECONDS.iter().enumerate() {
+            let ns = (le * 1e9).round() as u64;
+            assert_eq!(b.cumulative[i], h.count_between(0, ns), "le {le}");
+        }
+        assert!(b.cumulative.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(b.count, h.len());
+        assert!(b.cumulative[b.cumulative.len() - 1] < b.count);
+        assert!((b.sum_seconds - h.mean() * h.len() as f64 / 1e9).abs() < 1e-9);
     }
 
     #[test]
@@ -115,16 +146,13 @@ mod tests {
             h.record(ns * 997).expect("in bounds");
         }
         let s = SummaryNs::of(&h);
-        let p = s.to_prom();
         let us = crate::stats::client::Percentiles::from_summary(&s);
         for (i, &q) in prom::QUANTILES.iter().enumerate() {
             let ns = h.value_at_quantile(q);
             assert_eq!(s.quantiles_ns()[i], ns);
-            assert_eq!(p.quantiles[i], (q, ns as f64 / 1e9));
         }
         assert_eq!(us.p99_us, h.value_at_quantile(0.99) as f64 / 1_000.0);
         assert_eq!(us.mean_us, h.mean() / 1_000.0);
-        assert_eq!(p.sum_seconds, h.mean() * h.len() as f64 / 1e9);
         assert_eq!(s.max_ns, h.max());
     }
 }
