@@ -18,7 +18,8 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::plan::{Check, Machine, Plan, Verdict};
+use super::plan::{Check, Machine, Plan, Verdict as CheckVerdict};
+use super::verdict::Verdict;
 use crate::audit::AuditReport;
 use crate::audit::fleet::FleetReport;
 use crate::flood::schedule::{self, Phase};
@@ -270,6 +271,10 @@ pub struct Summary {
     pub children: Vec<ChildSummary>,
     /// The report and the other files, relative to the output directory.
     pub files: Vec<(String, String)>,
+    /// The run judged (what ran, each phase's rate held or not, latency,
+    /// money, the audit): the block printed and shown first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
 }
 
 /// A server CPU sample: when, and its CPU time so far.
@@ -604,9 +609,9 @@ pub fn checks_table(checks: &[Check]) -> String {
     let mut out = String::new();
     for c in checks {
         let mark = match c.verdict {
-            Verdict::Ok => "ok    ",
-            Verdict::Limits => "LIMITS",
-            Verdict::Warn => "warn  ",
+            CheckVerdict::Ok => "ok    ",
+            CheckVerdict::Limits => "LIMITS",
+            CheckVerdict::Warn => "warn  ",
         };
         let _ = writeln!(out, "  {mark} {:<20} {:<24} {}", c.what, c.value, c.note);
     }
