@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{scratch_dir, signal, wait_for};
+use util::{browser, scratch_dir, signal, wait_for};
 
 /// One demo at a time: each picks free local ports for its children when
 /// it starts, and two starting together could pick the same ones.
@@ -82,6 +82,84 @@ fn assert_children_gone(s: &Value) {
     }
 }
 
+/// The browser window of a laptop's first screen.
+const FIRST_SCREEN: (u32, u32) = (1280, 800);
+
+/// Looks at `OUT/report.html` in headless Chromium at 1280x800: the
+/// verdict block (id `verdict`) ends within the first screen and holds
+/// `audit`; a screenshot of that screen is kept as
+/// `OUT/report-first-screen.png`. Skipped (said) without chromium when
+/// `HONGBAO_SKIP_BROWSER` is set.
+fn verdict_on_the_first_screen(out: &Path, audit: &str) {
+    let Some(chromium) = browser::chromium_or_skip() else {
+        return;
+    };
+    let report = out.join("report.html");
+    let profile = out.join("chromium-profile");
+    let shot = out.join("report-first-screen.png");
+    browser::run(
+        &chromium,
+        &profile,
+        FIRST_SCREEN,
+        &format!("--screenshot={}", shot.display()),
+        &format!("file://{}", report.display()),
+    );
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert_eq!(
+        browser::png_size(&png),
+        Some(FIRST_SCREEN),
+        "{}",
+        shot.display()
+    );
+    assert!(png.len() > 1_000, "an empty screenshot: {}", shot.display());
+
+    // The same page with a script that writes where the verdict is laid
+    // out onto the body, read back from the DOM Chromium dumps.
+    let page = std::fs::read_to_string(&report).expect("report.html");
+    let probe = out.join("report-probe.html");
+    std::fs::write(
+        &probe,
+        page.replacen(
+            "</body>",
+            "<script>const r = document.getElementById('verdict').getBoundingClientRect();\
+             document.body.dataset.verdictTop = Math.floor(r.top);\
+             document.body.dataset.verdictBottom = Math.ceil(r.bottom);\
+             document.body.dataset.viewportHeight = window.innerHeight;</script></body>",
+            1,
+        ),
+    )
+    .expect("writing the probe page");
+    let dom = browser::run(
+        &chromium,
+        &profile,
+        FIRST_SCREEN,
+        "--dump-dom",
+        &format!("file://{}", probe.display()),
+    );
+    let attr = |name: &str| -> i64 {
+        let at = dom
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("no {name} in the dumped page (the probe did not run)"));
+        let rest = &dom[at + name.len() + 2..];
+        rest[..rest.find('"').unwrap_or(0)]
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let (top, bottom) = (attr("data-verdict-top"), attr("data-verdict-bottom"));
+    let viewport = attr("data-viewport-height");
+    assert!(
+        0 <= top && top < bottom && bottom <= viewport && bottom < i64::from(FIRST_SCREEN.1),
+        "the verdict is laid out at {top}..{bottom} px, the first screen is {viewport} px high"
+    );
+    let section = dom
+        .split_once("id=\"verdict\"")
+        .and_then(|(_, rest)| rest.split_once("</section>"))
+        .map(|(inside, _)| inside)
+        .expect("the verdict section in the dumped page");
+    assert!(section.contains(audit), "{section}");
+    let _ = std::fs::remove_dir_all(&profile);
+}
+
 #[test]
 fn a_short_demo_completes_with_its_report_and_a_passing_audit() {
     let _one = one_at_a_time();
@@ -112,6 +190,33 @@ fn a_short_demo_completes_with_its_report_and_a_passing_audit() {
     assert!(
         log.contains(&format!("report:  {}", out.join("report.html").display())),
         "{log}"
+    );
+    // Its last lines open with the verdict, the details after it.
+    let (_, end) = log
+        .rsplit_once("stopping: monitor")
+        .unwrap_or_else(|| panic!("no stopping line:\n{log}"));
+    let end = end
+        .split_once('\n')
+        .map_or("", |(_, rest)| rest)
+        .trim_start();
+    let verdict = end.split("\n\n").next().unwrap_or_default();
+    assert!(
+        verdict.starts_with("verdict   ✓ completed; every phase held its rate; audit OK\nran       600 users (600 logged in) over 2 flooders, 1 server"),
+        "the end does not open with the verdict:\n{end}"
+    );
+    assert_eq!(verdict.matches("✓ held").count(), 2, "{verdict}");
+    assert!(verdict.contains("\nmoney     ledger: "), "{verdict}");
+    assert!(
+        verdict
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("audit     OK: the books balance"),
+        "{verdict}"
+    );
+    assert!(
+        end.find("verdict").unwrap_or(usize::MAX) < end.find("\nconnect   ").unwrap_or(0),
+        "the details come after the verdict:\n{end}"
     );
 
     let s = summary(&out);
@@ -155,9 +260,27 @@ fn a_short_demo_completes_with_its_report_and_a_passing_audit() {
         "every granted envelope reached a client: {s}"
     );
 
+    // The verdict in summary.json, beside the keys it always had.
+    let v = &s["verdict"];
+    assert_eq!(v["ok"], true, "{s}");
+    assert_eq!(v["audit_ok"], true, "{s}");
+    assert_eq!(v["ran"]["users"], 600, "{s}");
+    assert_eq!(v["ran"]["nodes"], 1, "{s}");
+    assert_eq!(v["phases"].as_array().map(Vec::len), Some(2), "{s}");
+    assert_eq!(
+        v["money"]["cents_granted"], audit["totals"]["cents_granted"],
+        "{s}"
+    );
+
     // The files of the run.
     let report = std::fs::read_to_string(out.join("report.html")).expect("report.html");
     assert!(report.contains("<svg"), "the report has charts");
+    assert!(
+        report.find("id=\"verdict\"").unwrap_or(usize::MAX)
+            < report.find("<h2>Completeness").unwrap_or(0),
+        "the verdict comes before the details"
+    );
+    verdict_on_the_first_screen(&out, "OK: the books balance");
     for file in [
         "series.jsonl",
         "series.csv",

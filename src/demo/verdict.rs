@@ -247,6 +247,15 @@ pub fn judge(s: &Summary, cpu_model: Option<String>) -> Verdict {
     }
 }
 
+/// `n thing` or `n things`.
+fn plural(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 /// What ran, in one line.
 fn ran_line(v: &Verdict, s: &Summary) -> String {
     let r = &v.ran;
@@ -256,12 +265,14 @@ fn ran_line(v: &Verdict, s: &Summary) -> String {
         .iter()
         .map(|p| format!("{}/s for {} s", p.qps, p.secs))
         .collect();
+    let threads = plural(r.server_threads, "worker thread");
     let nodes = match r.faults {
         Some(faults) => format!(
-            "{} hongbao nodes ({} server threads each) on a Redis Cluster, {faults} fault steps",
-            r.nodes, r.server_threads
+            "{} hongbao nodes of {threads} each on a Redis Cluster, {}",
+            r.nodes,
+            plural(faults, "fault step"),
         ),
-        None => format!("1 server ({} threads)", r.server_threads),
+        None => format!("1 server of {threads}"),
     };
     format!(
         "{} users ({} logged in) over {} flooders, {nodes}; connect, then shake {}; machine: {} cores, {}",
