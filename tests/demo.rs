@@ -82,84 +82,6 @@ fn assert_children_gone(s: &Value) {
     }
 }
 
-/// The browser window of a laptop's first screen.
-const FIRST_SCREEN: (u32, u32) = (1280, 800);
-
-/// Looks at `OUT/report.html` in headless Chromium at 1280x800: the
-/// verdict block (id `verdict`) ends within the first screen and holds
-/// `audit`; a screenshot of that screen is kept as
-/// `OUT/report-first-screen.png`. Skipped (said) without chromium when
-/// `HONGBAO_SKIP_BROWSER` is set.
-fn verdict_on_the_first_screen(out: &Path, audit: &str) {
-    let Some(chromium) = browser::chromium_or_skip() else {
-        return;
-    };
-    let report = out.join("report.html");
-    let profile = out.join("chromium-profile");
-    let shot = out.join("report-first-screen.png");
-    browser::run(
-        &chromium,
-        &profile,
-        FIRST_SCREEN,
-        &format!("--screenshot={}", shot.display()),
-        &format!("file://{}", report.display()),
-    );
-    let png = std::fs::read(&shot).expect("the screenshot");
-    assert_eq!(
-        browser::png_size(&png),
-        Some(FIRST_SCREEN),
-        "{}",
-        shot.display()
-    );
-    assert!(png.len() > 1_000, "an empty screenshot: {}", shot.display());
-
-    // The same page with a script that writes where the verdict is laid
-    // out onto the body, read back from the DOM Chromium dumps.
-    let page = std::fs::read_to_string(&report).expect("report.html");
-    let probe = out.join("report-probe.html");
-    std::fs::write(
-        &probe,
-        page.replacen(
-            "</body>",
-            "<script>const r = document.getElementById('verdict').getBoundingClientRect();\
-             document.body.dataset.verdictTop = Math.floor(r.top);\
-             document.body.dataset.verdictBottom = Math.ceil(r.bottom);\
-             document.body.dataset.viewportHeight = window.innerHeight;</script></body>",
-            1,
-        ),
-    )
-    .expect("writing the probe page");
-    let dom = browser::run(
-        &chromium,
-        &profile,
-        FIRST_SCREEN,
-        "--dump-dom",
-        &format!("file://{}", probe.display()),
-    );
-    let attr = |name: &str| -> i64 {
-        let at = dom
-            .find(&format!("{name}=\""))
-            .unwrap_or_else(|| panic!("no {name} in the dumped page (the probe did not run)"));
-        let rest = &dom[at + name.len() + 2..];
-        rest[..rest.find('"').unwrap_or(0)]
-            .parse()
-            .unwrap_or_else(|e| panic!("{name}: {e}"))
-    };
-    let (top, bottom) = (attr("data-verdict-top"), attr("data-verdict-bottom"));
-    let viewport = attr("data-viewport-height");
-    assert!(
-        0 <= top && top < bottom && bottom <= viewport && bottom < i64::from(FIRST_SCREEN.1),
-        "the verdict is laid out at {top}..{bottom} px, the first screen is {viewport} px high"
-    );
-    let section = dom
-        .split_once("id=\"verdict\"")
-        .and_then(|(_, rest)| rest.split_once("</section>"))
-        .map(|(inside, _)| inside)
-        .expect("the verdict section in the dumped page");
-    assert!(section.contains(audit), "{section}");
-    let _ = std::fs::remove_dir_all(&profile);
-}
-
 #[test]
 fn a_short_demo_completes_with_its_report_and_a_passing_audit() {
     let _one = one_at_a_time();
@@ -280,7 +202,7 @@ fn a_short_demo_completes_with_its_report_and_a_passing_audit() {
             < report.find("<h2>Completeness").unwrap_or(0),
         "the verdict comes before the details"
     );
-    verdict_on_the_first_screen(&out, "OK: the books balance");
+    browser::verdict_on_the_first_screen(&out, "OK: the books balance");
     for file in [
         "series.jsonl",
         "series.csv",

@@ -49,7 +49,8 @@ pub struct Ran {
     pub cores: usize,
     /// The CPU model (`/proc/cpuinfo`), when readable.
     pub cpu_model: Option<String>,
-    /// `--nodes`: fault steps that ran.
+    /// `--nodes`: the fault schedule's events as they happened (a kill, a
+    /// start, a recovery seen).
     pub faults: Option<usize>,
 }
 
@@ -81,6 +82,9 @@ pub struct PhaseVerdict {
 /// The money that moved, as the ledger (or the fleet audit) counts it.
 #[derive(Clone, Debug, Serialize)]
 pub struct MoneyMoved {
+    /// Where the figures come from: `ledger` (one server's), or `fleet`
+    /// (every node's ledger, packets and claims as the engine holds them).
+    pub source: &'static str,
     /// Envelopes granted to users.
     pub envelopes_granted: u64,
     /// Their cents.
@@ -154,6 +158,7 @@ fn money_moved(audit: &AuditOutcome) -> Option<MoneyMoved> {
     if let Some(r) = &audit.report {
         let t = &r.totals;
         return Some(MoneyMoved {
+            source: "ledger",
             envelopes_granted: t.envelopes_granted,
             cents_granted: t.cents_granted,
             packets_issued: t.packets_created,
@@ -166,6 +171,7 @@ fn money_moved(audit: &AuditOutcome) -> Option<MoneyMoved> {
     }
     let f = audit.fleet.as_ref()?;
     Some(MoneyMoved {
+        source: "fleet",
         envelopes_granted: f.nodes.iter().map(|n| n.totals.envelopes_granted).sum(),
         cents_granted: f.nodes.iter().map(|n| n.totals.cents_granted).sum(),
         packets_issued: f.packets,
@@ -268,9 +274,9 @@ fn ran_line(v: &Verdict, s: &Summary) -> String {
     let threads = plural(r.server_threads, "worker thread");
     let nodes = match r.faults {
         Some(faults) => format!(
-            "{} hongbao nodes of {threads} each on a Redis Cluster, {}",
+            "{} hongbao nodes of {threads} each on a Redis Cluster, {} (listed in the details)",
             r.nodes,
-            plural(faults, "fault step"),
+            plural(faults, "fault event"),
         ),
         None => format!("1 server of {threads}"),
     };
@@ -289,7 +295,12 @@ fn ran_line(v: &Verdict, s: &Summary) -> String {
 fn money_line(v: &Verdict) -> String {
     match &v.money {
         Some(m) => format!(
-            "ledger: {} envelopes granted ({} cents); {} packets issued ({} cents), {} claims paid ({} cents), {} refunded ({} cents)",
+            "{}: {} envelopes granted ({} cents); {} packets issued ({} cents), {} claims paid ({} cents), {} refunded ({} cents)",
+            if m.source == "fleet" {
+                "the nodes' ledgers and the engine"
+            } else {
+                "ledger"
+            },
             m.envelopes_granted,
             m.cents_granted,
             m.packets_issued,

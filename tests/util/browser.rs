@@ -2,8 +2,9 @@
 //! (`tests/monitor.rs`) and the demo's report (`tests/demo.rs`).
 //!
 //! Owns: finding Debian's chromium (or `$CHROMIUM`), running it bounded in
-//! time with the flags this machine needs, and the rule for a machine
-//! without it (fail, unless `HONGBAO_SKIP_BROWSER` is set). Must not: leave
+//! time with the flags this machine needs, the rule for a machine without
+//! it (fail, unless `HONGBAO_SKIP_BROWSER` is set), and the check that a
+//! demo report's verdict is on its first screen. Must not: leave
 //! a browser running (it is killed by its own pid past its deadline).
 
 use std::path::{Path, PathBuf};
@@ -102,4 +103,77 @@ pub fn png_size(bytes: &[u8]) -> Option<(u32, u32)> {
     }
     let be = |at: usize| Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
     Some((be(16)?, be(20)?))
+}
+
+/// The browser window of a laptop's first screen.
+const FIRST_SCREEN: (u32, u32) = (1280, 800);
+
+/// Looks at `OUT/report.html` in headless Chromium at 1280x800: the
+/// verdict block (id `verdict`) ends within the first screen and holds
+/// `audit`; a screenshot of that screen is kept as
+/// `OUT/report-first-screen.png`. Skipped (said) without chromium when
+/// `HONGBAO_SKIP_BROWSER` is set.
+pub fn verdict_on_the_first_screen(out: &Path, audit: &str) {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    let report = out.join("report.html");
+    let profile = out.join("chromium-profile");
+    let shot = out.join("report-first-screen.png");
+    run(
+        &chromium,
+        &profile,
+        FIRST_SCREEN,
+        &format!("--screenshot={}", shot.display()),
+        &format!("file://{}", report.display()),
+    );
+    let png = std::fs::read(&shot).expect("the screenshot");
+    assert_eq!(png_size(&png), Some(FIRST_SCREEN), "{}", shot.display());
+    assert!(png.len() > 1_000, "an empty screenshot: {}", shot.display());
+
+    // The same page with a script that writes where the verdict is laid
+    // out onto the body, read back from the DOM Chromium dumps.
+    let page = std::fs::read_to_string(&report).expect("report.html");
+    let probe = out.join("report-probe.html");
+    std::fs::write(
+        &probe,
+        page.replacen(
+            "</body>",
+            "<script>const r = document.getElementById('verdict').getBoundingClientRect();\
+             document.body.dataset.verdictTop = Math.floor(r.top);\
+             document.body.dataset.verdictBottom = Math.ceil(r.bottom);\
+             document.body.dataset.viewportHeight = window.innerHeight;</script></body>",
+            1,
+        ),
+    )
+    .expect("writing the probe page");
+    let dom = run(
+        &chromium,
+        &profile,
+        FIRST_SCREEN,
+        "--dump-dom",
+        &format!("file://{}", probe.display()),
+    );
+    let attr = |name: &str| -> i64 {
+        let at = dom
+            .find(&format!("{name}=\""))
+            .unwrap_or_else(|| panic!("no {name} in the dumped page (the probe did not run)"));
+        let rest = &dom[at + name.len() + 2..];
+        rest[..rest.find('"').unwrap_or(0)]
+            .parse()
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let (top, bottom) = (attr("data-verdict-top"), attr("data-verdict-bottom"));
+    let viewport = attr("data-viewport-height");
+    assert!(
+        0 <= top && top < bottom && bottom <= viewport && bottom < i64::from(FIRST_SCREEN.1),
+        "the verdict is laid out at {top}..{bottom} px, the first screen is {viewport} px high"
+    );
+    let section = dom
+        .split_once("id=\"verdict\"")
+        .and_then(|(_, rest)| rest.split_once("</section>"))
+        .map(|(inside, _)| inside)
+        .expect("the verdict section in the dumped page");
+    assert!(section.contains(audit), "{section}");
+    let _ = std::fs::remove_dir_all(&profile);
 }
