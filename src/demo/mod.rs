@@ -57,6 +57,7 @@ use summary::{
     AuditOutcome, ChildSummary, ClusterSummary, ConnectSummary, CpuSample, Inputs, MoneySummary,
     PhaseSummary, RedisSummary, Summary,
 };
+use verdict::Verdict;
 
 /// `hongbao demo` options.
 #[derive(Clone, Debug, clap::Args)]
@@ -1392,18 +1393,17 @@ fn finish(
         cluster,
         children: child_summaries(&run, ends),
         files: files_written(&out, plan, &run),
-        verdict: None,
     };
-    let judged = verdict::judge(&summary, crate::host::cpu_model());
-    let summary = Summary {
-        verdict: Some(judged),
-        ..summary
-    };
+    let verdict = verdict::judge(&summary, crate::host::cpu_model());
     let summary_path = out.join("summary.json");
-    std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary)?)
+    let file = SummaryFile {
+        summary: &summary,
+        verdict: &verdict,
+    };
+    std::fs::write(&summary_path, serde_json::to_vec_pretty(&file)?)
         .with_context(|| format!("writing {}", summary_path.display()))?;
-    put_verdict_in_report(&out.join("report.html"), &summary);
-    print_end(&out, &summary, &summary_path);
+    put_verdict_in_report(&out.join("report.html"), &summary, &verdict);
+    print_end(&out, &summary, &verdict, &summary_path);
     if let Some(why) = &failure {
         eprintln!("hongbao demo: the run did not complete: {why}");
     }
@@ -1648,21 +1648,28 @@ fn files_written(out: &Path, plan: &Plan, run: &Run) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `summary.json`: the summary's keys, and the verdict as `verdict`.
+#[derive(serde::Serialize)]
+struct SummaryFile<'a> {
+    #[serde(flatten)]
+    summary: &'a Summary,
+    verdict: &'a Verdict,
+}
+
 /// The block printed at the end: the verdict, a blank line, then the
 /// details (the summary table).
-fn end_block(summary: &Summary) -> String {
-    let details = summary::table(summary);
-    match &summary.verdict {
-        Some(v) => format!("{}\n{details}", verdict::text(v, summary)),
-        None => details,
-    }
+fn end_block(summary: &Summary, verdict: &Verdict) -> String {
+    format!(
+        "{}\n{}",
+        verdict::text(verdict, summary),
+        summary::table(summary)
+    )
 }
 
 /// Puts the verdict at the top of the monitor's report (its verdict
 /// slot), replacing the file whole (written beside it, then renamed); a
 /// report that is missing or cannot be rewritten is only a warning.
-fn put_verdict_in_report(report: &Path, summary: &Summary) {
-    let Some(v) = &summary.verdict else { return };
+fn put_verdict_in_report(report: &Path, summary: &Summary, v: &Verdict) {
     let Ok(page) = std::fs::read_to_string(report) else {
         return;
     };
@@ -1678,9 +1685,9 @@ fn put_verdict_in_report(report: &Path, summary: &Summary) {
 
 /// The verdict first, then the details (the summary table), then where
 /// the report and the summary are.
-fn print_end(out: &Path, summary: &Summary, summary_path: &Path) {
+fn print_end(out: &Path, summary: &Summary, verdict: &Verdict, summary_path: &Path) {
     println!();
-    print!("{}", end_block(summary));
+    print!("{}", end_block(summary, verdict));
     println!();
     let report = out.join("report.html");
     if report.exists() {

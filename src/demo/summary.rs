@@ -19,7 +19,6 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::plan::{Check, Machine, Plan, Verdict as CheckVerdict};
-use super::verdict::Verdict;
 use crate::audit::AuditReport;
 use crate::audit::fleet::FleetReport;
 use crate::flood::schedule::{self, Phase};
@@ -271,10 +270,6 @@ pub struct Summary {
     pub children: Vec<ChildSummary>,
     /// The report and the other files, relative to the output directory.
     pub files: Vec<(String, String)>,
-    /// The run judged (what ran, each phase's rate held or not, latency,
-    /// money, the audit): the block printed and shown first.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verdict: Option<Verdict>,
 }
 
 /// A server CPU sample: when, and its CPU time so far.

@@ -454,7 +454,7 @@ mod tests {
                 latency: Percentiles {
                     count: qps * 3,
                     p50_ms: 0.25,
-                    p99_ms: p99_ms,
+                    p99_ms,
                     p999_ms: 3.0,
                     max_ms: 4.0,
                 },
@@ -513,7 +513,6 @@ mod tests {
             cluster: None,
             children: Vec::new(),
             files: Vec::new(),
-            verdict: None,
         }
     }
 
@@ -592,9 +591,8 @@ mod tests {
 
     #[test]
     fn the_demo_ends_with_the_verdict_then_the_details() {
-        let mut s = fixture(98.0, true);
-        s.verdict = Some(judge(&s, None));
-        let end = crate::demo::end_block(&s);
+        let s = fixture(98.0, true);
+        let end = crate::demo::end_block(&s, &judge(&s, None));
         let blocks: Vec<&str> = end.split("\n\n").collect();
         assert!(blocks[0].starts_with("verdict   ✓"), "{end}");
         assert!(
@@ -607,6 +605,26 @@ mod tests {
         );
         assert!(blocks[1].starts_with("connect   600 of 600 users"), "{end}");
         assert!(end.find("verdict").unwrap() < end.find("sent/s").unwrap());
+    }
+
+    #[test]
+    fn summary_json_keeps_every_key_and_adds_the_verdict() {
+        let s = fixture(98.0, true);
+        let v = judge(&s, None);
+        let plain = serde_json::to_value(&s).unwrap();
+        let mut file = serde_json::to_value(crate::demo::SummaryFile {
+            summary: &s,
+            verdict: &v,
+        })
+        .unwrap();
+        let verdict = file
+            .as_object_mut()
+            .and_then(|o| o.remove("verdict"))
+            .expect("a verdict key");
+        assert_eq!(file, plain, "the summary's own keys are unchanged");
+        assert_eq!(verdict["ok"], true);
+        assert_eq!(verdict["phases"][1]["qps_target"], 2000);
+        assert_eq!(verdict["money"]["cents_claimed"], 8_000);
     }
 
     #[test]
