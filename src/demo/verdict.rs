@@ -16,19 +16,22 @@ use serde::Serialize;
 use super::summary::{AuditOutcome, MoneySummary, PhaseSummary, Summary};
 use crate::monitor::report::esc;
 
-/// A phase held its rate when its shakes served (answers other than
-/// "overload") averaged at least this share of the target, in percent, and
-/// the server reported every second of it. 95 %: the slot rule sends the
-/// exact rate each second, so a shortfall past a few percent is the server
-/// or the machine falling behind, not rounding.
+/// A phase held its rate when its shakes served (the answers the clients
+/// received in its seconds, less "overload" refusals) averaged at least
+/// this share of the target, in percent, and the server reported every
+/// second of it. 95 %: the slot rule sends the exact rate each second, so a
+/// shortfall past a few percent is the server or the machine falling
+/// behind, not rounding. The clients' count, not the server's: answers
+/// that queue up and arrive after the phase (seconds of latency) were not
+/// served at its rate.
 pub const RATE_HELD_PCT: f64 = 95.0;
 
 /// The rule, in words, as the verdict states it.
 pub fn rate_rule() -> String {
     format!(
-        "a phase held its rate when the shakes served (answers other than \"overload\") \
-         averaged ≥ {RATE_HELD_PCT:.0} % of the target over the phase and the server \
-         reported every second of it"
+        "a phase held its rate when the shakes served (the answers the clients received in \
+         its seconds, less \"overload\" refusals) averaged ≥ {RATE_HELD_PCT:.0} % of the \
+         target and the server reported every second of it"
     )
 }
 
