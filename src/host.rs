@@ -2,11 +2,23 @@
 //!
 //! Owns: reading the sysctls and the open-file limit that bound how many
 //! connections one machine holds, for the start-up checks of the server, the
-//! demo, the flooder and the monitor's report; raising this process's own
-//! soft open-file limit; this process's CPU, memory and descriptors for the
-//! `process_*` metrics ([`process_self`]). Must not: change anything beyond this process
+//! demo, the flooder and the monitor's report; the CPU model for the
+//! reports; raising this process's own soft open-file limit; this process's
+//! CPU, memory and descriptors for the `process_*` metrics
+//! ([`process_self`]). Must not: change anything beyond this process
 //! (`sysctl/hongbao-tune.sh` does, with the operator's consent), or decide
 //! what a value means for a run.
+
+/// The CPU's model name (`/proc/cpuinfo`'s first `model name`), or `None`
+/// when it cannot be read (some architectures name it otherwise).
+pub fn cpu_model() -> Option<String> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
+        .map(|(_, model)| model.trim().to_owned())
+        .filter(|m| !m.is_empty())
+}
 
 /// A sysctl's whitespace-separated numbers (`net.ipv4.tcp_mem` has three),
 /// or `None` when it cannot be read here (absent, or a container hides it).

@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{scratch_dir, signal, wait_for};
+use util::{browser, scratch_dir, signal, wait_for};
 
 /// One demo at a time: each picks free local ports for its children when
 /// it starts, and two starting together could pick the same ones.
@@ -113,6 +113,33 @@ fn a_short_demo_completes_with_its_report_and_a_passing_audit() {
         log.contains(&format!("report:  {}", out.join("report.html").display())),
         "{log}"
     );
+    // Its last lines open with the verdict, the details after it.
+    let (_, end) = log
+        .rsplit_once("stopping: monitor")
+        .unwrap_or_else(|| panic!("no stopping line:\n{log}"));
+    let end = end
+        .split_once('\n')
+        .map_or("", |(_, rest)| rest)
+        .trim_start();
+    let verdict = end.split("\n\n").next().unwrap_or_default();
+    assert!(
+        verdict.starts_with("verdict   ✓ completed; every phase held its rate; audit OK\nran       600 users (600 logged in) over 2 flooders, 1 server"),
+        "the end does not open with the verdict:\n{end}"
+    );
+    assert_eq!(verdict.matches("✓ held").count(), 2, "{verdict}");
+    assert!(verdict.contains("\nmoney     ledger: "), "{verdict}");
+    assert!(
+        verdict
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .starts_with("audit     OK: the books balance"),
+        "{verdict}"
+    );
+    assert!(
+        end.find("verdict").unwrap_or(usize::MAX) < end.find("\nconnect   ").unwrap_or(0),
+        "the details come after the verdict:\n{end}"
+    );
 
     let s = summary(&out);
     assert_eq!(s["completed"], true, "{s}");
@@ -155,9 +182,27 @@ fn a_short_demo_completes_with_its_report_and_a_passing_audit() {
         "every granted envelope reached a client: {s}"
     );
 
+    // The verdict in summary.json, beside the keys it always had.
+    let v = &s["verdict"];
+    assert_eq!(v["ok"], true, "{s}");
+    assert_eq!(v["audit_ok"], true, "{s}");
+    assert_eq!(v["ran"]["users"], 600, "{s}");
+    assert_eq!(v["ran"]["nodes"], 1, "{s}");
+    assert_eq!(v["phases"].as_array().map(Vec::len), Some(2), "{s}");
+    assert_eq!(
+        v["money"]["cents_granted"], audit["totals"]["cents_granted"],
+        "{s}"
+    );
+
     // The files of the run.
     let report = std::fs::read_to_string(out.join("report.html")).expect("report.html");
     assert!(report.contains("<svg"), "the report has charts");
+    assert!(
+        report.find("id=\"verdict\"").unwrap_or(usize::MAX)
+            < report.find("<h2>Completeness").unwrap_or(0),
+        "the verdict comes before the details"
+    );
+    browser::verdict_on_the_first_screen(&out, "OK: the books balance");
     for file in [
         "series.jsonl",
         "series.csv",

@@ -21,7 +21,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use util::{scratch_dir, signal};
+use util::{browser, scratch_dir, signal};
 
 /// This binary's Redis ports (their cluster bus 10000 above); the other
 /// cluster tests keep to 17000..17299.
@@ -152,6 +152,42 @@ fn a_fleet_demo_survives_a_node_kill_and_a_primary_kill_and_its_books_balance() 
         log.contains("audit     OK: the fleet's books balance"),
         "{log}"
     );
+    // Its last lines open with the verdict (after the faults' last
+    // lines): the fleet's nodes and the fleet audit's verdict in it.
+    let (_, end) = log
+        .rsplit_once("stopping: monitor")
+        .unwrap_or_else(|| panic!("no stopping line:\n{log}"));
+    let verdict = end
+        .lines()
+        .skip(1)
+        .skip_while(|l| l.is_empty() || l.starts_with("fault "))
+        .take_while(|l| !l.is_empty())
+        .collect::<Vec<_>>();
+    assert!(
+        verdict.first().is_some_and(|l| l.starts_with("verdict   ")),
+        "the end does not open with the verdict:\n{end}"
+    );
+    assert!(
+        verdict
+            .iter()
+            .any(|l| l.starts_with("ran       600 users") && l.contains("3 hongbao nodes")),
+        "{end}"
+    );
+    assert!(
+        verdict
+            .iter()
+            .any(|l| l.starts_with("money     the nodes' ledgers and the engine: ")),
+        "{end}"
+    );
+    assert!(
+        verdict.last().is_some_and(
+            |l| l.starts_with("audit     OK: the fleet's books balance (3 node ledgers")
+        ),
+        "{end}"
+    );
+    assert_eq!(s["verdict"]["ran"]["nodes"], 3, "{s}");
+    assert_eq!(s["verdict"]["audit_ok"], true, "{s}");
+    browser::verdict_on_the_first_screen(&out, "OK: the fleet's books balance");
 
     // Both faults ran, in order, and the killed primary came back.
     let cluster = &s["cluster"];

@@ -560,6 +560,56 @@ fn pushed_packets_are_claimed_and_every_ack_is_logged() {
 }
 
 #[test]
+fn the_status_says_connected_with_every_user_through_the_settle() {
+    // 100 users log in well within a second: no connect second closes, and
+    // the status must still carry the final count through the settle (the
+    // demo's progress line reads it) until the first shaking second.
+    let server = server();
+    let (mut child, control, drain) = util::spawn_flood_with_control(&[
+        "--server",
+        &server.addr.to_string(),
+        "--users",
+        "100",
+        "--phases",
+        "100x1s",
+        "--warmup",
+        "0",
+        "--settle-secs",
+        "3",
+        "--threads",
+        "1",
+        "--http",
+        "127.0.0.1:0",
+    ]);
+    let status = util::wait_for(
+        "the flooder's connect phase to end",
+        Duration::from_secs(20),
+        || {
+            let (_, status) = util::http_get(control, "/status");
+            (status["state"] != "connecting").then_some(status)
+        },
+    );
+    assert_eq!(status["state"], "connected", "{status}");
+    assert_eq!(status["logged_in"], 100, "{status}");
+    assert_eq!(status["failed"], 0, "{status}");
+    let deadline = Instant::now() + RUN_MAX;
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("waiting for the flooder") {
+            break exit;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flooder did not stop by itself"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let err = drain.join().unwrap_or_default();
+    assert!(exit.success(), "flooder failed: {exit:?}\n{err}");
+    assert!(err.contains("logged in     100"), "{err}");
+    assert!(err.contains("[connected "), "{err}");
+}
+
+#[test]
 fn qps_over_http_changes_the_rate_from_the_next_second() {
     // One 6 s step at 200/s; 1.5 s in, /qps?qps=400. Every second after the
     // change carries 400, every second before it 200.

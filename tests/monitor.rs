@@ -27,7 +27,7 @@ use hongbao::monitor::{MonitorArgs, chart, report};
 use hongbao::seconds::{ClientSecond, Seconds};
 use hongbao::stats::SecondStats;
 use hongbao::stats::client::{Counters, Percentiles};
-use util::{Client, unix_now, wait_for};
+use util::{Client, browser, unix_now, wait_for};
 
 /// A monitor's options as its command line gives them.
 #[derive(Parser)]
@@ -708,65 +708,6 @@ fn the_server_writes_its_service_time_as_an_interval_log() {
     let _ = std::fs::remove_file(hlog.with_extension("hgrm"));
 }
 
-/// Debian's chromium, or `$CHROMIUM`.
-fn chromium() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        return Some(PathBuf::from(p));
-    }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// Runs headless Chromium on `url` with `mode` (`--screenshot=F` or
-/// `--dump-dom`), bounded; returns stdout. The flags are the ones this
-/// machine needs (no sandbox as root, no background networking).
-fn run_chromium(chromium: &Path, profile: &Path, mode: &str, url: &str) -> String {
-    let mut child = Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            "--window-size=1900,1500",
-            // Scripts and their fetches run for this long before the shot.
-            "--virtual-time-budget=4000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(mode)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting chromium");
-    let mut out = child.stdout.take().expect("piped");
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut out, &mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        if child.try_wait().expect("waiting for chromium").is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill(); // our own child, by its pid
-            let _ = child.wait();
-            panic!("chromium did not finish within 90 s");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    reader.join().expect("the reader")
-}
-
 /// The inner SVG of one chart box in a dumped DOM.
 fn chart_in(dom: &str, name: &str) -> String {
     let start = dom
@@ -777,14 +718,12 @@ fn chart_in(dom: &str, name: &str) -> String {
     rest[..end].to_owned()
 }
 
+/// The browser window the dashboard is looked at in: every chart on it.
+const WINDOW: (u32, u32) = (1900, 1500);
+
 #[test]
 fn the_live_dashboard_draws_its_charts_in_chromium_and_they_change() {
-    let Some(chromium) = chromium() else {
-        assert!(
-            std::env::var_os("HONGBAO_SKIP_BROWSER").is_some(),
-            "no chromium: install Debian's chromium (bash .ci/run does), or set HONGBAO_SKIP_BROWSER=1 to skip this test"
-        );
-        eprintln!("skipped: no chromium and HONGBAO_SKIP_BROWSER is set");
+    let Some(chromium) = browser::chromium_or_skip() else {
         return;
     };
     // A real server whose generator makes the series move every second.
@@ -818,10 +757,11 @@ fn the_live_dashboard_draws_its_charts_in_chromium_and_they_change() {
     for (i, shot) in shots.iter().enumerate() {
         // Two seconds more each time: the charts must have moved.
         rows(2 + 3 * i);
-        let dom = run_chromium(&chromium, &profile, "--dump-dom", &url);
-        run_chromium(
+        let dom = browser::run(&chromium, &profile, WINDOW, "--dump-dom", &url);
+        browser::run(
             &chromium,
             &profile,
+            WINDOW,
             &format!("--screenshot={}", shot.display()),
             &url,
         );

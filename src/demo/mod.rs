@@ -35,6 +35,7 @@ mod fleet;
 mod plan;
 mod redis;
 mod summary;
+mod verdict;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -56,6 +57,7 @@ use summary::{
     AuditOutcome, ChildSummary, ClusterSummary, ConnectSummary, CpuSample, Inputs, MoneySummary,
     PhaseSummary, RedisSummary, Summary,
 };
+use verdict::Verdict;
 
 /// `hongbao demo` options.
 #[derive(Clone, Debug, clap::Args)]
@@ -1023,6 +1025,8 @@ fn wait_answering(
 /// What the flooders report right now, summed.
 #[derive(Default)]
 struct Live {
+    /// Flooders whose connect phase is over, settling before the shaking.
+    connected: usize,
     shaking: usize,
     done: usize,
     logged_in: u64,
@@ -1045,6 +1049,11 @@ impl Live {
         let n = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
         match v["state"].as_str() {
             Some("connecting") => self.logged_in += n(v, "logged_in"),
+            // Its connect phase is over: its users are in, settling.
+            Some("connected") => {
+                self.connected += 1;
+                self.logged_in += n(v, "logged_in");
+            }
             Some("shaking") => {
                 self.shaking += 1;
                 self.logged_in += n(v, "connections");
@@ -1301,8 +1310,14 @@ fn progress_line(plan: &Plan, live: &Live, elapsed: u64) -> String {
         format!("{elapsed:>4}s  finishing")
     } else {
         format!(
-            "{elapsed:>4}s  phase 1/{phases_total} connect  logged in {:>6}/{}",
-            live.logged_in, plan.users
+            "{elapsed:>4}s  phase 1/{phases_total} connect  logged in {:>6}/{}{}",
+            live.logged_in,
+            plan.users,
+            if live.connected > 0 && live.connected == plan.flooders.len() {
+                "  settling"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -1379,10 +1394,16 @@ fn finish(
         children: child_summaries(&run, ends),
         files: files_written(&out, plan, &run),
     };
+    let verdict = verdict::judge(&summary, crate::host::cpu_model());
     let summary_path = out.join("summary.json");
-    std::fs::write(&summary_path, serde_json::to_vec_pretty(&summary)?)
+    let file = SummaryFile {
+        summary: &summary,
+        verdict: &verdict,
+    };
+    std::fs::write(&summary_path, serde_json::to_vec_pretty(&file)?)
         .with_context(|| format!("writing {}", summary_path.display()))?;
-    print_end(&out, &summary, &summary_path);
+    put_verdict_in_report(&out.join("report.html"), &summary, &verdict);
+    print_end(&out, &summary, &verdict, &summary_path);
     if let Some(why) = &failure {
         eprintln!("hongbao demo: the run did not complete: {why}");
     }
@@ -1627,10 +1648,46 @@ fn files_written(out: &Path, plan: &Plan, run: &Run) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The summary table and where the report and the summary are.
-fn print_end(out: &Path, summary: &Summary, summary_path: &Path) {
+/// `summary.json`: the summary's keys, and the verdict as `verdict`.
+#[derive(serde::Serialize)]
+struct SummaryFile<'a> {
+    #[serde(flatten)]
+    summary: &'a Summary,
+    verdict: &'a Verdict,
+}
+
+/// The block printed at the end: the verdict, a blank line, then the
+/// details (the summary table).
+fn end_block(summary: &Summary, verdict: &Verdict) -> String {
+    format!(
+        "{}\n{}",
+        verdict::text(verdict, summary),
+        summary::table(summary)
+    )
+}
+
+/// Puts the verdict at the top of the monitor's report (its verdict
+/// slot), replacing the file whole (written beside it, then renamed); a
+/// report that is missing or cannot be rewritten is only a warning.
+fn put_verdict_in_report(report: &Path, summary: &Summary, v: &Verdict) {
+    let Ok(page) = std::fs::read_to_string(report) else {
+        return;
+    };
+    let page = crate::monitor::report::with_verdict(&page, &verdict::html(v, summary));
+    let tmp = report.with_extension("html.tmp");
+    if let Err(e) = std::fs::write(&tmp, page).and_then(|()| std::fs::rename(&tmp, report)) {
+        eprintln!(
+            "hongbao demo: warning: putting the verdict in {}: {e}",
+            report.display()
+        );
+    }
+}
+
+/// The verdict first, then the details (the summary table), then where
+/// the report and the summary are.
+fn print_end(out: &Path, summary: &Summary, verdict: &Verdict, summary_path: &Path) {
     println!();
-    print!("{}", summary::table(summary));
+    print!("{}", end_block(summary, verdict));
     println!();
     let report = out.join("report.html");
     if report.exists() {
@@ -1671,6 +1728,40 @@ mod tests {
         assert_eq!(phase_at(&plan, 5, 2), Some((3, 0, 4)));
         assert_eq!(phase_at(&plan, 8, 2), Some((3, 3, 4)));
         assert_eq!(phase_at(&plan, 9, 2), None);
+    }
+
+    #[test]
+    fn the_settle_after_the_connect_phase_shows_every_user_logged_in() {
+        let machine = Machine {
+            cores: vec![0, 1],
+            nofile_hard: 20_000,
+            file_max: None,
+            ephemeral_ports: None,
+            somaxconn: None,
+        };
+        let wish = Wish {
+            users: Some(19_000),
+            phases: "30000x50s,60000x50s".into(),
+            duration: 0,
+            threads: None,
+            flooders: 2,
+        };
+        let plan = plan::plan(&machine, &wish).unwrap();
+        let mut live = Live::default();
+        live.add(&serde_json::json!({"state": "connecting", "second": 1, "logged_in": 4_000}));
+        live.add(&serde_json::json!({"state": "connected", "second": 0, "logged_in": 9_500}));
+        let line = progress_line(&plan, &live, 3);
+        assert!(line.ends_with("logged in  13500/19000"), "{line}");
+        // Both flooders past their connect phase: every user is in, settling.
+        let mut live = Live::default();
+        for _ in 0..2 {
+            live.add(&serde_json::json!({"state": "connected", "second": 0, "logged_in": 9_500}));
+        }
+        let line = progress_line(&plan, &live, 4);
+        assert!(
+            line.ends_with("phase 1/3 connect  logged in  19000/19000  settling"),
+            "{line}"
+        );
     }
 
     #[test]

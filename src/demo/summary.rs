@@ -18,7 +18,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::plan::{Check, Machine, Plan, Verdict};
+use super::plan::{Check, Machine, Plan, Verdict as CheckVerdict};
 use crate::audit::AuditReport;
 use crate::audit::fleet::FleetReport;
 use crate::flood::schedule::{self, Phase};
@@ -604,9 +604,9 @@ pub fn checks_table(checks: &[Check]) -> String {
     let mut out = String::new();
     for c in checks {
         let mark = match c.verdict {
-            Verdict::Ok => "ok    ",
-            Verdict::Limits => "LIMITS",
-            Verdict::Warn => "warn  ",
+            CheckVerdict::Ok => "ok    ",
+            CheckVerdict::Limits => "LIMITS",
+            CheckVerdict::Warn => "warn  ",
         };
         let _ = writeln!(out, "  {mark} {:<20} {:<24} {}", c.what, c.value, c.note);
     }

@@ -709,23 +709,37 @@ impl Coordinator {
             let all_reached = reached.iter().copied().min().unwrap_or(0);
             if all_reached != u64::MAX && all_reached > printed {
                 printed = all_reached;
-                self.publish_connect(printed, &latest);
+                self.publish_connect(printed, &latest, "connecting");
             }
         }
+        // The final counts, whether or not a whole second passed: the
+        // status says "connected" with them through the settle, until the
+        // first shaking second replaces it (a connect phase shorter than a
+        // second would otherwise leave the initial, empty document there).
+        self.publish_connect(printed, &latest, "connected");
         Ok(summaries.into_iter().flatten().collect())
     }
 
     /// Prints connect second `second`'s line and rewrites the status
-    /// document, from each thread's latest counts.
-    fn publish_connect(&self, second: u64, latest: &[worker::ConnectProgress]) {
+    /// document (its `state`: `connecting`, or `connected` once every
+    /// thread has finished), from each thread's latest counts.
+    fn publish_connect(&self, second: u64, latest: &[worker::ConnectProgress], state: &str) {
         let mut sum = worker::ConnectProgress::default();
         latest.iter().for_each(|p| sum.add(p));
         let line = format!(
-            "[connect {second:>3}s] opened {:>7}  connected {:>7}  logged in {:>7}  failed {} (retrying)",
-            sum.opened, sum.connected, sum.logged_in, sum.failed
+            "[{state} {second:>3}s] opened {:>7}  connected {:>7}  logged in {:>7}  failed {}{}",
+            sum.opened,
+            sum.connected,
+            sum.logged_in,
+            sum.failed,
+            if state == "connecting" {
+                " (retrying)"
+            } else {
+                ""
+            }
         );
         self.live.set_status(json!({
-            "state": "connecting",
+            "state": state,
             "second": second,
             "opened": sum.opened,
             "connected": sum.connected,

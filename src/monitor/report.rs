@@ -1,7 +1,8 @@
 //! The static HTML report of one run: one file that opens from disk with
 //! no server (charts are inline SVG).
 //!
-//! Owns: the page: the run's span, a summary table (totals, mean and peak
+//! Owns: the page: a slot for a verdict under the title ([`VERDICT_SLOT`],
+//! filled by `hongbao demo`), the run's span, a summary table (totals, mean and peak
 //! per second, latency percentiles, money, errors, missing seconds), the
 //! sources and their own view of their settings (`/status` at the end),
 //! the machine (cores, kernel, limits, sysctls that matter), every chart,
@@ -143,6 +144,27 @@ pub fn html(input: &Input) -> anyhow::Result<String> {
     Ok(h)
 }
 
+/// Where the verdict goes: right under the title, before the details. The
+/// monitor cannot judge a run (it knows no plan and runs no audit), so it
+/// leaves this comment; `hongbao demo` puts its verdict here once the
+/// audit has run ([`with_verdict`]).
+pub const VERDICT_SLOT: &str = "<!-- verdict -->";
+
+/// The page with `block` in its verdict slot (after the title when a page
+/// has no slot, e.g. one written by an older monitor).
+pub fn with_verdict(page: &str, block: &str) -> String {
+    if page.contains(VERDICT_SLOT) {
+        return page.replacen(VERDICT_SLOT, block, 1);
+    }
+    match page.find("</h1>") {
+        Some(at) => {
+            let at = at + "</h1>".len();
+            format!("{}\n{block}{}", &page[..at], &page[at..])
+        }
+        None => format!("{block}{page}"),
+    }
+}
+
 /// The run's span in words.
 fn span(rows: &[Row]) -> String {
     match (rows.first(), rows.last()) {
@@ -175,6 +197,7 @@ td:first-child, th:first-child, td.l {{ text-align: left; }}
 pre {{ background: #f4f4f4; padding: 0.5em; overflow-x: auto; font-size: 12px; }}
 </style></head><body>
 <h1>hongbao run report</h1>
+{VERDICT_SLOT}
 <p>{span}.</p>
 <p>Each second is what the sources reported for it, summed by kind (servers, clients).
 A second where a source did not answer is <b>missing</b>: it is left out of the charts
@@ -423,12 +446,8 @@ pub fn machine() -> Vec<(String, String)> {
             std::thread::available_parallelism().map_or_else(|e| e.to_string(), |n| n.to_string()),
         ),
     ];
-    if let Ok(cpuinfo) = std::fs::read_to_string("/proc/cpuinfo")
-        && let Some(model) = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')))
-    {
-        out.push(("cpu model".into(), model.1.trim().to_owned()));
+    if let Some(model) = crate::host::cpu_model() {
+        out.push(("cpu model".into(), model));
     }
     if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo")
         && let Some(total) = meminfo.lines().find(|l| l.starts_with("MemTotal:"))

@@ -10,6 +10,7 @@
 // Each test crate that includes this module uses only part of it.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
