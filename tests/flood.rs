@@ -211,16 +211,17 @@ fn every_request_to_our_server_is_answered_and_each_second_carries_its_rate() {
     // count may trade one with the warmup or the drain. An answer is counted
     // in the second it arrived, so the answers to the warmup's last requests
     // land in the window: as many as were in flight, 2000/s times the round
-    // trip, which on a loaded CI host can reach 10 ms (20 answers; CI once
-    // saw 3). The whole run's counts are exact: every scheduled request was
-    // sent and answered.
+    // trip. On a host busy with other builds a round trip was seen past
+    // 10 ms (20 answers); 50 ms (100) still tells a second miscounted (2,000)
+    // from requests in flight. The whole run's counts are exact: every
+    // scheduled request was sent and answered.
     let seconds = report["per_second"].as_array().expect("per_second");
     let total = |key: &str| seconds.iter().map(|s| u(s, key)).sum::<u64>();
     assert_eq!(total("scheduled"), 6_000, "{seconds:?}");
     assert_eq!(total("sent"), 6_000, "{seconds:?}");
     assert_eq!(total("answered"), 6_000, "{seconds:?}");
     assert!(u(w, "sent").abs_diff(4_000) <= 2, "{w}");
-    assert!(u(w, "answered").abs_diff(4_000) <= 20, "{w}");
+    assert!(u(w, "answered").abs_diff(4_000) <= 100, "{w}");
     for key in [
         "unsent",
         "conn_errors",
