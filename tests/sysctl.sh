@@ -17,6 +17,9 @@
 #     changes nothing, a failed write rolls back, a read-only /proc/sys is
 #     refused (also the real one, remounted read-only inside the namespace).
 #     Skipped where mount namespaces are not available.
+#  6. tools/run_1m.py's preflight under an open-file limit of 20,000: a million
+#     connections are refused at once (exit 3) naming nofile and its fix; a
+#     target that fits passes; its descriptor constants are the server's.
 # Finally, this host's settings must be exactly what they were before.
 
 # `expect NAME eval '...'` below is expanded by eval when the check runs:
@@ -370,6 +373,34 @@ else
 	unshare --mount --propagation private -- bash "$0" --in-namespace "$tmp/ns" && rc=0 || rc=$?
 	((rc == 0)) || fails=$((fails + 1))
 fi
+
+# --- 6. tools/run_1m.py's preflight ---------------------------------------------------
+# Under an open-file limit of at most 20,000 (lowered in a subshell: lowering
+# needs no privilege) a million connections cannot fit in one server: the
+# script must stop before starting or building anything (the binary given
+# does not exist, so getting past the preflight would fail differently),
+# exit 3 and name the limit with the limits.d line that lifts it. A target
+# that fits the same limit passes.
+
+run1m=tools/run_1m.py
+py_const() { sed -nE "s/^$1 = ([0-9_]+)$/\1/p" "$run1m" | tr -d _; }
+expect "$run1m: the server's descriptor reserve is the server's own (FDS_FIXED, FDS_PER_WORKER, the HTTP control's FDS_MAX)" \
+	eval '[[ $(py_const SERVER_FDS_FIXED) == "$fixed" && $(py_const SERVER_FDS_PER_WORKER) == "$per_worker" && $(py_const SERVER_FDS_HTTP) == "$((control + 3))" ]]'
+flood_spare=$(sed -nE 's/^const FDS_SPARE: u64 = ([0-9_]+);/\1/p' src/flood/mod.rs | tr -d _)
+expect "$run1m: a flooder's spare descriptors are the flooder's own (FDS_SPARE $flood_spare)" \
+	test "$(py_const FLOODER_FDS_SPARE)" = "$flood_spare"
+lim=$(ulimit -Hn)
+[[ $lim == unlimited || $lim -gt 20000 ]] && lim=20000
+out=$( (ulimit -n "$lim" && exec python3 "$run1m" --no-build --binary /nonexistent/hongbao) 2>&1) && rc=0 || rc=$?
+expect "$run1m under nofile $lim: refused at once (exit 3), nothing started" \
+	eval '[[ $rc == 3 ]] && has "$out" "nothing was started" && hasnt "$out" "does not exist"'
+expect "$run1m under nofile $lim: names the nofile limit, the limits.d line ($star) and the tuning script" \
+	eval 'has "$out" "FAIL nofile .*have $lim, need [0-9]{7}" && has "$out" "hard nofile $star\` .*limits.d" && has "$out" "hongbao-tune.sh --apply"'
+out=$( (ulimit -n "$lim" && exec python3 "$run1m" --preflight-only --target 1000) 2>&1) && rc=0 || rc=$?
+expect "$run1m --preflight-only --target 1000 under nofile $lim: passes (exit 0)" \
+	eval '[[ $rc == 0 ]] && has "$out" "ok   nofile" && hasnt "$out" FAIL'
+python3 "$run1m" --target 0 >/dev/null 2>&1 && rc=0 || rc=$?
+expect "$run1m --target 0: usage error (exit 2)" test "$rc" = 2
 
 # --- this host ----------------------------------------------------------------------
 
