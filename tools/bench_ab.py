@@ -10,8 +10,8 @@ prints, per bench, every round's time per iteration (criterion's middle
 estimate), the ratio of the medians (after / before) and each round's
 ratio, and writes the same as JSON.
 
-    python3 tools/bench_ab.py --before 26f73a0 --after HEAD --bench hot_path \
-        --rounds 5 --filter session/ --json target/bench-ab.json
+    python3 tools/bench_ab.py --before 26f73a0 --after HEAD [--after REV ...] \
+        --bench hot_path --rounds 5 --filter session/ --json target/bench-ab.json
 
 A revision's binary is cached under target/bench-ab/<sha>/, so a second run
 with the same revisions only measures. Stops by itself: every run of a
@@ -96,7 +96,8 @@ def run(binary, args, core, deadline):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", required=True, help="git revision measured first")
-    p.add_argument("--after", default="HEAD", help="git revision compared with it")
+    p.add_argument("--after", action="append",
+                   help="git revision compared with it (repeat for several; default HEAD)")
     p.add_argument("--bench", default="hot_path", help="the [[bench]] target")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--filter", default="", help="criterion's name filter")
@@ -107,39 +108,44 @@ def main():
     p.add_argument("--json", type=Path, help="write the rounds and ratios here")
     a = p.parse_args()
 
+    afters = a.after or ["HEAD"]
     cache = ROOT / "target" / "bench-ab"
-    builds = {"before": build(a.before, a.bench, cache), "after": build(a.after, a.bench, cache)}
+    sides = ["before"] + [f"after{i + 1}" if len(afters) > 1 else "after" for i in range(len(afters))]
+    builds = {side: build(rev, a.bench, cache) for side, rev in zip(sides, [a.before, *afters])}
     args = ["--warm-up-time", a.warm_up_time, "--measurement-time", a.measurement_time]
     if a.filter:
         args.append(a.filter)
     if a.rounds == 0:
         print("built; --rounds 0 measures nothing")
         return
-    rounds = {"before": [], "after": []}
+    rounds = {side: [] for side in sides}
     for r in range(a.rounds):
-        for side in ("before", "after"):
+        for side in sides:
             print(f"round {r + 1}/{a.rounds}: {side}", file=sys.stderr)
             rounds[side].append(run(builds[side][1], args, a.core, a.deadline_s))
 
     names = [n for n in rounds["before"][0] if all(n in t for s in rounds.values() for t in s)]
     table = {}
-    print(f"before {builds['before'][0][:10]}, after {builds['after'][0][:10]}, "
-          f"{a.rounds} alternating rounds on core {a.core}")
-    print(f"{'bench':45} {'before ns (median)':>18} {'after ns (median)':>18} {'after/before':>12}  per round")
-    for n in names:
-        b = [t[n] for t in rounds["before"]]
-        f = [t[n] for t in rounds["after"]]
-        ratio = statistics.median(f) / statistics.median(b)
-        per_round = [x / y for x, y in zip(f, b)]
-        table[n] = {"before_ns": b, "after_ns": f, "ratio_of_medians": ratio,
-                    "ratio_per_round": per_round}
-        print(f"{n:45} {statistics.median(b):18.2f} {statistics.median(f):18.2f} {ratio:12.3f}  "
-              + ", ".join(f"{x:.2f}" for x in per_round))
+    print(", ".join(f"{side} {builds[side][0][:10]}" for side in sides)
+          + f"; {a.rounds} alternating rounds on core {a.core}")
+    for side in sides[1:]:
+        print(f"\n{side} / before")
+        print(f"{'bench':45} {'before ns (median)':>18} {side + ' ns (median)':>18} {'ratio':>8}  per round")
+        for n in names:
+            b = [t[n] for t in rounds["before"]]
+            f = [t[n] for t in rounds[side]]
+            ratio = statistics.median(f) / statistics.median(b)
+            per_round = [x / y for x, y in zip(f, b)]
+            table.setdefault(n, {"before_ns": b})[side] = {
+                "rev": builds[side][0], "ns": f, "ratio_of_medians": ratio,
+                "ratio_per_round": per_round}
+            print(f"{n:45} {statistics.median(b):18.2f} {statistics.median(f):18.2f} {ratio:8.3f}  "
+                  + ", ".join(f"{x:.2f}" for x in per_round))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps({
-            "before": builds["before"][0], "after": builds["after"][0],
-            "rounds": a.rounds, "core": a.core, "benches": table}, indent=1))
+            "before": builds["before"][0], "rounds": a.rounds, "core": a.core,
+            "benches": table}, indent=1))
 
 
 if __name__ == "__main__":
