@@ -1707,13 +1707,7 @@ mod tests {
 
     #[test]
     fn progress_names_the_phase_and_the_second_in_it() {
-        let machine = Machine {
-            cores: vec![0, 1],
-            nofile_hard: 20_000,
-            file_max: None,
-            ephemeral_ports: None,
-            somaxconn: None,
-        };
+        let machine = Machine::for_tests(2, 20_000);
         let wish = Wish {
             users: Some(100),
             phases: "10x3s,20x4s".into(),
@@ -1732,13 +1726,7 @@ mod tests {
 
     #[test]
     fn the_settle_after_the_connect_phase_shows_every_user_logged_in() {
-        let machine = Machine {
-            cores: vec![0, 1],
-            nofile_hard: 20_000,
-            file_max: None,
-            ephemeral_ports: None,
-            somaxconn: None,
-        };
+        let machine = Machine::for_tests(2, 20_000);
         let wish = Wish {
             users: Some(19_000),
             phases: "30000x50s,60000x50s".into(),

@@ -34,6 +34,19 @@ pub struct Machine {
 }
 
 impl Machine {
+    /// A host of `cores` CPUs whose only known limit is the open-file hard
+    /// limit `nofile_hard`: the fixture the demo's unit tests plan from.
+    #[cfg(test)]
+    pub(crate) fn for_tests(cores: usize, nofile_hard: u64) -> Machine {
+        Machine {
+            cores: (0..cores).collect(),
+            nofile_hard,
+            file_max: None,
+            ephemeral_ports: None,
+            somaxconn: None,
+        }
+    }
+
     /// Reads this host.
     pub fn read() -> anyhow::Result<Machine> {
         let cores: Vec<usize> = core_affinity::get_core_ids()

@@ -431,13 +431,7 @@ mod tests {
     /// 99.9 % of its target, the second at `second_pct`; the ledger's
     /// figures when `audit_ok`.
     fn fixture(second_pct: f64, audit_ok: bool) -> Summary {
-        let machine = Machine {
-            cores: vec![0, 1],
-            nofile_hard: 20_000,
-            file_max: None,
-            ephemeral_ports: None,
-            somaxconn: None,
-        };
+        let machine = Machine::for_tests(2, 20_000);
         let wish = Wish {
             users: Some(600),
             phases: "1000x3s,2000x3s".into(),
