@@ -16,7 +16,7 @@ mod util;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hongbao::ids::UserId;
 use hongbao::server::{AuthMode, SeedSource, ServerConfig, ServerHandle, start};
@@ -398,18 +398,7 @@ fn the_flooder_signs_its_logins_with_the_key() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawning hongbao flood");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for the flooder") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill(); // our own child, by its pid
-            let _ = child.wait();
-            panic!("the flooder did not stop by itself");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = util::wait_exit(&mut child, Duration::from_secs(60));
     assert!(status.success(), "flooder failed: {status:?}");
     let t = server.shutdown().total.server;
     assert_eq!(t.logins, 20, "every user logged in, signed");

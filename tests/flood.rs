@@ -137,18 +137,7 @@ fn spawn_flood(args: &[&str], json: &PathBuf) -> Child {
 
 /// Waits (bounded by `RUN_MAX`) for a flooder to succeed; returns its report.
 fn finish_flood(mut child: Child, json: &PathBuf) -> Value {
-    let deadline = Instant::now() + RUN_MAX;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for the flooder") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill(); // our own child, by its pid
-            let _ = child.wait();
-            panic!("the flooder did not stop by itself within {RUN_MAX:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = util::wait_exit(&mut child, RUN_MAX);
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut stderr);
@@ -593,17 +582,7 @@ fn the_status_says_connected_with_every_user_through_the_settle() {
     assert_eq!(status["state"], "connected", "{status}");
     assert_eq!(status["logged_in"], 100, "{status}");
     assert_eq!(status["failed"], 0, "{status}");
-    let deadline = Instant::now() + RUN_MAX;
-    let exit = loop {
-        if let Some(exit) = child.try_wait().expect("waiting for the flooder") {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the flooder did not stop by itself"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let exit = util::wait_exit(&mut child, RUN_MAX);
     let err = drain.join().unwrap_or_default();
     assert!(exit.success(), "flooder failed: {exit:?}\n{err}");
     assert!(err.contains("logged in     100"), "{err}");
@@ -650,17 +629,7 @@ fn qps_over_http_changes_the_rate_from_the_next_second() {
     let (code, _) = util::http_get(control, "/qps?qps=many");
     assert_eq!(code, 400);
     let report = {
-        let deadline = Instant::now() + RUN_MAX;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting for the flooder") {
-                break status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the flooder did not stop by itself"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = util::wait_exit(&mut child, RUN_MAX);
         let err = drain.join().unwrap_or_default();
         assert!(status.success(), "flooder failed: {status:?}\n{err}");
         let text = std::fs::read_to_string(&json).expect("reading the JSON report");
@@ -766,18 +735,7 @@ fn users_of_a_killed_server_fail_over_to_the_other_and_shaking_goes_on() {
     let exited = killed.wait(util::WAIT);
     assert!(!exited.status.success(), "{exited:?}");
     let report = {
-        let deadline = Instant::now() + RUN_MAX;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("waiting for the flooder") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill(); // our own child, by its pid
-                let _ = child.wait();
-                panic!("the flooder did not stop by itself within {RUN_MAX:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let status = util::wait_exit(&mut child, RUN_MAX);
         let err = drain.join().unwrap_or_default();
         assert!(status.success(), "flooder failed: {status:?}\n{err}");
         let text = std::fs::read_to_string(&json).expect("reading the JSON report");

@@ -543,7 +543,7 @@ fn collect_stderr(child: &mut Child) -> JoinHandle<String> {
 
 /// Waits for `child` to exit, killing it (by its pid) when `within` passes.
 #[track_caller]
-fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
     let deadline = Instant::now() + within;
     loop {
         match child.try_wait() {
