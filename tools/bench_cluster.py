@@ -279,18 +279,6 @@ class CpuMeter:
         }
 
 
-def port_free(port):
-    """True when nothing listens on 127.0.0.1:port (TIME_WAIT left by an
-    earlier run does not count: the servers bind with SO_REUSEADDR too)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 class Ports:
     """Fresh node ports, in turn, from this script's range."""
 
@@ -302,7 +290,7 @@ class Ports:
         for _ in range(span):
             port = self.next
             self.next = NODE_PORT_FIRST + (self.next - NODE_PORT_FIRST + 1) % span
-            if port_free(port):
+            if bs.port_free(port):
                 return port
         raise RuntimeError(f"no free port in {NODE_PORT_FIRST}..{NODE_PORT_LAST}")
 
@@ -1374,7 +1362,7 @@ def main():
     if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
         raise SystemExit("redis-server and redis-cli are needed (tools/cluster.sh up installs them as root)")
     for p in range(REDIS_PORT, REDIS_PORT + 2 * max(args.primaries)):
-        if not port_free(p) or not port_free(p + 10000):
+        if not bs.port_free(p) or not bs.port_free(p + 10000):
             raise SystemExit(f"port {p} or {p + 10000} is taken: another Redis of ours still running?")
     # The load generator (this process) on its own core.
     os.sched_setaffinity(0, {LOAD_CORE})

@@ -77,7 +77,6 @@ import os
 import re
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -410,14 +409,7 @@ def port_pair_free(port):
     """Whether the server and its HTTP control can bind port and port + 1:
     with SO_REUSEADDR, as both do, so an earlier run's TIME_WAIT does not
     count as taken."""
-    for p in (port, port + 1):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind(("127.0.0.1", p))
-            except OSError:
-                return False
-    return True
+    return bs.port_free(port) and bs.port_free(port + 1)
 
 
 def next_ports(args, after):

@@ -260,6 +260,19 @@ def build():
         raise SystemExit(f"build produced no {BINARY}")
 
 
+def port_free(port):
+    """True when nothing listens on 127.0.0.1:port. Bound with SO_REUSEADDR,
+    as our servers bind, so an earlier run's TIME_WAIT does not count as
+    taken. (The other tools' one check.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port(start):
     """The first port from `start` that 127.0.0.1 can bind, wrapping in range."""
     span = PORT_LAST - PORT_FIRST + 1
