@@ -393,6 +393,123 @@ pub fn metrics(f: &Figures<'_>) -> String {
     e.finish()
 }
 
+/// The engine threads' counters on `/metrics` (`/status`' `cluster`).
+const ENGINE_FAMILIES: &[Family<EngineReport>] = &[
+    Family {
+        name: "hongbao_server_engine_claims_total",
+        help: "Claims settled through the engine, by result: paid (money moved), repeat (the same amount again), zero (stranger, unknown or expired packet), unconfirmed (answered 0 because the engine could not confirm it in time).",
+        label: "result",
+        samples: &[
+            ("paid", |r| r.claims_paid),
+            ("repeat", |r| r.claims_repeat),
+            ("zero", |r| r.claims_zero),
+            ("unconfirmed", |r| r.claims_unconfirmed),
+        ],
+    },
+    Family {
+        name: "hongbao_server_engine_claims_received_total",
+        help: "Claims received from the cores by the engine thread.",
+        label: "",
+        samples: &[("", |r| r.claims)],
+    },
+    Family {
+        name: "hongbao_server_engine_claimed_cents_total",
+        help: "Cents paid by claims this node acknowledged.",
+        label: "",
+        samples: &[("", |r| r.cents_claimed)],
+    },
+    Family {
+        name: "hongbao_server_engine_claim_batches_total",
+        help: "Round trips of claims to the engine.",
+        label: "",
+        samples: &[("", |r| r.claim_batches)],
+    },
+    Family {
+        name: "hongbao_server_engine_wait_short_total",
+        help: "WAITs that found fewer replicas than --engine-replicas.",
+        label: "",
+        samples: &[("", |r| r.wait_short)],
+    },
+    Family {
+        name: "hongbao_server_engine_errors_total",
+        help: "Engine calls that failed.",
+        label: "",
+        samples: &[("", |r| r.errors)],
+    },
+    Family {
+        name: "hongbao_server_engine_connects_total",
+        help: "Connections made to the engine, the first included.",
+        label: "",
+        samples: &[("", |r| r.connects)],
+    },
+    Family {
+        name: "hongbao_server_engine_packets_created_total",
+        help: "Packets created in the engine by this node.",
+        label: "",
+        samples: &[("", |r| r.packets_created)],
+    },
+    Family {
+        name: "hongbao_server_engine_pushes_routed_total",
+        help: "Pushes routed to a node's stream.",
+        label: "",
+        samples: &[("", |r| r.pushes_routed)],
+    },
+    Family {
+        name: "hongbao_server_engine_mailbox_drops_total",
+        help: "Pushes the router found no room for in a mailbox (the oldest dropped).",
+        label: "",
+        samples: &[("", |r| r.mailbox_drops)],
+    },
+    Family {
+        name: "hongbao_server_engine_pushes_read_total",
+        help: "Pushes read from this node's stream.",
+        label: "",
+        samples: &[("", |r| r.pushes_read)],
+    },
+    Family {
+        name: "hongbao_server_engine_pushes_at_login_total",
+        help: "Pushes handed back by a login from the user's mailbox.",
+        label: "",
+        samples: &[("", |r| r.pushes_at_login)],
+    },
+    Family {
+        name: "hongbao_server_engine_presence_updates_total",
+        help: "Presence updates (logins, last logouts) made.",
+        label: "",
+        samples: &[("", |r| r.presence)],
+    },
+    Family {
+        name: "hongbao_server_engine_presence_lost_total",
+        help: "Presence updates given up after --engine-timeout.",
+        label: "",
+        samples: &[("", |r| r.presence_lost)],
+    },
+    Family {
+        name: "hongbao_server_engine_deliveries_dropped_total",
+        help: "Deliveries not reported to the engine (past its bound).",
+        label: "",
+        samples: &[("", |r| r.deliveries_dropped)],
+    },
+    Family {
+        name: "hongbao_server_engine_envelopes_leased_total",
+        help: "Envelopes this node leased from the fleet's budget.",
+        label: "",
+        samples: &[("", |r| r.envelopes_leased)],
+    },
+    Family {
+        name: "hongbao_server_engine_refunds_total",
+        help: "Refunds made at the expiry of this node's packets.",
+        label: "",
+        samples: &[("", |r| r.refunds)],
+    },
+    Family {
+        name: "hongbao_server_engine_refunded_cents_total",
+        help: "Cents refunded at the expiry of this node's packets.",
+        label: "",
+        samples: &[("", |r| r.cents_refunded)],
+    },
+];
+
 /// Cluster mode: the engine threads' counters (`/status`' `cluster`).
 fn engine_metrics(e: &mut Exposition, r: &EngineReport) {
     e.gauge(
@@ -400,107 +517,7 @@ fn engine_metrics(e: &mut Exposition, r: &EngineReport) {
         "1 while the last call to the cluster's engine succeeded.",
         f64::from(u8::from(r.available)),
     );
-    e.counters(
-        "hongbao_server_engine_claims_total",
-        "Claims settled through the engine, by result: paid (money moved), repeat (the same amount again), zero (stranger, unknown or expired packet), unconfirmed (answered 0 because the engine could not confirm it in time).",
-        "result",
-        &[
-            ("paid", r.claims_paid),
-            ("repeat", r.claims_repeat),
-            ("zero", r.claims_zero),
-            ("unconfirmed", r.claims_unconfirmed),
-        ],
-    );
-    let counters: [(&str, &str, u64); 17] = [
-        (
-            "hongbao_server_engine_claims_received_total",
-            "Claims received from the cores by the engine thread.",
-            r.claims,
-        ),
-        (
-            "hongbao_server_engine_claimed_cents_total",
-            "Cents paid by claims this node acknowledged.",
-            r.cents_claimed,
-        ),
-        (
-            "hongbao_server_engine_claim_batches_total",
-            "Round trips of claims to the engine.",
-            r.claim_batches,
-        ),
-        (
-            "hongbao_server_engine_wait_short_total",
-            "WAITs that found fewer replicas than --engine-replicas.",
-            r.wait_short,
-        ),
-        (
-            "hongbao_server_engine_errors_total",
-            "Engine calls that failed.",
-            r.errors,
-        ),
-        (
-            "hongbao_server_engine_connects_total",
-            "Connections made to the engine, the first included.",
-            r.connects,
-        ),
-        (
-            "hongbao_server_engine_packets_created_total",
-            "Packets created in the engine by this node.",
-            r.packets_created,
-        ),
-        (
-            "hongbao_server_engine_pushes_routed_total",
-            "Pushes routed to a node's stream.",
-            r.pushes_routed,
-        ),
-        (
-            "hongbao_server_engine_mailbox_drops_total",
-            "Pushes the router found no room for in a mailbox (the oldest dropped).",
-            r.mailbox_drops,
-        ),
-        (
-            "hongbao_server_engine_pushes_read_total",
-            "Pushes read from this node's stream.",
-            r.pushes_read,
-        ),
-        (
-            "hongbao_server_engine_pushes_at_login_total",
-            "Pushes handed back by a login from the user's mailbox.",
-            r.pushes_at_login,
-        ),
-        (
-            "hongbao_server_engine_presence_updates_total",
-            "Presence updates (logins, last logouts) made.",
-            r.presence,
-        ),
-        (
-            "hongbao_server_engine_presence_lost_total",
-            "Presence updates given up after --engine-timeout.",
-            r.presence_lost,
-        ),
-        (
-            "hongbao_server_engine_deliveries_dropped_total",
-            "Deliveries not reported to the engine (past its bound).",
-            r.deliveries_dropped,
-        ),
-        (
-            "hongbao_server_engine_envelopes_leased_total",
-            "Envelopes this node leased from the fleet's budget.",
-            r.envelopes_leased,
-        ),
-        (
-            "hongbao_server_engine_refunds_total",
-            "Refunds made at the expiry of this node's packets.",
-            r.refunds,
-        ),
-        (
-            "hongbao_server_engine_refunded_cents_total",
-            "Cents refunded at the expiry of this node's packets.",
-            r.cents_refunded,
-        ),
-    ];
-    for (name, help, n) in counters {
-        e.counter(name, help, n);
-    }
+    e.families(ENGINE_FAMILIES, r);
     let gauges: [(&str, &str, u64); 6] = [
         (
             "hongbao_server_engine_budget_leased_envelopes",
