@@ -723,6 +723,15 @@ fn write_phases(out: &mut String, phases: &[PhaseSummary]) {
     }
 }
 
+/// A single ledger's passed audit, in one line (the summary's and the
+/// verdict's).
+pub(crate) fn books_balance(r: &AuditReport) -> String {
+    format!(
+        "OK: the books balance; {} acknowledged grants and {} paid claims all found in the ledger",
+        r.acks_grants, r.acks_claims
+    )
+}
+
 /// The ledger's totals and the audit's verdict.
 fn write_audit(out: &mut String, audit: &AuditOutcome) {
     match (&audit.report, &audit.fleet, &audit.error) {
@@ -741,11 +750,7 @@ fn write_audit(out: &mut String, audit: &AuditOutcome) {
                 t.claims,
                 t.cents_claimed,
             );
-            let _ = writeln!(
-                out,
-                "audit     OK: the books balance; {} acknowledged grants and {} paid claims all found in the ledger",
-                r.acks_grants, r.acks_claims
-            );
+            let _ = writeln!(out, "audit     {}", books_balance(r));
         }
         (None, Some(f), None) => write_fleet_audit(out, f),
         (_, _, Some(e)) => {

@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::summary::{AuditOutcome, MoneySummary, PhaseSummary, Summary};
+use super::summary::{AuditOutcome, MoneySummary, PhaseSummary, Summary, books_balance};
 use crate::monitor::report::esc;
 
 /// A phase held its rate when its shakes served (the answers the clients
@@ -190,10 +190,7 @@ fn money_moved(audit: &AuditOutcome) -> Option<MoneyMoved> {
 fn audit_line(audit: &AuditOutcome) -> String {
     match (&audit.report, &audit.fleet, &audit.error) {
         (_, _, Some(e)) => format!("FAILED: {}", first_line(e)),
-        (Some(r), _, None) => format!(
-            "OK: the books balance; {} acknowledged grants and {} paid claims all found in the ledger",
-            r.acks_grants, r.acks_claims
-        ),
+        (Some(r), _, None) => books_balance(r),
         (None, Some(f), None) => format!(
             "OK: the fleet's books balance ({} node ledgers against the engine); {} acknowledged grants and {} paid claims all found in a node's ledger",
             f.nodes.len(),
