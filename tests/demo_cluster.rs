@@ -147,7 +147,19 @@ fn a_fleet_demo_survives_a_node_kill_and_a_primary_kill_and_its_books_balance() 
     assert!(fleet["mirrors"].as_u64().unwrap() > 0, "{s}");
     assert!(fleet["acks_grants"].as_u64().unwrap() > 0, "{s}");
     assert!(fleet["acks_claims"].as_u64().unwrap() > 0, "{s}");
-    assert_eq!(fleet["acks_claims"], fleet["mirrors"], "{s}");
+    // Every claim the flooders were answered (a repeat after a reconnect
+    // counted once) was mirrored by the node that answered it; a mirror
+    // may lack its answer (a node killed between its sync and its reply).
+    let u = |v: &Value| {
+        v.as_u64()
+            .unwrap_or_else(|| panic!("not a count: {v}\n{s}"))
+    };
+    let answered = u(&fleet["acks_claims"]) - u(&fleet["acks_claims_repeated"]);
+    assert!(
+        answered <= u(&fleet["mirrors"]) && 2 * answered >= u(&fleet["mirrors"]),
+        "{answered} distinct paid claims acknowledged, {} mirrors: {s}",
+        fleet["mirrors"]
+    );
     assert!(
         log.contains("audit     OK: the fleet's books balance"),
         "{log}"

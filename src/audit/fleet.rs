@@ -61,6 +61,8 @@ pub struct FleetReport {
     pub acks_grants: u64,
     /// Acknowledged paid claims checked.
     pub acks_claims: u64,
+    /// Of those, repeats of a claim already acknowledged.
+    pub acks_claims_repeated: u64,
     /// Acknowledged 0-cent claims (not checked).
     pub acks_zero_claims: u64,
 }
@@ -96,6 +98,7 @@ pub fn audit_fleet(args: &AuditArgs) -> anyhow::Result<FleetReport> {
         check_fleet_acks(log, &grants, &claims, &mut r)?;
         report.acks_grants += r.acks_grants;
         report.acks_claims += r.acks_claims;
+        report.acks_claims_repeated += r.acks_claims_repeated;
         report.acks_zero_claims += r.acks_zero_claims;
     }
     Ok(report)
@@ -323,8 +326,8 @@ pub fn print_fleet(r: &FleetReport) {
     }
     if r.acks_grants + r.acks_claims + r.acks_zero_claims > 0 {
         println!(
-            "acknowledgements: {} grants and {} paid claims all in a node's ledger ({} zero-cent claims not checked)",
-            r.acks_grants, r.acks_claims, r.acks_zero_claims
+            "acknowledgements: {} grants and {} paid claims all in a node's ledger ({} of them repeats; {} zero-cent claims not checked)",
+            r.acks_grants, r.acks_claims, r.acks_claims_repeated, r.acks_zero_claims
         );
     }
     println!("audit: OK");
@@ -340,7 +343,12 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("acks.log");
         // Envelope 7 granted by two nodes, to two users, both acknowledged.
-        std::fs::write(&log, "grant 12 7 216\ngrant 1183 7 15\nclaim 5 9 40\n").unwrap();
+        // User 5's claim of packet 9 answered twice (a repeat).
+        std::fs::write(
+            &log,
+            "grant 12 7 216\ngrant 1183 7 15\nclaim 5 9 40\nclaim 5 9 40\n",
+        )
+        .unwrap();
         let mut grants: HashMap<EnvelopeId, Vec<(UserId, Cents)>> = HashMap::new();
         grants.insert(
             EnvelopeId(7),
@@ -349,7 +357,17 @@ mod tests {
         let claims = HashMap::from([((PacketId(9), UserId(5)), Cents(40))]);
         let mut r = AuditReport::default();
         check_fleet_acks(&log, &grants, &claims, &mut r).unwrap();
-        assert_eq!((r.acks_grants, r.acks_claims), (2, 1));
+        assert_eq!(
+            (r.acks_grants, r.acks_claims, r.acks_claims_repeated),
+            (2, 2, 1)
+        );
+
+        // A repeat for another amount is not the ledger's claim.
+        std::fs::write(&log, "claim 5 9 40\nclaim 5 9 41\n").unwrap();
+        let e = check_fleet_acks(&log, &grants, &claims, &mut AuditReport::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("for 41c but the ledger paid 40c"), "{e}");
 
         // A grant no node made for that user and amount is named.
         std::fs::write(&log, "grant 12 7 217\n").unwrap();

@@ -5,7 +5,7 @@
 //! Owns: `AuditArgs`, `AuditReport`, the single ledger's audit and the
 //! ack-log check the fleet's audit reuses. Must not: change the ledger.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -57,6 +57,10 @@ pub struct AuditReport {
     pub acks_grants: u64,
     /// Acknowledged paid claims checked.
     pub acks_claims: u64,
+    /// Of those, answers to a claim already acknowledged (a client that
+    /// claimed again after a reconnect: the engine answers a repeat with
+    /// what it paid the first time, and the node mirrors it once).
+    pub acks_claims_repeated: u64,
     /// Acknowledged 0-cent claims (no money moved; not checked).
     pub acks_zero_claims: u64,
 }
@@ -129,6 +133,10 @@ pub(super) fn check_acks(
     report: &mut AuditReport,
 ) -> anyhow::Result<()> {
     let file = File::open(log).with_context(|| format!("opening ack log {}", log.display()))?;
+    // Paid claims acknowledged so far, to count the repeats (the ledger
+    // holds one amount per claim, so a repeat for another amount fails
+    // the lookup below).
+    let mut acknowledged: HashSet<(PacketId, UserId)> = HashSet::new();
     for (n, line) in BufReader::new(file).lines().enumerate() {
         let line = line.with_context(|| format!("reading {}", log.display()))?;
         let at = || format!("{}:{}", log.display(), n + 1);
@@ -166,6 +174,9 @@ pub(super) fn check_acks(
             "claim" if cents.0 == 0 => report.acks_zero_claims += 1,
             "claim" => {
                 report.acks_claims += 1;
+                if !acknowledged.insert((PacketId(id), user)) {
+                    report.acks_claims_repeated += 1;
+                }
                 match claims.get(&(PacketId(id), user)) {
                     Some(&c) if c == cents => {}
                     Some(&c) => bail!(
@@ -232,8 +243,8 @@ pub(super) fn print_table(r: &AuditReport) {
     );
     if r.acks_grants + r.acks_claims + r.acks_zero_claims > 0 {
         println!(
-            "acknowledgements: {} grants and {} paid claims all in the ledger ({} zero-cent claims not checked)",
-            r.acks_grants, r.acks_claims, r.acks_zero_claims
+            "acknowledgements: {} grants and {} paid claims all in the ledger ({} of them repeats; {} zero-cent claims not checked)",
+            r.acks_grants, r.acks_claims, r.acks_claims_repeated, r.acks_zero_claims
         );
     }
     println!("audit: OK");

@@ -797,7 +797,7 @@ fn write_fleet_audit(out: &mut String, f: &FleetReport) {
         .collect();
     let _ = writeln!(
         out,
-        "audit     OK: the fleet's books balance; the nodes' {} paid claim answers (repeats included) all in the engine with their amounts; envelope budget {}; {} acknowledged grants and {} paid claims of the flooders all in a node's ledger",
+        "audit     OK: the fleet's books balance; the nodes' {} paid claim answers (repeats included) all in the engine with their amounts; envelope budget {}; {} acknowledged grants and {} paid claims of the flooders ({} of them repeats) all in a node's ledger",
         f.mirrors,
         if budget.is_empty() {
             "not used".to_owned()
@@ -805,7 +805,8 @@ fn write_fleet_audit(out: &mut String, f: &FleetReport) {
             budget.join(", ")
         },
         f.acks_grants,
-        f.acks_claims
+        f.acks_claims,
+        f.acks_claims_repeated
     );
 }
 
