@@ -20,9 +20,10 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use super::node::{AuditArgs, AuditReport, GrantFound, audit_node, check_acks};
-use crate::cluster::{Engine, EngineConfig};
+use crate::cluster::{Engine, EngineConfig, PacketState};
 use crate::ids::{Cents, EnvelopeId, PacketId, UserId};
 use crate::ledger::Books;
+use crate::ledger::books::ClusterPacketBook;
 
 /// What the fleet's audit found.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -165,7 +166,7 @@ fn check_packets(
             mirrors.push((id, user, cents, dir));
         }
     }
-    let creators: HashMap<PacketId, (&PathBuf, &crate::ledger::books::ClusterPacketBook)> = nodes
+    let creators: HashMap<PacketId, (&PathBuf, &ClusterPacketBook)> = nodes
         .iter()
         .flat_map(|(dir, b)| {
             b.cluster_packets()
@@ -188,60 +189,13 @@ fn check_packets(
             continue;
         };
         report.packets_checked += 1;
-        if let Some((dir, book)) = creators.get(&id) {
-            if book.amount != state.amount {
-                bail!(
-                    "packet {id}: {} created it for {} but the engine holds {}",
-                    dir.display(),
-                    book.amount,
-                    state.amount
-                );
-            }
-            if let Some(refund) = book.refunded
-                && state.refunded != Some(refund)
-            {
-                bail!(
-                    "packet {id}: {} recorded a refund of {refund}, the engine {:?}",
-                    dir.display(),
-                    state.refunded
-                );
-            }
-        }
-        let mut claimed = 0u64;
-        let mut users = BTreeSet::new();
-        for &(user, cents) in &state.claims {
-            if cents.0 == 0 {
-                bail!("packet {id}: the engine paid user {user} 0 cents");
-            }
-            if !state.targets.contains(&user) {
-                bail!("packet {id}: the engine paid user {user}, who is not one of its targets");
-            }
-            if !users.insert(user) {
-                bail!("packet {id}: the engine paid user {user} twice");
-            }
-            claimed += cents.0;
-            engine_claims.insert((id, user), cents);
-        }
-        if users.len() > state.claimants as usize {
-            bail!(
-                "packet {id}: {} claims paid, more than its {} claimants",
-                users.len(),
-                state.claimants
-            );
-        }
-        let refund = state.refunded.map_or(0, |c| c.0);
-        if claimed + refund + state.remaining.0 != state.amount.0 {
-            bail!(
-                "packet {id}: claims {claimed} + refund {refund} + remaining {} != amount {}",
-                state.remaining,
-                state.amount
-            );
-        }
-        report.claims += users.len() as u64;
-        report.cents_claimed += claimed;
-        report.refunds += u64::from(state.refunded.is_some());
-        report.cents_refunded += refund;
-        report.cents_remaining += state.remaining.0;
+        check_packet(
+            id,
+            &state,
+            creators.get(&id).copied(),
+            &mut engine_claims,
+            report,
+        )?;
     }
     for (id, user, cents, dir) in mirrors {
         match engine_claims.get(&(id, user)) {
@@ -256,6 +210,75 @@ fn check_packets(
             ),
         }
     }
+    Ok(())
+}
+
+/// One packet the engine has, against its creator's ledger (when a node of
+/// the fleet created it): the amount and the refund agree; every claim is
+/// by one of its targets, at least a cent, one per user and no more than
+/// its claimants; claims + refund + remaining = amount. Its claims go into
+/// `engine_claims` for the mirrors' check.
+fn check_packet(
+    id: PacketId,
+    state: &PacketState,
+    creator: Option<(&PathBuf, &ClusterPacketBook)>,
+    engine_claims: &mut HashMap<(PacketId, UserId), Cents>,
+    report: &mut FleetReport,
+) -> anyhow::Result<()> {
+    if let Some((dir, book)) = creator {
+        if book.amount != state.amount {
+            bail!(
+                "packet {id}: {} created it for {} but the engine holds {}",
+                dir.display(),
+                book.amount,
+                state.amount
+            );
+        }
+        if let Some(refund) = book.refunded
+            && state.refunded != Some(refund)
+        {
+            bail!(
+                "packet {id}: {} recorded a refund of {refund}, the engine {:?}",
+                dir.display(),
+                state.refunded
+            );
+        }
+    }
+    let mut claimed = 0u64;
+    let mut users = BTreeSet::new();
+    for &(user, cents) in &state.claims {
+        if cents.0 == 0 {
+            bail!("packet {id}: the engine paid user {user} 0 cents");
+        }
+        if !state.targets.contains(&user) {
+            bail!("packet {id}: the engine paid user {user}, who is not one of its targets");
+        }
+        if !users.insert(user) {
+            bail!("packet {id}: the engine paid user {user} twice");
+        }
+        claimed += cents.0;
+        engine_claims.insert((id, user), cents);
+    }
+    if users.len() > state.claimants as usize {
+        bail!(
+            "packet {id}: {} claims paid, more than its {} claimants",
+            users.len(),
+            state.claimants
+        );
+    }
+    let refund = state.refunded.map_or(0, |c| c.0);
+    if claimed + refund + state.remaining.0 != state.amount.0 {
+        bail!(
+            "packet {id}: claims {claimed} + refund {refund} + remaining {} != amount {}",
+            state.remaining,
+            state.amount
+        );
+    }
+    report.claims += users.len() as u64;
+    report.cents_claimed += claimed;
+    report.refunds += u64::from(state.refunded.is_some());
+    report.cents_refunded += refund;
+    report.cents_remaining += state.remaining.0;
     Ok(())
 }
 

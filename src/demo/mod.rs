@@ -705,40 +705,7 @@ impl Launch<'_> {
                 .join(", "),
             self.out.join("logs").display()
         );
-        let mut servers = Vec::with_capacity(ports.servers.len());
-        for (i, &(listen, http)) in ports.servers.iter().enumerate() {
-            let f = ServerFiles::of(i, fleet);
-            let args = self.server_args(&f, listen, http, &f.hlog);
-            let child = Child::spawn(
-                &f.name,
-                self.exe,
-                &args,
-                &plan.server_cores,
-                self.out.join(format!("logs/{}.log", f.name)),
-            )?;
-            servers.push(Server {
-                restart_args: self.server_args(&f, listen, http, &f.restart_hlog()),
-                restart_log: self.out.join(format!("logs/{}-restarted.log", f.name)),
-                stats: self.out.join(&f.stats),
-                hlogs: vec![self.out.join(&f.hlog)],
-                restart_hlog: self.out.join(f.restart_hlog()),
-                name: f.name,
-                node_id: f.node_id,
-                listen: loopback(listen),
-                http: loopback(http),
-                current: Some(child),
-                retired: Vec::new(),
-                cpu_retired_us: 0,
-                cpu_last_us: 0,
-            });
-        }
-        for s in &mut servers {
-            let child = s.current.as_mut().expect("just started");
-            wait_answering(child, &s.http, "/status", self.stop)?;
-            if s.node_id.is_some() {
-                wait_engine(child, &s.http, self.stop)?;
-            }
-        }
+        let servers = self.start_servers(fleet)?;
         if fleet && self.args.envelopes_per_sec > 0 {
             self.set_budget(&servers[0].http, &token)?;
         }
@@ -790,6 +757,48 @@ impl Launch<'_> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(run)
+    }
+
+    /// Starts the server, or every node of the fleet, and waits until each
+    /// answers (a node also until its engine does). A failure stops those
+    /// started so far (their `Drop`).
+    fn start_servers(&self, fleet: bool) -> anyhow::Result<Vec<Server>> {
+        let (plan, ports) = (self.plan, self.ports);
+        let mut servers = Vec::with_capacity(ports.servers.len());
+        for (i, &(listen, http)) in ports.servers.iter().enumerate() {
+            let f = ServerFiles::of(i, fleet);
+            let args = self.server_args(&f, listen, http, &f.hlog);
+            let child = Child::spawn(
+                &f.name,
+                self.exe,
+                &args,
+                &plan.server_cores,
+                self.out.join(format!("logs/{}.log", f.name)),
+            )?;
+            servers.push(Server {
+                restart_args: self.server_args(&f, listen, http, &f.restart_hlog()),
+                restart_log: self.out.join(format!("logs/{}-restarted.log", f.name)),
+                stats: self.out.join(&f.stats),
+                hlogs: vec![self.out.join(&f.hlog)],
+                restart_hlog: self.out.join(f.restart_hlog()),
+                name: f.name,
+                node_id: f.node_id,
+                listen: loopback(listen),
+                http: loopback(http),
+                current: Some(child),
+                retired: Vec::new(),
+                cpu_retired_us: 0,
+                cpu_last_us: 0,
+            });
+        }
+        for s in &mut servers {
+            let child = s.current.as_mut().expect("just started");
+            wait_answering(child, &s.http, "/status", self.stop)?;
+            if s.node_id.is_some() {
+                wait_engine(child, &s.http, self.stop)?;
+            }
+        }
+        Ok(servers)
     }
 
     /// `/yaohongbao` on a node: the fleet's envelope budget, the rate for
