@@ -161,7 +161,7 @@ enum Step {
 /// and hands shakes and claims on with the session's user. The reference
 /// differs from the product only in what it does with those, so the
 /// benchmark compares exactly the business logic.
-#[inline]
+#[inline(always)]
 fn dispatch(
     frame: Frame,
     cx: &mut FrameContext<'_>,
@@ -321,7 +321,7 @@ impl Hongbao {
     }
 
     /// Answers one shake for `user`: overloaded, an envelope, gone, or none.
-    #[inline]
+    #[inline(always)]
     fn shake(&mut self, user: UserId, cx: &mut FrameContext<'_>) -> Hold {
         let FrameContext {
             now,
@@ -386,6 +386,65 @@ impl Hongbao {
             shake_answer(user, ShakeOutcome::NONE, None, now.secs, out);
         }
         Hold::No
+    }
+
+    /// A claim from `cx.conn`'s user: decided here, on the packet's owner
+    /// core, or in the cluster's engine; its answer now or as a message.
+    #[inline(never)]
+    fn claim(&mut self, user: UserId, packet: PacketId, cx: &mut FrameContext<'_>) {
+        let conn = cx.conn;
+        // A claim uses the core's per-second budget like a shake, so
+        // a claim flood makes the core refuse shakes rather than go
+        // past --max-qps. It is still decided: wire v1 has no
+        // "overloaded" answer for a claim, and a claim is never
+        // dropped; a connection's claims are held to its fair share
+        // before they are read (`--conn-qps-max`).
+        self.shakes_this_sec = self.shakes_this_sec.saturating_add(1);
+        let owner = cx.fx.owner(packet);
+        if self.cluster {
+            // Decided in the engine; its answer comes back as a
+            // message, counted as away until then. (The engine
+            // thread counts how it was decided.)
+            cx.fx.claims_away += 1;
+            cx.fx.engine.push(EngineJob::Claim {
+                packet,
+                user,
+                reply: conn,
+            });
+        } else if owner == self.core.0 {
+            let claimed = self.claim_here(packet, user, conn, cx.now, cx.fx, cx.counters);
+            if let Some(cents) = claimed {
+                Frame::ClaimResponse {
+                    packet,
+                    amount: cents,
+                }
+                .encode(cx.now.secs, cx.out);
+            }
+        } else {
+            // Its answer comes back as a message: counted until
+            // then, so the claims a core has in flight are bounded.
+            cx.fx.claims_away += 1;
+            cx.fx.send(
+                owner,
+                CoreMsg::Claim {
+                    packet,
+                    user,
+                    reply: conn,
+                },
+            );
+        }
+    }
+
+    /// A first login on `cx.conn`: the user is online at their home core.
+    #[inline(never)]
+    fn login(&mut self, user: UserId, cx: &mut FrameContext<'_>) {
+        let conn = cx.conn;
+        let home = cx.fx.home(user);
+        if home == self.core.0 {
+            self.online(user, conn, cx.fx);
+        } else {
+            cx.fx.send(home, CoreMsg::Online { user, addr: conn });
+        }
     }
 
     /// Decides `user`'s claim of `packet` on its owner core. `Some(cents)`
@@ -501,65 +560,23 @@ impl Hongbao {
 }
 
 impl Service for Hongbao {
-    #[inline]
+    #[inline(always)]
     fn on_frame(&mut self, frame: Frame, cx: &mut FrameContext<'_>) -> Result<Hold, SessionError> {
-        let conn = cx.conn;
-        match dispatch(frame, cx, &self.policy)? {
-            None => Ok(Hold::No),
-            Some(Step::Shake(user)) => Ok(self.shake(user, cx)),
+        // The shake is the hot path and stays inline; a claim and a login
+        // are steps of their own, out of line, so that the core loop's code
+        // for a frame stays short.
+        Ok(match dispatch(frame, cx, &self.policy)? {
+            None => Hold::No,
+            Some(Step::Shake(user)) => self.shake(user, cx),
             Some(Step::Claim(user, packet)) => {
-                // A claim uses the core's per-second budget like a shake, so
-                // a claim flood makes the core refuse shakes rather than go
-                // past --max-qps. It is still decided: wire v1 has no
-                // "overloaded" answer for a claim, and a claim is never
-                // dropped; a connection's claims are held to its fair share
-                // before they are read (`--conn-qps-max`).
-                self.shakes_this_sec = self.shakes_this_sec.saturating_add(1);
-                let owner = cx.fx.owner(packet);
-                if self.cluster {
-                    // Decided in the engine; its answer comes back as a
-                    // message, counted as away until then. (The engine
-                    // thread counts how it was decided.)
-                    cx.fx.claims_away += 1;
-                    cx.fx.engine.push(EngineJob::Claim {
-                        packet,
-                        user,
-                        reply: conn,
-                    });
-                } else if owner == self.core.0 {
-                    let claimed = self.claim_here(packet, user, conn, cx.now, cx.fx, cx.counters);
-                    if let Some(cents) = claimed {
-                        Frame::ClaimResponse {
-                            packet,
-                            amount: cents,
-                        }
-                        .encode(cx.now.secs, cx.out);
-                    }
-                } else {
-                    // Its answer comes back as a message: counted until
-                    // then, so the claims a core has in flight are bounded.
-                    cx.fx.claims_away += 1;
-                    cx.fx.send(
-                        owner,
-                        CoreMsg::Claim {
-                            packet,
-                            user,
-                            reply: conn,
-                        },
-                    );
-                }
-                Ok(Hold::No)
+                self.claim(user, packet, cx);
+                Hold::No
             }
             Some(Step::Login(user)) => {
-                let home = cx.fx.home(user);
-                if home == self.core.0 {
-                    self.online(user, conn, cx.fx);
-                } else {
-                    cx.fx.send(home, CoreMsg::Online { user, addr: conn });
-                }
-                Ok(Hold::No)
+                self.login(user, cx);
+                Hold::No
             }
-        }
+        })
     }
 
     fn on_message(

@@ -192,17 +192,17 @@ pub enum DecodeError {
     },
 }
 
-#[inline]
+#[inline(always)]
 fn be16(buf: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([buf[at], buf[at + 1]])
 }
 
-#[inline]
+#[inline(always)]
 fn be32(buf: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
 }
 
-#[inline]
+#[inline(always)]
 fn be64(buf: &[u8], at: usize) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&buf[at..at + 8]);
@@ -211,8 +211,11 @@ fn be64(buf: &[u8], at: usize) -> u64 {
 
 /// Decodes the frame at the start of `buf`.
 ///
-/// Never panics, whatever `buf` holds.
-#[inline]
+/// Never panics, whatever `buf` holds. Always inlined: a frame handed back
+/// through memory to a caller costs more than the decoding (a store-to-load
+/// round trip of the whole `Decoded`), and the hot path decodes one per
+/// request.
+#[inline(always)]
 pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
     if buf.len() < 2 {
         return Err(DecodeError::Incomplete);
@@ -240,7 +243,8 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
         return Err(DecodeError::Incomplete);
     }
     let timestamp = be64(buf, 4);
-    let f = |i: usize| be32(buf, HEADER_LEN + 4 * i);
+    let body = &buf[HEADER_LEN..len];
+    let f = |i: usize| be32(body, 4 * i);
     let frame = match cmd {
         cmd::LOGIN_REQUEST => Frame::LoginRequest { user: UserId(f(0)) },
         cmd::LOGIN_RESPONSE => Frame::LoginResponse {
@@ -269,7 +273,7 @@ pub fn decode(buf: &[u8]) -> Result<Decoded, DecodeError> {
             amount: Cents(u64::from(f(1))),
         },
         cmd::SIGNED_LOGIN_REQUEST => Frame::SignedLogin {
-            token: Token::from_bytes(&buf[HEADER_LEN..len])
+            token: Token::from_bytes(body)
                 .expect("the size check admitted exactly a token's bytes"),
         },
         // The lookup above admitted only cmds 0..=6 and 16.
@@ -311,73 +315,99 @@ impl Frame {
     }
 
     /// Appends the frame, stamped with `timestamp`, to `out`.
+    ///
+    /// Each variant is laid out in an array of its own fixed size, so an
+    /// answer is a few register stores and one copy of known length (the
+    /// hot path encodes one per shake).
     #[inline]
     pub fn encode(&self, timestamp: u64, out: &mut Vec<u8>) {
-        let mut fields = [0u32; 6];
-        let n = match *self {
+        match *self {
             Frame::SignedLogin { token } => {
-                let mut bytes = [0u8; SIGNED_LOGIN_LEN];
-                bytes[0..2].copy_from_slice(&(SIGNED_LOGIN_LEN as u16).to_be_bytes());
-                bytes[2..4].copy_from_slice(&cmd::SIGNED_LOGIN_REQUEST.to_be_bytes());
-                bytes[4..12].copy_from_slice(&timestamp.to_be_bytes());
+                let mut bytes = header::<SIGNED_LOGIN_LEN>(cmd::SIGNED_LOGIN_REQUEST, timestamp);
                 bytes[HEADER_LEN..].copy_from_slice(&token.to_bytes());
                 out.extend_from_slice(&bytes);
-                return;
             }
-            Frame::LoginRequest { user } | Frame::ShakeRequest { user } => {
-                fields[0] = user.0;
-                1
+            Frame::LoginRequest { user } => {
+                put::<16, 1>(out, cmd::LOGIN_REQUEST, timestamp, [user.0]);
+            }
+            Frame::ShakeRequest { user } => {
+                put::<16, 1>(out, cmd::SHAKE_REQUEST, timestamp, [user.0]);
             }
             Frame::LoginResponse { user, result } => {
-                fields[..2].copy_from_slice(&[user.0, result]);
-                2
+                put::<20, 2>(out, cmd::LOGIN_RESPONSE, timestamp, [user.0, result]);
             }
             Frame::ShakeResponse {
                 user,
                 result,
                 envelope,
                 amount,
-            } => {
-                fields[..4].copy_from_slice(&[user.0, result.0, envelope.0, amount.wire()]);
-                4
-            }
+            } => put::<28, 4>(
+                out,
+                cmd::SHAKE_RESPONSE,
+                timestamp,
+                [user.0, result.0, envelope.0, amount.wire()],
+            ),
             Frame::PacketPush {
                 packet,
                 amount,
                 claimants,
                 users,
-            } => {
-                fields = [
+            } => put::<36, 6>(
+                out,
+                cmd::PACKET_PUSH,
+                timestamp,
+                [
                     packet.0,
                     amount.wire(),
                     claimants,
                     users[0].0,
                     users[1].0,
                     users[2].0,
-                ];
-                6
-            }
+                ],
+            ),
             Frame::ClaimRequest { user, packet } => {
-                fields[..2].copy_from_slice(&[user.0, packet.0]);
-                2
+                put::<20, 2>(out, cmd::CLAIM_REQUEST, timestamp, [user.0, packet.0]);
             }
             Frame::ClaimResponse { packet, amount } => {
-                fields[..2].copy_from_slice(&[packet.0, amount.wire()]);
-                2
+                put::<20, 2>(
+                    out,
+                    cmd::CLAIM_RESPONSE,
+                    timestamp,
+                    [packet.0, amount.wire()],
+                );
             }
-        };
-        let len = HEADER_LEN + 4 * n;
-        debug_assert_eq!(len, self.len());
-        let mut bytes = [0u8; FRAME_LEN_MAX];
-        bytes[0..2].copy_from_slice(&(len as u16).to_be_bytes());
-        bytes[2..4].copy_from_slice(&self.cmd().to_be_bytes());
-        bytes[4..12].copy_from_slice(&timestamp.to_be_bytes());
-        for (i, field) in fields[..n].iter().enumerate() {
-            let at = HEADER_LEN + 4 * i;
-            bytes[at..at + 4].copy_from_slice(&field.to_be_bytes());
         }
-        out.extend_from_slice(&bytes[..len]);
     }
+}
+
+/// A frame of `LEN` bytes with its header written: length, `cmd`,
+/// `timestamp`; the body zero.
+#[inline(always)]
+fn header<const LEN: usize>(cmd: u16, timestamp: u64) -> [u8; LEN] {
+    let mut bytes = [0u8; LEN];
+    bytes[0..2].copy_from_slice(&(LEN as u16).to_be_bytes());
+    bytes[2..4].copy_from_slice(&cmd.to_be_bytes());
+    bytes[4..HEADER_LEN].copy_from_slice(&timestamp.to_be_bytes());
+    bytes
+}
+
+/// Appends a frame of `LEN` bytes whose body is `FIELDS` u32s. `LEN` must
+/// be the cmd's size in [`FRAME_LEN_BY_CMD`] (checked at compile time
+/// against the fields' count, and by the tests against the table).
+#[inline(always)]
+fn put<const LEN: usize, const FIELDS: usize>(
+    out: &mut Vec<u8>,
+    cmd: u16,
+    timestamp: u64,
+    fields: [u32; FIELDS],
+) {
+    const { assert!(LEN == HEADER_LEN + 4 * FIELDS) };
+    let mut bytes = header::<LEN>(cmd, timestamp);
+    for (i, field) in fields.iter().enumerate() {
+        let at = HEADER_LEN + 4 * i;
+        bytes[at..at + 4].copy_from_slice(&field.to_be_bytes());
+    }
+    out.extend_from_slice(&bytes);
 }
 
 #[cfg(test)]
