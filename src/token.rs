@@ -246,7 +246,7 @@ impl Keyring {
     }
 
     /// The newest key's id: the file's last line, the one to sign with.
-    pub fn newest(&self) -> u32 {
+    pub(crate) fn newest(&self) -> u32 {
         self.keys.last().map_or(0, |k| k.id)
     }
 
@@ -301,7 +301,7 @@ pub fn new_key() -> Result<[u8; KEY_LEN], KeyFileError> {
 }
 
 /// A key file's line for `id` and `key`.
-pub fn key_line(id: u32, key: &[u8; KEY_LEN]) -> String {
+pub(crate) fn key_line(id: u32, key: &[u8; KEY_LEN]) -> String {
     format!("{id}:{}\n", hex::encode(key))
 }
 

@@ -61,7 +61,7 @@ pub const FRAME_LEN_BY_CMD: [usize; 7] = [16, 20, 16, 28, 36, 20, 20];
 /// for a cmd this protocol does not have. The one table the decoder and
 /// [`Frame::len`] read, so a new cmd is sized in one place.
 #[inline]
-pub const fn frame_len(cmd: u16) -> Option<usize> {
+pub(crate) const fn frame_len(cmd: u16) -> Option<usize> {
     if cmd == cmd::SIGNED_LOGIN_REQUEST {
         return Some(SIGNED_LOGIN_LEN);
     }
@@ -73,7 +73,7 @@ pub const fn frame_len(cmd: u16) -> Option<usize> {
 }
 /// The signed login's length: header and token, the original's 44-byte
 /// maximum exactly.
-pub const SIGNED_LOGIN_LEN: usize = HEADER_LEN + TOKEN_LEN;
+pub(crate) const SIGNED_LOGIN_LEN: usize = HEADER_LEN + TOKEN_LEN;
 const _: () = assert!(SIGNED_LOGIN_LEN <= FRAME_LEN_MAX);
 
 /// The `result` of a shake answer. A newtype over the raw u32, because a

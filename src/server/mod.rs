@@ -15,7 +15,7 @@ mod handle;
 mod latency_log;
 pub(crate) mod limits;
 pub mod published;
-pub mod rate;
+mod rate;
 mod running;
 mod startup;
 mod stats_thread;
