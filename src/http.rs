@@ -76,6 +76,14 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Connection `key` in the slab has token `FIRST_CONN + key`.
 const FIRST_CONN: usize = 2;
+/// Readiness events taken from one poll: one per connection held covers a
+/// turn in which all of them are ready; the listener's or the waker's event
+/// past that waits for the next turn, a moment later.
+const EVENTS_MAX: usize = CONNS_MAX;
+/// Room kept ahead of an answer's body for its status line and headers,
+/// which come to about 120 to 170 bytes, so writing them seldom
+/// reallocates.
+const ANSWER_HEAD_LEN_HINT: usize = 160;
 
 /// A request must fit this, request line and headers together: control
 /// requests are one short line and a few headers.
@@ -464,7 +472,7 @@ impl Response {
                 ("application/json", json.as_str())
             }
         };
-        let mut out = Vec::with_capacity(160 + body.len());
+        let mut out = Vec::with_capacity(ANSWER_HEAD_LEN_HINT + body.len());
         // Writing into a Vec cannot fail. Answers are never cached: every
         // route reports the state of a running process.
         // A 401 names the scheme it wants (RFC 9110 11.6.1).
@@ -693,7 +701,7 @@ impl<H: Fn(&Request) -> Response> Loop<H> {
     /// Waits for connections, their readiness, deadlines or the waker;
     /// returns when woken (every connection is closed as the loop drops).
     fn run(&mut self, name: &str) {
-        let mut events = Events::with_capacity(256);
+        let mut events = Events::with_capacity(EVENTS_MAX);
         loop {
             let timeout = self.next_deadline().map(|at| {
                 // Rounded up, so the loop does not wake just before it.

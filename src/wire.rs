@@ -54,6 +54,10 @@ pub mod cmd {
     pub const SIGNED_LOGIN_REQUEST: u16 = 16;
 }
 
+/// Claimants a packet push (cmd 4) names: the original's frame has room
+/// for three; a packet with more names its first three.
+pub const PUSH_USERS: usize = 3;
+
 /// The total frame length each v1 command must have, indexed by cmd.
 pub const FRAME_LEN_BY_CMD: [usize; 7] = [16, 20, 16, 28, 36, 20, 20];
 
@@ -138,7 +142,7 @@ pub enum Frame {
         /// How many users may claim it (`useramount` in the original).
         claimants: u32,
         /// The first three claimants (0 where there are fewer).
-        users: [UserId; 3],
+        users: [UserId; PUSH_USERS],
     },
     /// cmd 5. The original client leaves `user` 0; the server uses the session's.
     ClaimRequest {

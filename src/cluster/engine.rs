@@ -260,6 +260,13 @@ const LUA_EXACT_MAX: u64 = 1 << 53;
 /// `Unavailable` and the caller decides.
 const CLIENT_RETRIES: u32 = 3;
 const CLIENT_RETRY_WAIT_MS: u64 = 100;
+/// Attempts of a call: after a retryable error, once more at once on a new
+/// connection. Every call is idempotent, and most such errors are a
+/// failover the old connection had not seen; past that the caller decides.
+const CALL_TRIES: u32 = 2;
+/// Attempts of a `WAIT`: one. WAIT counts the writes of the connection it
+/// runs on, so on a new connection it would confirm writes no replica has.
+const WAIT_TRIES: u32 = 1;
 
 /// A connection to the engine. Not shared between threads: each engine
 /// thread holds its own.
@@ -498,7 +505,8 @@ impl Engine {
         // and answer at once, confirming writes no replica has. A failure
         // is the caller's: it decides the batch again (repeats are writes
         // on the new connection, which the next WAIT then covers).
-        let v = self.with_read_timeout_tries(timeout, 1, "WAIT", |conn| conn.req_command(&c))?;
+        let v =
+            self.with_read_timeout_tries(timeout, WAIT_TRIES, "WAIT", |conn| conn.req_command(&c))?;
         let n = int(&v, "WAIT")?;
         Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
     }
@@ -532,7 +540,7 @@ impl Engine {
         for route in routes {
             let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
             // Once only, as in `wait_replicas`.
-            let v = self.with_read_timeout_tries(timeout, 1, "WAIT", |conn| {
+            let v = self.with_read_timeout_tries(timeout, WAIT_TRIES, "WAIT", |conn| {
                 conn.route_command(&c, routing.clone())
             })?;
             let n = u32::try_from(int(&v, "WAIT")?.max(0)).unwrap_or(u32::MAX);
@@ -937,7 +945,7 @@ impl Engine {
         step: &str,
         f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
     ) -> Result<T, EngineError> {
-        self.run_tries(step, 2, f)
+        self.run_tries(step, CALL_TRIES, f)
     }
 
     /// `cmds` in one cluster pipeline (one round trip per primary
@@ -1002,7 +1010,7 @@ impl Engine {
         step: &str,
         f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
     ) -> Result<T, EngineError> {
-        self.with_read_timeout_tries(extra, 2, step, f)
+        self.with_read_timeout_tries(extra, CALL_TRIES, step, f)
     }
 
     /// [`Engine::with_read_timeout`] with `tries` attempts.

@@ -34,7 +34,7 @@ use crate::ids::{Cents, PacketId, UserId};
 use crate::ledger::{Entry, Ledger, Record};
 use crate::mesh::{CoreMsg, EngineJob, Peers};
 use crate::packets::{NewPacket, share};
-use crate::wire::Frame;
+use crate::wire::{Frame, PUSH_USERS};
 
 /// Claims decided in one round trip to the engine.
 const CLAIM_BATCH_MAX: usize = 512;
@@ -65,6 +65,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// After an engine call failed, the engine thread retries no sooner than
 /// this (a failover takes seconds; spinning would not shorten it).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The longest one nap of a pause between retries: a stop asked for during
+/// the pause is seen within this, so shutdown never waits a whole pause.
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// How often an unreachable engine is dialled again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 /// How often the node asks the budget for envelopes (and says it lives).
@@ -75,7 +78,11 @@ const LEASE_SECONDS: u64 = 1;
 /// How often expired packets of this node are refunded.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// Packet ids kept reserved ahead for the generator.
-pub(crate) const IDS_AHEAD: usize = 256;
+const IDS_AHEAD: usize = 256;
+/// The generator's queue of packet ids: a refill of [`IDS_AHEAD`] comes
+/// when fewer than half of that are left, so at most one and a half times
+/// it are ever queued, and a refill always fits.
+pub(crate) const IDS_LEN: usize = 2 * IDS_AHEAD;
 /// Longest single `WAIT`.
 const WAIT_MAX: Duration = Duration::from_secs(1);
 /// How long a message to a core may wait on its full inbox.
@@ -1094,7 +1101,7 @@ fn creation(p: &NewPacket, node: u32, rng: &mut fastrand::Rng) -> Creation {
 
 /// The push note of a packet: what a push frame carries, and its expiry.
 fn note_of_packet(p: &EnginePacket, until_s: u32) -> PushNote {
-    let mut targets = [UserId(0); 3];
+    let mut targets = [UserId(0); PUSH_USERS];
     for (slot, &u) in targets.iter_mut().zip(&p.targets) {
         *slot = u;
     }
@@ -1204,6 +1211,6 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
         if now >= until {
             return;
         }
-        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+        std::thread::sleep((until - now).min(STOP_CHECK_EVERY));
     }
 }

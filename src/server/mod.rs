@@ -21,6 +21,7 @@ mod startup;
 mod stats_thread;
 pub mod worker;
 
+pub(crate) use config::CONN_QPS_MAX_DEFAULT;
 pub use config::{AuthMode, ServerConfig};
 pub use handle::{Replayed, SeedSource, ServerHandle};
 pub use startup::{StartError, start};
