@@ -207,7 +207,7 @@ impl Exposition {
             (
                 "process_max_fds",
                 "Maximum number of open file descriptors (the soft RLIMIT_NOFILE).",
-                p.max_fds.map(|n| n as f64),
+                p.fds_max.map(|n| n as f64),
             ),
             (
                 "process_resident_memory_bytes",
