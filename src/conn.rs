@@ -7,7 +7,7 @@
 //! the per-connection buffers, allocated only while a connection holds
 //! something ([`LazyBuffers`], [`ConnBuffers`]); writing with a spill: write
 //! what the kernel takes, keep the rest in order, and say when the rest is
-//! over its cap ([`LazyBuffers::send`]).
+//! over its cap (`LazyBuffers::send`).
 //!
 //! Must not: own a loop, a poll or a socket (each program reads and writes
 //! with its own calls and hands them in, so one read and one write per
@@ -41,12 +41,12 @@ pub struct ConnBuffers<X = ()> {
 
 impl<X> ConnBuffers<X> {
     /// True while output waits for the kernel.
-    pub fn has_pending_out(&self) -> bool {
+    pub(crate) fn has_pending_out(&self) -> bool {
         !self.out.is_empty()
     }
 
     /// Bytes of output waiting for the kernel.
-    pub fn pending_len(&self) -> usize {
+    pub(crate) fn pending_len(&self) -> usize {
         self.out.len()
     }
 
@@ -70,7 +70,7 @@ impl<X> Default for LazyBuffers<X> {
 
 /// What a write does when output is already waiting for the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Behind {
+pub(crate) enum Behind {
     /// Queue the new bytes behind the waiting ones without a system call:
     /// the last write found the socket full, so a `WRITABLE` edge is coming
     /// (the flooder, whose sockets are registered for it once, for good).
@@ -83,7 +83,7 @@ pub enum Behind {
 
 /// How a connection's output spills.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpillRule {
+pub(crate) struct SpillRule {
     /// What a write does while output waits.
     pub behind: Behind,
     /// Bytes the spill may keep; past this, [`Sent::over_cap`] says so and
@@ -93,7 +93,7 @@ pub struct SpillRule {
 
 /// What one send did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Sent {
+pub(crate) struct Sent {
     /// Bytes the kernel took.
     pub written: usize,
     /// Output was waiting before this send.
@@ -123,19 +123,19 @@ impl<X> LazyBuffers<X> {
     }
 
     /// The buffers, if the connection holds any.
-    pub fn get_mut(&mut self) -> Option<&mut ConnBuffers<X>> {
+    pub(crate) fn get_mut(&mut self) -> Option<&mut ConnBuffers<X>> {
         self.0.as_deref_mut()
     }
 
     /// True while output waits for the kernel.
-    pub fn has_pending_out(&self) -> bool {
+    pub(crate) fn has_pending_out(&self) -> bool {
         self.get().is_some_and(ConnBuffers::has_pending_out)
     }
 
     /// Forgets the partial frame and the waiting output, keeping the
     /// allocation for the connection's next life (the flooder reconnects
     /// the same user on the same slot).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         if let Some(b) = self.get_mut() {
             b.partial_len = 0;
             b.out.clear();
@@ -145,7 +145,7 @@ impl<X> LazyBuffers<X> {
     /// Frees the buffers once they hold nothing and `extra_idle` says the
     /// program's part holds nothing either, so an idle connection costs no
     /// buffer.
-    pub fn release_if_idle(&mut self, extra_idle: impl FnOnce(&X) -> bool) {
+    pub(crate) fn release_if_idle(&mut self, extra_idle: impl FnOnce(&X) -> bool) {
         if self
             .get()
             .is_some_and(|b| !b.has_partial() && !b.has_pending_out() && extra_idle(&b.extra))
@@ -157,7 +157,7 @@ impl<X> LazyBuffers<X> {
     /// Writes the waiting output as long as the kernel takes some: until
     /// none waits, or a write takes nothing (the socket is full; a
     /// `WRITABLE` edge will come). Returns the bytes written.
-    pub fn flush(
+    pub(crate) fn flush(
         &mut self,
         mut write: impl FnMut(&[u8]) -> io::Result<usize>,
     ) -> io::Result<usize> {
@@ -179,7 +179,7 @@ impl<X> LazyBuffers<X> {
 
 impl<X: Default> LazyBuffers<X> {
     /// The buffers, allocated now if the connection held none.
-    pub fn alloc(&mut self) -> &mut ConnBuffers<X> {
+    pub(crate) fn alloc(&mut self) -> &mut ConnBuffers<X> {
         self.0.get_or_insert_with(|| {
             Box::new(ConnBuffers {
                 partial: [0; FRAME_LEN_MAX],
@@ -196,7 +196,7 @@ impl<X: Default> LazyBuffers<X> {
     /// the wire is the order of the sends. An I/O error other than
     /// `WouldBlock` (nothing taken) and `Interrupted` (retried) is the
     /// caller's to act on; the bytes stay queued.
-    pub fn send(
+    pub(crate) fn send(
         &mut self,
         new: &[u8],
         rule: SpillRule,
@@ -361,7 +361,7 @@ impl<'a> Carry<'a> {
     /// Hands every whole frame held to `on_frame` (see [`decode_frames`]),
     /// then moves what was not handled to the front for the next read.
     #[inline]
-    pub fn decode<E>(&mut self, on_frame: impl FnMut(Frame) -> Result<(), E>) -> Decoded<E> {
+    pub(crate) fn decode<E>(&mut self, on_frame: impl FnMut(Frame) -> Result<(), E>) -> Decoded<E> {
         let d = decode_frames(self.bytes(), on_frame);
         self.consume(d.used);
         d

@@ -10,7 +10,7 @@
 //! `--bind`, `--source`, `--hlog`) take commas: `HONGBAO_FLOOD_SERVER=a:1,b:1`.
 //! Switches take `true`/`false`, `yes`/`no`, `on`/`off`, `1`/`0`.
 //!
-//! Owns: [`var_name`], [`is_option_var`], [`without_env`] and
+//! Owns: [`var_name`], [`is_option_var`], `without_env` and
 //! [`try_get_matches_from`]. Must not: know a program's options (each
 //! declares its own `env = "..."`; `tests/environment.rs` checks every
 //! one against [`var_name`]).
@@ -21,10 +21,10 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 /// What every option's variable starts with.
-pub const PREFIX: &str = "HONGBAO_";
+const PREFIX: &str = "HONGBAO_";
 
 /// The subcommands whose options come from the environment too.
-pub const SUBCOMMANDS: [&str; 3] = ["server", "flood", "monitor"];
+const SUBCOMMANDS: [&str; 3] = ["server", "flood", "monitor"];
 
 /// The variable of `subcommand`'s option `--long`: `HONGBAO_SERVER_MAX_QPS`
 /// for `("server", "max-qps")`.
@@ -46,7 +46,7 @@ pub fn is_option_var(name: &str) -> bool {
 /// `cmd` with no option read from the environment, in any subcommand: the
 /// command line and the defaults alone (`ServerConfig::default()`, and the
 /// first pass of [`try_get_matches_from`]).
-pub fn without_env(cmd: Command) -> Command {
+pub(crate) fn without_env(cmd: Command) -> Command {
     map_args(cmd, &|arg| arg.env(None))
 }
 

@@ -84,7 +84,7 @@ pub struct ProcessSelf {
     /// Open file descriptors.
     pub open_fds: Option<u64>,
     /// The soft open-file limit.
-    pub max_fds: Option<u64>,
+    pub fds_max: Option<u64>,
     /// Resident memory, bytes.
     pub resident_bytes: Option<u64>,
     /// Virtual memory, bytes.
@@ -114,7 +114,7 @@ pub fn process_self() -> ProcessSelf {
             _ => None,
         },
         open_fds: open_fds(),
-        max_fds: nofile().ok().map(|(soft, _)| soft),
+        fds_max: nofile().ok().map(|(soft, _)| soft),
         resident_bytes: field(STAT_RSS_PAGES)
             .zip((page > 0).then_some(page as u64))
             .map(|(pages, size)| pages * size),
@@ -182,7 +182,7 @@ mod tests {
     fn this_process_reads_as_a_running_one() {
         let p = process_self();
         assert!(p.open_fds.is_some_and(|n| n >= 3), "{p:?}");
-        assert_eq!(p.max_fds, Some(nofile().expect("getrlimit").0));
+        assert_eq!(p.fds_max, Some(nofile().expect("getrlimit").0));
         assert!(p.resident_bytes.is_some_and(|n| n > 0), "{p:?}");
         assert!(p.cpu_seconds.is_some(), "{p:?}");
         let now = std::time::SystemTime::now()

@@ -12,30 +12,30 @@
 //! Many connections are served at once, on one thread with its own mio
 //! loop, and none can stall it (each limit is a constant, stated here):
 //!
-//! - **Deadlines.** A connection has [`HEAD_TIMEOUT`] from its accept to
-//!   send its whole request head, and [`WRITE_TIMEOUT`] to take its answer;
+//! - **Deadlines.** A connection has `HEAD_TIMEOUT` from its accept to
+//!   send its whole request head, and `WRITE_TIMEOUT` to take its answer;
 //!   then what it still sends (a body, which is never served) is read and
-//!   dropped for at most [`LINGER_TIMEOUT`] and [`DRAIN_MAX`] bytes. Past a
+//!   dropped for at most `LINGER_TIMEOUT` and `DRAIN_MAX` bytes. Past a
 //!   deadline it is closed and counted ([`Counters`]).
-//! - **A connection cap.** At most [`CONNS_MAX`] connections are held. A
+//! - **A connection cap.** At most `CONNS_MAX` connections are held. A
 //!   connection accepted at the cap evicts the oldest held one that is not
 //!   being answered (an answered one lingering first, then the one waiting
 //!   longest for its head), counted; if every held one is being answered, the
 //!   newcomer gets a 503 and is closed, counted. So idle connections, however
 //!   many and however often reopened, cannot keep a new one out: a newcomer
-//!   is only pushed out by [`CONNS_MAX`] newer ones.
-//! - **Bounded buffers.** A request head must fit [`REQUEST_MAX`] bytes,
+//!   is only pushed out by `CONNS_MAX` newer ones.
+//! - **Bounded buffers.** A request head must fit `REQUEST_MAX` bytes,
 //!   held per connection only while it arrives; an answer is held until
 //!   written, and all answers held at once stay under
-//!   [`ANSWERS_BYTES_MAX`] (past it, a 503, counted).
-//! - **A backlog** of [`BACKLOG`] (the kernel caps it at
-//!   `net.core.somaxconn`, see [`somaxconn`]).
-//! - **Descriptors.** A control server holds at most [`FDS_MAX`]; a process
+//!   `ANSWERS_BYTES_MAX` (past it, a 503, counted).
+//! - **A backlog** of `BACKLOG` (the kernel caps it at
+//!   `net.core.somaxconn`, see `somaxconn`).
+//! - **Descriptors.** A control server holds at most `FDS_MAX`; a process
 //!   that also serves a data plane keeps them in reserve (`server::limits`).
 //!
 //! The handler runs on the loop's thread, one request at a time: it must be
 //! quick or bounded (the server's waits on its generator for at most
-//! [`IO_TIMEOUT`]). Only GET is served: request bodies are never read, so a
+//! `IO_TIMEOUT`). Only GET is served: request bodies are never read, so a
 //! method that carries one could not be answered correctly, and HEAD would
 //! need answers without a body.
 //!
@@ -76,44 +76,52 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 /// Connection `key` in the slab has token `FIRST_CONN + key`.
 const FIRST_CONN: usize = 2;
+/// Readiness events taken from one poll: one per connection held covers a
+/// turn in which all of them are ready; the listener's or the waker's event
+/// past that waits for the next turn, a moment later.
+const EVENTS_MAX: usize = CONNS_MAX;
+/// Room kept ahead of an answer's body for its status line and headers,
+/// which come to about 120 to 170 bytes, so writing them seldom
+/// reallocates.
+const ANSWER_HEAD_LEN_HINT: usize = 160;
 
 /// A request must fit this, request line and headers together: control
 /// requests are one short line and a few headers.
-pub const REQUEST_MAX: usize = 8 * 1024;
+pub(crate) const REQUEST_MAX: usize = 8 * 1024;
 /// Each deadline of a connection: to send its request head, and again to
 /// take its answer. Long enough for a person typing into `nc`'s pipe from a
 /// script, short enough that a silent client costs a slot for a moment only.
-pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// From accept to the end of the request head (the header deadline).
-pub const HEAD_TIMEOUT: Duration = IO_TIMEOUT;
+pub(crate) const HEAD_TIMEOUT: Duration = IO_TIMEOUT;
 /// From the end of the head to the last byte of the answer written (the
 /// write deadline): a client that does not read its answer is closed then.
-pub const WRITE_TIMEOUT: Duration = IO_TIMEOUT;
+pub(crate) const WRITE_TIMEOUT: Duration = IO_TIMEOUT;
 /// After the answer, what the client still sends (a request body, which is
 /// never served) is read and dropped for at most this long, and at most
 /// [`DRAIN_MAX`] bytes, so that closing does not reset the connection and
 /// destroy the answer on its way. On loopback or a LAN the rest of a request
 /// and the client's close arrive in well under this.
-pub const LINGER_TIMEOUT: Duration = Duration::from_millis(500);
+pub(crate) const LINGER_TIMEOUT: Duration = Duration::from_millis(500);
 /// See [`LINGER_TIMEOUT`].
-pub const DRAIN_MAX: usize = 64 * 1024;
+pub(crate) const DRAIN_MAX: usize = 64 * 1024;
 /// Connections held at once; see the module's notes for what happens at the
 /// cap. The monitor holds one per fetch and operators a few: 256 leaves room
 /// for a burst of scripts, and 256 × [`REQUEST_MAX`] bounds the head buffers
 /// at 2 MiB.
-pub const CONNS_MAX: usize = 256;
+pub(crate) const CONNS_MAX: usize = 256;
 /// Answer bytes held at once over all connections: an answer that would
 /// take more gets a 503 instead, counted (`shed`). A full `/seconds` is
 /// about 1 MB, so 64 of them fit; without this, 256 clients asking for it
 /// and not reading would hold 256 MB for their write deadline.
-pub const ANSWERS_BYTES_MAX: usize = 64 << 20;
+pub(crate) const ANSWERS_BYTES_MAX: usize = 64 << 20;
 /// Descriptors a control server holds at most: its connections, the
 /// listener, its epoll and its waker's eventfd.
-pub const FDS_MAX: u64 = CONNS_MAX as u64 + 3;
+pub(crate) const FDS_MAX: u64 = CONNS_MAX as u64 + 3;
 /// The control listener's listen(2) backlog: takes 300 connects at once
 /// (the kernel caps it at `net.core.somaxconn`, 4096 by default since Linux
 /// 5.4).
-pub const BACKLOG: i32 = 1024;
+pub(crate) const BACKLOG: i32 = 1024;
 /// Headers parsed per request; more is a 400. Control clients send a few.
 const HEADERS_MAX: usize = 32;
 /// Connections accepted per readiness event before the loop serves the ones
@@ -126,13 +134,13 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Bytes read per `read` call, from a buffer on the loop's stack.
 const READ_CHUNK: usize = 4096;
 /// Shortest control token accepted: 16 bytes is 96 bits even as base64.
-pub const TOKEN_LEN_MIN: usize = 16;
+pub(crate) const TOKEN_LEN_MIN: usize = 16;
 /// Longest control token accepted: it travels in one request head.
-pub const TOKEN_LEN_MAX: usize = 1024;
+pub(crate) const TOKEN_LEN_MAX: usize = 1024;
 
 /// `net.core.somaxconn`, which caps every listen backlog; `None` when it
 /// cannot be read (no procfs).
-pub fn somaxconn() -> Option<u32> {
+pub(crate) fn somaxconn() -> Option<u32> {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn")
         .ok()?
         .trim()
@@ -150,16 +158,16 @@ pub struct Counters {
     pub open: AtomicU64,
     /// Requests answered, whatever the status.
     pub answered: AtomicU64,
-    /// Held connections closed to make room at [`CONNS_MAX`].
+    /// Held connections closed to make room at `CONNS_MAX`.
     pub evicted: AtomicU64,
-    /// Connections refused at [`CONNS_MAX`] with a 503 (every held one was
+    /// Connections refused at `CONNS_MAX` with a 503 (every held one was
     /// being answered).
     pub refused: AtomicU64,
-    /// Connections closed at the header deadline ([`HEAD_TIMEOUT`]).
+    /// Connections closed at the header deadline (`HEAD_TIMEOUT`).
     pub head_timeouts: AtomicU64,
-    /// Connections closed at the write deadline ([`WRITE_TIMEOUT`]).
+    /// Connections closed at the write deadline (`WRITE_TIMEOUT`).
     pub write_timeouts: AtomicU64,
-    /// Requests refused with a 431 (head over [`REQUEST_MAX`]).
+    /// Requests refused with a 431 (head over `REQUEST_MAX`).
     pub too_large: AtomicU64,
     /// Requests refused with a 400 or a 405.
     pub bad_requests: AtomicU64,
@@ -167,7 +175,7 @@ pub struct Counters {
     /// wrong one).
     pub unauthorized: AtomicU64,
     /// Answers replaced by a 503 because the answers held would pass
-    /// [`ANSWERS_BYTES_MAX`].
+    /// `ANSWERS_BYTES_MAX`.
     pub shed: AtomicU64,
     /// `accept` failures (out of descriptors, or the connection gone).
     pub accept_errors: AtomicU64,
@@ -209,7 +217,7 @@ pub struct Listener {
 }
 
 /// Binds `addr` for a control server: non-blocking, close-on-exec,
-/// `SO_REUSEADDR`, a backlog of [`BACKLOG`].
+/// `SO_REUSEADDR`, a backlog of `BACKLOG`.
 pub fn bind(addr: SocketAddr) -> io::Result<Listener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
@@ -239,7 +247,7 @@ impl Listener {
 ///
 /// Its `Debug` does not show it.
 #[derive(Clone)]
-pub struct ControlToken(Arc<str>);
+pub(crate) struct ControlToken(Arc<str>);
 
 impl std::fmt::Debug for ControlToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -314,7 +322,7 @@ impl ControlToken {
 /// `paths` must carry `Authorization: Bearer TOKEN` or gets a 401, counted.
 /// Without a token (the default) every route is open.
 #[derive(Clone, Debug, Default)]
-pub struct Guard {
+pub(crate) struct Guard {
     /// The token, if one is configured.
     pub token: Option<ControlToken>,
     /// The paths it guards (exact, before any `?`).
@@ -464,7 +472,7 @@ impl Response {
                 ("application/json", json.as_str())
             }
         };
-        let mut out = Vec::with_capacity(160 + body.len());
+        let mut out = Vec::with_capacity(ANSWER_HEAD_LEN_HINT + body.len());
         // Writing into a Vec cannot fail. Answers are never cached: every
         // route reports the state of a running process.
         // A 401 names the scheme it wants (RFC 9110 11.6.1).
@@ -570,7 +578,7 @@ impl Server {
 
     /// As [`Server::start`], with the routes in `guard` refused (401) to a
     /// request without its token.
-    pub fn start_guarded<H>(
+    pub(crate) fn start_guarded<H>(
         listener: Listener,
         name: &str,
         guard: Guard,
@@ -693,7 +701,7 @@ impl<H: Fn(&Request) -> Response> Loop<H> {
     /// Waits for connections, their readiness, deadlines or the waker;
     /// returns when woken (every connection is closed as the loop drops).
     fn run(&mut self, name: &str) {
-        let mut events = Events::with_capacity(256);
+        let mut events = Events::with_capacity(EVENTS_MAX);
         loop {
             let timeout = self.next_deadline().map(|at| {
                 // Rounded up, so the loop does not wake just before it.
@@ -943,7 +951,7 @@ pub fn get(addr: &str, target: &str, timeout: Duration) -> Result<(u16, String),
 
 /// As [`get`], sending `Authorization: Bearer TOKEN` when `token` is given
 /// (for a guarded route).
-pub fn get_with_token(
+pub(crate) fn get_with_token(
     addr: &str,
     target: &str,
     timeout: Duration,

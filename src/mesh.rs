@@ -7,8 +7,9 @@
 //! (messages to send, answers to release once the ledger is durable, under
 //! the rule `crate::durable` keeps; [`Waiting`] names who waits); and
 //! [`Peers`], every core's inbox and waker, for whoever sends to a core
-//! (the cores, the generator); and the [`Directory`] in which a user's home core tracks where the user is
-//! online and keeps pushes for users who are not. Must not: do I/O.
+//! (the cores, the generator); and the `Directory` in which a user's home
+//! core tracks where the user is online and keeps pushes for users who are
+//! not. Must not: do I/O.
 //!
 //! Routing: a packet lives on its owner core (`id mod cores`), so its
 //! claims are serialised there; a user's presence and mailbox live on the
@@ -190,15 +191,15 @@ pub enum Waiting {
 /// frames plus what one inbox's drain produces (an answer per claim, a
 /// delivery per push, at most one kick and a mailbox of deliveries per
 /// login).
-pub const OUTBOX_MAX: usize = 4096;
+pub(crate) const OUTBOX_MAX: usize = 4096;
 /// Claims this core has sent to owner cores and not yet had answered: past
 /// this it stops reading its connections. Every claim sent gets exactly one
 /// answer back, so this bounds the claims and claim answers in every queue
 /// between cores that this core's connections caused.
-pub const CLAIMS_AWAY_MAX: u64 = 8192;
+pub(crate) const CLAIMS_AWAY_MAX: u64 = 8192;
 /// Ledger entries a core keeps (the writer's channel being full) before it
 /// stops reading its connections.
-pub const LEDGER_BACKLOG_MAX: usize = 4096;
+pub(crate) const LEDGER_BACKLOG_MAX: usize = 4096;
 
 /// What a session step asks of its core beyond the answer it wrote.
 #[derive(Debug)]
@@ -322,7 +323,7 @@ impl Crowd {
 
 /// What a login changes at the user's home core.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Arrival {
+pub(crate) struct Arrival {
     /// The pushes that waited for the login, oldest first: to deliver on
     /// the new connection now.
     pub mail: Vec<Frame>,
@@ -334,7 +335,7 @@ pub struct Arrival {
 /// The users whose home is this core: where they are online, and the pushes
 /// waiting for those who are not.
 #[derive(Debug)]
-pub struct Directory {
+pub(crate) struct Directory {
     users: HashMap<UserId, Presence>,
     mailbox_max: usize,
     /// Connections one user may hold at once (0: no limit).
@@ -352,13 +353,16 @@ impl Directory {
         }
     }
 
-    /// Users with an entry (online, or with mail).
-    pub fn len(&self) -> usize {
+    /// Users with an entry (online, or with mail): what the tests check
+    /// is never kept for nothing.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.users.len()
     }
 
     /// True when no user has an entry.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.users.is_empty()
     }
 

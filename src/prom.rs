@@ -5,7 +5,7 @@
 //! the latency buckets every histogram shares ([`LATENCY_BUCKETS_SECONDS`])
 //! and the shape of a histogram ready to write ([`Buckets`]), and the
 //! `process_*` metrics every Prometheus client library exposes
-//! ([`Exposition::process`], read from `/proc/self` through
+//! (`Exposition::process`, read from `/proc/self` through
 //! `host`). Must not: read a clock, lock anything, know HTTP,
 //! take buckets from an HdrHistogram (that is `stats::SummaryNs`'s file,
 //! the one way a histogram is read), or know a counter struct: each program
@@ -26,7 +26,7 @@
 use std::fmt::Write as _;
 
 /// Quantiles every latency summary carries (`/seconds`, the reports).
-pub const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
+pub(crate) const QUANTILES: [f64; 4] = [0.5, 0.9, 0.99, 0.999];
 
 /// Upper bounds (`le`) of every latency histogram's buckets, in seconds,
 /// `+Inf` aside: 1, 2.5 and 5 per decade from 1 µs to 10 s. A server's
@@ -56,13 +56,13 @@ pub struct Buckets {
 
 /// One sample of a [`Family`]: its label value and how its count is read
 /// from the struct.
-pub type Sample<T> = (&'static str, fn(&T) -> u64);
+pub(crate) type Sample<T> = (&'static str, fn(&T) -> u64);
 
 /// One counter family of a counter struct `T`: its name, help, and its
 /// samples, each read from `T` by a function: one unlabelled sample
 /// (`label` empty, the sample's value `""`), or one per value of `label`.
 #[derive(Debug)]
-pub struct Family<T: 'static> {
+pub(crate) struct Family<T: 'static> {
     /// The metric's name, ending in `_total`.
     pub name: &'static str,
     /// What is counted.
@@ -75,7 +75,7 @@ pub struct Family<T: 'static> {
 
 /// The type of a metric family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Type {
+pub(crate) enum Type {
     /// Only goes up (resets with the process).
     Counter,
     /// Goes up and down.
@@ -96,7 +96,7 @@ impl Type {
 
 /// A Prometheus text document being written.
 #[derive(Debug, Default)]
-pub struct Exposition {
+pub(crate) struct Exposition {
     out: String,
 }
 
@@ -157,15 +157,6 @@ impl Exposition {
         self.sample(name, &[], value);
     }
 
-    /// A counter with one sample per value of `label`, the parts of one
-    /// count: `name{label="value"} n`.
-    pub fn counters(&mut self, name: &str, help: &str, label: &str, samples: &[(&str, u64)]) {
-        self.family(name, help, Type::Counter);
-        for (value, n) in samples {
-            self.sample(name, &[(label, value)], *n as f64);
-        }
-    }
-
     /// A gauge: a value that goes up and down.
     pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
         self.family(name, help, Type::Gauge);
@@ -216,7 +207,7 @@ impl Exposition {
             (
                 "process_max_fds",
                 "Maximum number of open file descriptors (the soft RLIMIT_NOFILE).",
-                p.max_fds.map(|n| n as f64),
+                p.fds_max.map(|n| n as f64),
             ),
             (
                 "process_resident_memory_bytes",
@@ -248,7 +239,7 @@ impl Exposition {
 }
 
 /// The content type of the text format, for the HTTP answer.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A sample value as Prometheus writes it (`NaN`, `+Inf`, or a decimal).
 fn number(x: f64) -> String {
@@ -315,7 +306,13 @@ mod tests {
     #[test]
     fn labelled_counters_share_one_family() {
         let mut e = Exposition::new();
-        e.counters("a_total", "what", "result", &[("x", 1), ("y", 2)]);
+        let families = [Family::<(u64, u64)> {
+            name: "a_total",
+            help: "what",
+            label: "result",
+            samples: &[("x", |c| c.0), ("y", |c| c.1)],
+        }];
+        e.families(&families, &(1, 2));
         assert_eq!(
             e.finish(),
             "# HELP a_total what\n# TYPE a_total counter\na_total{result=\"x\"} 1\na_total{result=\"y\"} 2\n"

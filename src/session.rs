@@ -28,7 +28,7 @@ use crate::packets::{Claimed, PacketTable};
 use crate::ring::EnvelopeRings;
 use crate::stats::CoreCounters;
 use crate::token::{Keyring, Refusal};
-use crate::wire::{Frame, ShakeOutcome};
+use crate::wire::{Frame, PUSH_USERS, ShakeOutcome};
 
 /// Where a connection is in its session.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -588,7 +588,7 @@ impl Service for Hongbao {
     ) {
         match msg {
             CoreMsg::Packet(p) => {
-                let mut users = [UserId(0); 3];
+                let mut users = [UserId(0); PUSH_USERS];
                 for (slot, &u) in users.iter_mut().zip(p.targets.iter()) {
                     *slot = u;
                 }

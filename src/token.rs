@@ -31,8 +31,14 @@ use crate::ids::UserId;
 pub const KEY_LEN: usize = 32;
 /// Bytes of the tag a token carries: HMAC-SHA256's first 16 (see the module).
 pub const TAG_LEN: usize = 16;
-/// Bytes of a token: user (4), expiry (8), key id (4), tag (16).
-pub const TOKEN_LEN: usize = 4 + 8 + 4 + TAG_LEN;
+/// Where a token's expiry starts: after the user, a `u32`.
+const EXPIRY_AT: usize = 4;
+/// Where its key id starts: after the expiry, a `u64`.
+const KEY_ID_AT: usize = EXPIRY_AT + 8;
+/// Bytes the tag covers, ahead of it: user (4), expiry (8), key id (4).
+const SIGNED_LEN: usize = KEY_ID_AT + 4;
+/// Bytes of a token: the signed fields, then the tag (16).
+pub const TOKEN_LEN: usize = SIGNED_LEN + TAG_LEN;
 /// Keys a server holds at once: two are enough to rotate (the old one
 /// until its tokens expire, the new one); a few more leave room for a slow
 /// rotation without letting a key file grow unchecked.
@@ -60,8 +66,8 @@ impl Token {
     /// The token's wire bytes.
     pub fn to_bytes(&self) -> [u8; TOKEN_LEN] {
         let mut b = [0u8; TOKEN_LEN];
-        b[..16].copy_from_slice(&signed_fields(self.user, self.expiry, self.key_id));
-        b[16..].copy_from_slice(&self.tag);
+        b[..SIGNED_LEN].copy_from_slice(&signed_fields(self.user, self.expiry, self.key_id));
+        b[SIGNED_LEN..].copy_from_slice(&self.tag);
         b
     }
 
@@ -70,23 +76,25 @@ impl Token {
         if b.len() != TOKEN_LEN {
             return None;
         }
-        let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&b[16..]);
+        // The length is checked, so no split below fails.
+        let (user, rest) = b.split_first_chunk::<EXPIRY_AT>()?;
+        let (expiry, rest) = rest.split_first_chunk::<{ KEY_ID_AT - EXPIRY_AT }>()?;
+        let (key_id, tag) = rest.split_first_chunk::<{ SIGNED_LEN - KEY_ID_AT }>()?;
         Some(Token {
-            user: UserId(u32::from_be_bytes([b[0], b[1], b[2], b[3]])),
-            expiry: u64::from_be_bytes([b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11]]),
-            key_id: u32::from_be_bytes([b[12], b[13], b[14], b[15]]),
-            tag,
+            user: UserId(u32::from_be_bytes(*user)),
+            expiry: u64::from_be_bytes(*expiry),
+            key_id: u32::from_be_bytes(*key_id),
+            tag: tag.try_into().ok()?,
         })
     }
 }
 
 /// The fields the tag covers, as on the wire: user, expiry, key id.
-fn signed_fields(user: UserId, expiry: u64, key_id: u32) -> [u8; 16] {
-    let mut b = [0u8; 16];
-    b[..4].copy_from_slice(&user.0.to_be_bytes());
-    b[4..12].copy_from_slice(&expiry.to_be_bytes());
-    b[12..].copy_from_slice(&key_id.to_be_bytes());
+fn signed_fields(user: UserId, expiry: u64, key_id: u32) -> [u8; SIGNED_LEN] {
+    let mut b = [0u8; SIGNED_LEN];
+    b[..EXPIRY_AT].copy_from_slice(&user.0.to_be_bytes());
+    b[EXPIRY_AT..KEY_ID_AT].copy_from_slice(&expiry.to_be_bytes());
+    b[KEY_ID_AT..].copy_from_slice(&key_id.to_be_bytes());
     b
 }
 
@@ -246,7 +254,7 @@ impl Keyring {
     }
 
     /// The newest key's id: the file's last line, the one to sign with.
-    pub fn newest(&self) -> u32 {
+    pub(crate) fn newest(&self) -> u32 {
         self.keys.last().map_or(0, |k| k.id)
     }
 
@@ -301,7 +309,7 @@ pub fn new_key() -> Result<[u8; KEY_LEN], KeyFileError> {
 }
 
 /// A key file's line for `id` and `key`.
-pub fn key_line(id: u32, key: &[u8; KEY_LEN]) -> String {
+pub(crate) fn key_line(id: u32, key: &[u8; KEY_LEN]) -> String {
     format!("{id}:{}\n", hex::encode(key))
 }
 

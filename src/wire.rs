@@ -54,6 +54,10 @@ pub mod cmd {
     pub const SIGNED_LOGIN_REQUEST: u16 = 16;
 }
 
+/// Claimants a packet push (cmd 4) names: the original's frame has room
+/// for three; a packet with more names its first three.
+pub const PUSH_USERS: usize = 3;
+
 /// The total frame length each v1 command must have, indexed by cmd.
 pub const FRAME_LEN_BY_CMD: [usize; 7] = [16, 20, 16, 28, 36, 20, 20];
 
@@ -61,7 +65,7 @@ pub const FRAME_LEN_BY_CMD: [usize; 7] = [16, 20, 16, 28, 36, 20, 20];
 /// for a cmd this protocol does not have. The one table the decoder and
 /// [`Frame::len`] read, so a new cmd is sized in one place.
 #[inline]
-pub const fn frame_len(cmd: u16) -> Option<usize> {
+pub(crate) const fn frame_len(cmd: u16) -> Option<usize> {
     if cmd == cmd::SIGNED_LOGIN_REQUEST {
         return Some(SIGNED_LOGIN_LEN);
     }
@@ -73,7 +77,7 @@ pub const fn frame_len(cmd: u16) -> Option<usize> {
 }
 /// The signed login's length: header and token, the original's 44-byte
 /// maximum exactly.
-pub const SIGNED_LOGIN_LEN: usize = HEADER_LEN + TOKEN_LEN;
+pub(crate) const SIGNED_LOGIN_LEN: usize = HEADER_LEN + TOKEN_LEN;
 const _: () = assert!(SIGNED_LOGIN_LEN <= FRAME_LEN_MAX);
 
 /// The `result` of a shake answer. A newtype over the raw u32, because a
@@ -138,7 +142,7 @@ pub enum Frame {
         /// How many users may claim it (`useramount` in the original).
         claimants: u32,
         /// The first three claimants (0 where there are fewer).
-        users: [UserId; 3],
+        users: [UserId; PUSH_USERS],
     },
     /// cmd 5. The original client leaves `user` 0; the server uses the session's.
     ClaimRequest {

@@ -304,7 +304,7 @@ fn check_fleet_acks(
 }
 
 /// The fleet's audit as a table.
-pub fn print_fleet(r: &FleetReport) {
+pub(super) fn print_fleet(r: &FleetReport) {
     println!("fleet: {} node ledgers", r.nodes.len());
     for (i, n) in r.nodes.iter().enumerate() {
         let t = &n.totals;

@@ -9,9 +9,10 @@
 //! the ledger or the engine.
 
 pub mod fleet;
-pub mod node;
+mod node;
 
-pub use node::{AuditArgs, AuditReport, audit, audit_node};
+pub(crate) use node::audit;
+pub use node::{AuditArgs, AuditReport};
 
 use node::print_table;
 

@@ -86,7 +86,7 @@ pub fn audit(args: &AuditArgs) -> anyhow::Result<AuditReport> {
 
 /// One node's ledger, replayed read-only into books that keep every grant
 /// and claim: its report (no acknowledgements checked yet) and its books.
-pub fn audit_node(dir: &std::path::Path) -> anyhow::Result<(AuditReport, Books)> {
+pub(super) fn audit_node(dir: &std::path::Path) -> anyhow::Result<(AuditReport, Books)> {
     let path = dir.join(ledger::FILE_NAME);
     if !path.exists() {
         bail!(

@@ -27,7 +27,7 @@ use crate::ids::{Cents, PacketId, UserId};
 
 /// Distinct slots a batch's WAIT is sent to one by one; past this, one WAIT
 /// on every primary instead.
-pub const WAIT_SLOTS_MAX: usize = 8;
+pub(crate) const WAIT_SLOTS_MAX: usize = 8;
 
 /// How to reach the engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,11 +44,11 @@ pub struct EngineConfig {
 impl EngineConfig {
     /// A node on loopback answers in microseconds; a second covers a
     /// remote one and a busy machine, yet a dead one is noticed quickly.
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     /// A claim's function runs in microseconds, but every write is fsynced
     /// (`appendfsync always`) before the reply: two seconds cover a slow
     /// disk; longer and a stuck primary would hold claims that long.
-    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+    pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
     /// `redis://H:P[,redis://H:P...]` (a bare `H:P` is taken as
     /// `redis://H:P`), with the default timeouts.
@@ -247,7 +247,7 @@ enum Cursor {
 
 /// Ids handed out per [`Engine::reserve_packet_ids`] at most: a node needs
 /// a few a second; a cap keeps a bad request from burning the id space.
-pub const PACKET_IDS_PER_RESERVE_MAX: u32 = 1 << 20;
+pub(crate) const PACKET_IDS_PER_RESERVE_MAX: u32 = 1 << 20;
 /// Packet ids run 1..=ID_SPAN, then 1 again: never 0 (the wire's "none"),
 /// and never u32::MAX, so that a batch is a `Range<u32>`.
 const ID_SPAN: u64 = u32::MAX as u64 - 1;
@@ -260,6 +260,13 @@ const LUA_EXACT_MAX: u64 = 1 << 53;
 /// `Unavailable` and the caller decides.
 const CLIENT_RETRIES: u32 = 3;
 const CLIENT_RETRY_WAIT_MS: u64 = 100;
+/// Attempts of a call: after a retryable error, once more at once on a new
+/// connection. Every call is idempotent, and most such errors are a
+/// failover the old connection had not seen; past that the caller decides.
+const CALL_TRIES: u32 = 2;
+/// Attempts of a `WAIT`: one. WAIT counts the writes of the connection it
+/// runs on, so on a new connection it would confirm writes no replica has.
+const WAIT_TRIES: u32 = 1;
 
 /// A connection to the engine. Not shared between threads: each engine
 /// thread holds its own.
@@ -330,11 +337,6 @@ impl Engine {
             }
         }
         Ok(engine)
-    }
-
-    /// The configuration this engine was made with.
-    pub fn config(&self) -> &EngineConfig {
-        &self.config
     }
 
     /// Malformed notes met in mailboxes and push streams and skipped (a
@@ -447,7 +449,7 @@ impl Engine {
     /// The packet's expiry is set again with it: the field never outlives
     /// the packet, nor makes a hash without one (a packet whose keys are
     /// gone by `now_ms` is not marked).
-    pub fn mark_routed(&mut self, p: &EnginePacket, now_ms: u64) -> Result<(), EngineError> {
+    pub(crate) fn mark_routed(&mut self, p: &EnginePacket, now_ms: u64) -> Result<(), EngineError> {
         let keep = p.expires_ms.saturating_add(keys::PACKET_KEEP_MS);
         if keep <= now_ms {
             return Ok(());
@@ -461,7 +463,7 @@ impl Engine {
     }
 
     /// Whether packet `id` was marked routed ([`Engine::mark_routed`]).
-    pub fn is_routed(&mut self, id: PacketId) -> Result<bool, EngineError> {
+    pub(crate) fn is_routed(&mut self, id: PacketId) -> Result<bool, EngineError> {
         let k = PacketKeys::new(id);
         let mut c = cmd("HEXISTS");
         c.arg(&k.hash).arg("routed");
@@ -503,7 +505,8 @@ impl Engine {
         // and answer at once, confirming writes no replica has. A failure
         // is the caller's: it decides the batch again (repeats are writes
         // on the new connection, which the next WAIT then covers).
-        let v = self.with_read_timeout_tries(timeout, 1, "WAIT", |conn| conn.req_command(&c))?;
+        let v =
+            self.with_read_timeout_tries(timeout, WAIT_TRIES, "WAIT", |conn| conn.req_command(&c))?;
         let n = int(&v, "WAIT")?;
         Ok(u32::try_from(n.max(0)).unwrap_or(u32::MAX))
     }
@@ -514,7 +517,7 @@ impl Engine {
     /// claims of its own shard only, not the fleet's. Past
     /// [`WAIT_SLOTS_MAX`] distinct slots, every primary (one WAIT each
     /// beats many on the same few primaries).
-    pub fn wait_replicas_for(
+    pub(crate) fn wait_replicas_for(
         &mut self,
         packets: &[PacketId],
         replicas: u32,
@@ -537,7 +540,7 @@ impl Engine {
         for route in routes {
             let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
             // Once only, as in `wait_replicas`.
-            let v = self.with_read_timeout_tries(timeout, 1, "WAIT", |conn| {
+            let v = self.with_read_timeout_tries(timeout, WAIT_TRIES, "WAIT", |conn| {
                 conn.route_command(&c, routing.clone())
             })?;
             let n = u32::try_from(int(&v, "WAIT")?.max(0)).unwrap_or(u32::MAX);
@@ -585,7 +588,9 @@ impl Engine {
     }
 
     /// Every budget epoch's total (epoch -> envelopes), for the audit.
-    pub fn budget_totals(&mut self) -> Result<std::collections::HashMap<u64, u64>, EngineError> {
+    pub(crate) fn budget_totals(
+        &mut self,
+    ) -> Result<std::collections::HashMap<u64, u64>, EngineError> {
         let mut c = cmd("HGETALL");
         c.arg(keys::BUDGET_TOTALS);
         let v = self.run("HGETALL budget totals", |conn| conn.req_command(&c))?;
@@ -768,7 +773,7 @@ impl Engine {
     }
 
     /// Appends a push for `user` to node `node`'s stream (XADD, capped at
-    /// about [`keys::PUSH_STREAM_MAXLEN`]). Delivery is at least once: a
+    /// about `keys::PUSH_STREAM_MAXLEN`). Delivery is at least once: a
     /// retried send may add the entry twice.
     pub fn send_push(
         &mut self,
@@ -940,7 +945,7 @@ impl Engine {
         step: &str,
         f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
     ) -> Result<T, EngineError> {
-        self.run_tries(step, 2, f)
+        self.run_tries(step, CALL_TRIES, f)
     }
 
     /// `cmds` in one cluster pipeline (one round trip per primary
@@ -1005,7 +1010,7 @@ impl Engine {
         step: &str,
         f: impl FnMut(&mut ClusterConnection) -> redis::RedisResult<T>,
     ) -> Result<T, EngineError> {
-        self.with_read_timeout_tries(extra, 2, step, f)
+        self.with_read_timeout_tries(extra, CALL_TRIES, step, f)
     }
 
     /// [`Engine::with_read_timeout`] with `tries` attempts.

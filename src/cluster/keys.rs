@@ -8,26 +8,26 @@
 use crate::ids::{PacketId, UserId};
 
 /// The packet ids' counter (a string; INCRBY reserves a batch).
-pub const IDS: &str = "hb:{ids}";
+pub(crate) const IDS: &str = "hb:{ids}";
 /// The fleet's envelope budget: hash `epoch`, `qps`, `total`, `leased`.
-pub const BUDGET: &str = "hb:{budget}";
+pub(crate) const BUDGET: &str = "hb:{budget}";
 /// Node id -> the time of its last lease (ms): the live nodes.
-pub const BUDGET_NODES: &str = "hb:{budget}:nodes";
+pub(crate) const BUDGET_NODES: &str = "hb:{budget}:nodes";
 /// Node id -> `seq:epoch:granted` of its last lease, so that a retried lease
 /// returns the same grant.
-pub const BUDGET_REQ: &str = "hb:{budget}:req";
+pub(crate) const BUDGET_REQ: &str = "hb:{budget}:req";
 /// Budget epoch -> its total: every epoch's, for the fleet's audit.
-pub const BUDGET_TOTALS: &str = "hb:{budget}:totals";
+pub(crate) const BUDGET_TOTALS: &str = "hb:{budget}:totals";
 /// The consumer group every node's push stream is read through.
-pub const PUSH_GROUP: &str = "hongbao";
+pub(crate) const PUSH_GROUP: &str = "hongbao";
 /// A push stream's length cap (XADD MAXLEN ~): a node down for longer than
 /// this many pushes loses the oldest from its stream, never from the users'
 /// mailboxes, which still hold them for the next login.
-pub const PUSH_STREAM_MAXLEN: u64 = 100_000;
+pub(crate) const PUSH_STREAM_MAXLEN: u64 = 100_000;
 
 /// How long a packet's keys outlive its expiry (for the audit): a day, as
 /// `KEEP_MS` in `hongbao.lua` (a test checks).
-pub const PACKET_KEEP_MS: u64 = 86_400_000;
+pub(crate) const PACKET_KEEP_MS: u64 = 86_400_000;
 
 /// A packet's four keys, tagged `{p:ID}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl PacketKeys {
 
 /// A user's two keys, tagged `{u:USER}`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserKeys {
+pub(crate) struct UserKeys {
     /// Hash: node (where the user is online), since_ms.
     pub presence: String,
     /// Zset: the user's undelivered notes, scored by their expiry (s).

@@ -45,11 +45,11 @@
 //! lease returns the same grant. `hb_budget_set` is a reset, and a retried
 //! set resets again. `XADD` is not: a push may arrive twice.
 
-pub mod engine;
-pub mod error;
+mod engine;
+mod error;
 pub mod keys;
-pub mod library;
-pub mod note;
+mod library;
+mod note;
 
 pub use engine::{
     BudgetState, ClaimOutcome, ClaimReq, Created, Engine, EngineConfig, EnginePacket, Lease,

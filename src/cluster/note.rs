@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 
 use super::error::EngineError;
 use crate::ids::{Cents, PacketId, UserId};
+use crate::wire::PUSH_USERS;
 
 /// What a target is told about a packet (the push, cmd 4), as the engine
 /// keeps it until delivered.
@@ -20,7 +21,7 @@ pub struct PushNote {
     /// How many may claim it.
     pub claimants: u32,
     /// Its first three targets; `UserId(0)` where there are fewer.
-    pub targets: [UserId; 3],
+    pub targets: [UserId; PUSH_USERS],
     /// When it expires (Unix seconds): the mailbox forgets it then.
     pub expires_s: u64,
 }

@@ -548,13 +548,16 @@ fn print_plan(args: &DemoArgs, plan: &Plan, faults: Option<&FaultPlan>) {
 /// flooders' `--control-token-file`, so the run exercises the guarded
 /// routes as an operator would.
 const CONTROL_TOKEN_FILE: &str = "control-token";
+/// Random bytes in the demo's control token: 192 bits, past guessing, and
+/// 48 hex characters, within the lengths a control token may have.
+const CONTROL_TOKEN_BYTES: usize = 24;
 
-/// Writes a fresh control token (24 bytes from the OS, as hex) to `path`,
-/// readable by its owner only, and returns it.
+/// Writes a fresh control token ([`CONTROL_TOKEN_BYTES`] from the OS, as
+/// hex) to `path`, readable by its owner only, and returns it.
 fn write_control_token(path: &Path) -> anyhow::Result<crate::http::ControlToken> {
     use std::io::{Read, Write};
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut bytes = [0u8; 24];
+    let mut bytes = [0u8; CONTROL_TOKEN_BYTES];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
         .context("reading /dev/urandom for the control token")?;

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 
 use crate::host;
+use crate::server::CONN_QPS_MAX_DEFAULT;
 use crate::server::limits::fds_reserved;
 
 /// Connections a flooder may have handshaking at once, per thread (the
@@ -161,11 +162,12 @@ pub struct PhaseSpec {
 impl Plan {
     /// The server's `--conn-qps-max`: each user's share of the fastest phase
     /// twice over (the slot rule gives some users one request more in a
-    /// second, and pushes bring claims), plus the default's 10, so the
-    /// demo's rates are served, not throttled.
+    /// second, and pushes bring claims), plus the default
+    /// ([`CONN_QPS_MAX_DEFAULT`]), so the demo's rates are served, not
+    /// throttled.
     pub fn conn_qps_max(&self) -> u64 {
         let fastest = self.phases.iter().map(|p| p.qps).max().unwrap_or(0);
-        fastest.div_ceil(u64::from(self.users.max(1))) * 2 + 10
+        fastest.div_ceil(u64::from(self.users.max(1))) * 2 + CONN_QPS_MAX_DEFAULT
     }
 
     /// The flooders' `--phases` argument.

@@ -37,6 +37,9 @@ const FIRST_BASE: u16 = 7_000;
 /// The longest a run of the script may take: its own deadlines are 60 s to
 /// start and 10 s to stop.
 const SCRIPT_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a script past [`SCRIPT_DEADLINE`] has after SIGTERM before
+/// SIGKILL: it is stuck by then, and bash exits on SIGTERM at once.
+const SCRIPT_STOP_GRACE: Duration = Duration::from_secs(1);
 /// How often a running script is looked at.
 const SCRIPT_POLL: Duration = Duration::from_millis(50);
 /// The longest one `CLUSTER NODES` probe may take.
@@ -239,7 +242,7 @@ impl Redis {
     fn run(&self, cmd: &str, args: &[&str]) -> anyhow::Result<String> {
         let mut child = self.spawn(cmd, args)?;
         let Some(status) = child.wait_for(SCRIPT_DEADLINE) else {
-            child.stop(Duration::from_secs(1));
+            child.stop(SCRIPT_STOP_GRACE);
             bail!(
                 "tools/cluster.sh {cmd} did not finish within {} s; its log ({}) ends:\n{}",
                 SCRIPT_DEADLINE.as_secs(),
@@ -290,7 +293,7 @@ impl Restart {
             });
         }
         if self.started.elapsed() > SCRIPT_DEADLINE {
-            self.child.stop(Duration::from_secs(1));
+            self.child.stop(SCRIPT_STOP_GRACE);
             return Some(Err(format!(
                 "tools/cluster.sh restart did not finish within {} s",
                 SCRIPT_DEADLINE.as_secs()

@@ -1,7 +1,7 @@
 //! The static HTML report of one run: one file that opens from disk with
 //! no server (charts are inline SVG).
 //!
-//! Owns: the page: a slot for a verdict under the title ([`VERDICT_SLOT`],
+//! Owns: the page: a slot for a verdict under the title (`VERDICT_SLOT`,
 //! filled by `hongbao demo`), the run's span, a summary table (totals, mean and peak
 //! per second, latency percentiles, money, errors, missing seconds), the
 //! sources and their own view of their settings (`/status` at the end),
@@ -148,11 +148,11 @@ pub fn html(input: &Input) -> anyhow::Result<String> {
 /// monitor cannot judge a run (it knows no plan and runs no audit), so it
 /// leaves this comment; `hongbao demo` puts its verdict here once the
 /// audit has run ([`with_verdict`]).
-pub const VERDICT_SLOT: &str = "<!-- verdict -->";
+pub(crate) const VERDICT_SLOT: &str = "<!-- verdict -->";
 
 /// The page with `block` in its verdict slot (after the title when a page
 /// has no slot, e.g. one written by an older monitor).
-pub fn with_verdict(page: &str, block: &str) -> String {
+pub(crate) fn with_verdict(page: &str, block: &str) -> String {
     if page.contains(VERDICT_SLOT) {
         return page.replacen(VERDICT_SLOT, block, 1);
     }

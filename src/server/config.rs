@@ -60,7 +60,7 @@ pub struct ServerConfig {
     /// core-wide --max-qps stays as the last resort. The original client
     /// sends one request a second. Raise it for the flooder's high-rate modes
     /// (requests per user per second above 10); 0 turns the limit off.
-    #[arg(long, env = "HONGBAO_SERVER_CONN_QPS_MAX", default_value_t = 10)]
+    #[arg(long, env = "HONGBAO_SERVER_CONN_QPS_MAX", default_value_t = CONN_QPS_MAX_DEFAULT)]
     pub conn_qps_max: u64,
 
     /// Connections one user may hold at once, so a user is read at most
@@ -308,6 +308,14 @@ impl Default for ServerConfig {
     }
 }
 
+/// `--conn-qps-max`'s default: ten times the original client's one request
+/// a second, so an honest client is never throttled while a pipelining one
+/// is held to its share. The demo plans its rates on top of it.
+pub(crate) const CONN_QPS_MAX_DEFAULT: u64 = 10;
+/// The largest `--node-id`: u16's range, far more nodes than a fleet has.
+/// The smallest is 1, since 0 stands for no node (a server without
+/// `--cluster`).
+const NODE_ID_MAX: u32 = u16::MAX as u32;
 /// The longest login timeout or shutdown grace accepted, in seconds.
 const TIMEOUT_SECS_MAX: f64 = 3600.0;
 /// The longest packet or envelope TTL accepted, in seconds: half the u32
@@ -387,7 +395,7 @@ impl ServerConfig {
                 "--send-buffer and --recv-buffer must be under 1 GiB",
             );
         }
-        if self.cluster.is_some() && !self.node_id.is_some_and(|n| (1..=65_535).contains(&n)) {
+        if self.cluster.is_some() && !self.node_id.is_some_and(|n| (1..=NODE_ID_MAX).contains(&n)) {
             return err(
                 "node-id",
                 "cluster mode needs --node-id N, 1..=65535, unique in the fleet",

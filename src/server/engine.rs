@@ -11,7 +11,7 @@
 //! block a core; wait without a deadline.
 //!
 //! Claims travel: core → [`EngineJob::Claim`] (bounded channel) → a batch of
-//! up to [`CLAIM_BATCH_MAX`] `hb_claim` calls in one round trip → `WAIT`
+//! up to `CLAIM_BATCH_MAX` `hb_claim` calls in one round trip → `WAIT`
 //! (the primaries the batch wrote to) → [`Record::ClusterClaim`] mirrors, one ledger sync for
 //! the batch → [`CoreMsg::ClaimAnswer`] to each claim's core. A batch that
 //! fails anywhere is tried again whole (the engine answers a repeat with
@@ -34,18 +34,18 @@ use crate::ids::{Cents, PacketId, UserId};
 use crate::ledger::{Entry, Ledger, Record};
 use crate::mesh::{CoreMsg, EngineJob, Peers};
 use crate::packets::{NewPacket, share};
-use crate::wire::Frame;
+use crate::wire::{Frame, PUSH_USERS};
 
 /// Claims decided in one round trip to the engine.
-pub const CLAIM_BATCH_MAX: usize = 512;
+const CLAIM_BATCH_MAX: usize = 512;
 /// Logins (or logouts) whose presence is set in one round trip.
 const LOGIN_BATCH_MAX: usize = 512;
 /// Jobs the cores may have queued for the engine thread: past this a core
 /// keeps its jobs and stops reading its connections (backpressure).
-pub const JOBS_LEN: usize = 16 * 1024;
+pub(crate) const JOBS_LEN: usize = 16 * 1024;
 /// Packets the generator may have handed over and the engine thread not
 /// yet created: past this the generator waits (up to its deadline).
-pub const CREATES_LEN: usize = 4096;
+pub(crate) const CREATES_LEN: usize = 4096;
 /// Presence updates kept while the engine is slow or away (each is given
 /// up after `--engine-timeout` anyway): past this the oldest is given up
 /// at once (`presence_lost`).
@@ -55,16 +55,19 @@ const PRESENCE_MAX: usize = 256 * 1024;
 /// later login).
 const DELIVERED_MAX: usize = 64 * 1024;
 /// Control requests waiting (each one HTTP request, which waits 2 s).
-pub const REQUESTS_LEN: usize = 64;
+pub(crate) const REQUESTS_LEN: usize = 64;
 /// Lease grants waiting for the generator (it takes them every 100 ms;
 /// the engine thread grants at most one per 200 ms).
-pub const LEASES_LEN: usize = 16;
+pub(crate) const LEASES_LEN: usize = 16;
 /// How long the engine thread waits for work before it looks at its
 /// timers: short, so a claim never waits long for its batch.
 const IDLE_WAIT: Duration = Duration::from_millis(20);
 /// After an engine call failed, the engine thread retries no sooner than
 /// this (a failover takes seconds; spinning would not shorten it).
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The longest one nap of a pause between retries: a stop asked for during
+/// the pause is seen within this, so shutdown never waits a whole pause.
+const STOP_CHECK_EVERY: Duration = Duration::from_millis(50);
 /// How often an unreachable engine is dialled again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(1);
 /// How often the node asks the budget for envelopes (and says it lives).
@@ -75,7 +78,11 @@ const LEASE_SECONDS: u64 = 1;
 /// How often expired packets of this node are refunded.
 const EXPIRE_EVERY: Duration = Duration::from_secs(1);
 /// Packet ids kept reserved ahead for the generator.
-pub const IDS_AHEAD: usize = 256;
+const IDS_AHEAD: usize = 256;
+/// The generator's queue of packet ids: a refill of [`IDS_AHEAD`] comes
+/// when fewer than half of that are left, so at most one and a half times
+/// it are ever queued, and a refill always fits.
+pub(crate) const IDS_LEN: usize = 2 * IDS_AHEAD;
 /// Longest single `WAIT`.
 const WAIT_MAX: Duration = Duration::from_secs(1);
 /// How long a message to a core may wait on its full inbox.
@@ -95,7 +102,7 @@ const PUSH_BLOCK: Duration = Duration::from_millis(500);
 
 /// What the control asks of the engine thread.
 #[derive(Debug)]
-pub enum EngineRequest {
+pub(crate) enum EngineRequest {
     /// `/yaohongbao` in cluster mode: the fleet's envelope rate and total;
     /// the answer is the budget's new epoch, or why it failed.
     SetBudget {
@@ -303,7 +310,7 @@ impl EngineStatus {
 
 /// A packet of this node's to refund at its expiry.
 #[derive(Clone, Copy, Debug)]
-pub struct Expiring {
+struct Expiring {
     /// The packet.
     pub id: PacketId,
     /// Its expiry, Unix seconds.
@@ -311,7 +318,7 @@ pub struct Expiring {
 }
 
 /// Everything the engine thread starts with.
-pub struct EngineSetup {
+pub(crate) struct EngineSetup {
     /// Where the engine is.
     pub config: EngineConfig,
     /// This node's id.
@@ -381,7 +388,7 @@ struct Creation {
 }
 
 /// Runs the engine thread until `stop` is set.
-pub fn run(setup: EngineSetup) {
+pub(crate) fn run(setup: EngineSetup) {
     let mut t = EngineThread::new(setup);
     while !t.stop.load(Ordering::Relaxed) {
         t.connect_if_due();
@@ -1094,7 +1101,7 @@ fn creation(p: &NewPacket, node: u32, rng: &mut fastrand::Rng) -> Creation {
 
 /// The push note of a packet: what a push frame carries, and its expiry.
 fn note_of_packet(p: &EnginePacket, until_s: u32) -> PushNote {
-    let mut targets = [UserId(0); 3];
+    let mut targets = [UserId(0); PUSH_USERS];
     for (slot, &u) in targets.iter_mut().zip(&p.targets) {
         *slot = u;
     }
@@ -1138,7 +1145,7 @@ fn note_of(push: &Frame) -> Option<PushNote> {
 }
 
 /// Everything the push reader starts with.
-pub struct PushReaderSetup {
+pub(crate) struct PushReaderSetup {
     /// Where the engine is.
     pub config: EngineConfig,
     /// This node's id (its stream).
@@ -1155,7 +1162,7 @@ pub struct PushReaderSetup {
 /// with a blocking read of at most `PUSH_BLOCK`, each push handed to its
 /// user's home core, then acknowledged (a push handed over and lost with a
 /// crash is still in the user's mailbox in the engine).
-pub fn run_push_reader(s: PushReaderSetup) {
+pub(crate) fn run_push_reader(s: PushReaderSetup) {
     let consumer = format!("node-{}", s.node);
     let mut engine: Option<Engine> = None;
     while !s.stop.load(Ordering::Relaxed) {
@@ -1204,6 +1211,6 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
         if now >= until {
             return;
         }
-        std::thread::sleep((until - now).min(Duration::from_millis(50)));
+        std::thread::sleep((until - now).min(STOP_CHECK_EVERY));
     }
 }

@@ -15,12 +15,13 @@ mod handle;
 mod latency_log;
 pub(crate) mod limits;
 pub mod published;
-pub mod rate;
+mod rate;
 mod running;
 mod startup;
 mod stats_thread;
 pub mod worker;
 
+pub(crate) use config::CONN_QPS_MAX_DEFAULT;
 pub use config::{AuthMode, ServerConfig};
 pub use handle::{Replayed, SeedSource, ServerHandle};
 pub use startup::{StartError, start};

@@ -2,8 +2,8 @@
 //! the stats thread once a second and read by the HTTP control, the handle
 //! and the monitor (`GET /seconds`, `GET /metrics`).
 //!
-//! Owns: [`Published`], the server's two monitor routes ([`route`],
-//! [`metrics_route`]) and its `/metrics` document ([`metrics`]: which
+//! Owns: `Published`, the server's two monitor routes (`route`,
+//! `metrics_route`) and its `/metrics` document ([`metrics`]: which
 //! counter field is which Prometheus family, label and help). Must not: sit on the request path;
 //! each second's histogram was encoded by the stats thread when it closed.
 
@@ -20,7 +20,7 @@ use crate::stats::{CoreCounters, GeneratorCounters, SecondStats};
 /// What the aggregator publishes once a second for the HTTP control and the
 /// handle. Read under a mutex by readers that are not on the request path.
 #[derive(Debug, Default, Serialize)]
-pub struct Published {
+pub(crate) struct Published {
     /// The last closed seconds, oldest first.
     pub recent: Kept<SecondStats>,
     /// Every closed second summed; `second` is the last closed one.
@@ -35,7 +35,7 @@ impl Published {
     /// leave them half-written in a way that matters (each field is replaced
     /// whole), so a poisoned lock is used as it is rather than spreading the
     /// panic to the HTTP control or the owner.
-    pub fn lock(published: &Mutex<Published>) -> MutexGuard<'_, Published> {
+    pub(crate) fn lock(published: &Mutex<Published>) -> MutexGuard<'_, Published> {
         published.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -43,7 +43,7 @@ impl Published {
 /// The server's `/seconds`: the closed seconds its stats thread published
 /// (any path it is given is answered as `/seconds`; `/metrics` is
 /// [`metrics_route`]).
-pub fn route(req: &Request, published: &Mutex<Published>) -> Response {
+pub(crate) fn route(req: &Request, published: &Mutex<Published>) -> Response {
     let since = match seconds::since(req) {
         Ok(since) => since,
         Err(bad) => return bad,
@@ -55,7 +55,7 @@ pub fn route(req: &Request, published: &Mutex<Published>) -> Response {
 /// The server's `/metrics` answer: [`metrics`] from what the stats thread
 /// published, with the workers' connection cap and, with `--cluster`, the
 /// engine's counters.
-pub fn metrics_route(
+pub(crate) fn metrics_route(
     published: &Mutex<Published>,
     conns_cap: usize,
     engine: Option<&EngineReport>,

@@ -39,11 +39,6 @@ impl ConnRate {
         }
     }
 
-    /// No limit at all.
-    pub fn unlimited() -> Self {
-        ConnRate::new(0)
-    }
-
     /// Requests a connection whose arrival time is `tat` may send at `now`
     /// (both nanoseconds on the core's clock); `u64::MAX` without a limit.
     #[inline]
@@ -126,7 +121,7 @@ mod tests {
 
     #[test]
     fn without_a_limit_everything_is_allowed() {
-        let r = ConnRate::unlimited();
+        let r = ConnRate::new(0);
         let mut tat = 0;
         r.charge(&mut tat, 5, 1 << 40);
         assert_eq!(tat, 0);

@@ -782,7 +782,7 @@ impl<'a> Launch<'a> {
         let node = self.config.node_id.unwrap_or(0);
         let status = Arc::new(EngineStatus::default());
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (ids_tx, ids) = crossbeam_channel::bounded(2 * engine::IDS_AHEAD);
+        let (ids_tx, ids) = crossbeam_channel::bounded(engine::IDS_LEN);
         let (creates, creates_rx) = crossbeam_channel::bounded(engine::CREATES_LEN);
         let (leases_tx, leases) = crossbeam_channel::bounded(engine::LEASES_LEN);
         let (requests, requests_rx) = crossbeam_channel::bounded(engine::REQUESTS_LEN);

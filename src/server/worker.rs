@@ -74,16 +74,16 @@ use crate::stats::{CoreCounters, Report, recycle};
 use crate::wire::{FRAME_LEN_BY_CMD, Frame, cmd};
 
 /// The listener's token.
-pub const LISTENER: Token = Token(0);
+const LISTENER: Token = Token(0);
 /// The waker's token: control messages are waiting.
-pub const WAKER: Token = Token(1);
+const WAKER: Token = Token(1);
 /// Connection `key` in the slab has token `FIRST_CONN + key`.
 const FIRST_CONN: usize = 2;
 
 /// Connections per SET: the unit in which a core sweeps login deadlines.
 /// 1,024 slots scan in a few microseconds, so one sweep step never stalls
 /// the loop.
-pub const SET_SIZE: usize = 1024;
+const SET_SIZE: usize = 1024;
 /// SETs swept per tick at most, bounding the sweep's work per turn (64 SETs
 /// cover 65,536 connections; a core with 500k sweeps all in under a second).
 const SETS_SWEPT_PER_TICK: usize = 64;
@@ -125,7 +125,7 @@ const SELF_MESSAGE_ROUNDS_MAX: usize = 8;
 
 /// Limits a core enforces.
 #[derive(Clone, Copy, Debug)]
-pub struct WorkerLimits {
+pub(crate) struct WorkerLimits {
     /// Connections this core holds at most.
     pub conns_max: usize,
     /// Unsent answer bytes a connection may hold before it is evicted.
@@ -141,7 +141,7 @@ pub struct WorkerLimits {
 }
 
 /// Everything a core is given at start.
-pub struct WorkerSetup {
+pub(crate) struct WorkerSetup {
     /// This core's index (and ring).
     pub core: CoreId,
     /// The CPU to pin to, if any.
@@ -366,7 +366,7 @@ struct Worker<S: Service> {
 
 /// Runs a core until it is told to shut down. Errors are fatal to the
 /// process: the poll itself failed.
-pub fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
+pub(crate) fn run<S: Service>(setup: WorkerSetup, service: S) -> io::Result<()> {
     if let Some(pin) = setup.pin
         && !core_affinity::set_for_current(pin)
     {

@@ -20,7 +20,8 @@ pub mod client;
 pub(crate) mod recycle;
 mod summary;
 
-pub use summary::{SummaryNs, buckets};
+pub use summary::SummaryNs;
+pub(crate) use summary::buckets;
 
 use std::collections::VecDeque;
 

@@ -58,7 +58,7 @@ impl SummaryNs {
         }
     }
 
-    /// The quantiles, in the order of [`prom::QUANTILES`].
+    /// The quantiles, in the order of `prom::QUANTILES`.
     pub fn quantiles_ns(&self) -> [u64; 4] {
         [self.p50_ns, self.p90_ns, self.p99_ns, self.p999_ns]
     }
