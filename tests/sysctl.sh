@@ -263,9 +263,9 @@ file_max=$(want 'fs\.file-max')
 somaxconn=$(want 'net\.core\.somaxconn')
 # The server's reserve (limits::fds_reserved) for a large host: 256 workers
 # with the HTTP control.
-fixed=$(sed -nE 's/^pub const FDS_FIXED: u64 = ([0-9_]+);/\1/p' src/server/limits.rs | tr -d _)
-per_worker=$(sed -nE 's/^pub const FDS_PER_WORKER: u64 = ([0-9_]+);/\1/p' src/server/limits.rs | tr -d _)
-control=$(sed -nE 's/^pub const CONNS_MAX: usize = ([0-9_]+);/\1/p' src/http.rs | tr -d _)
+fixed=$(sed -nE 's/^pub(\(crate\))? const FDS_FIXED: u64 = ([0-9_]+);/\2/p' src/server/limits.rs | tr -d _)
+per_worker=$(sed -nE 's/^pub(\(crate\))? const FDS_PER_WORKER: u64 = ([0-9_]+);/\2/p' src/server/limits.rs | tr -d _)
+control=$(sed -nE 's/^pub(\(crate\))? const CONNS_MAX: usize = ([0-9_]+);/\2/p' src/http.rs | tr -d _)
 reserved=""
 if [[ -n $fixed && -n $per_worker && -n $control ]]; then
 	reserved=$((fixed + 256 * per_worker + control + 3))
