@@ -43,6 +43,15 @@ pub fn is_option_var(name: &str) -> bool {
         .any(|s| name.starts_with(&var_name(s, "")))
 }
 
+/// The options' variables set in this process's environment, by name,
+/// with their values (see [`is_option_var`]).
+pub fn option_vars() -> impl Iterator<Item = (String, std::ffi::OsString)> {
+    std::env::vars_os().filter_map(|(name, value)| {
+        let name = name.into_string().ok()?;
+        is_option_var(&name).then_some((name, value))
+    })
+}
+
 /// `cmd` with no option read from the environment, in any subcommand: the
 /// command line and the defaults alone (`ServerConfig::default()`, and the
 /// first pass of [`try_get_matches_from`]).

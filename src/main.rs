@@ -80,12 +80,8 @@ fn parse_cli() -> Cli {
         // a variable, so the variables set are named too.
         Err(e) => {
             let _ = e.print();
-            let set: Vec<String> = std::env::vars_os()
-                .filter_map(|(k, v)| {
-                    let k = k.into_string().ok()?;
-                    hongbao::environment::is_option_var(&k)
-                        .then(|| format!("{k}={}", v.to_string_lossy()))
-                })
+            let set: Vec<String> = hongbao::environment::option_vars()
+                .map(|(k, v)| format!("{k}={}", v.to_string_lossy()))
                 .collect();
             if !set.is_empty() {
                 eprintln!(

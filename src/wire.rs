@@ -332,22 +332,21 @@ impl Frame {
                 out.extend_from_slice(&bytes);
             }
             Frame::LoginRequest { user } => {
-                put::<16, 1>(out, cmd::LOGIN_REQUEST, timestamp, [user.0]);
+                put::<{ cmd::LOGIN_REQUEST }, 16, 1>(out, timestamp, [user.0]);
             }
             Frame::ShakeRequest { user } => {
-                put::<16, 1>(out, cmd::SHAKE_REQUEST, timestamp, [user.0]);
+                put::<{ cmd::SHAKE_REQUEST }, 16, 1>(out, timestamp, [user.0]);
             }
             Frame::LoginResponse { user, result } => {
-                put::<20, 2>(out, cmd::LOGIN_RESPONSE, timestamp, [user.0, result]);
+                put::<{ cmd::LOGIN_RESPONSE }, 20, 2>(out, timestamp, [user.0, result]);
             }
             Frame::ShakeResponse {
                 user,
                 result,
                 envelope,
                 amount,
-            } => put::<28, 4>(
+            } => put::<{ cmd::SHAKE_RESPONSE }, 28, 4>(
                 out,
-                cmd::SHAKE_RESPONSE,
                 timestamp,
                 [user.0, result.0, envelope.0, amount.wire()],
             ),
@@ -356,9 +355,8 @@ impl Frame {
                 amount,
                 claimants,
                 users,
-            } => put::<36, 6>(
+            } => put::<{ cmd::PACKET_PUSH }, 36, 6>(
                 out,
-                cmd::PACKET_PUSH,
                 timestamp,
                 [
                     packet.0,
@@ -370,15 +368,10 @@ impl Frame {
                 ],
             ),
             Frame::ClaimRequest { user, packet } => {
-                put::<20, 2>(out, cmd::CLAIM_REQUEST, timestamp, [user.0, packet.0]);
+                put::<{ cmd::CLAIM_REQUEST }, 20, 2>(out, timestamp, [user.0, packet.0]);
             }
             Frame::ClaimResponse { packet, amount } => {
-                put::<20, 2>(
-                    out,
-                    cmd::CLAIM_RESPONSE,
-                    timestamp,
-                    [packet.0, amount.wire()],
-                );
+                put::<{ cmd::CLAIM_RESPONSE }, 20, 2>(out, timestamp, [packet.0, amount.wire()]);
             }
         }
     }
@@ -395,18 +388,17 @@ fn header<const LEN: usize>(cmd: u16, timestamp: u64) -> [u8; LEN] {
     bytes
 }
 
-/// Appends a frame of `LEN` bytes whose body is `FIELDS` u32s. `LEN` must
-/// be the cmd's size in [`FRAME_LEN_BY_CMD`] (checked at compile time
-/// against the fields' count, and by the tests against the table).
+/// Appends a frame of `CMD`, `LEN` bytes, whose body is `FIELDS` u32s.
+/// `LEN` is checked at compile time against [`FRAME_LEN_BY_CMD`] and the
+/// fields' count (an array's size cannot be computed from `CMD` itself).
 #[inline(always)]
-fn put<const LEN: usize, const FIELDS: usize>(
+fn put<const CMD: u16, const LEN: usize, const FIELDS: usize>(
     out: &mut Vec<u8>,
-    cmd: u16,
     timestamp: u64,
     fields: [u32; FIELDS],
 ) {
-    const { assert!(LEN == HEADER_LEN + 4 * FIELDS) };
-    let mut bytes = header::<LEN>(cmd, timestamp);
+    const { assert!(LEN == FRAME_LEN_BY_CMD[CMD as usize] && LEN == HEADER_LEN + 4 * FIELDS) };
+    let mut bytes = header::<LEN>(CMD, timestamp);
     for (i, field) in fields.iter().enumerate() {
         let at = HEADER_LEN + 4 * i;
         bytes[at..at + 4].copy_from_slice(&field.to_be_bytes());

@@ -15,7 +15,7 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use hongbao::ids::UserId;
@@ -386,14 +386,12 @@ fn the_flooder_signs_its_logins_with_the_key() {
     let (keys, _) = key_file("auth-flood", &[1, 2]);
     let server = signed_server(&keys, false);
     let json = scratch_dir("auth-flood-report").join("flood.json");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hongbao"))
-        .args(["flood", "--server", &server.addr().to_string()])
+    let mut child = util::hongbao(&["flood", "--server", &server.addr().to_string()])
         .args(["--users", "20", "--phases", "20x1s", "--warmup", "0"])
         .args(["--threads", "1", "--quiet", "--no-http", "--json"])
         .arg(&json)
         .arg("--auth-key-file")
         .arg(&keys)
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -11,7 +11,7 @@
 mod util;
 
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,12 +29,10 @@ fn one_at_a_time() -> MutexGuard<'static, ()> {
 /// Starts `hongbao demo ARGS --out OUT`, its output in `OUT.log`.
 fn demo(out: &Path, args: &[&str]) -> Child {
     let log = std::fs::File::create(out.with_extension("log")).expect("creating the demo's log");
-    Command::new(env!("CARGO_BIN_EXE_hongbao"))
-        .arg("demo")
+    util::hongbao(&["demo"])
         .args(args)
         .arg("--out")
         .arg(out)
-        .stdin(Stdio::null())
         .stdout(log.try_clone().expect("log fd"))
         .stderr(log)
         .spawn()

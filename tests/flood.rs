@@ -12,7 +12,7 @@ mod util;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use hongbao::wire::{self, Frame, ShakeOutcome};
@@ -122,13 +122,10 @@ fn json_path(name: &str) -> PathBuf {
 
 /// Starts `hongbao flood ARGS --quiet --http off --json PATH`.
 fn spawn_flood(args: &[&str], json: &PathBuf) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_hongbao"))
-        .arg("flood")
+    util::hongbao(&["flood"])
         .args(args)
         .args(["--quiet", "--no-http", "--json"])
         .arg(json)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -12,7 +12,7 @@ mod util;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -811,12 +811,10 @@ fn the_monitor_sums_a_real_flooder_and_server_by_second() {
     let jsonl = temp("e2e.jsonl");
     let _ = std::fs::remove_file(&jsonl);
     // The flooder says where its control listens (port 0) on stderr.
-    let mut flood = Command::new(env!("CARGO_BIN_EXE_hongbao"))
-        .args(["flood", "--server", &server.addr().to_string()])
+    let mut flood = util::hongbao(&["flood", "--server", &server.addr().to_string()])
         .args(["--users", "50", "--qps", "200", "--warmup", "0"])
         .args(["--duration", "3", "--threads", "1", "--settle-secs", "0"])
         .args(["--http", "127.0.0.1:0"])
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -204,20 +204,11 @@ fn server_system_calls_fit_the_unit_filter() {
     // Two pinned workers (sched_setaffinity), a ledger (flock, fdatasync),
     // the HTTP control, a packet and a flooder's logins and shakes.
     let trace_arg = trace.to_str().expect("UTF-8 path");
-    let server = util::Spawned::server_under(
+    let server = util::Spawned::on_loopback_under(
         &["strace", "-f", "-qq", "-o", trace_arg],
-        &[
-            "server",
-            "--listen",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--threads",
-            "2",
-            "--quiet",
-            "--data-dir",
-            data.to_str().expect("UTF-8 path"),
-        ],
+        2,
+        true,
+        &["--data-dir", data.to_str().expect("UTF-8 path")],
     );
     // Killed should the test fail before the stop: strace, killed, would
     // leave it running.

@@ -51,6 +51,9 @@ def build(rev, bench, cache):
     tree = home / "tree"
     if not tree.exists():
         home.mkdir(parents=True, exist_ok=True)
+        # A tree deleted by hand (say, by `cargo clean`) is still registered
+        # until pruned, and `worktree add` refuses its path.
+        git("worktree", "prune")
         git("worktree", "add", "--detach", str(tree), sha)
     print(f"building {bench} at {sha[:10]} in {tree}", file=sys.stderr)
     out = subprocess.run(

@@ -91,8 +91,8 @@ REPO = bs.REPO
 BINARY = bs.BINARY
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
-SERVER_CORE = "0"
-FLOODER_CORE = "1"
+SERVER_CORE = bs.SERVER_CORE
+FLOODER_CORE = bs.FLOODER_CORE
 MODES = ("idle", "traffic")
 
 # A server process holds at most the hard open-file limit (20,000 here) less
@@ -108,7 +108,7 @@ ADDRS_PER_FLOODER = 2
 # bind() cannot take.
 SOURCE_FIRST = 1 * 65536 + 2
 
-SERVER_READY_TIMEOUT_S = 10
+SERVER_READY_TIMEOUT_S = bs.SERVER_READY_TIMEOUT_S
 # Connections in and logged in, as the server's /status counts them (it
 # publishes once a second).
 LOGIN_TIMEOUT_S = 60
@@ -158,9 +158,7 @@ T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.
 
 log = bs.log
 
-
-def ints(text):
-    return [int(x) for x in text.split(",") if x.strip()]
+ints = bs.ints
 
 
 def parse_args():
@@ -795,8 +793,7 @@ def machine(args):
     }
 
 
-def interrupt(signum, frame):
-    raise KeyboardInterrupt
+interrupt = bs.interrupt
 
 
 def resummarise(path, out_path):

@@ -97,8 +97,7 @@ LOGGED_IN_MIN_SHARE = 0.99
 FOREIGN_FLAG_SHARE = 0.03
 
 
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
+log = bs.log
 
 
 def parse_args():
@@ -123,7 +122,7 @@ def parse_args():
     p.add_argument("--out", type=Path, help="report directory (default target/bench/run-1m-<time>/)")
     args = p.parse_args()
     if args.checkpoints:
-        args.checkpoints = sorted(set(bm.ints(args.checkpoints)))
+        args.checkpoints = sorted(set(bs.ints(args.checkpoints)))
     else:
         args.checkpoints = sorted({max(1, args.target * k // 4) for k in (1, 2, 3, 4)})
     if (args.target < 1 or args.threads < 1 or args.users_per_flooder < 1 or args.flooder_threads < 1
@@ -283,11 +282,11 @@ def print_preflight(args, plan, checks):
                    f"{'it' if len(bad) == 1 else 'them'}:")
         for c in bad:
             out.append(f"  - {c['limit'].split(' (')[0]}: {c['fix']}")
-        out.append(f"or size the run to this host: --target N (e.g. --target {suggest(checks, args)})")
+        out.append(f"or size the run to this host: --target N (e.g. --target {suggest(args)})")
     return "\n".join(out)
 
 
-def suggest(checks, args):
+def suggest(args):
     """A --target the nofile limit allows, the one most hosts hit first."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     if hard == resource.RLIM_INFINITY:
@@ -438,7 +437,7 @@ def report_text(args, plan, checks, result):
 
 def main():
     args = parse_args()
-    signal.signal(signal.SIGTERM, bm.interrupt)
+    signal.signal(signal.SIGTERM, bs.interrupt)
     plan = Plan(args)
     checks = preflight(args, plan)
     text = print_preflight(args, plan, checks)

@@ -64,10 +64,8 @@ impl Child {
         let mut command = Command::new(exe);
         // The demo's children run as its plan says, whatever the shell's
         // HONGBAO_SERVER_* / _FLOOD_* / _MONITOR_* variables would add.
-        for (name, _) in std::env::vars_os() {
-            if name.to_str().is_some_and(crate::environment::is_option_var) {
-                command.env_remove(name);
-            }
+        for (name, _) in crate::environment::option_vars() {
+            command.env_remove(name);
         }
         command
             .args(args)

@@ -51,7 +51,7 @@ use crate::audit::{AuditArgs, audit};
 use crate::flood::procfs;
 use child::{Child, describe};
 use fleet::{FaultPlan, Faults, Fleet};
-use plan::{FlooderPlan, Machine, Plan, Wish};
+use plan::{FlooderPlan, Machine, PhaseSpec, Plan, Wish};
 use redis::Redis;
 use summary::{
     AuditOutcome, ChildSummary, ClusterSummary, ConnectSummary, CpuSample, Inputs, MoneySummary,
@@ -528,7 +528,7 @@ fn print_plan(args: &DemoArgs, plan: &Plan, faults: Option<&FaultPlan>) {
         plan.flooders.len(),
         plan.phases
             .iter()
-            .map(|p| format!("{}/s for {} s", p.qps, p.secs))
+            .map(PhaseSpec::in_words)
             .collect::<Vec<_>>()
             .join(", "),
         args.envelopes_per_sec,

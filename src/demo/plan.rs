@@ -159,6 +159,13 @@ pub struct PhaseSpec {
     pub secs: u64,
 }
 
+impl PhaseSpec {
+    /// "1000/s for 12 s", as the plan and the verdict print it.
+    pub fn in_words(&self) -> String {
+        format!("{}/s for {} s", self.qps, self.secs)
+    }
+}
+
 impl Plan {
     /// The server's `--conn-qps-max`: each user's share of the fastest phase
     /// twice over (the slot rule gives some users one request more in a

@@ -613,8 +613,17 @@ pub fn checks_table(checks: &[Check]) -> String {
     out
 }
 
-fn opt(x: Option<f64>, digits: usize) -> String {
+/// `x` with `digits` decimals, or "-" when not measured.
+pub(super) fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+/// What the clients got, in one sentence (the table's and the verdict's).
+pub(super) fn clients_line(m: &MoneySummary) -> String {
+    format!(
+        "clients got {} envelopes ({} cents) and {} claim answers ({} cents)",
+        m.client_envelopes, m.client_envelope_cents, m.client_claim_answers, m.client_claim_cents
+    )
 }
 
 /// The table printed at the end: the connect phase, a line per shaking
@@ -633,12 +642,7 @@ pub fn table(s: &Summary) -> String {
         opt(c.server_rss_bytes_per_conn, 0),
     );
     write_phases(&mut out, &s.phases);
-    let m = &s.money;
-    let _ = writeln!(
-        out,
-        "\nmoney     clients got {} envelopes ({} cents) and {} claim answers ({} cents)",
-        m.client_envelopes, m.client_envelope_cents, m.client_claim_answers, m.client_claim_cents
-    );
+    let _ = writeln!(out, "\nmoney     {}", clients_line(&s.money));
     if let Some(c) = &s.cluster {
         write_cluster(&mut out, c);
     }

@@ -13,7 +13,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::summary::{AuditOutcome, MoneySummary, PhaseSummary, Summary, books_balance};
+use super::plan::PhaseSpec;
+use super::summary::{AuditOutcome, PhaseSummary, Summary, books_balance, clients_line, opt};
 use crate::monitor::report::esc;
 
 /// A phase held its rate when its shakes served (the answers the clients
@@ -201,13 +202,6 @@ fn audit_line(audit: &AuditOutcome) -> String {
     }
 }
 
-fn clients_line(m: &MoneySummary) -> String {
-    format!(
-        "clients got {} envelopes ({} cents) and {} claim answers ({} cents)",
-        m.client_envelopes, m.client_envelope_cents, m.client_claim_answers, m.client_claim_cents
-    )
-}
-
 /// Judges the run. `cpu_model` is the host's (`host::cpu_model`), passed in
 /// so that the verdict of a fixture does not depend on the machine.
 pub fn judge(s: &Summary, cpu_model: Option<String>) -> Verdict {
@@ -265,12 +259,7 @@ fn plural(n: usize, thing: &str) -> String {
 /// What ran, in one line.
 fn ran_line(v: &Verdict, s: &Summary) -> String {
     let r = &v.ran;
-    let phases: Vec<String> = s
-        .plan
-        .phases
-        .iter()
-        .map(|p| format!("{}/s for {} s", p.qps, p.secs))
-        .collect();
+    let phases: Vec<String> = s.plan.phases.iter().map(PhaseSpec::in_words).collect();
     let threads = plural(r.server_threads, "worker thread");
     let nodes = match r.faults {
         Some(faults) => format!(
@@ -312,10 +301,6 @@ fn money_line(v: &Verdict) -> String {
         ),
         None => format!("ledger: not read (the audit failed); {}", v.clients),
     }
-}
-
-fn opt(x: Option<f64>, digits: usize) -> String {
-    x.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
 }
 
 fn mark(held: bool) -> &'static str {
@@ -421,7 +406,7 @@ mod tests {
     use crate::audit::AuditReport;
     use crate::demo::plan::{self, Machine, Wish};
     use crate::demo::summary::{
-        ClientPhase, ConnectSummary, Percentiles, SCHEMA_VERSION, ServerPhase,
+        ClientPhase, ConnectSummary, MoneySummary, Percentiles, SCHEMA_VERSION, ServerPhase,
     };
 
     /// A two-phase run of 600 users on 2 cores: the first phase served at

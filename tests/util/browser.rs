@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long one chromium run may take.
 const RUN_MAX: Duration = Duration::from_secs(90);
@@ -80,18 +80,8 @@ pub fn run(
         let _ = std::io::Read::read_to_string(&mut out, &mut s);
         s
     });
-    let deadline = Instant::now() + RUN_MAX;
-    loop {
-        if child.try_wait().expect("waiting for chromium").is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill(); // our own child, by its pid
-            let _ = child.wait();
-            panic!("chromium did not finish within {RUN_MAX:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Killed (our own child, by its pid) past the deadline.
+    super::wait_exit(&mut child, RUN_MAX);
     reader.join().expect("the reader")
 }
 

@@ -376,11 +376,8 @@ pub fn audit_acks(data: &str, acks: &[String], log: &std::path::Path) {
 /// rest of its stderr, so that it never blocks on a full pipe.
 #[track_caller]
 pub fn spawn_flood_with_control(args: &[&str]) -> (Child, SocketAddr, JoinHandle<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hongbao"))
-        .arg("flood")
+    let mut child = hongbao(&["flood"])
         .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -498,7 +495,10 @@ pub struct Exited {
     pub stderr: String,
 }
 
-fn hongbao_command(args: &[&str]) -> Command {
+/// `hongbao ARGS` as every test starts it: stdin null, stdout and stderr
+/// piped (set them again to change that), and without the test runner's
+/// backtrace settings or the shell's `HONGBAO_*` options.
+pub fn hongbao(args: &[&str]) -> Command {
     wrapped_command(&[], args)
 }
 
@@ -521,13 +521,8 @@ fn wrapped_command(wrapper: &[&str], args: &[&str]) -> Command {
         .stderr(Stdio::piped());
     // Nor the shell's HONGBAO_SERVER_* (... _FLOOD_*, _MONITOR_*) options:
     // a test sets what it means with flags or `Spawned::server_with_env`.
-    for (name, _) in std::env::vars_os() {
-        if name
-            .to_str()
-            .is_some_and(hongbao::environment::is_option_var)
-        {
-            cmd.env_remove(name);
-        }
+    for (name, _) in hongbao::environment::option_vars() {
+        cmd.env_remove(name);
     }
     cmd
 }
@@ -568,7 +563,7 @@ pub fn run_to_exit(args: &[&str]) -> Exited {
 /// Like [`run_to_exit`], with these environment variables set.
 #[track_caller]
 pub fn run_to_exit_with_env(args: &[&str], vars: &[(&str, &str)]) -> Exited {
-    let mut child = hongbao_command(args)
+    let mut child = hongbao(args)
         .envs(vars.iter().copied())
         .spawn()
         .expect("spawning hongbao");
@@ -592,13 +587,20 @@ impl Spawned {
     /// line, "hongbao server listening on ADDR (... http HTTP, ...)".
     #[track_caller]
     pub fn server(args: &[&str]) -> Spawned {
-        Spawned::start(hongbao_command(args), args)
+        Spawned::start(hongbao(args), args)
     }
 
     /// `hongbao server` on 127.0.0.1 (data and HTTP control on ephemeral
     /// ports), `threads` unpinned workers, quiet, then `args`.
     #[track_caller]
     pub fn on_loopback(threads: u32, args: &[&str]) -> Spawned {
+        Spawned::on_loopback_under(&[], threads, false, args)
+    }
+
+    /// Like [`Spawned::on_loopback`], its workers pinned if `pin`, run by
+    /// `wrapper` (say, `strace -f -o FILE`: its pid is then the wrapper's).
+    #[track_caller]
+    pub fn on_loopback_under(wrapper: &[&str], threads: u32, pin: bool, args: &[&str]) -> Spawned {
         let threads = threads.to_string();
         let mut all = vec![
             "server",
@@ -608,24 +610,19 @@ impl Spawned {
             "127.0.0.1:0",
             "--threads",
             &threads,
-            "--no-pin",
             "--quiet",
         ];
+        if !pin {
+            all.push("--no-pin");
+        }
         all.extend_from_slice(args);
-        Spawned::server(&all)
-    }
-
-    /// Like [`Spawned::server`], run by `wrapper` (`strace -f -o FILE`):
-    /// its pid is the wrapper's.
-    #[track_caller]
-    pub fn server_under(wrapper: &[&str], args: &[&str]) -> Spawned {
-        Spawned::start(wrapped_command(wrapper, args), args)
+        Spawned::start(wrapped_command(wrapper, &all), &all)
     }
 
     /// Like [`Spawned::server`], with these environment variables set.
     #[track_caller]
     pub fn server_with_env(args: &[&str], vars: &[(&str, &str)]) -> Spawned {
-        let mut cmd = hongbao_command(args);
+        let mut cmd = hongbao(args);
         cmd.envs(vars.iter().copied());
         Spawned::start(cmd, args)
     }
@@ -646,7 +643,7 @@ impl Spawned {
         value: u64,
     ) -> Spawned {
         use std::os::unix::process::CommandExt;
-        let mut cmd = hongbao_command(args);
+        let mut cmd = hongbao(args);
         // SAFETY: the closure runs in the forked child before exec and only
         // calls setrlimit, which is async-signal-safe.
         unsafe {
